@@ -1,0 +1,56 @@
+"""Serving port: run a model on inputs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from aios_mesh.ports.base import Feature
+from aios_mesh.ports.registry import ModelRef
+
+__all__ = ["Prediction", "Serving", "Usage"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Resources one call consumed; drives cost accounting and quota settlement."""
+
+    calls: int = 1
+    tokens: int = 0
+    gpu_seconds: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.calls + other.calls, self.tokens + other.tokens,
+                     self.gpu_seconds + other.gpu_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One model answer: the output document, an optional confidence and the usage."""
+
+    output: dict[str, Any]
+    confidence: float | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+@runtime_checkable
+class Serving(Protocol):
+    """Runs a resolved model.
+
+    ``infer_batch`` is the primitive; ``infer`` is one item of it. Adapters that can stream
+    declare :attr:`Feature.STREAMING` and implement ``stream``.
+    """
+
+    features: frozenset[Feature]
+
+    async def infer(self, model: ModelRef, payload: Mapping[str, Any], *,
+                    timeout: float | None = None) -> Prediction: ...
+
+    async def infer_batch(self, model: ModelRef, payloads: Sequence[Mapping[str, Any]], *,
+                          timeout: float | None = None) -> list[Prediction]: ...
+
+    def stream(self, model: ModelRef, payload: Mapping[str, Any], *,
+               timeout: float | None = None) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def aclose(self) -> None: ...
