@@ -115,7 +115,7 @@ DEFAULT_URLS: Final[Mapping[PortName, str]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class BackendURL:
     """A parsed backend URL. ``options`` holds the query string (``?timeout=2&external=true``)."""
 
@@ -164,6 +164,9 @@ class BackendURL:
             return False
         raise ConfigError(f"option {name}={value!r} in {self.redacted()} is not a boolean",
                           hint=f"write {name}=true or {name}=false")
+
+    def __repr__(self) -> str:
+        return f"BackendURL({self.redacted()!r})"
 
     def redacted(self) -> str:
         """The URL with any password masked, for messages and logs."""

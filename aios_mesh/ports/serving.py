@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from aios_mesh.errors import CapabilityNotSupported
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.registry import ModelRef
 
-__all__ = ["Prediction", "Serving", "Usage"]
+__all__ = ["Prediction", "Serving", "ServingBase", "Usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +55,26 @@ class Serving(Protocol):
                timeout: float | None = None) -> AsyncIterator[dict[str, Any]]: ...
 
     async def aclose(self) -> None: ...
+
+
+class ServingBase:
+    """Conveniences on the one primitive ``infer_batch``: ``infer`` is a batch of one, and
+    ``stream`` raises :class:`CapabilityNotSupported` unless a subclass streams."""
+
+    features: frozenset[Feature] = frozenset({Feature.BATCH})
+
+    async def infer_batch(self, model: ModelRef, payloads: Sequence[Mapping[str, Any]], *,
+                          timeout: float | None = None) -> list[Prediction]:
+        raise NotImplementedError
+
+    async def infer(self, model: ModelRef, payload: Mapping[str, Any], *,
+                    timeout: float | None = None) -> Prediction:
+        return (await self.infer_batch(model, [payload], timeout=timeout))[0]
+
+    def stream(self, model: ModelRef, payload: Mapping[str, Any], *,
+               timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        raise CapabilityNotSupported(f"{type(self).__name__} cannot stream",
+                                     hint="use invoke(), or a backend that declares STREAMING")
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,247 @@
+"""Capability specs: what business code asks for, by intent.
+
+A capability is declared once — in Python or in the config file, with the same result::
+
+    class Ticket(BaseModel):
+        text: str
+
+    class Triage(BaseModel):
+        queue: str
+        confidence: float
+
+    @capability("classify-ticket", version="2", model="ticket-clf@champion",
+                policy="mesh/tickets", slo=SLO(timeout_s=2), review_threshold=0.6)
+    def classify_ticket(payload: Ticket) -> Triage: ...
+
+    # config file (aios-mesh.toml), equivalent:
+    # [[capabilities]]
+    # name = "classify-ticket"
+    # version = "2"
+    # input = "myapp.models:Ticket"
+    # output = "myapp.models:Triage"
+    # model = "ticket-clf@champion"
+    # ...
+
+A decorated function whose body is not ``...`` becomes the capability's in-process
+implementation (used when ``model`` is not set, e.g. deterministic rules).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import re
+import textwrap
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from aios_mesh.errors import ConfigError
+from aios_mesh.ports.registry import parse_model_spec
+from aios_mesh.ports.serving import Usage
+
+__all__ = ["SLO", "Canary", "CapabilitySpec", "Fallback", "Price", "capability", "import_object"]
+
+_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+
+def import_object(path: str) -> Any:
+    """Import ``"package.module:attr"``; raise :class:`ConfigError` saying what is wrong."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{path!r} is not an import path",
+                          hint="write 'package.module:Name', e.g. 'myapp.models:Invoice'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import module {module_name!r} ({exc})",
+                          hint="check the spelling and that the package is installed") from exc
+    obj = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise ConfigError(f"module {module_name!r} has no {attr!r}",
+                              hint=f"check the name after ':' in {path!r}") from exc
+    return obj
+
+
+class SLO(BaseModel):
+    """Service level: per-attempt timeout and the latency target the mesh reports against."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timeout_s: float = Field(10.0, gt=0, le=3600)
+    p95_ms: float | None = Field(None, gt=0)
+
+
+class Price(BaseModel):
+    """How a call is charged: per call, per 1k tokens, per GPU-second."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    per_call: float = Field(0.0, ge=0)
+    per_1k_tokens: float = Field(0.0, ge=0)
+    per_gpu_second: float = Field(0.0, ge=0)
+    currency: str = "USD"
+
+    def cost(self, usage: Usage) -> float:
+        return (self.per_call * usage.calls + self.per_1k_tokens * usage.tokens / 1000.0
+                + self.per_gpu_second * usage.gpu_seconds)
+
+
+class Fallback(BaseModel):
+    """One step of the fallback chain, tried in order after the primary fails.
+
+    Written in config as a string: ``"model:invoice-extractor@challenger"``,
+    ``"function:myapp.rules:extract_fields"`` or ``"human"``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["model", "function", "human"]
+    target: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            kind, _, target = value.partition(":")
+            return {"kind": kind, "target": target or None}
+        return value
+
+    @model_validator(mode="after")
+    def _check_target(self) -> Fallback:
+        if self.kind == "human" and self.target is not None:
+            raise ValueError("a 'human' fallback takes no target")
+        if self.kind == "model":
+            if not self.target:
+                raise ValueError("a 'model' fallback needs a target like 'model:name@alias'")
+            parse_model_spec(self.target)
+        if self.kind == "function" and (not self.target or ":" not in self.target):
+            raise ValueError("a 'function' fallback needs 'function:package.module:callable'")
+        return self
+
+    def __str__(self) -> str:
+        return self.kind if self.target is None else f"{self.kind}:{self.target}"
+
+
+class Canary(BaseModel):
+    """Send ``percent`` of calls to ``model`` (canary) or mirror them there (shadow)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    percent: float = Field(0.0, ge=0, le=100)
+    shadow: bool = False
+
+
+class CapabilitySpec(BaseModel):
+    """Everything the mesh needs to serve one intent. Immutable; build it with
+    :func:`capability` or from config (:meth:`from_config`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    name: str
+    version: str = "1"
+    description: str = ""
+    input: type[BaseModel]
+    output: type[BaseModel]
+    model: str | None = None
+    serving: str | None = Field(None, description="named serving backend; default 'serving'")
+    policy: str | None = None
+    slo: SLO = SLO()
+    fallbacks: tuple[Fallback, ...] = ()
+    price: Price = Price()
+    review_threshold: float | None = Field(None, ge=0, le=1)
+    data_classification: Literal["public", "internal", "confidential", "restricted"] = "internal"
+    external: bool = Field(False, description="the backend is outside the trust boundary: "
+                                              "redact PII before sending")
+    estimate: Usage = Usage()
+    max_payload_bytes: int | None = Field(None, gt=0)
+    canary: Canary | None = None
+    handler: Callable[..., Any] | None = Field(None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _kebab(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"capability name {value!r} must be kebab-case, "
+                             "e.g. 'extract-invoice-fields'")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_spec(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_model_spec(value)
+        return value
+
+    @field_validator("estimate", mode="before")
+    @classmethod
+    def _usage(cls, value: Any) -> Any:
+        return Usage(**value) if isinstance(value, Mapping) else value
+
+    @model_validator(mode="after")
+    def _has_implementation(self) -> CapabilitySpec:
+        if self.model is None and self.handler is None:
+            raise ValueError(f"capability {self.name!r} needs a 'model' (name@alias) or a "
+                             "handler function")
+        return self
+
+    @property
+    def key(self) -> str:
+        """``name@version``, as it appears in records and the lock file."""
+        return f"{self.name}@{self.version}"
+
+    @classmethod
+    def from_config(cls, doc: Mapping[str, Any]) -> CapabilitySpec:
+        """Build from a config-file table; ``input``/``output``/``handler`` are import paths."""
+        data = dict(doc)
+        for key in ("input", "output", "handler"):
+            if isinstance(data.get(key), str):
+                data[key] = import_object(data[key])
+        return cls(**data)
+
+
+def capability(name: str, **options: Any) -> Callable[[Callable[..., Any]], CapabilitySpec]:
+    """Declare a capability from a typed function signature.
+
+    The first parameter's annotation is the input model, the return annotation the output
+    model. If the body is only ``...`` the function is a stub; otherwise it is the in-process
+    implementation (it receives the validated input model and returns the output model or a
+    dict).
+    """
+
+    def wrap(fn: Callable[..., Any]) -> CapabilitySpec:
+        hints = get_type_hints(fn)
+        params = list(inspect.signature(fn).parameters)
+        if not params or params[0] not in hints or "return" not in hints:
+            raise ConfigError(f"@capability({name!r}) needs a typed function "
+                              "'def f(payload: InModel) -> OutModel'")
+        implemented = not _is_stub(fn)
+        return CapabilitySpec(name=name, input=hints[params[0]], output=hints["return"],
+                              description=options.pop("description", inspect.getdoc(fn) or ""),
+                              handler=fn if implemented else None, **options)
+
+    return wrap
+
+
+def _is_stub(fn: Callable[..., Any]) -> bool:
+    """True when the body is only ``...``/``pass`` (after an optional docstring)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    node = tree.body[0]
+    if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        return False
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    return all(isinstance(stmt, ast.Pass) or (isinstance(stmt, ast.Expr)
+               and isinstance(stmt.value, ast.Constant) and stmt.value.value is Ellipsis)
+               for stmt in body)

@@ -1,0 +1,222 @@
+"""The ``aios-mesh`` command line.
+
+    aios-mesh demo                                   # first end-to-end run, embedded defaults
+    aios-mesh capabilities                           # what can be invoked, with schemas
+    aios-mesh invoke classify-ticket --tenant acme --json '{"text": "..."}'
+    aios-mesh lock                                   # pin every model alias to a version
+    aios-mesh audit verify                           # check the audit hash chain
+    aios-mesh doctor                                 # check every configured backend
+
+The config file comes from ``--config``, else ``$AIOS_MESH_CONFIG``, else ``./aios-mesh.toml``
+when it exists, else the embedded defaults under ``./.aios-mesh``.
+"""
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aios_mesh.errors import MeshError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="aios-mesh",
+    help="Intent-first AI capabilities with policy, quotas, redaction, resilience and one "
+         "decision record per call.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+audit_app = typer.Typer(help="Inspect and verify the tamper-evident audit log.",
+                        no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045 - typer needs Optional
+    "--config", "-c", help="Mesh config file (TOML). Default: $AIOS_MESH_CONFIG or "
+                           "./aios-mesh.toml, else the embedded defaults.",
+    envvar="AIOS_MESH_CONFIG", show_default=False)]
+
+
+def _mesh(config: Path | None) -> Any:
+    from aios_mesh.mesh import Mesh
+
+    if config is None and Path("aios-mesh.toml").exists():
+        config = Path("aios-mesh.toml")
+    if config is not None:
+        return Mesh.from_config(config)
+    return Mesh.local(".aios-mesh")
+
+
+def _fail(exc: MeshError) -> None:
+    err_console.print(f"[bold red]error[/] [red]{type(exc).__name__}[/]: {exc.message}")
+    if exc.hint:
+        err_console.print(f"[yellow]hint[/]: {exc.hint}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def capabilities(
+    config: ConfigOpt = None,
+    schema: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Print the input and output JSON schema of this capability.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the registered capabilities (name, version, model, policy, SLO, price)."""
+    try:
+        mesh = _mesh(config)
+        specs = mesh.capabilities
+        if schema is not None:
+            spec = mesh.capability(schema)
+            doc = {"input": spec.input.model_json_schema(),
+                   "output": spec.output.model_json_schema()}
+            console.print_json(orjson.dumps(doc).decode())
+            return
+        if as_json:
+            console.print_json(orjson.dumps([
+                {"name": s.name, "version": s.version, "model": s.model, "policy": s.policy,
+                 "timeout_s": s.slo.timeout_s, "fallbacks": [str(f) for f in s.fallbacks]}
+                for s in specs.values()]).decode())
+            return
+        table = Table(title="capabilities")
+        for col in ("name", "version", "model", "policy", "timeout", "fallbacks", "review <"):
+            table.add_column(col)
+        for s in specs.values():
+            table.add_row(s.name, s.version, s.model or "(function)", s.policy or "-",
+                          f"{s.slo.timeout_s}s", ", ".join(str(f) for f in s.fallbacks) or "-",
+                          "-" if s.review_threshold is None else str(s.review_threshold))
+        console.print(table)
+        if not specs:
+            console.print("no capabilities registered — declare [[capabilities]] in the config")
+    except MeshError as exc:
+        _fail(exc)
+
+
+@app.command()
+def invoke(
+    name: Annotated[str, typer.Argument(help="Capability name, e.g. classify-ticket.")],
+    tenant: Annotated[str, typer.Option(help="Tenant the call is made for.")],
+    payload: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--json", help="Payload as a JSON object; '-' reads standard input.")] = None,
+    caller: Annotated[str, typer.Option(help="Caller identity recorded in the audit log.")
+                      ] = "cli",
+    config: ConfigOpt = None,
+) -> None:
+    """Invoke a capability once and print its output and decision record."""
+    raw = sys.stdin.read() if payload in (None, "-") else payload
+    try:
+        with _mesh(config) as mesh:
+            result = mesh.invoke(name, raw, tenant=tenant, caller=caller)
+            out = None if result.output is None else result.output.model_dump(mode="json")
+            console.print_json(orjson.dumps({"output": out,
+                                             "record": result.record.to_dict()}).decode())
+    except MeshError as exc:
+        _fail(exc)
+
+
+@app.command()
+def lock(config: ConfigOpt = None) -> None:
+    """Pin every capability's model alias to its current registry version (the lock file)."""
+    try:
+        with _mesh(config) as mesh:
+            path = mesh.lock()
+            lockfile = mesh.resolver.lock
+            table = Table(title=f"locked → {path}")
+            table.add_column("alias")
+            table.add_column("version")
+            for spec, ref in (lockfile.models.items() if lockfile else []):
+                table.add_row(spec, ref.version)
+            console.print(table)
+    except MeshError as exc:
+        _fail(exc)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    path: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
+        help="Audit JSONL file. Default: the configured mesh's audit log.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Check the hash chain: report every changed, deleted, inserted or reordered record."""
+    try:
+        if path is not None:
+            from aios_mesh.embedded.audit import verify_file
+
+            report = verify_file(path)
+        else:
+            with _mesh(config) as mesh:
+                report = mesh._sync.run(mesh.port("audit").verify())
+    except MeshError as exc:
+        _fail(exc)
+        return
+    if report.ok:
+        console.print(f"[green]ok[/]: {report.records} records, chain intact")
+        return
+    table = Table(title=f"[red]audit chain broken[/] ({report.records} records read)")
+    table.add_column("seq")
+    table.add_column("problem")
+    table.add_column("detail")
+    for p in report.problems:
+        table.add_row(str(p.seq), p.kind, p.message)
+    console.print(table)
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def doctor(config: ConfigOpt = None) -> None:
+    """Check each configured backend: reachable, installed, configured — and how to fix it."""
+    from aios_mesh.doctor import run_checks
+
+    try:
+        mesh = _mesh(config)
+    except MeshError as exc:
+        _fail(exc)
+        return
+    with mesh:
+        checks = run_checks(mesh)
+    table = Table(title="aios-mesh doctor")
+    for col in ("port", "url", "from", "status", "detail / fix"):
+        table.add_column(col)
+    bad = 0
+    for c in checks:
+        bad += not c.ok
+        table.add_row(c.port, c.url, c.source, "[green]ok[/]" if c.ok else "[red]fail[/]",
+                      c.detail)
+    console.print(table)
+    if bad:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def demo(
+    state_dir: Annotated[Path, typer.Option(help="Where the demo keeps its files.")] = Path(
+        ".aios-mesh/demo"),
+    invoices: Annotated[int, typer.Option(help="How many synthetic calls to make.")] = 60,
+) -> None:
+    """Run a first end-to-end automation on the embedded defaults and print its records."""
+    from aios_mesh.demo import run_demo
+
+    try:
+        code = run_demo(state_dir, n=invoices, console=console)
+    except MeshError as exc:
+        _fail(exc)
+        return
+    raise typer.Exit(code=code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    app()
+
+
+if __name__ == "__main__":
+    main()

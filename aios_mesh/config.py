@@ -1,0 +1,230 @@
+"""Typed mesh configuration, validated before any backend SDK is imported.
+
+A config file is TOML (``aios-mesh.toml``)::
+
+    state_dir = ".aios-mesh"          # embedded defaults keep their files here
+    max_payload_bytes = 1048576
+
+    [tenants.acme]
+    quota = { calls = 10000, cost = 50.0 }
+    [tenants.acme.capabilities.extract-invoice-fields]
+    rate_per_s = 20
+    burst = 40
+
+    [backends]                         # omitted ports use their embedded default
+    serving = "triton+grpc://127.0.0.1:8001"
+    policy = "rego:///policies"
+
+    [[capabilities]]
+    name = "extract-invoice-fields"
+    input = "myapp.models:InvoiceText"
+    output = "myapp.models:InvoiceFields"
+    model = "invoice-extractor@champion"
+
+Backend URL precedence, per port: explicit argument > ``AIOS_MESH_<PORT>_URL`` > config file >
+embedded default (:data:`aios_mesh.backends.DEFAULT_URLS`).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from aios_mesh.backends import DEFAULT_URLS, PORTS, PortName, parse_url
+from aios_mesh.errors import ConfigError
+from aios_mesh.ports.quota import QuotaLimits
+
+__all__ = [
+    "BackendsConfig",
+    "BreakerConfig",
+    "CacheConfig",
+    "LimitsConfig",
+    "MeshConfig",
+    "RetryConfig",
+    "TelemetryConfig",
+    "TenantConfig",
+    "load_config",
+]
+
+UrlSource = Literal["argument", "environment", "config", "default"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LimitsConfig(_Strict):
+    """Budgets; omitted = unlimited. See :class:`aios_mesh.ports.quota.QuotaLimits`."""
+
+    calls: int | None = Field(None, ge=0)
+    tokens: int | None = Field(None, ge=0)
+    cost: float | None = Field(None, ge=0)
+    gpu_seconds: float | None = Field(None, ge=0)
+    rate_per_s: float | None = Field(None, gt=0)
+    burst: int | None = Field(None, ge=1)
+
+    def to_limits(self) -> QuotaLimits:
+        return QuotaLimits(**self.model_dump())
+
+
+class TenantConfig(_Strict):
+    quota: LimitsConfig | None = None
+    capabilities: dict[str, LimitsConfig] = Field(default_factory=dict)
+
+
+class RetryConfig(_Strict):
+    """Retries per call, and the budget that keeps retries below a fraction of calls so an
+    outage cannot turn into a retry storm (Finagle's retry budget)."""
+
+    max_attempts: int = Field(3, ge=1, le=10)
+    budget_ratio: float = Field(0.2, ge=0, le=1)
+    min_retries_per_s: float = Field(5.0, ge=0)
+    backoff_s: float = Field(0.02, ge=0)
+    max_backoff_s: float = Field(1.0, ge=0)
+
+
+class BreakerConfig(_Strict):
+    failure_threshold: int = Field(5, ge=1)
+    reset_timeout_s: float = Field(10.0, gt=0)
+
+
+class CacheConfig(_Strict):
+    alias_ttl_s: float = Field(30.0, ge=0)
+    policy_decisions: int = Field(10_000, ge=0, description="0 disables the decision cache")
+    policy_ttl_s: float = Field(60.0, ge=0)
+
+
+class TelemetryConfig(_Strict):
+    log: bool = True
+    otel: bool = True
+    service_name: str = "aios-mesh"
+
+
+class BackendsConfig(_Strict):
+    """One URL per port; ``serving_named`` adds extra serving backends capabilities can pick."""
+
+    serving: str | None = None
+    registry: str | None = None
+    retrieval: str | None = None
+    policy: str | None = None
+    events: str | None = None
+    orchestrator: str | None = None
+    lineage: str | None = None
+    quota: str | None = None
+    audit: str | None = None
+    serving_named: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("*")
+    @classmethod
+    def _valid_url(cls, value: Any) -> Any:
+        urls = [value] if isinstance(value, str) else list(value.values()) \
+            if isinstance(value, dict) else []
+        for url in urls:
+            try:
+                parse_url(url)
+            except ConfigError as exc:  # pydantic reports ValueErrors with their location
+                raise ValueError(f"{exc.message} ({exc.hint})") from None
+        return value
+
+
+class MeshConfig(_Strict):
+    """The whole configuration. ``base_dir`` is the config file's folder (relative paths and
+    ``scheme:///relative`` URLs resolve against it)."""
+
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+    state_dir: Path = Path(".aios-mesh")
+    max_payload_bytes: int = Field(1 << 20, gt=0)
+    tenants: dict[str, TenantConfig] = Field(default_factory=lambda: {"default": TenantConfig()})
+    backends: BackendsConfig = BackendsConfig()
+    capabilities: tuple[dict[str, Any], ...] = ()
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    cache: CacheConfig = CacheConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    lock_file: Path | None = Path("aios-mesh.lock")
+    policy_dir: Path | None = Field(None, description="folder of .rego files for the embedded "
+                                                      "policy (default: <state_dir>/policies)")
+    invoke_many_concurrency: int = Field(16, ge=1, le=4096)
+
+    @field_validator("tenants")
+    @classmethod
+    def _some_tenant(cls, value: dict[str, TenantConfig]) -> dict[str, TenantConfig]:
+        if not value:
+            raise ValueError("declare at least one tenant, e.g. [tenants.default]")
+        return value
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir if self.state_dir.is_absolute() else self.base_dir / self.state_dir
+
+    @property
+    def lock_path(self) -> Path | None:
+        if self.lock_file is None:
+            return None
+        return self.lock_file if self.lock_file.is_absolute() else self.base_dir / self.lock_file
+
+    def backend_url(self, port: PortName, explicit: str | None = None) -> tuple[str, UrlSource]:
+        """The URL for ``port`` and where it came from, by precedence."""
+        if port not in PORTS:
+            raise ConfigError(f"unknown port {port!r}", hint=f"ports are: {', '.join(PORTS)}")
+        if explicit:
+            parse_url(explicit)
+            return explicit, "argument"
+        env = os.environ.get(f"AIOS_MESH_{port.upper()}_URL")
+        if env:
+            try:
+                parse_url(env)
+            except ConfigError as exc:
+                raise ConfigError(f"AIOS_MESH_{port.upper()}_URL: {exc.message}",
+                                  hint=exc.hint) from exc
+            return env, "environment"
+        configured = getattr(self.backends, port)
+        if configured:
+            return str(configured), "config"
+        return DEFAULT_URLS[port], "default"
+
+
+def _format_validation(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return ConfigError(f"invalid configuration in {source}:\n" + "\n".join(lines),
+                       hint="fix the keys above; `aios-mesh doctor --config FILE` re-checks")
+
+
+def config_from_mapping(doc: Mapping[str, Any], *, base_dir: Path | None = None,
+                        source: str = "<mapping>") -> MeshConfig:
+    """Validate a config document (already parsed) into :class:`MeshConfig`."""
+    try:
+        return MeshConfig(**{**doc, "base_dir": base_dir or Path.cwd()})
+    except ValidationError as exc:
+        raise _format_validation(exc, source) from None
+    except TypeError as exc:
+        raise ConfigError(f"invalid configuration in {source}: {exc}") from None
+
+
+def load_config(path: str | Path) -> MeshConfig:
+    """Read and validate a TOML config file; every problem is a :class:`ConfigError`."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist",
+                          hint="create it (see docs/configuration.md) or pass another --config"
+                          ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file} is not valid TOML: {exc}",
+                          hint="check quoting and brackets at the line shown") from None
+    return config_from_mapping(doc, base_dir=file.resolve().parent, source=str(file))

@@ -1,0 +1,1 @@
+"""Pure-Python embedded defaults: no server, no backend SDK."""

@@ -1,0 +1,152 @@
+"""In-process serving: Python callables and registered (MLflow / scikit-learn) models run in
+the caller's process. The embedded default of the Serving port (``inprocess://``)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+from aios_mesh.backends import BackendURL
+from aios_mesh.capabilities import import_object
+from aios_mesh.errors import (
+    BackendUnavailable,
+    CapabilityNotSupported,
+    ConfigError,
+     InvalidOutput,
+    MeshError,
+)
+from aios_mesh.ports.base import Feature
+from aios_mesh.ports.registry import ModelRef
+from aios_mesh.ports.serving import Prediction, ServingBase
+
+__all__ = ["BatchPredictor", "InProcessServing", "as_prediction"]
+
+#: A batch predictor: a list of input documents in, one answer per input out.
+BatchPredictor = Callable[[list[dict[str, Any]]], Sequence[Prediction | Mapping[str, Any]]]
+StreamFn = Callable[[dict[str, Any]], Iterable[dict[str, Any]]]
+
+
+def as_prediction(value: Prediction | Mapping[str, Any] | Any) -> Prediction:
+    """Normalise a predictor's answer: a Prediction, a dict (``confidence`` key is lifted), or a
+    pydantic model."""
+    if isinstance(value, Prediction):
+        return value
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    if not isinstance(value, Mapping):
+        raise InvalidOutput(f"model returned {type(value).__name__}, expected a mapping",
+                            hint="return a dict, a pydantic model or a Prediction")
+    doc = dict(value)
+    conf = doc.get("confidence")
+    return Prediction(doc, confidence=float(conf) if isinstance(conf, int | float) else None)
+
+
+class InProcessServing(ServingBase):
+    """Runs models inside this process.
+
+    Models come from :meth:`register` (a callable per ``name``/``version``) or, on first use,
+    from ``ModelRef.source``: ``python:pkg.module:fn`` imports a batch predictor, anything
+    else (``models:/``, ``runs:/``, a file path) is loaded with MLflow's pyfunc loader.
+
+    Example::
+
+        serving = InProcessServing()
+        serving.register("echo", "1", lambda batch: [{"text": x["text"]} for x in batch])
+    """
+
+    features = frozenset({Feature.BATCH, Feature.STREAMING})
+
+    def __init__(self, *, offload_threshold: int = 64) -> None:
+        self._predictors: dict[tuple[str, str], BatchPredictor] = {}
+        self._streams: dict[tuple[str, str], StreamFn] = {}
+        self._loading: dict[tuple[str, str], asyncio.Lock] = {}
+        # Batches at least this large run in a worker thread so the event loop stays free.
+        self.offload_threshold = offload_threshold
+
+    @classmethod
+    def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
+        threshold = options.pop("offload_threshold", url.option("offload_threshold", "64"))
+        try:
+            return cls(offload_threshold=int(threshold))
+        except ValueError as exc:
+            raise ConfigError(f"offload_threshold={threshold!r} is not an integer") from exc
+
+    def register(self, name: str, version: str, predict: BatchPredictor, *,
+                 stream: StreamFn | None = None) -> ModelRef:
+        """Serve ``predict`` as ``name``/``version``; returns the ref to register/resolve."""
+        self._predictors[(name, version)] = predict
+        if stream is not None:
+            self._streams[(name, version)] = stream
+        return ModelRef(name=name, version=version, source=f"inprocess:{name}/{version}")
+
+    def register_function(self, name: str, version: str,
+                          fn: Callable[[dict[str, Any]], Any]) -> ModelRef:
+        """Serve a one-item function (``dict -> dict``) by mapping it over each batch."""
+        return self.register(name, version, lambda batch: [fn(item) for item in batch])
+
+    async def _predictor(self, model: ModelRef) -> BatchPredictor:
+        key = (model.name, model.version)
+        found = self._predictors.get(key)
+        if found is not None:
+            return found
+        lock = self._loading.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key not in self._predictors:
+                self._predictors[key] = await asyncio.to_thread(self._load, model)
+        return self._predictors[key]
+
+    @staticmethod
+    def _load(model: ModelRef) -> BatchPredictor:
+        source = model.source
+        if source.startswith("python:"):
+            fn = import_object(source.removeprefix("python:"))
+            if not callable(fn):
+                raise ConfigError(f"{source} is not callable")
+            predictor: BatchPredictor = fn
+            return predictor
+        if not source or source.startswith("inprocess:"):
+            raise BackendUnavailable(f"model {model.name}/{model.version} is not loaded here",
+                                     hint="register it with InProcessServing.register() or "
+                                          "give it a loadable source")
+        try:
+            from aios_mesh_mlflow.loading import load_predictor
+        except ImportError as exc:
+            raise ConfigError("loading registered models needs MLflow",
+                              hint='pip install "aios-mesh[mlflow]"') from exc
+        loaded: BatchPredictor = load_predictor(model)
+        return loaded
+
+    async def infer_batch(self, model: ModelRef, payloads: Sequence[Mapping[str, Any]], *,
+                          timeout: float | None = None) -> list[Prediction]:
+        predict = await self._predictor(model)
+        batch = [dict(p) for p in payloads]
+        try:
+            if len(batch) >= self.offload_threshold:
+                raw = await asyncio.to_thread(predict, batch)
+            else:
+                raw = predict(batch)
+                if inspect.isawaitable(raw):
+                    raw = await raw
+        except MeshError:
+            raise
+        except Exception as exc:  # the model itself failed: a backend failure, retryable
+            raise BackendUnavailable(f"model {model.name}/{model.version} raised "
+                                     f"{type(exc).__name__}: {exc}") from exc
+        answers = [as_prediction(r) for r in raw]
+        if len(answers) != len(batch):
+            raise InvalidOutput(f"model {model.name}/{model.version} returned {len(answers)} "
+                                f"answers for {len(batch)} inputs")
+        return answers
+
+    async def stream(self, model: ModelRef, payload: Mapping[str, Any], *,
+                     timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        fn = self._streams.get((model.name, model.version))
+        if fn is None:
+            raise CapabilityNotSupported(f"model {model.name}/{model.version} does not stream",
+                                         hint="register it with stream=... or call invoke()")
+        for chunk in fn(dict(payload)):
+            yield chunk
+            await asyncio.sleep(0)

@@ -1,0 +1,510 @@
+"""The Mesh: business code asks for an intent; the mesh decides and records the rest.
+
+    from aios_mesh import Mesh
+
+    mesh = Mesh.from_config("aios-mesh.toml")          # or Mesh.local() for embedded defaults
+    result = mesh.invoke("extract-invoice-fields", {"text": "..."}, tenant="acme",
+                         caller="svc-intake")
+    result.output          # the typed output model
+    result.record          # the decision record (also in the audit log)
+
+``ainvoke`` is the async core; ``invoke`` is a thin facade over it. ``invoke_many`` runs a bulk
+of calls with bounded concurrency; ``stream`` yields chunks where the backend streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Generic, Self, TypeVar
+
+from pydantic import BaseModel
+
+from aios_mesh._sync import SyncRunner
+from aios_mesh.backends import PORTS, PortName, load_adapter, parse_url
+from aios_mesh.capabilities import CapabilitySpec
+from aios_mesh.config import MeshConfig, config_from_mapping, load_config
+from aios_mesh.embedded.serving import InProcessServing
+from aios_mesh.errors import (
+    InvalidInput,
+    MeshError,
+    NotFound,
+    PolicyDenied,
+    QuotaExceeded,
+    UnknownCapability,
+    UnknownTenant,
+)
+from aios_mesh.pipeline import Call, Pipeline
+from aios_mesh.pipeline.confidence import ConfidenceGate
+from aios_mesh.pipeline.invoke import BreakerBoard, InvokeStep, Target
+from aios_mesh.pipeline.policy import DecisionCache, PolicyStep
+from aios_mesh.pipeline.quota import QuotaStep
+from aios_mesh.pipeline.redact import RedactStep
+from aios_mesh.pipeline.resolve import ResolveModel
+from aios_mesh.pipeline.validate import ValidateInput
+from aios_mesh.ports.audit import AuditLog
+from aios_mesh.ports.policy import Policy
+from aios_mesh.ports.quota import QuotaStore
+from aios_mesh.ports.registry import ModelRef, ModelRegistry
+from aios_mesh.ports.serving import Serving, Usage
+from aios_mesh.record import DecisionRecord, Outcome
+from aios_mesh.redaction import Redactor, RuleRedactor
+from aios_mesh.resilience import RetryBudget
+from aios_mesh.resolver import AliasResolver
+from aios_mesh.review import ReviewQueue
+from aios_mesh.telemetry import Telemetry
+
+__all__ = ["Mesh", "RecordSink", "Result"]
+
+OutT = TypeVar("OutT", bound=BaseModel)
+
+#: Called with each record after it is in the audit log (lineage, domain events, tests).
+RecordSink = Callable[[DecisionRecord, Mapping[str, Any]], None]
+
+_REJECTED = (InvalidInput, QuotaExceeded, NotFound)
+
+
+@dataclass(frozen=True, slots=True)
+class Result(Generic[OutT]):
+    """What a call returns: the typed output (None while a human reviews it) and its record."""
+
+    output: OutT | None
+    record: DecisionRecord
+
+    @property
+    def needs_review(self) -> bool:
+        return self.record.outcome == "review"
+
+    @property
+    def review_id(self) -> str | None:
+        return self.record.review_id
+
+
+def _outcome(error: MeshError | None, review_id: str | None) -> Outcome:
+    if error is None:
+        return "review" if review_id else "ok"
+    if isinstance(error, PolicyDenied):
+        return "denied"
+    if isinstance(error, _REJECTED):
+        return "rejected"
+    return "error"
+
+
+class Mesh:
+    """The capability mesh. Build it with :meth:`local`, :meth:`from_config` or directly.
+
+    Adapters may be given as instances (the test seam, like ``httpx.Client(transport=...)``)
+    or as URLs; anything not given follows the precedence argument > environment
+    (``AIOS_MESH_<PORT>_URL``) > config file > embedded default. Ports load lazily on first
+    use, so a mesh that never retrieves never imports a vector engine.
+    """
+
+    def __init__(self, config: MeshConfig | None = None, *,
+                 capabilities: Iterable[CapabilitySpec] = (),
+                 adapters: Mapping[str, Any] | None = None,
+                 redactor: Redactor | None = None,
+                 telemetry: Telemetry | None = None) -> None:
+        self.config = config or MeshConfig()
+        self._explicit: dict[str, Any] = dict(adapters or {})
+        unknown = set(self._explicit) - set(PORTS)
+        if unknown:
+            raise MeshError(f"unknown port(s) {sorted(unknown)}",
+                            hint=f"ports are: {', '.join(PORTS)}")
+        self._ports: dict[str, Any] = {}
+        self._port_lock = threading.Lock()
+        self._named_serving: dict[str, Serving] = {}
+        self._capabilities: dict[str, CapabilitySpec] = {}
+        self.local_serving = InProcessServing()
+        self.sinks: list[RecordSink] = []
+        self._sync = SyncRunner()
+        self._review: ReviewQueue | None = None
+        state = self.config.state_path
+        self.telemetry = telemetry or Telemetry(
+            log=state / "decisions.log" if self.config.telemetry.log else None,
+            enabled_otel=self.config.telemetry.otel)
+        self.resolver = AliasResolver(self._get_registry, ttl_s=self.config.cache.alias_ttl_s,
+                                      lock_path=self.config.lock_path)
+        self.decision_cache = DecisionCache(self.config.cache.policy_decisions,
+                                            self.config.cache.policy_ttl_s)
+        self.breakers = BreakerBoard(self.config.breaker)
+        retry = self.config.retry
+        self.retry_budget = RetryBudget(retry.budget_ratio, retry.min_retries_per_s)
+        self.pipeline = Pipeline([
+            ValidateInput(self.config.max_payload_bytes),
+            PolicyStep(self._get_policy, self.decision_cache),
+            QuotaStep(self._get_quota),
+            RedactStep(redactor or RuleRedactor()),
+            ResolveModel(self.resolver),
+            InvokeStep(target=self._target, resolver=self.resolver, breakers=self.breakers,
+                       budget=self.retry_budget, retry=retry, review=self.review_queue),
+            ConfidenceGate(self.review_queue),
+        ])
+        for spec in (*self._config_capabilities(), *capabilities):
+            self.register(spec)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def local(cls, state_dir: str | Path = ".aios-mesh", *,
+              capabilities: Iterable[CapabilitySpec] = (),
+              tenants: Sequence[str] = ("default",), **options: Any) -> Self:
+        """A mesh on the embedded defaults, keeping its files under ``state_dir``."""
+        doc: dict[str, Any] = {"state_dir": str(Path(state_dir).resolve()),
+                               "tenants": {t: {} for t in tenants}, **options}
+        return cls(config_from_mapping(doc, source="Mesh.local()"), capabilities=capabilities)
+
+    @classmethod
+    def from_config(cls, path: str | Path, *, capabilities: Iterable[CapabilitySpec] = (),
+                    **adapters: Any) -> Self:
+        """Build from a TOML file; keyword arguments override a port's adapter (URL or
+        instance), e.g. ``Mesh.from_config("mesh.toml", serving="triton+grpc://...")``."""
+        return cls(load_config(path), capabilities=capabilities, adapters=adapters)
+
+    def _config_capabilities(self) -> list[CapabilitySpec]:
+        return [CapabilitySpec.from_config(doc) for doc in self.config.capabilities]
+
+    def register(self, spec: CapabilitySpec) -> CapabilitySpec:
+        """Add (or replace) a capability. A spec with a handler is served in-process."""
+        self._capabilities[spec.name] = spec
+        if spec.handler is not None and spec.model is None:
+            handler = spec.handler
+            inp = spec.input
+
+            def predict(batch: list[dict[str, Any]]) -> list[Any]:
+                return [handler(inp.model_validate(item)) for item in batch]
+
+            self.local_serving.register(f"function:{spec.name}", spec.version, predict)
+        return spec
+
+    @property
+    def capabilities(self) -> dict[str, CapabilitySpec]:
+        return dict(self._capabilities)
+
+    def capability(self, name: str) -> CapabilitySpec:
+        try:
+            return self._capabilities[name]
+        except KeyError:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(self._capabilities), n=1)
+            hint = (f"did you mean {close[0]!r}?" if close
+                    else "`aios-mesh capabilities` lists what is registered")
+            raise UnknownCapability(f"no capability named {name!r}", hint=hint) from None
+
+    # ------------------------------------------------------------------ ports
+    def backend_url(self, port: PortName) -> tuple[str, str]:
+        explicit = self._explicit.get(port)
+        return self.config.backend_url(port, explicit if isinstance(explicit, str) else None)
+
+    def port(self, name: PortName) -> Any:
+        """The adapter for a port, loaded on first use (thread-safe)."""
+        found = self._ports.get(name)
+        if found is not None:
+            return found
+        with self._port_lock:
+            if name not in self._ports:
+                given = self._explicit.get(name)
+                if given is not None and not isinstance(given, str):
+                    adapter = given
+                else:
+                    url, _ = self.backend_url(name)
+                    options = self._port_options(name)
+                    adapter = load_adapter(name, url, base_dir=self.config.state_path,
+                                           **options)
+                self._on_loaded(name, adapter)
+                self._ports[name] = adapter
+        return self._ports[name]
+
+    def _port_options(self, name: PortName) -> dict[str, Any]:
+        return {}
+
+    def _on_loaded(self, name: str, adapter: Any) -> None:
+        if name == "quota":
+            for tenant, tconf in self.config.tenants.items():
+                if tconf.quota is not None:
+                    adapter.set_limits(tenant, tconf.quota.to_limits())
+                for cap, limits in tconf.capabilities.items():
+                    adapter.set_limits(tenant, limits.to_limits(), capability=cap)
+
+    async def _get_policy(self) -> Policy:
+        policy: Policy = self.port("policy")
+        return policy
+
+    async def _get_quota(self) -> QuotaStore:
+        quota: QuotaStore = self.port("quota")
+        return quota
+
+    async def _get_registry(self) -> ModelRegistry:
+        registry: ModelRegistry = self.port("registry")
+        return registry
+
+    def _serving(self, name: str | None) -> tuple[str, Serving]:
+        if name is None:
+            url, _ = self.backend_url("serving")
+            serving: Serving = self.port("serving")
+            return parse_url(url).scheme, serving
+        if name not in self._named_serving:
+            urls = self.config.backends.serving_named
+            if name not in urls:
+                raise NotFound(f"no serving backend named {name!r}",
+                               hint="declare it under [backends.serving_named]")
+            with self._port_lock:
+                self._named_serving.setdefault(name, load_adapter(
+                    "serving", urls[name], base_dir=self.config.state_path))
+        return name, self._named_serving[name]
+
+    async def _target(self, call: Call, ref: ModelRef | None) -> Target:
+        spec = call.spec
+        if ref is None:  # a handler capability: its function is the model
+            model = ModelRef(name=f"function:{spec.name}", version=spec.version)
+            call.model_ref = model
+            return Target("inprocess", self.local_serving, model)
+        label, serving = self._serving(spec.serving)
+        if label == "inprocess":
+            serving = self.local_serving if serving is None else serving
+        return Target(label, serving, ref)
+
+    def review_queue(self) -> ReviewQueue:
+        if self._review is None:
+            with self._port_lock:
+                if self._review is None:
+                    self._review = ReviewQueue(self.config.state_path / "review.db")
+        return self._review
+
+    # ------------------------------------------------------------------ calls
+    async def ainvoke(self, capability: str, payload: Any, *, tenant: str,
+                      caller: str = "anonymous", attributes: Mapping[str, Any] | None = None,
+                      parent: Mapping[str, Any] | None = None,
+                      traceparent: Mapping[str, str] | None = None) -> Result[Any]:
+        """Run one call through the pipeline and return its :class:`Result`.
+
+        Raises the call's :class:`MeshError` after its decision record is in the audit log.
+        """
+        started = time.perf_counter()
+        started_at = datetime.now(UTC).isoformat()
+        record_id = str(uuid.uuid4())
+        span = self.telemetry.start_span(capability, tenant, traceparent)
+        token = self.telemetry.activate(span)
+        spec: CapabilitySpec | None = None
+        call: Call | None = None
+        error: MeshError | None = None
+        try:
+            spec = self.capability(capability)
+            call = Call(spec=spec, tenant=tenant, caller=caller, raw=payload,
+                        record_id=record_id, attributes=dict(attributes or {}),
+                        trace_headers=self.telemetry.inject(span))
+            if tenant not in self.config.tenants:
+                raise UnknownTenant(f"tenant {tenant!r} is not declared",
+                                    hint="add it under [tenants] in the config")
+            await self.pipeline.run(call)
+        except MeshError as exc:
+            error = exc
+        finally:
+            self.telemetry.deactivate(token)
+        record = self._record(record_id, started, started_at, capability, tenant, caller,
+                              spec, call, error, parent, span)
+        doc = record.to_dict()
+        audit: AuditLog = self.port("audit")
+        await audit.append(doc)  # IntegrityError here fails the call: no answer unrecorded
+        self.telemetry.export(record, doc, span)
+        for sink in self.sinks:
+            try:
+                sink(record, doc)
+            except Exception:
+                self.telemetry._fail(f"record sink {sink!r}")
+        if error is not None:
+            raise error
+        assert call is not None
+        return Result(call.output, record)
+
+    def invoke(self, capability: str, payload: Any, *, tenant: str, caller: str = "anonymous",
+               attributes: Mapping[str, Any] | None = None,
+               parent: Mapping[str, Any] | None = None,
+               traceparent: Mapping[str, str] | None = None) -> Result[Any]:
+        """Sync facade of :meth:`ainvoke`."""
+        return self._sync.run(self.ainvoke(capability, payload, tenant=tenant, caller=caller,
+                                           attributes=attributes, parent=parent,
+                                           traceparent=traceparent))
+
+    async def ainvoke_many(self, capability: str, payloads: Iterable[Any], *, tenant: str,
+                           caller: str = "anonymous", concurrency: int | None = None,
+                           return_exceptions: bool = False,
+                           parent: Mapping[str, Any] | None = None
+                           ) -> list[Result[Any] | MeshError]:
+        """Many calls of one capability, at most ``concurrency`` in flight, results in order.
+        With ``return_exceptions`` each failed item holds its :class:`MeshError`."""
+        limit = asyncio.Semaphore(concurrency or self.config.invoke_many_concurrency)
+
+        async def one(item: Any) -> Result[Any] | MeshError:
+            async with limit:
+                try:
+                    return await self.ainvoke(capability, item, tenant=tenant, caller=caller,
+                                              parent=parent)
+                except MeshError as exc:
+                    if return_exceptions:
+                        return exc
+                    raise
+
+        return list(await asyncio.gather(*(one(p) for p in payloads)))
+
+    def invoke_many(self, capability: str, payloads: Iterable[Any], *, tenant: str,
+                    caller: str = "anonymous", concurrency: int | None = None,
+                    return_exceptions: bool = False, parent: Mapping[str, Any] | None = None
+                    ) -> list[Result[Any] | MeshError]:
+        """Sync facade of :meth:`ainvoke_many`."""
+        return self._sync.run(self.ainvoke_many(capability, payloads, tenant=tenant,
+                                                caller=caller, concurrency=concurrency,
+                                                return_exceptions=return_exceptions,
+                                                parent=parent))
+
+    async def stream(self, capability: str, payload: Any, *, tenant: str,
+                     caller: str = "anonymous") -> AsyncIterator[dict[str, Any]]:
+        """Yield output chunks from a streaming backend. The gates (validation, policy,
+        quota, redaction, resolution) run first; one record is written when the stream ends."""
+        started = time.perf_counter()
+        started_at = datetime.now(UTC).isoformat()
+        record_id = str(uuid.uuid4())
+        spec = self.capability(capability)
+        call = Call(spec=spec, tenant=tenant, caller=caller, raw=payload, record_id=record_id)
+        gates = Pipeline(self.pipeline.steps[:5])  # everything before invoke
+        error: MeshError | None = None
+        chunks = 0
+        try:
+            if tenant not in self.config.tenants:
+                raise UnknownTenant(f"tenant {tenant!r} is not declared")
+            await gates.run(call)
+            target = await self._target(call, call.model_ref)
+            call.serving = target.label
+            call.attempts = 1
+            try:
+                async for chunk in target.serving.stream(target.model, call.payload or {},
+                                                         timeout=spec.slo.timeout_s):
+                    chunks += 1
+                    yield chunk
+            except MeshError as exc:
+                error = exc
+                for step in reversed(gates.steps):
+                    await step.on_error(call, exc)
+                raise
+            call.usage = Usage(calls=1)
+            call.cost = spec.price.cost(call.usage)
+            for step in reversed(gates.steps):
+                await step.after(call)
+        except MeshError as exc:
+            error = error or exc
+            raise
+        finally:
+            record = self._record(record_id, started, started_at, capability, tenant, caller,
+                                  spec, call, error, None, None)
+            audit: AuditLog = self.port("audit")
+            await audit.append(record.to_dict())
+
+    # ------------------------------------------------------------------ records
+    def _record(self, record_id: str, started: float, started_at: str, capability: str,
+                tenant: str, caller: str, spec: CapabilitySpec | None, call: Call | None,
+                error: MeshError | None, parent: Mapping[str, Any] | None,
+                span: Any) -> DecisionRecord:
+        ctx = span.get_span_context() if span is not None else None
+        valid = ctx is not None and ctx.is_valid
+        policy = None
+        model = None
+        quota = None
+        if call is not None:
+            if call.decision is not None:
+                d = call.decision
+                policy = {"path": d.policy or (spec.policy if spec else None), "allow": d.allow,
+                          "reason": d.reason,
+                          "obligations": {"redact": list(d.obligations.redact),
+                                          "require_human": d.obligations.require_human,
+                                          "max_cost": d.obligations.max_cost},
+                          "bundle_hash": d.bundle_hash, "cached": call.policy_cached,
+                          "input": call.policy_input}
+            if call.model_ref is not None:
+                r = call.model_ref
+                model = {"name": r.name, "version": r.version, "alias": r.alias,
+                         "source": r.source, "run_id": r.run_id}
+            if call.reservation is not None:
+                quota = {"reservation_id": call.reservation.id,
+                         "reserved_cost": call.reservation.cost}
+        review_id = call.review_id if call is not None else None
+        return DecisionRecord(
+            record_id=record_id,
+            started_at=started_at,
+            ended_at=datetime.now(UTC).isoformat(),
+            latency_ms=round((time.perf_counter() - started) * 1000.0, 4),
+            tenant=tenant,
+            caller=caller,
+            capability=capability,
+            capability_version=spec.version if spec is not None else "",
+            outcome=_outcome(error, review_id),
+            trace_id=format(ctx.trace_id, "032x") if valid and ctx else None,
+            span_id=format(ctx.span_id, "016x") if valid and ctx else None,
+            parent=dict(parent) if parent else None,
+            policy=policy,
+            redaction={"applied": bool(call and call.redaction and call.redaction.applied),
+                       "counts": dict(call.redaction.counts) if call and call.redaction
+                       else {}},
+            model=model,
+            serving=call.serving if call else None,
+            index_snapshots=dict(call.index_snapshots) if call else {},
+            attempts=call.attempts if call else 0,
+            fallback=call.fallback if call else None,
+            usage={"calls": call.usage.calls, "tokens": call.usage.tokens,
+                   "gpu_seconds": call.usage.gpu_seconds} if call else {},
+            cost=round(call.cost, 10) if call else 0.0,
+            currency=spec.price.currency if spec else "USD",
+            quota=quota,
+            review_id=review_id,
+            confidence=call.confidence if call else None,
+            error=error.to_dict() if error is not None else None,
+            input_sha256=call.input_sha256 if call else None,
+            output_sha256=call.output_sha256 if call else None,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    def lock(self) -> Path:
+        """Pin every capability's model alias to its current version in the lock file."""
+        path = self.config.lock_path
+        if path is None:
+            raise MeshError("no lock_file is configured", hint="set lock_file in the config")
+        specs = [s.model for s in self._capabilities.values() if s.model]
+        specs += [f.target for s in self._capabilities.values() for f in s.fallbacks
+                  if f.kind == "model" and f.target]
+        self._sync.run(self.resolver.lock_all(specs))
+        return path
+
+    async def aclose(self) -> None:
+        for adapter in [*self._ports.values(), *self._named_serving.values()]:
+            close: Callable[[], Awaitable[None]] | None = getattr(adapter, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception:
+                    self.telemetry._fail(f"closing {type(adapter).__name__}")
+        self._ports.clear()
+        self._named_serving.clear()
+        if self._review is not None:
+            self._review.close()
+            self._review = None
+        self.telemetry.close()
+
+    def close(self) -> None:
+        self._sync.run(self.aclose())
+        self._sync.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,59 @@
+"""The mutable state of one call as it moves through the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from aios_mesh.capabilities import CapabilitySpec
+from aios_mesh.errors import MeshError
+from aios_mesh.ports.policy import Decision
+from aios_mesh.ports.quota import Reservation
+from aios_mesh.ports.registry import ModelRef
+from aios_mesh.ports.serving import Prediction, Usage
+from aios_mesh.redaction import Redaction
+
+__all__ = ["Call"]
+
+
+@dataclass(slots=True)
+class Call:
+    spec: CapabilitySpec
+    tenant: str
+    caller: str
+    raw: Any
+    record_id: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    trace_headers: dict[str, str] = field(default_factory=dict)
+    # filled by the steps
+    input: BaseModel | None = None
+    payload: dict[str, Any] | None = None
+    input_sha256: str | None = None
+    decision: Decision | None = None
+    policy_input: dict[str, Any] | None = None
+    policy_cached: bool = False
+    reservation: Reservation | None = None
+    redaction: Redaction | None = None
+    model_ref: ModelRef | None = None
+    serving: str | None = None
+    prediction: Prediction | None = None
+    output: BaseModel | None = None
+    output_sha256: str | None = None
+    attempts: int = 0
+    fallback: str | None = None
+    usage: Usage = field(default_factory=lambda: Usage(calls=0))
+    cost: float = 0.0
+    review_id: str | None = None
+    review_reason: str | None = None
+    index_snapshots: dict[str, str] = field(default_factory=dict)
+    error: MeshError | None = None
+    done: bool = False
+
+    @property
+    def confidence(self) -> float | None:
+        if self.prediction is not None and self.prediction.confidence is not None:
+            return self.prediction.confidence
+        value = getattr(self.output, "confidence", None)
+        return float(value) if isinstance(value, int | float) else None

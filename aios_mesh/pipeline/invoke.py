@@ -1,0 +1,182 @@
+"""Invoke the backend: per-attempt timeout, retries under a retry budget, a circuit breaker per
+backend and model, output validation, cost — then the ordered fallback chain."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from aios_mesh.capabilities import Fallback, import_object
+from aios_mesh.config import BreakerConfig, RetryConfig
+from aios_mesh.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    CircuitOpen,
+    InvalidOutput,
+    MeshError,
+)
+from aios_mesh.pipeline.call import Call
+from aios_mesh.pipeline.runner import StepBase
+from aios_mesh.pipeline.validate import digest, validation_message
+from aios_mesh.ports.registry import ModelRef
+from aios_mesh.ports.serving import Prediction, Serving
+from aios_mesh.resilience import CircuitBreaker, RetryBudget, backoff_delay
+from aios_mesh.resolver import AliasResolver
+from aios_mesh.review import ReviewQueue
+
+__all__ = ["BreakerBoard", "InvokeStep", "Target"]
+
+#: What a failed primary may fall back from: backend trouble, not the caller's own mistakes.
+FALLBACK_ON = (BackendUnavailable, BackendTimeout, CircuitOpen, InvalidOutput)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A model on a serving backend; ``label`` names the backend in records and breakers."""
+
+    label: str
+    serving: Serving
+    model: ModelRef
+
+
+class BreakerBoard:
+    """One :class:`CircuitBreaker` per (backend, model name), created on first use."""
+
+    def __init__(self, config: BreakerConfig) -> None:
+        self.config = config
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._lock = threading.Lock()
+
+    def get(self, label: str, model: str) -> CircuitBreaker:
+        key = f"{label}/{model}"
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            with self._lock:
+                breaker = self._breakers.setdefault(key, CircuitBreaker(
+                    key, failure_threshold=self.config.failure_threshold,
+                    reset_timeout_s=self.config.reset_timeout_s))
+        return breaker
+
+    def states(self) -> dict[str, str]:
+        return {k: b.state.value for k, b in self._breakers.items()}
+
+
+class InvokeStep(StepBase):
+    name = "invoke"
+
+    def __init__(self, *, target: Callable[[Call, ModelRef | None], Awaitable[Target]],
+                 resolver: AliasResolver, breakers: BreakerBoard, budget: RetryBudget,
+                 retry: RetryConfig, review: Callable[[], ReviewQueue]) -> None:
+        self._target = target
+        self.resolver = resolver
+        self.breakers = breakers
+        self.budget = budget
+        self.retry = retry
+        self._review = review
+
+    async def before(self, call: Call) -> None:
+        self.budget.record_call()
+        try:
+            await self._run(call, await self._target(call, call.model_ref))
+            return
+        except FALLBACK_ON as exc:
+            if not call.spec.fallbacks:
+                raise
+            last: MeshError = exc
+        for fallback in call.spec.fallbacks:
+            try:
+                await self._fallback(call, fallback)
+                call.fallback = str(fallback)
+                return
+            except FALLBACK_ON as exc:
+                last = exc
+        raise last
+
+    async def _fallback(self, call: Call, fallback: Fallback) -> None:
+        if fallback.kind == "model":
+            assert fallback.target is not None
+            ref = await self.resolver.resolve(fallback.target)
+            call.model_ref = ref
+            await self._run(call, await self._target(call, ref))
+        elif fallback.kind == "function":
+            assert fallback.target is not None
+            fn = import_object(fallback.target)
+            call.attempts += 1
+            try:
+                out = fn(call.input)
+                if inspect.isawaitable(out):
+                    out = await out
+            except MeshError:
+                raise
+            except Exception as exc:
+                raise BackendUnavailable(f"fallback {fallback.target} raised "
+                                         f"{type(exc).__name__}: {exc}") from exc
+            self._accept(call, Prediction(out.model_dump(mode="json")
+                                          if hasattr(out, "model_dump") else dict(out)))
+            call.model_ref = ModelRef(name=f"function:{fallback.target}", version="0")
+            call.serving = "function"
+        else:  # human: park the call; the outcome becomes "review" with no output yet
+            call.review_reason = "fallback chain reached human review"
+            call.review_id = self._review().enqueue(
+                record_id=call.record_id, tenant=call.tenant, capability=call.spec.key,
+                reason=call.review_reason, payload=call.payload or {}, proposed=None)
+            call.done = True
+
+    async def _run(self, call: Call, target: Target) -> None:
+        """Attempts with timeout, retries (bounded by max_attempts and the budget), breaker."""
+        call.serving = target.label
+        breaker = self.breakers.get(target.label, target.model.name)
+        timeout = call.spec.slo.timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            breaker.acquire()
+            call.attempts += 1
+            error: MeshError
+            try:
+                async with asyncio.timeout(timeout):
+                    prediction = await target.serving.infer(target.model, call.payload or {},
+                                                            timeout=timeout)
+                self._accept(call, prediction)
+            except TimeoutError:
+                error = BackendTimeout(f"{target.label} did not answer {call.spec.name} within "
+                                       f"{timeout}s", hint="raise slo.timeout_s or check the "
+                                                           "backend's load")
+            except MeshError as exc:
+                error = exc
+            except Exception as exc:  # an adapter let a native error through: still typed
+                error = BackendUnavailable(f"{target.label} failed: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+            else:
+                breaker.record_success()
+                return
+            if isinstance(error, FALLBACK_ON) and not isinstance(error, CircuitOpen):
+                breaker.record_failure()
+            if (not error.retryable or attempt >= self.retry.max_attempts
+                    or not self.budget.try_spend()):
+                raise error
+            await asyncio.sleep(backoff_delay(attempt, self.retry.backoff_s,
+                                              self.retry.max_backoff_s))
+
+    @staticmethod
+    def _accept(call: Call, prediction: Prediction) -> None:
+        spec = call.spec
+        try:
+            output = spec.output.model_validate(prediction.output)
+        except ValidationError as exc:
+            raise InvalidOutput(f"backend answer does not match {spec.output.__name__}: "
+                                f"{validation_message(exc)}",
+                                hint="check the model's output mapping for this capability"
+                                ) from None
+        call.prediction = prediction
+        call.output = output
+        call.output_sha256 = digest(prediction.output)
+        call.usage = prediction.usage
+        call.cost = spec.price.cost(prediction.usage)
+
+

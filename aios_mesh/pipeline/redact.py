@@ -1,0 +1,26 @@
+"""Redaction before external backends (or when a policy obligation names kinds)."""
+
+from __future__ import annotations
+
+from aios_mesh.pipeline.call import Call
+from aios_mesh.pipeline.runner import StepBase
+from aios_mesh.redaction import Redactor
+
+__all__ = ["RedactStep"]
+
+
+class RedactStep(StepBase):
+    name = "redact"
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+
+    async def before(self, call: Call) -> None:
+        kinds = call.decision.obligations.redact if call.decision is not None else ()
+        if not (call.spec.external or kinds) or call.payload is None:
+            return
+        # An external backend gets every kind removed; otherwise only what policy demands.
+        result = self.redactor.redact(call.payload, tenant=call.tenant,
+                                      kinds=None if call.spec.external else kinds)
+        call.redaction = result
+        call.payload = result.payload

@@ -1,0 +1,7 @@
+"""PII redaction applied before any backend marked external."""
+
+from aios_mesh.redaction.redactor import Redaction, Redactor, RuleRedactor
+from aios_mesh.redaction.rules import DEFAULT_RULES, Rule, iban_valid, luhn_valid
+
+__all__ = ["DEFAULT_RULES", "Redaction", "Redactor", "Rule", "RuleRedactor", "iban_valid",
+           "luhn_valid"]

@@ -1,0 +1,61 @@
+"""Detection rules: a pattern plus an optional validator that rejects look-alikes
+(a 16-digit order number that fails the Luhn check is not a card number)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_RULES", "Rule", "iban_valid", "luhn_valid"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    kind: str
+    pattern: re.Pattern[str]
+    validate: Callable[[str], bool] | None = None
+
+    @property
+    def placeholder(self) -> str:
+        return f"[{self.kind.upper()}]"
+
+
+def luhn_valid(text: str) -> bool:
+    """Luhn checksum over the digits of ``text`` (13–19 digits, as card numbers have)."""
+    digits = [int(c) for c in text if c.isdigit()]
+    if not 13 <= len(digits) <= 19:
+        return False
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def iban_valid(text: str) -> bool:
+    """ISO 13616 mod-97 check."""
+    s = re.sub(r"\s+", "", text).upper()
+    if not 15 <= len(s) <= 34 or not s[:2].isalpha() or not s[2:4].isdigit():
+        return False
+    moved = s[4:] + s[:4]
+    try:
+        number = "".join(str(int(c, 36)) for c in moved)
+    except ValueError:
+        return False
+    return int(number) % 97 == 1
+
+
+EMAIL = Rule("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+                                 r"\.[A-Za-z]{2,}\b"))
+IBAN = Rule("iban", re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?\b"),
+            iban_valid)
+CARD = Rule("card", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), luhn_valid)
+PHONE = Rule("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?"
+                                 r"\d{2,4}(?:[ .-]\d{2,4}){2,4}(?![\w])"))
+
+#: Order matters: IBANs and cards before phones, whose pattern would also match digit runs.
+DEFAULT_RULES: tuple[Rule, ...] = (EMAIL, IBAN, CARD, PHONE)

@@ -1,0 +1,63 @@
+"""Model-alias resolution with a TTL cache, pinned by the lock file when one exists."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aios_mesh.lockfile import LockFile
+from aios_mesh.ports.registry import ModelRef, ModelRegistry, parse_model_spec
+
+__all__ = ["AliasResolver"]
+
+
+class AliasResolver:
+    """``name@alias`` → :class:`ModelRef`.
+
+    Order: the lock file (if it pins the spec) → the TTL cache → the registry. A moved alias
+    is seen after at most ``ttl_s``; :meth:`invalidate` forgets at once (``promote`` uses it).
+    """
+
+    def __init__(self, registry: Callable[[], Awaitable[ModelRegistry]], *, ttl_s: float = 30.0,
+                 lock_path: Path | None = None, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self._registry = registry
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._cache: dict[str, tuple[float, ModelRef]] = {}
+        self.lock_path = lock_path
+        self.lock = LockFile.read(lock_path) if lock_path is not None else None
+
+    async def resolve(self, spec: str) -> ModelRef:
+        if self.lock is not None and spec in self.lock.models:
+            return self.lock.models[spec]
+        hit = self._cache.get(spec)
+        now = self._clock()
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        registry = await self._registry()
+        ref = await registry.resolve(spec)
+        self._cache[spec] = (now, ref)
+        return ref
+
+    def invalidate(self, spec: str | None = None) -> None:
+        if spec is None:
+            self._cache.clear()
+        else:
+            name = parse_model_spec(spec)[0]
+            for key in [k for k in self._cache if parse_model_spec(k)[0] == name]:
+                del self._cache[key]
+
+    async def lock_all(self, specs: list[str], indexes: dict[str, str] | None = None
+                       ) -> LockFile:
+        """Resolve every spec against the registry (ignoring any old lock) and write the lock."""
+        registry = await self._registry()
+        lock = LockFile()
+        for spec in sorted(set(specs)):
+            lock.models[spec] = await registry.resolve(spec)
+        lock.indexes = dict(indexes or {})
+        if self.lock_path is not None:
+            lock.write(self.lock_path)
+        self.lock = lock
+        return lock

@@ -1,0 +1,125 @@
+"""The human-review queue: durable (sqlite), so an escalated call survives a restart.
+
+Calls land here when their confidence is below the capability's ``review_threshold``, when a
+policy obligation says ``require_human``, or when the fallback chain ends in ``human``. A
+reviewer approves (optionally correcting the output) or rejects; each decision is kept.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from aios_mesh.errors import InvalidInput, NotFound
+
+__all__ = ["ReviewItem", "ReviewQueue", "ReviewStatus"]
+
+ReviewStatus = Literal["pending", "approved", "rejected"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS review (
+  id TEXT PRIMARY KEY, record_id TEXT NOT NULL, tenant TEXT NOT NULL,
+  capability TEXT NOT NULL, reason TEXT NOT NULL, status TEXT NOT NULL,
+  created_at TEXT NOT NULL, payload BLOB NOT NULL, proposed BLOB,
+  decided_by TEXT, decided_at TEXT, final_output BLOB, note TEXT
+);
+CREATE INDEX IF NOT EXISTS review_status ON review(status, created_at);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewItem:
+    id: str
+    record_id: str
+    tenant: str
+    capability: str
+    reason: str
+    status: ReviewStatus
+    created_at: str
+    payload: dict[str, Any]
+    proposed: dict[str, Any] | None
+    decided_by: str | None = None
+    decided_at: str | None = None
+    final_output: dict[str, Any] | None = None
+    note: str | None = None
+
+
+def _load(blob: bytes | None) -> Any:
+    return None if blob is None else orjson.loads(blob)
+
+
+class ReviewQueue:
+    """A durable queue of calls awaiting a human decision."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def enqueue(self, *, record_id: str, tenant: str, capability: str, reason: str,
+                payload: dict[str, Any], proposed: dict[str, Any] | None) -> str:
+        item_id = uuid.uuid4().hex[:12]
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO review (id, record_id, tenant, capability, reason, status, "
+                "created_at, payload, proposed) VALUES (?,?,?,?,?,?,?,?,?)",
+                (item_id, record_id, tenant, capability, reason, "pending",
+                 datetime.now(UTC).isoformat(), orjson.dumps(payload),
+                 None if proposed is None else orjson.dumps(proposed)))
+        return item_id
+
+    def _row(self, row: tuple[Any, ...]) -> ReviewItem:
+        return ReviewItem(row[0], row[1], row[2], row[3], row[4], row[5], row[6],
+                          _load(row[7]), _load(row[8]), row[9], row[10], _load(row[11]),
+                          row[12])
+
+    def get(self, item_id: str) -> ReviewItem:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM review WHERE id = ?", (item_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no review item {item_id!r}",
+                           hint="`aios-mesh review list` shows the open ones")
+        return self._row(row)
+
+    def list(self, status: ReviewStatus | None = "pending", tenant: str | None = None
+             ) -> list[ReviewItem]:
+        sql, args = "SELECT * FROM review WHERE 1=1", list[str]()
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(str(status))
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            args.append(tenant)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY created_at, id", args).fetchall()
+        return [self._row(r) for r in rows]
+
+    def resolve(self, item_id: str, *, approve: bool, reviewer: str,
+                output: dict[str, Any] | None = None, note: str = "") -> ReviewItem:
+        """Record the human decision; approving without ``output`` accepts the proposal."""
+        item = self.get(item_id)
+        if item.status != "pending":
+            raise InvalidInput(f"review item {item_id} is already {item.status}")
+        final = (output if output is not None else item.proposed) if approve else None
+        with self._lock:
+            self._db.execute(
+                "UPDATE review SET status=?, decided_by=?, decided_at=?, final_output=?, note=? "
+                "WHERE id=? AND status='pending'",
+                ("approved" if approve else "rejected", reviewer, datetime.now(UTC).isoformat(),
+                 None if final is None else orjson.dumps(final), note, item_id))
+        return self.get(item_id)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

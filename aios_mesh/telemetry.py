@@ -1,0 +1,148 @@
+"""Telemetry derived from the decision record: one structlog JSON line, one OpenTelemetry span,
+and metrics (latency histogram, calls, errors, cost by tenant, capability and model).
+
+It never breaks a call: every export is wrapped, failures are logged and counted in
+:attr:`Telemetry.failures`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from aios_mesh.record import DecisionRecord
+
+__all__ = ["Telemetry"]
+
+_internal = logging.getLogger("aios_mesh.telemetry")
+
+
+def _json(obj: Any, **_: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+class Telemetry:
+    """Exports one record to logs, traces and metrics.
+
+    Args:
+        log: where decision lines go: a stdlib logger name (default ``aios_mesh.decisions``,
+            silent until the application configures logging), a path to append JSON lines to,
+            or an open text stream.
+        tracer_provider / meter_provider: OpenTelemetry providers; default the global ones
+            (no-op unless the application installs an SDK).
+    """
+
+    def __init__(self, *, log: str | Path | TextIO | None = "aios_mesh.decisions",
+                 tracer_provider: trace.TracerProvider | None = None,
+                 meter_provider: metrics.MeterProvider | None = None,
+                 enabled_log: bool = True, enabled_otel: bool = True) -> None:
+        self.failures = 0
+        self._stream: TextIO | None = None
+        self._logger: Any = None
+        if enabled_log and log is not None:
+            if isinstance(log, Path):
+                log.parent.mkdir(parents=True, exist_ok=True)
+                self._stream = log.open("a", encoding="utf-8")
+                sink: Any = structlog.WriteLogger(self._stream)
+            elif isinstance(log, str):
+                sink = logging.getLogger(log)
+            else:
+                sink = structlog.WriteLogger(log)
+            self._logger = structlog.wrap_logger(
+                sink, processors=[structlog.processors.add_log_level,
+                                  structlog.processors.JSONRenderer(serializer=_json)])
+        self.otel = enabled_otel
+        tp = tracer_provider or trace.get_tracer_provider()
+        mp = meter_provider or metrics.get_meter_provider()
+        self._tracer = tp.get_tracer("aios_mesh")
+        meter = mp.get_meter("aios_mesh")
+        self._latency = meter.create_histogram("aios_mesh.call.duration", unit="ms",
+                                               description="capability call latency")
+        self._calls = meter.create_counter("aios_mesh.calls", description="capability calls")
+        self._errors = meter.create_counter("aios_mesh.errors", description="failed calls")
+        self._cost = meter.create_counter("aios_mesh.cost", description="cost of calls")
+
+    def start_span(self, capability: str, tenant: str,
+                   traceparent: Mapping[str, str] | None = None) -> Span | None:
+        """Open the call's span (child of ``traceparent`` headers or the current context)."""
+        if not self.otel:
+            return None
+        try:
+            ctx = propagate.extract(dict(traceparent)) if traceparent else None
+            return self._tracer.start_span(f"capability {capability}", context=ctx,
+                                           kind=SpanKind.INTERNAL,
+                                           attributes={"aios_mesh.capabilities": capability,
+                                                       "aios_mesh.tenant": tenant})
+        except Exception:
+            self._fail("span start")
+            return None
+
+    @staticmethod
+    def inject(span: Span | None) -> dict[str, str]:
+        """W3C trace headers for the call's span, for adapters to send to their backend."""
+        carrier: dict[str, str] = {}
+        if span is not None and span.get_span_context().is_valid:
+            propagate.inject(carrier, context=trace.set_span_in_context(span))
+        return carrier
+
+    @staticmethod
+    def activate(span: Span | None) -> object | None:
+        return None if span is None else otel_context.attach(trace.set_span_in_context(span))
+
+    @staticmethod
+    def deactivate(token: object | None) -> None:
+        if token is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+
+    def export(self, record: DecisionRecord, doc: Mapping[str, Any], span: Span | None) -> None:
+        """Write the log line, finish the span and count the metrics; never raises."""
+        if self._logger is not None:
+            try:
+                self._logger.info("decision", **doc)
+            except Exception:
+                self._fail("log line")
+        if not self.otel:
+            return
+        try:
+            attrs = {"tenant": record.tenant, "capability": record.capability,
+                     "model": (record.model or {}).get("name", ""), "outcome": record.outcome}
+            self._latency.record(record.latency_ms, attrs)
+            self._calls.add(1, attrs)
+            if not record.ok:
+                self._errors.add(1, attrs)
+            if record.cost:
+                self._cost.add(record.cost, attrs)
+        except Exception:
+            self._fail("metrics")
+        if span is not None:
+            try:
+                span.set_attributes({
+                    "aios_mesh.record_id": record.record_id,
+                    "aios_mesh.capabilities.version": record.capability_version,
+                    "aios_mesh.outcome": record.outcome,
+                    "aios_mesh.model": (record.model or {}).get("name", ""),
+                    "aios_mesh.model.version": (record.model or {}).get("version", ""),
+                    "aios_mesh.cost": record.cost,
+                    "aios_mesh.attempts": record.attempts,
+                })
+                if record.error is not None:
+                    span.set_status(Status(StatusCode.ERROR, record.error["message"]))
+                span.end()
+            except Exception:
+                self._fail("span end")
+
+    def _fail(self, what: str) -> None:
+        self.failures += 1
+        _internal.warning("telemetry export failed: %s", what, exc_info=True)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()

@@ -1,0 +1,54 @@
+"""Developer sessions. `make demo` / `make test` bootstrap .venv and call these.
+
+Sessions run in the project's .venv (``venv_backend="none"``) so the heavy backends are
+installed once; each uses the interpreter nox runs under.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+PY = sys.executable
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Run the main job on the embedded defaults."""
+    session.run(PY, "-m", "aios_mesh.cli", "demo", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite: unit, conformance, integration (real servers), e2e."""
+    session.run(PY, "-m", "pytest", "-q", *session.posargs,
+                env={"MLFLOW_DISABLE_TELEMETRY": "true"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over everything."""
+    session.run(PY, "-m", "ruff", "check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the core package."""
+    session.run(PY, "-m", "mypy", "aios_mesh")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks; results land in benchmarks/results/."""
+    for script in ("overhead.py", *session.posargs):
+        session.run(PY, f"benchmarks/{script}")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs in strict mode."""
+    session.run(PY, "-m", "mkdocs", "build", "--strict", "--site-dir", "site")
