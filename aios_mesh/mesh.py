@@ -211,6 +211,9 @@ class Mesh:
                 given = self._explicit.get(name)
                 if given is not None and not isinstance(given, str):
                     adapter = given
+                elif name == "serving" and \
+                        parse_url(self.backend_url(name)[0]).scheme == "inprocess":
+                    adapter = self.local_serving  # one in-process table for handlers & models
                 else:
                     url, _ = self.backend_url(name)
                     options = self._port_options(name)
@@ -245,9 +248,11 @@ class Mesh:
 
     def _serving(self, name: str | None) -> tuple[str, Serving]:
         if name is None:
-            url, _ = self.backend_url("serving")
             serving: Serving = self.port("serving")
-            return parse_url(url).scheme, serving
+            given = self._explicit.get("serving")
+            if given is not None and not isinstance(given, str):
+                return type(given).__name__, serving
+            return parse_url(self.backend_url("serving")[0]).scheme, serving
         if name not in self._named_serving:
             urls = self.config.backends.serving_named
             if name not in urls:
@@ -265,8 +270,6 @@ class Mesh:
             call.model_ref = model
             return Target("inprocess", self.local_serving, model)
         label, serving = self._serving(spec.serving)
-        if label == "inprocess":
-            serving = self.local_serving if serving is None else serving
         return Target(label, serving, ref)
 
     def review_queue(self) -> ReviewQueue:
