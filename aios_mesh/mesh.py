@@ -30,8 +30,10 @@ from aios_mesh._sync import SyncRunner
 from aios_mesh.backends import PORTS, PortName, load_adapter, parse_url
 from aios_mesh.capabilities import CapabilitySpec
 from aios_mesh.config import MeshConfig, config_from_mapping, load_config
+from aios_mesh.context import CallContext
 from aios_mesh.embedded.serving import InProcessServing
 from aios_mesh.errors import (
+    CapabilityNotSupported,
     InvalidInput,
     MeshError,
     NotFound,
@@ -119,6 +121,7 @@ class Mesh:
         self._ports: dict[str, Any] = {}
         self._port_lock = threading.Lock()
         self._named_serving: dict[str, Serving] = {}
+        self._serving_label: str | None = None
         self._capabilities: dict[str, CapabilitySpec] = {}
         self.local_serving = InProcessServing()
         self.sinks: list[RecordSink] = []
@@ -169,16 +172,9 @@ class Mesh:
         return [CapabilitySpec.from_config(doc) for doc in self.config.capabilities]
 
     def register(self, spec: CapabilitySpec) -> CapabilitySpec:
-        """Add (or replace) a capability. A spec with a handler is served in-process."""
+        """Add (or replace) a capability. A spec with a handler (and no model) is served by
+        calling the handler in-process."""
         self._capabilities[spec.name] = spec
-        if spec.handler is not None and spec.model is None:
-            handler = spec.handler
-            inp = spec.input
-
-            def predict(batch: list[dict[str, Any]]) -> list[Any]:
-                return [handler(inp.model_validate(item)) for item in batch]
-
-            self.local_serving.register(f"function:{spec.name}", spec.version, predict)
         return spec
 
     @property
@@ -249,10 +245,12 @@ class Mesh:
     def _serving(self, name: str | None) -> tuple[str, Serving]:
         if name is None:
             serving: Serving = self.port("serving")
-            given = self._explicit.get("serving")
-            if given is not None and not isinstance(given, str):
-                return type(given).__name__, serving
-            return parse_url(self.backend_url("serving")[0]).scheme, serving
+            if self._serving_label is None:
+                given = self._explicit.get("serving")
+                self._serving_label = (type(given).__name__ if given is not None
+                                       and not isinstance(given, str)
+                                       else parse_url(self.backend_url("serving")[0]).scheme)
+            return self._serving_label, serving
         if name not in self._named_serving:
             urls = self.config.backends.serving_named
             if name not in urls:
@@ -265,12 +263,16 @@ class Mesh:
 
     async def _target(self, call: Call, ref: ModelRef | None) -> Target:
         spec = call.spec
-        if ref is None:  # a handler capability: its function is the model
+        if ref is None and spec.handler is not None:  # the handler is the implementation
             model = ModelRef(name=f"function:{spec.name}", version=spec.version)
             call.model_ref = model
-            return Target("inprocess", self.local_serving, model)
+            ctx = CallContext(call.tenant, call.caller, call.record_id, self,
+                              call.index_snapshots, call.attributes)
+            return Target("function", model, handler=spec.handler, context=ctx)
+        if ref is None:
+            raise NotFound(f"capability {spec.name} has no model to call")
         label, serving = self._serving(spec.serving)
-        return Target(label, serving, ref)
+        return Target(label, ref, serving=serving)
 
     def review_queue(self) -> ReviewQueue:
         if self._review is None:
@@ -382,6 +384,10 @@ class Mesh:
                 raise UnknownTenant(f"tenant {tenant!r} is not declared")
             await gates.run(call)
             target = await self._target(call, call.model_ref)
+            if target.serving is None:
+                raise CapabilityNotSupported(f"{capability} is a function capability",
+                                             hint="stream() needs a model on a streaming "
+                                                  "backend; use invoke()")
             call.serving = target.label
             call.attempts = 1
             try:

@@ -8,6 +8,9 @@ It never breaks a call: every export is wrapped, failures are logged and counted
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,13 +41,19 @@ class Telemetry:
             or an open text stream.
         tracer_provider / meter_provider: OpenTelemetry providers; default the global ones
             (no-op unless the application installs an SDK).
+        background: export on a worker thread (default) so the caller never waits for it.
     """
 
     def __init__(self, *, log: str | Path | TextIO | None = "aios_mesh.decisions",
                  tracer_provider: trace.TracerProvider | None = None,
                  meter_provider: metrics.MeterProvider | None = None,
-                 enabled_log: bool = True, enabled_otel: bool = True) -> None:
+                 enabled_log: bool = True, enabled_otel: bool = True,
+                 background: bool = True) -> None:
         self.failures = 0
+        self.background = background
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
         self._stream: TextIO | None = None
         self._logger: Any = None
         if enabled_log and log is not None:
@@ -79,7 +88,7 @@ class Telemetry:
             ctx = propagate.extract(dict(traceparent)) if traceparent else None
             return self._tracer.start_span(f"capability {capability}", context=ctx,
                                            kind=SpanKind.INTERNAL,
-                                           attributes={"aios_mesh.capabilities": capability,
+                                           attributes={"aios_mesh.capability": capability,
                                                        "aios_mesh.tenant": tenant})
         except Exception:
             self._fail("span start")
@@ -103,7 +112,43 @@ class Telemetry:
             otel_context.detach(token)  # type: ignore[arg-type]
 
     def export(self, record: DecisionRecord, doc: Mapping[str, Any], span: Span | None) -> None:
-        """Write the log line, finish the span and count the metrics; never raises."""
+        """Hand the record to the export worker (or export inline); never raises.
+
+        Like OpenTelemetry's batch processors, the work is done off the caller's path: the
+        span keeps its true end time, and :meth:`flush` waits until everything is out.
+        """
+        end_ns = time.time_ns()
+        if not self.background:
+            self._export(record, doc, span, end_ns)
+            return
+        if self._worker is None:
+            with self._worker_lock:
+                if self._worker is None:
+                    self._worker = threading.Thread(target=self._drain, daemon=True,
+                                                    name="aios-mesh-telemetry")
+                    self._worker.start()
+        self._queue.put((record, doc, span, end_ns))
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            self._export(*item)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until every queued record is exported; False on timeout."""
+        if self._worker is None:
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def _export(self, record: DecisionRecord, doc: Mapping[str, Any], span: Span | None,
+                end_ns: int) -> None:
         if self._logger is not None:
             try:
                 self._logger.info("decision", **doc)
@@ -126,7 +171,7 @@ class Telemetry:
             try:
                 span.set_attributes({
                     "aios_mesh.record_id": record.record_id,
-                    "aios_mesh.capabilities.version": record.capability_version,
+                    "aios_mesh.capability.version": record.capability_version,
                     "aios_mesh.outcome": record.outcome,
                     "aios_mesh.model": (record.model or {}).get("name", ""),
                     "aios_mesh.model.version": (record.model or {}).get("version", ""),
@@ -135,7 +180,7 @@ class Telemetry:
                 })
                 if record.error is not None:
                     span.set_status(Status(StatusCode.ERROR, record.error["message"]))
-                span.end()
+                span.end(end_time=end_ns)
             except Exception:
                 self._fail("span end")
 
@@ -144,5 +189,11 @@ class Telemetry:
         _internal.warning("telemetry export failed: %s", what, exc_info=True)
 
     def close(self) -> None:
+        """Flush what is queued, stop the worker, close the log file."""
+        self.flush()
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(5)
+            self._worker = None
         if self._stream is not None:
             self._stream.close()

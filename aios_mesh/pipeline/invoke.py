@@ -8,11 +8,13 @@ import inspect
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
 from aios_mesh.capabilities import Fallback, import_object
 from aios_mesh.config import BreakerConfig, RetryConfig
+from aios_mesh.embedded.serving import as_prediction
 from aios_mesh.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -37,11 +39,45 @@ FALLBACK_ON = (BackendUnavailable, BackendTimeout, CircuitOpen, InvalidOutput)
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A model on a serving backend; ``label`` names the backend in records and breakers."""
+    """Who answers: a model on a serving backend, or a capability's in-process handler.
+    ``label`` names the backend in records and breakers."""
 
     label: str
-    serving: Serving
     model: ModelRef
+    serving: Serving | None = None
+    handler: Callable[..., Any] | None = None
+    context: Any = None
+
+    async def predict(self, call: Call, timeout: float) -> Prediction:
+        if self.handler is None:
+            assert self.serving is not None
+            return await self.serving.infer(self.model, call.payload or {}, timeout=timeout)
+        spec = call.spec
+        # A handler sees the redacted payload when redaction ran, else the validated input.
+        arg = spec.input.model_validate(call.payload) if call.redaction is not None \
+            else call.input
+        try:
+            out = (self.handler(arg, self.context) if _wants_context(self.handler)
+                   else self.handler(arg))
+            if inspect.isawaitable(out):
+                out = await out
+        except MeshError:
+            raise
+        except Exception as exc:
+            raise BackendUnavailable(f"handler of {spec.name} raised {type(exc).__name__}: "
+                                     f"{exc}") from exc
+        return as_prediction(out)
+
+
+def _wants_context(fn: Callable[..., Any]) -> bool:
+    cached: bool | None = getattr(fn, "__aios_wants_context__", None)
+    if cached is None:
+        cached = len(inspect.signature(fn).parameters) >= 2
+        try:
+            fn.__aios_wants_context__ = cached  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+    return cached
 
 
 class BreakerBoard:
@@ -107,18 +143,10 @@ class InvokeStep(StepBase):
             assert fallback.target is not None
             fn = import_object(fallback.target)
             call.attempts += 1
-            try:
-                out = fn(call.input)
-                if inspect.isawaitable(out):
-                    out = await out
-            except MeshError:
-                raise
-            except Exception as exc:
-                raise BackendUnavailable(f"fallback {fallback.target} raised "
-                                         f"{type(exc).__name__}: {exc}") from exc
-            self._accept(call, Prediction(out.model_dump(mode="json")
-                                          if hasattr(out, "model_dump") else dict(out)))
-            call.model_ref = ModelRef(name=f"function:{fallback.target}", version="0")
+            model = ModelRef(name=f"function:{fallback.target}", version="0")
+            target = Target("function", model, handler=fn)
+            self._accept(call, await target.predict(call, call.spec.slo.timeout_s))
+            call.model_ref = model
             call.serving = "function"
         else:  # human: park the call; the outcome becomes "review" with no output yet
             call.review_reason = "fallback chain reached human review"
@@ -140,8 +168,7 @@ class InvokeStep(StepBase):
             error: MeshError
             try:
                 async with asyncio.timeout(timeout):
-                    prediction = await target.serving.infer(target.model, call.payload or {},
-                                                            timeout=timeout)
+                    prediction = await target.predict(call, timeout)
                 self._accept(call, prediction)
             except TimeoutError:
                 error = BackendTimeout(f"{target.label} did not answer {call.spec.name} within "

@@ -376,3 +376,44 @@ def test_fuzzed_payloads_only_ever_raise_invalid_input(tmp_path: Path, payload: 
         except InvalidInput:
             pass
     assert verify_file(tmp_path / "audit.jsonl").ok
+
+
+async def test_stream_yields_chunks_and_writes_one_record(tmp_path: Path) -> None:
+    from aios_mesh.embedded.serving import InProcessServing
+
+    serving = InProcessServing()
+    serving.register("clf", "3", noop_batch,
+                     stream=lambda p: ({"token": w} for w in p["text"].split()))
+    mesh = make_mesh(tmp_path, serving)
+    chunks = [c async for c in mesh.stream("classify-ticket", {"text": "a b c"},
+                                           tenant="acme")]
+    assert chunks == [{"token": "a"}, {"token": "b"}, {"token": "c"}]
+    from aios_mesh import CapabilityNotSupported
+
+    with pytest.raises(CapabilityNotSupported):
+        serving.register("clf", "3", noop_batch)  # same model, no stream function now
+        serving._streams.clear()
+        [c async for c in mesh.stream("classify-ticket", {"text": "a"}, tenant="acme")]
+    await mesh.aclose()
+    assert [r["outcome"] for r in records(tmp_path)] == ["ok", "error"]
+
+
+def noop_batch(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"label": "x"} for _ in batch]
+
+
+def test_handler_gets_context_and_records_index_snapshot(tmp_path: Path) -> None:
+    from aios_mesh.capabilities import capability
+    from aios_mesh.context import CallContext
+
+    @capability("lookup-ticket")
+    async def lookup(payload: Ticket, ctx: CallContext) -> Triage:
+        ctx.note_index("kb", "snap-7")
+        return Triage(label=f"{ctx.tenant}:{payload.text}")
+
+    with make_mesh(tmp_path, ScriptedServing(), caps=[lookup]) as mesh:
+        result = mesh.invoke("lookup-ticket", {"text": "q"}, tenant="globex")
+    assert result.output == Triage(label="globex:q")
+    assert result.record.index_snapshots == {"kb": "snap-7"}
+    assert result.record.model == {"name": "function:lookup-ticket", "version": "1",
+                                   "alias": None, "source": "", "run_id": None}
