@@ -216,8 +216,8 @@ def capability(name: str, **options: Any) -> Callable[[Callable[..., Any]], Capa
     """
 
     def wrap(fn: Callable[..., Any]) -> CapabilitySpec:
-        hints = get_type_hints(fn)
         params = list(inspect.signature(fn).parameters)
+        hints = _hints(fn, [*params[:1], "return"])
         if not params or params[0] not in hints or "return" not in hints:
             raise ConfigError(f"@capability({name!r}) needs a typed function "
                               "'def f(payload: InModel) -> OutModel'")
@@ -227,6 +227,27 @@ def capability(name: str, **options: Any) -> Callable[[Callable[..., Any]], Capa
                               handler=fn if implemented else None, **options)
 
     return wrap
+
+
+def _hints(fn: Callable[..., Any], names: list[str]) -> dict[str, Any]:
+    """Resolve only the annotations we need, so a handler may annotate its context parameter
+    with a name that is not importable at module level."""
+    try:
+        return get_type_hints(fn)
+    except NameError:
+        pass
+    found: dict[str, Any] = {}
+    for key in names:
+        value = fn.__annotations__.get(key)
+        if isinstance(value, str):
+            try:
+                value = eval(value, fn.__globals__)
+            except NameError as exc:
+                raise ConfigError(f"cannot resolve the annotation {value!r} of "
+                                  f"{fn.__qualname__}", hint="import it at module level") from exc
+        if value is not None:
+            found[key] = value
+    return found
 
 
 def _is_stub(fn: Callable[..., Any]) -> bool:

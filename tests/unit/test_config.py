@@ -77,4 +77,4 @@ def test_any_document_either_validates_or_raises_config_error(doc: dict[str, obj
     try:
         config_from_mapping(doc)
     except ConfigError as exc:
-        assert exc.message.startswith("invalid configuration")
+        assert exc.message.startswith("invalid configuration")  # noqa: PT017

@@ -200,7 +200,7 @@ def test_timeout_is_typed(tmp_path: Path) -> None:
     with make_mesh(tmp_path, Slow(), caps=[spec(slo=SLO(timeout_s=0.05))], config=cfg) as mesh:
         from aios_mesh import BackendTimeout
 
-        with pytest.raises(BackendTimeout, match="within 0.05s"):
+        with pytest.raises(BackendTimeout, match=r"within 0\.05s"):
             mesh.invoke("classify-ticket", {"text": "x"}, tenant="acme")
 
 
@@ -390,9 +390,8 @@ async def test_stream_yields_chunks_and_writes_one_record(tmp_path: Path) -> Non
     assert chunks == [{"token": "a"}, {"token": "b"}, {"token": "c"}]
     from aios_mesh import CapabilityNotSupported
 
+    serving._streams.clear()  # the same model, now without a stream function
     with pytest.raises(CapabilityNotSupported):
-        serving.register("clf", "3", noop_batch)  # same model, no stream function now
-        serving._streams.clear()
         [c async for c in mesh.stream("classify-ticket", {"text": "a"}, tenant="acme")]
     await mesh.aclose()
     assert [r["outcome"] for r in records(tmp_path)] == ["ok", "error"]

@@ -1,0 +1,153 @@
+"""Decision records → OpenLineage events: schema-valid for every record shape."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aios_mesh.lineage import (
+    CUSTOM_FACETS_SCHEMA_URL,
+    run_events_for,
+    run_uuid,
+    workflow_run_events,
+)
+from aios_mesh.testing.conformance.lineage import (
+    POLICY_INPUT_SENTINEL,
+    OpenLineageSchemas,
+    sample_record,
+)
+
+SCHEMAS = OpenLineageSchemas(Path(__file__).resolve().parents[2].parent / "shared" / "schemas"
+                             / "openlineage")
+
+names = st.text(min_size=1, max_size=20)
+maybe_text = st.none() | st.text(max_size=20)
+uuids = st.uuids().map(str)
+money = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+parents = st.none() | st.fixed_dictionaries({
+    "run_id": uuids | st.text(min_size=1, max_size=12),
+    "namespace": st.sampled_from(["flyte", "aios-mesh"]),
+    "name": names,
+})
+policies = st.none() | st.fixed_dictionaries({
+    "path": maybe_text, "allow": st.booleans(), "reason": maybe_text,
+    "obligations": st.fixed_dictionaries({
+        "redact": st.lists(st.sampled_from(["email", "iban", "phone"]), max_size=3),
+        "require_human": st.booleans(), "max_cost": st.none() | money}),
+    "bundle_hash": maybe_text, "cached": st.booleans(),
+    "input": st.just({"who": POLICY_INPUT_SENTINEL}),
+})
+models = st.none() | st.fixed_dictionaries({
+    "name": names, "version": st.integers(1, 99).map(str) | st.integers(1, 99),
+    "alias": maybe_text, "source": maybe_text, "run_id": maybe_text,
+})
+errors = st.none() | st.fixed_dictionaries({
+    "type": st.sampled_from(["PolicyDenied", "BackendTimeout", "InvalidOutput"]),
+    "code": st.text(max_size=10), "message": st.text(max_size=40), "retryable": st.booleans(),
+})
+records = st.builds(
+    sample_record,
+    record_id=uuids,
+    outcome=st.sampled_from(["ok", "review", "denied", "rejected", "error"]),
+    tenant=names, caller=names,
+    capability=st.fixed_dictionaries({"name": names, "version": st.text(min_size=1, max_size=5)}),
+    parent=parents, policy=policies, model=models, error=errors,
+    index_snapshots=st.dictionaries(names, st.none() | st.text(max_size=20), max_size=3),
+    usage=st.fixed_dictionaries({"calls": st.integers(0, 100), "tokens": st.integers(0, 10**6),
+                                 "gpu_seconds": money}),
+    cost=money, confidence=st.none() | st.floats(0, 1),
+    quota=st.none() | st.fixed_dictionaries({"reservation_id": maybe_text,
+                                             "reserved_cost": st.none() | money}),
+    redaction=st.fixed_dictionaries({"applied": st.booleans(),
+                                     "counts": st.dictionaries(names, st.integers(0, 9),
+                                                               max_size=3)}),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record=records)
+def test_every_record_gives_valid_start_and_terminal_events(record: dict[str, Any]) -> None:
+    events = run_events_for(record)
+    for event in events:
+        SCHEMAS.validate(event)
+    start, end = events
+    assert start["eventType"] == "START"
+    assert end["eventType"] == ("COMPLETE" if record["outcome"] in ("ok", "review") else "FAIL")
+    assert start["run"]["runId"] == end["run"]["runId"] == record["record_id"]
+    assert end["job"]["name"] == record["capability"]["name"]
+    assert end["job"]["namespace"] == "aios-mesh"
+    assert ("errorMessage" in end["run"]["facets"]) == (end["eventType"] == "FAIL")
+    assert "errorMessage" not in start["run"]["facets"]
+    expected_inputs = (record["model"] is not None) + len(record["index_snapshots"])
+    assert len(end["inputs"]) == expected_inputs
+    assert ("parent" in end["run"]["facets"]) == (record["parent"] is not None)
+    assert POLICY_INPUT_SENTINEL not in json.dumps(events)
+    assert run_events_for(record) == events  # deterministic
+
+
+@settings(max_examples=30, deadline=None)
+@given(record_id=st.text(max_size=30))
+def test_non_uuid_record_ids_map_to_stable_uuids(record_id: str) -> None:
+    record = sample_record(record_id=record_id)
+    run_id = run_events_for(record)[0]["run"]["runId"]
+    assert str(uuid.UUID(run_id)) == run_id
+    assert run_events_for(record)[1]["run"]["runId"] == run_id
+
+
+def test_denied_without_error_uses_policy_reason() -> None:
+    record = sample_record(outcome="denied", error=None,
+                           policy={"allow": False, "reason": "tenant over budget"})
+    facet = run_events_for(record)[1]["run"]["facets"]["errorMessage"]
+    assert facet["message"] == "PolicyDenied: tenant over budget"
+
+
+def test_custom_facets_carry_producer_and_schema_url() -> None:
+    events = run_events_for(sample_record(), producer="https://example.com/me")
+    facets = events[1]["run"]["facets"]
+    for key in ("aiosMesh_call", "aiosMesh_modelVersion", "aiosMesh_policyDecision",
+                "aiosMesh_cost", "aiosMesh_usage"):
+        assert facets[key]["_producer"] == "https://example.com/me"
+        assert facets[key]["_schemaURL"].startswith(CUSTOM_FACETS_SCHEMA_URL + "#/$defs/")
+    assert "input" not in facets["aiosMesh_policyDecision"]
+    assert events[0]["producer"] == "https://example.com/me"
+    # cost and usage are only known at the end
+    assert "aiosMesh_cost" not in events[0]["run"]["facets"]
+
+
+@pytest.mark.parametrize(("status", "types"), [
+    ("queued", ["START"]), ("running", ["START"]),
+    ("succeeded", ["START", "COMPLETE"]), ("failed", ["START", "FAIL"]),
+])
+def test_workflow_run_events(status: str, types: list[str]) -> None:
+    parent = {"run_id": str(uuid.uuid4()), "namespace": "flyte", "name": "outer"}
+    events = workflow_run_events("f3a1b2c4d5", "pkg.flows:batch", status=status,
+                                 started_at="2026-11-22T04:00:00+00:00", error="boom",
+                                 parent=parent)
+    assert [e["eventType"] for e in events] == types
+    for event in events:
+        SCHEMAS.validate(event)
+        assert (event["job"]["namespace"], event["job"]["name"]) == ("flyte", "pkg.flows.batch")
+        assert event["run"]["runId"] == run_uuid("f3a1b2c4d5", namespace="flyte")
+        assert event["run"]["facets"]["parent"]["run"]["runId"] == parent["run_id"]
+
+
+def test_workflow_run_events_rejects_unknown_status() -> None:
+    with pytest.raises(ValueError, match="unknown workflow status"):
+        workflow_run_events("x", "m:wf", status="exploded")
+
+
+def test_record_parent_links_to_workflow_run() -> None:
+    """A call inside a Flyte run names the same runId as that run's own events."""
+    wf = workflow_run_events("f3a1b2c4d5", "pkg.flows:batch", status="running")[0]
+    record = sample_record(parent={"run_id": "f3a1b2c4d5", "namespace": "flyte",
+                                   "name": "pkg.flows.batch"})
+    parent = run_events_for(record)[0]["run"]["facets"]["parent"]
+    assert parent["run"]["runId"] == wf["run"]["runId"]
+    assert parent["job"] == {"namespace": wf["job"]["namespace"], "name": wf["job"]["name"]}
