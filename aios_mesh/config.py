@@ -100,8 +100,14 @@ class CacheConfig(_Strict):
 
 
 class TelemetryConfig(_Strict):
+    """Signals derived from decision records. ``lineage`` and ``decision_events`` are shipped
+    from the audit log by a background relay (see :mod:`aios_mesh.signals`)."""
+
     log: bool = True
     otel: bool = True
+    lineage: bool = True
+    decision_events: bool = True
+    relay_interval_s: float = Field(0.5, gt=0)
     service_name: str = "aios-mesh"
 
 

@@ -60,6 +60,7 @@ from aios_mesh.redaction import Redactor, RuleRedactor
 from aios_mesh.resilience import RetryBudget
 from aios_mesh.resolver import AliasResolver
 from aios_mesh.review import ReviewQueue
+from aios_mesh.signals import SignalRelay
 from aios_mesh.telemetry import Telemetry
 
 __all__ = ["Mesh", "RecordSink", "Result"]
@@ -138,6 +139,14 @@ class Mesh:
         self.breakers = BreakerBoard(self.config.breaker)
         retry = self.config.retry
         self.retry_budget = RetryBudget(retry.budget_ratio, retry.min_retries_per_s)
+        tel = self.config.telemetry
+        self.signals: SignalRelay | None = None
+        if tel.lineage or tel.decision_events:
+            self.signals = SignalRelay(
+                audit=lambda: self._fresh_adapter("audit"),
+                lineage=(lambda: self._fresh_adapter("lineage")) if tel.lineage else None,
+                bus=(lambda: self._fresh_adapter("events")) if tel.decision_events else None,
+                cursor_path=state / "signals.cursor", interval_s=tel.relay_interval_s)
         self.pipeline = Pipeline([
             ValidateInput(self.config.max_payload_bytes),
             PolicyStep(self._get_policy, self.decision_cache),
@@ -218,6 +227,16 @@ class Mesh:
                 self._on_loaded(name, adapter)
                 self._ports[name] = adapter
         return self._ports[name]
+
+    def _fresh_adapter(self, name: PortName) -> tuple[Any, bool]:
+        """A new adapter instance for another thread (and whether the caller owns it); an
+        instance given to the mesh explicitly is shared instead."""
+        given = self._explicit.get(name)
+        if given is not None and not isinstance(given, str):
+            return given, False
+        url, _ = self.backend_url(name)
+        return load_adapter(name, url, base_dir=self.config.state_path,
+                            **self._port_options(name)), True
 
     def _port_options(self, name: PortName) -> dict[str, Any]:
         return {}
@@ -317,6 +336,9 @@ class Mesh:
         audit: AuditLog = self.port("audit")
         await audit.append(doc)  # IntegrityError here fails the call: no answer unrecorded
         self.telemetry.export(record, doc, span)
+        if self.signals is not None:
+            self.signals.start()
+            self.signals.poke()
         for sink in self.sinks:
             try:
                 sink(record, doc)
@@ -487,7 +509,16 @@ class Mesh:
         self._sync.run(self.resolver.lock_all(specs))
         return path
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until telemetry, lineage and decision events of past calls are shipped."""
+        ok = self.telemetry.flush(timeout)
+        if self.signals is not None:
+            ok = self.signals.drain(timeout) and ok
+        return ok
+
     async def aclose(self) -> None:
+        if self.signals is not None:
+            await asyncio.to_thread(self.signals.stop)
         for adapter in [*self._ports.values(), *self._named_serving.values()]:
             close: Callable[[], Awaitable[None]] | None = getattr(adapter, "aclose", None)
             if close is not None:
