@@ -61,7 +61,7 @@ class PolicyStep(StepBase):
         pin = PolicyInput(tenant=call.tenant, caller=call.caller, capability=spec.name,
                           capability_version=spec.version,
                           data_classification=spec.data_classification, model=spec.model,
-                          cost_estimate=spec.price.cost(spec.estimate),
+                          cost_estimate=round(spec.price.cost(spec.estimate), 6),
                           attributes=call.attributes)
         doc = pin.to_document()
         call.policy_input = doc

@@ -1,0 +1,6 @@
+# reason must be a string.
+package conformance.errors.bad_reason
+
+allow := false
+
+reason := 42

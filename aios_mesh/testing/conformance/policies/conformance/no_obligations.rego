@@ -1,0 +1,4 @@
+# An allow without obligations: the defaults apply.
+package conformance.no_obligations
+
+allow := true
