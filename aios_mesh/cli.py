@@ -189,8 +189,11 @@ def doctor(config: ConfigOpt = None) -> None:
     for c in checks:
         bad += not c.ok
         table.add_row(c.port, c.url, c.source, "[green]ok[/]" if c.ok else "[red]fail[/]",
-                      c.detail)
+                      c.detail if c.ok else "see below")
     console.print(table)
+    for c in checks:  # the full text, unwrapped: hints are meant to be copied
+        if not c.ok:
+            console.print(f"[red]{c.port}[/]: {c.detail}", soft_wrap=True)
     if bad:
         raise typer.Exit(code=1)
 

@@ -153,8 +153,6 @@ class MeshConfig(_Strict):
     cache: CacheConfig = CacheConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     lock_file: Path | None = Path("aios-mesh.lock")
-    policy_dir: Path | None = Field(None, description="folder of .rego files for the embedded "
-                                                      "policy (default: <state_dir>/policies)")
     invoke_many_concurrency: int = Field(16, ge=1, le=4096)
 
     @field_validator("tenants")

@@ -300,6 +300,28 @@ class Mesh:
                     self._review = ReviewQueue(self.config.state_path / "review.db")
         return self._review
 
+    async def aprepare(self, *capabilities: str) -> dict[str, ModelRef]:
+        """Resolve each capability's model alias and have its backend load the model now
+        (backends that can, e.g. in-process serving), so first calls are not slow. Returns
+        the resolved refs by capability name; with no names, prepares every capability."""
+        names = capabilities or tuple(self._capabilities)
+        refs: dict[str, ModelRef] = {}
+        for name in names:
+            spec = self.capability(name)
+            if spec.model is None:
+                continue
+            ref = await self.resolver.resolve(spec.model)
+            _, serving = self._serving(spec.serving)
+            preload = getattr(serving, "preload", None)
+            if preload is not None:
+                await preload(ref)
+            refs[name] = ref
+        return refs
+
+    def prepare(self, *capabilities: str) -> dict[str, ModelRef]:
+        """Sync facade of :meth:`aprepare`."""
+        return self._sync.run(self.aprepare(*capabilities))
+
     # ------------------------------------------------------------------ calls
     async def ainvoke(self, capability: str, payload: Any, *, tenant: str,
                       caller: str = "anonymous", attributes: Mapping[str, Any] | None = None,

@@ -81,6 +81,7 @@ def run_demo(state_dir: Path, *, n: int = 60, console: Console | None = None,
         with out.status("indexing help articles per tenant in Qdrant Edge..."):
             mesh._sync.run(index_kb(mesh.port("retrieval")))
         lock = mesh.lock()
+        mesh.prepare()  # load the model before the first ticket, not during it
         out.print(f"model [cyan]ticket-classifier[/] v{ref.version} (holdout accuracy "
                   f"{holdout_acc:.1%}) · policies {state / 'policies'} · lock {lock.name}")
 

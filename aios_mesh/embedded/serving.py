@@ -87,6 +87,10 @@ class InProcessServing(ServingBase):
         """Serve a one-item function (``dict -> dict``) by mapping it over each batch."""
         return self.register(name, version, lambda batch: [fn(item) for item in batch])
 
+    async def preload(self, model: ModelRef) -> None:
+        """Load ``model`` now, so the first call does not pay for it."""
+        await self._predictor(model)
+
     async def _predictor(self, model: ModelRef) -> BatchPredictor:
         key = (model.name, model.version)
         found = self._predictors.get(key)
