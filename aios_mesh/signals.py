@@ -175,6 +175,8 @@ class SignalRelay:
                 try:
                     loop.run_until_complete(self.run_once())
                 except Exception:  # fail soft: never take the process down
+                    if not threading.main_thread().is_alive():
+                        return  # interpreter exit without close(): the cursor resumes later
                     self.stats.failures += 1
                     _log.exception("signal relay round failed")
                 if not self._wake.is_set():
