@@ -42,7 +42,7 @@ from aios_mesh.errors import ConfigError
 from aios_mesh.ports.registry import parse_model_spec
 from aios_mesh.ports.serving import Usage
 
-__all__ = ["SLO", "Canary", "CapabilitySpec", "Fallback", "Price", "capability", "import_object"]
+__all__ = ["SLO", "BatchPolicy", "Canary", "CapabilitySpec", "Fallback", "Price", "capability", "import_object"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
@@ -128,6 +128,16 @@ class Fallback(BaseModel):
         return self.kind if self.target is None else f"{self.kind}:{self.target}"
 
 
+class BatchPolicy(BaseModel):
+    """Client-side micro-batching: coalesce up to ``max_size`` concurrent calls, waiting at
+    most ``max_wait_ms`` for the batch to fill."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_size: int = Field(32, ge=1, le=4096)
+    max_wait_ms: float = Field(2.0, ge=0, le=1000)
+
+
 class Canary(BaseModel):
     """Send ``percent`` of calls to ``model`` (canary) or mirror them there (shadow)."""
 
@@ -162,6 +172,8 @@ class CapabilitySpec(BaseModel):
     estimate: Usage = Usage()
     max_payload_bytes: int | None = Field(None, gt=0)
     canary: Canary | None = None
+    batch: BatchPolicy | None = None
+    cache_ttl_s: float | None = Field(None, gt=0, description="cache answers this long")
     handler: Callable[..., Any] | None = Field(None, exclude=True)
 
     @field_validator("name")

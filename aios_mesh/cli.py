@@ -171,6 +171,71 @@ def audit_verify(
 
 
 @app.command()
+def compare(
+    capability: Annotated[str, typer.Argument(help="Capability with a canary or shadow.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Candidate vs primary: shadow agreement, latency and cost; canary outcomes."""
+    from aios_mesh.rollout import compare as run_compare
+
+    try:
+        with _mesh(config) as mesh:
+            report = mesh._sync.run(run_compare(mesh, capability))
+    except MeshError as exc:
+        _fail(exc)
+        return
+    table = Table(title=f"{capability}: {report['candidate']} vs {report['primary']}")
+    table.add_column("measure")
+    table.add_column("value")
+    for key, value in report["shadow"].items():
+        table.add_row(f"shadow {key}", "-" if value is None else str(value))
+    for variant, stats in report["canary"].items():
+        for key, value in stats.items():
+            table.add_row(f"{variant} {key}", str(value))
+    console.print(table)
+
+
+def _alias_change(action: str, capability: str, version: str | None, actor: str,
+                  config: Path | None) -> None:
+    from aios_mesh import rollout
+
+    try:
+        with _mesh(config) as mesh:
+            if action == "promote":
+                change = mesh._sync.run(rollout.promote(mesh, capability, version=version,
+                                                        actor=actor))
+            else:
+                change = mesh._sync.run(rollout.rollback(mesh, capability, actor=actor))
+    except MeshError as exc:
+        _fail(exc)
+        return
+    console.print(f"[green]{action}[/]: {change.model}@{change.alias} "
+                  f"v{change.from_version} → v{change.to_version} (recorded in the audit log)")
+
+
+@app.command()
+def promote(
+    capability: Annotated[str, typer.Argument(help="Capability whose model alias moves.")],
+    version: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Version to promote. Default: the capability's canary/shadow candidate.")] = None,
+    actor: Annotated[str, typer.Option(help="Who is promoting (recorded).")] = "cli",
+    config: ConfigOpt = None,
+) -> None:
+    """Move the capability's MLflow alias to the candidate version (recorded)."""
+    _alias_change("promote", capability, version, actor, config)
+
+
+@app.command()
+def rollback(
+    capability: Annotated[str, typer.Argument(help="Capability to roll back.")],
+    actor: Annotated[str, typer.Option(help="Who is rolling back (recorded).")] = "cli",
+    config: ConfigOpt = None,
+) -> None:
+    """Move the alias back to where the last promote found it (recorded)."""
+    _alias_change("rollback", capability, None, actor, config)
+
+
+@app.command()
 def doctor(config: ConfigOpt = None) -> None:
     """Check each configured backend: reachable, installed, configured — and how to fix it."""
     from aios_mesh.doctor import run_checks

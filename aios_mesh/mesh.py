@@ -43,6 +43,8 @@ from aios_mesh.errors import (
     UnknownTenant,
 )
 from aios_mesh.pipeline import Call, Pipeline
+from aios_mesh.pipeline.batching import BatcherPool
+from aios_mesh.pipeline.cache import CacheStep, ResponseCache
 from aios_mesh.pipeline.confidence import ConfidenceGate
 from aios_mesh.pipeline.invoke import BreakerBoard, InvokeStep, Target
 from aios_mesh.pipeline.policy import DecisionCache, PolicyStep
@@ -60,6 +62,7 @@ from aios_mesh.redaction import Redactor, RuleRedactor
 from aios_mesh.resilience import RetryBudget
 from aios_mesh.resolver import AliasResolver
 from aios_mesh.review import ReviewQueue
+from aios_mesh.rollout import ShadowRunner, _Job
 from aios_mesh.signals import SignalRelay
 from aios_mesh.telemetry import Telemetry
 
@@ -137,6 +140,9 @@ class Mesh:
         self.decision_cache = DecisionCache(self.config.cache.policy_decisions,
                                             self.config.cache.policy_ttl_s)
         self.breakers = BreakerBoard(self.config.breaker)
+        self.batchers = BatcherPool()
+        self.response_cache = ResponseCache()
+        self.shadow = ShadowRunner(self, state / "shadow.db")
         retry = self.config.retry
         self.retry_budget = RetryBudget(retry.budget_ratio, retry.min_retries_per_s)
         tel = self.config.telemetry
@@ -153,6 +159,7 @@ class Mesh:
             QuotaStep(self._get_quota),
             RedactStep(redactor or RuleRedactor()),
             ResolveModel(self.resolver),
+            CacheStep(self.response_cache),
             InvokeStep(target=self._target, resolver=self.resolver, breakers=self.breakers,
                        budget=self.retry_budget, retry=retry, review=self.review_queue),
             ConfidenceGate(self.review_queue),
@@ -282,7 +289,7 @@ class Mesh:
 
     async def _target(self, call: Call, ref: ModelRef | None) -> Target:
         spec = call.spec
-        if ref is None and spec.handler is not None:  # the handler is the implementation
+        if spec.handler is not None and (ref is None or ref.name.startswith("function:")):
             model = ModelRef(name=f"function:{spec.name}", version=spec.version)
             call.model_ref = model
             ctx = CallContext(call.tenant, call.caller, call.record_id, self,
@@ -291,7 +298,12 @@ class Mesh:
         if ref is None:
             raise NotFound(f"capability {spec.name} has no model to call")
         label, serving = self._serving(spec.serving)
-        return Target(label, ref, serving=serving)
+        batcher = None
+        if spec.batch is not None and spec.batch.max_size > 1:
+            batcher = self.batchers.get(label, serving, ref, max_size=spec.batch.max_size,
+                                        max_wait_s=spec.batch.max_wait_ms / 1000.0,
+                                        timeout=spec.slo.timeout_s)
+        return Target(label, ref, serving=serving, batcher=batcher)
 
     def review_queue(self) -> ReviewQueue:
         if self._review is None:
@@ -358,6 +370,11 @@ class Mesh:
         audit: AuditLog = self.port("audit")
         await audit.append(doc)  # IntegrityError here fails the call: no answer unrecorded
         self.telemetry.export(record, doc, span)
+        if spec is not None and spec.canary is not None and spec.canary.shadow \
+                and call is not None and call.output is not None and call.model_ref:
+            self.shadow.submit(_Job(spec, call.payload or {}, tenant, record_id,
+                                    call.output.model_dump(mode="json"), record.latency_ms,
+                                    call.model_ref.version))
         if self.signals is not None:
             self.signals.start()
             self.signals.poke()
@@ -420,7 +437,9 @@ class Mesh:
         record_id = str(uuid.uuid4())
         spec = self.capability(capability)
         call = Call(spec=spec, tenant=tenant, caller=caller, raw=payload, record_id=record_id)
-        gates = Pipeline(self.pipeline.steps[:5])  # everything before invoke
+        # The gates: every step before the answer is produced (a stream is never cached).
+        cut = self.pipeline.names.index("cache")
+        gates = Pipeline(self.pipeline.steps[:cut])
         error: MeshError | None = None
         chunks = 0
         try:
@@ -514,6 +533,8 @@ class Mesh:
             quota=quota,
             review_id=review_id,
             confidence=call.confidence if call else None,
+            cache=call.cache if call else None,
+            variant=call.variant if call else None,
             error=error.to_dict() if error is not None else None,
             input_sha256=call.input_sha256 if call else None,
             output_sha256=call.output_sha256 if call else None,
@@ -533,12 +554,13 @@ class Mesh:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until telemetry, lineage and decision events of past calls are shipped."""
-        ok = self.telemetry.flush(timeout)
+        ok = self.telemetry.flush(timeout) and self.shadow.flush(timeout)
         if self.signals is not None:
             ok = self.signals.drain(timeout) and ok
         return ok
 
     async def aclose(self) -> None:
+        await asyncio.to_thread(self.shadow.stop)
         if self.signals is not None:
             await asyncio.to_thread(self.signals.stop)
         for adapter in [*self._ports.values(), *self._named_serving.values()]:

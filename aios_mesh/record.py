@@ -45,6 +45,8 @@ class DecisionRecord:
     quota: dict[str, Any] | None = None
     review_id: str | None = None
     confidence: float | None = None
+    cache: str | None = None
+    variant: str | None = None
     error: dict[str, Any] | None = None
     input_sha256: str | None = None
     output_sha256: str | None = None
@@ -80,6 +82,8 @@ class DecisionRecord:
             "outcome": self.outcome,
             "review_id": self.review_id,
             "confidence": self.confidence,
+            "cache": self.cache,
+            "variant": self.variant,
             "error": self.error,
             "input_sha256": self.input_sha256,
             "output_sha256": self.output_sha256,

@@ -137,6 +137,9 @@ class SignalRelay:
                 return shipped
             for entry in entries:
                 record = entry.record
+                if record.get("kind", "decision") != "decision":  # e.g. alias changes
+                    self.stats.cursor = entry.seq
+                    continue
                 try:
                     if lineage is not None:
                         for event in run_events_for(record):

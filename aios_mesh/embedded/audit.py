@@ -27,7 +27,9 @@ never dropped. Until then :func:`verify_file` reports the torn line as ``truncat
 
 Several processes may append to one file: an advisory ``fcntl.flock`` is held around each
 append, and a writer that finds the file longer than it left it re-reads the tail first.
-POSIX only; the file must not be rotated (renamed) under running writers.
+A process forked after the log was opened reopens the file on its first append (an
+inherited descriptor would share the parent's lock). POSIX only; the file must not be
+rotated (renamed) under running writers.
 
 What a hash chain cannot show on its own: a rewrite of the *last* entries with recomputed
 hashes, or their removal. Keep the head (``seq``, ``hash`` of the latest entry) somewhere
@@ -68,7 +70,7 @@ _SORT: Final = orjson.OPT_SORT_KEYS
 _HEX: Final = frozenset("0123456789abcdef")
 _SEQ_RE: Final = re.compile(rb'"seq"\s*:\s*(\d{1,18})')
 _KEYS: Final = frozenset({"seq", "prev_hash", "hash", "record"})
-_BLOCK: Final = 1 << 16
+_BLOCK: Final = 1 << 13  # first tail read; grows x4 until a valid line is in it
 
 
 def _default(obj: Any) -> Any:
@@ -95,7 +97,12 @@ def _line(seq: int, prev_hash: str, hash_: str, record_bytes: bytes) -> bytes:
 
 
 def _hash(prev_hash: str, seq: int, record_bytes: bytes) -> str:
-    return hashlib.sha256(prev_hash.encode() + _canonical(seq, record_bytes)).hexdigest()
+    # sha256(prev_hash + _canonical(seq, record_bytes)) without copying the record
+    h = hashlib.sha256(prev_hash.encode())
+    h.update(b'{"record":')
+    h.update(record_bytes)
+    h.update(b',"seq":' + str(seq).encode() + b"}")
+    return h.hexdigest()
 
 
 def chain_hash(prev_hash: str, seq: int, record: Mapping[str, Any]) -> str:
@@ -371,6 +378,7 @@ class JsonlAuditLog:
         self._lock = threading.Lock()
         self._read_hint: tuple[int, int] = (0, 0)  # (seq, byte offset after it)
         self._fd: int | None = None
+        self._pid = 0  # the process that opened _fd
         self._closed = False
         self._end = -1  # file size after our last append; -1: re-read the tail
         self._seq = 0
@@ -389,6 +397,11 @@ class JsonlAuditLog:
     # -- writing -------------------------------------------------------------------------
 
     def _open(self) -> int:
+        if self._fd is not None:  # inherited through fork(): the lock would be shared
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        self._end = -1
         self.path.parent.mkdir(parents=True, exist_ok=True)
         existed = self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -398,7 +411,7 @@ class JsonlAuditLog:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-        self._fd = fd
+        self._fd, self._pid = fd, os.getpid()
         return fd
 
     def _resync(self, fd: int, size: int) -> int:
@@ -437,10 +450,12 @@ class JsonlAuditLog:
         return size
 
     def _write_locked(self, record_bytes: bytes) -> tuple[int, str, str]:
-        fd = self._fd if self._fd is not None else self._open()
+        fd = self._fd
+        if fd is None or self._pid != os.getpid():
+            fd = self._open()
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            size = os.fstat(fd).st_size
+            size = os.lseek(fd, 0, os.SEEK_END)  # cheaper than fstat; O_APPEND ignores it
             if size != self._end:
                 size = self._resync(fd, size)
                 self._end = size

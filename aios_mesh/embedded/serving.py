@@ -4,6 +4,7 @@ the caller's process. The embedded default of the Serving port (``inprocess://``
 from __future__ import annotations
 
 import asyncio
+import difflib
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -15,8 +16,9 @@ from aios_mesh.errors import (
     BackendUnavailable,
     CapabilityNotSupported,
     ConfigError,
-     InvalidOutput,
+    InvalidOutput,
     MeshError,
+    NotFound,
 )
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.registry import ModelRef
@@ -68,11 +70,23 @@ class InProcessServing(ServingBase):
 
     @classmethod
     def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
+        """``inprocess://?offload_threshold=N``; a keyword argument wins over the URL."""
+        unknown = sorted({*options, *url.options} - {"offload_threshold"})
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], ["offload_threshold"], n=1)
+            raise ConfigError(f"unknown option {unknown[0]!r} for {url.redacted()}",
+                              hint=(f"did you mean {close[0]!r}? " if close else "")
+                              + "the only option is offload_threshold")
         threshold = options.pop("offload_threshold", url.option("offload_threshold", "64"))
         try:
-            return cls(offload_threshold=int(threshold))
-        except ValueError as exc:
-            raise ConfigError(f"offload_threshold={threshold!r} is not an integer") from exc
+            value = int(threshold)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"offload_threshold={threshold!r} is not an integer",
+                              hint="write e.g. inprocess://?offload_threshold=64") from exc
+        if value < 0:
+            raise ConfigError(f"offload_threshold={value} is negative",
+                              hint="0 offloads every batch; 64 is the default")
+        return cls(offload_threshold=value)
 
     def register(self, name: str, version: str, predict: BatchPredictor, *,
                  stream: StreamFn | None = None) -> ModelRef:
@@ -106,15 +120,22 @@ class InProcessServing(ServingBase):
     def _load(model: ModelRef) -> BatchPredictor:
         source = model.source
         if source.startswith("python:"):
-            fn = import_object(source.removeprefix("python:"))
+            try:
+                fn = import_object(source.removeprefix("python:"))
+            except MeshError:
+                raise
+            except Exception as exc:  # the module itself failed while being imported
+                raise ConfigError(f"cannot import {source}: {type(exc).__name__}: {exc}",
+                                  hint="fix the module; it raised while being imported") from exc
             if not callable(fn):
-                raise ConfigError(f"{source} is not callable")
+                raise ConfigError(f"{source} is not callable",
+                                  hint="point python: at a batch predictor function")
             predictor: BatchPredictor = fn
             return predictor
         if not source or source.startswith("inprocess:"):
-            raise BackendUnavailable(f"model {model.name}/{model.version} is not loaded here",
-                                     hint="register it with InProcessServing.register() or "
-                                          "give it a loadable source")
+            raise NotFound(f"model {model.name}/{model.version} is not served here",
+                           hint="register it with InProcessServing.register() or "
+                                "give it a loadable source")
         try:
             from aios_mesh_mlflow.loading import load_predictor
         except ImportError as exc:
@@ -132,17 +153,25 @@ class InProcessServing(ServingBase):
                 raw = await asyncio.to_thread(predict, batch)
             else:
                 raw = predict(batch)
-                if inspect.isawaitable(raw):
-                    raw = await raw
+            if inspect.isawaitable(raw):  # async predictors (also when offloaded)
+                raw = await raw
         except MeshError:
             raise
         except Exception as exc:  # the model itself failed: a backend failure, retryable
             raise BackendUnavailable(f"model {model.name}/{model.version} raised "
-                                     f"{type(exc).__name__}: {exc}") from exc
+                                     f"{type(exc).__name__}: {exc}",
+                                     hint="see the chained exception for the model's "
+                                          "traceback") from exc
+        if isinstance(raw, Mapping | str | bytes) or not isinstance(raw, Iterable):
+            raise InvalidOutput(f"model {model.name}/{model.version} returned "
+                                f"{type(raw).__name__}, expected one answer per input",
+                                hint="a batch predictor returns a list, in input order")
         answers = [as_prediction(r) for r in raw]
         if len(answers) != len(batch):
             raise InvalidOutput(f"model {model.name}/{model.version} returned {len(answers)} "
-                                f"answers for {len(batch)} inputs")
+                                f"answers for {len(batch)} inputs",
+                                hint="a batch predictor returns one answer per input, "
+                                     "in input order")
         return answers
 
     async def stream(self, model: ModelRef, payload: Mapping[str, Any], *,
@@ -151,6 +180,18 @@ class InProcessServing(ServingBase):
         if fn is None:
             raise CapabilityNotSupported(f"model {model.name}/{model.version} does not stream",
                                          hint="register it with stream=... or call invoke()")
-        for chunk in fn(dict(payload)):
-            yield chunk
-            await asyncio.sleep(0)
+        label = f"{model.name}/{model.version}"
+        try:
+            for chunk in fn(dict(payload)):
+                if not isinstance(chunk, Mapping):
+                    raise InvalidOutput(f"model {label} streamed {type(chunk).__name__}, "
+                                        "expected a mapping",
+                                        hint="a stream function yields dicts")
+                yield dict(chunk)
+                await asyncio.sleep(0)
+        except MeshError:
+            raise
+        except Exception as exc:  # the model failed mid-stream
+            raise BackendUnavailable(f"model {label} raised {type(exc).__name__}: {exc}",
+                                     hint="see the chained exception for the model's "
+                                          "traceback") from exc

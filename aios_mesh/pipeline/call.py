@@ -48,6 +48,8 @@ class Call:
     review_id: str | None = None
     review_reason: str | None = None
     index_snapshots: dict[str, str] = field(default_factory=dict)
+    cache: str | None = None  # "hit" / "miss" when the capability caches answers
+    variant: str | None = None  # "primary" / "canary" when a canary is configured
     error: MeshError | None = None
     done: bool = False
 

@@ -22,6 +22,7 @@ from aios_mesh.errors import (
     InvalidOutput,
     MeshError,
 )
+from aios_mesh.pipeline.batching import MicroBatcher
 from aios_mesh.pipeline.call import Call
 from aios_mesh.pipeline.runner import StepBase
 from aios_mesh.pipeline.validate import digest, validation_message
@@ -47,8 +48,11 @@ class Target:
     serving: Serving | None = None
     handler: Callable[..., Any] | None = None
     context: Any = None
+    batcher: MicroBatcher | None = None
 
     async def predict(self, call: Call, timeout: float) -> Prediction:
+        if self.batcher is not None:
+            return await self.batcher.infer(call.payload or {})
         if self.handler is None:
             assert self.serving is not None
             return await self.serving.infer(self.model, call.payload or {}, timeout=timeout)
@@ -116,6 +120,8 @@ class InvokeStep(StepBase):
         self._review = review
 
     async def before(self, call: Call) -> None:
+        if call.cache == "hit":
+            return
         self.budget.record_call()
         try:
             await self._run(call, await self._target(call, call.model_ref))

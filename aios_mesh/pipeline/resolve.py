@@ -1,8 +1,11 @@
-"""Model-alias resolution (TTL cache, lock file)."""
+"""Model-alias resolution (TTL cache, lock file) and the canary split."""
 
 from __future__ import annotations
 
+import hashlib
+
 from aios_mesh.pipeline.call import Call
+from aios_mesh.ports.registry import ModelRef
 from aios_mesh.pipeline.runner import StepBase
 from aios_mesh.resolver import AliasResolver
 
@@ -16,5 +19,17 @@ class ResolveModel(StepBase):
         self.resolver = resolver
 
     async def before(self, call: Call) -> None:
-        if call.spec.model is not None:
-            call.model_ref = await self.resolver.resolve(call.spec.model)
+        spec = call.spec
+        if spec.model is None:  # a function capability: its handler is the "model"
+            call.model_ref = ModelRef(name=f"function:{spec.name}", version=spec.version)
+            return
+        canary = spec.canary
+        if canary is not None and not canary.shadow and canary.percent > 0:
+            # Deterministic per call id, so a replayed record lands on the same side.
+            bucket = int(hashlib.sha256(call.record_id.encode()).hexdigest()[:8], 16) % 10_000
+            if bucket < canary.percent * 100:
+                call.variant = "canary"
+                call.model_ref = await self.resolver.resolve(canary.model)
+                return
+            call.variant = "primary"
+        call.model_ref = await self.resolver.resolve(spec.model)

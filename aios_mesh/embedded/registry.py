@@ -1,0 +1,129 @@
+"""In-memory ModelRegistry (``memory://``): dicts in this process, nothing persisted.
+
+Used by unit tests, benchmarks and demos that need a registry but no MLflow. It follows the
+same rules as the MLflow adapter, so the conformance suite holds for both:
+
+* versions are the strings ``"1"``, ``"2"`` ... per model, in registration order;
+* ``resolve("name")`` is the latest version, ``"name/3"`` that version, ``"name@alias"`` the
+  version the alias points at; unknown names, versions and aliases raise
+  :class:`~aios_mesh.errors.NotFound`; a malformed spec raises
+  :class:`~aios_mesh.errors.InvalidInput`;
+* ``set_alias`` creates or moves an alias and needs the version to exist;
+* ``latest`` is a reserved alias meaning the highest version, and ``v<digits>`` aliases are
+  reserved too (both as in MLflow): setting either raises ``InvalidInput``.
+
+Everything is a dict lookup under no lock: the methods never await, so on one event loop
+each call is atomic.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+from aios_mesh.backends import BackendURL
+from aios_mesh.errors import InvalidInput, NotFound
+from aios_mesh.ports.base import Feature
+from aios_mesh.ports.registry import ModelRef, parse_model_spec
+
+__all__ = ["MemoryRegistry"]
+
+_RESERVED = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
+_HINT = "register it first (registry.register(...)) or run `aios-mesh lock`"
+
+
+@dataclass
+class _Model:
+    versions: list[ModelRef] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+class MemoryRegistry:
+    """A ModelRegistry held in dicts; see the module docstring for the rules.
+
+    Example::
+
+        registry = MemoryRegistry()
+        ref = await registry.register("clf", "python:pkg.mod:predict")
+        await registry.set_alias("clf", "champion", ref.version)
+        assert (await registry.resolve("clf@champion")).version == "1"
+    """
+
+    features: frozenset[Feature] = frozenset({Feature.ALIASES})
+
+    def __init__(self) -> None:
+        self._models: dict[str, _Model] = {}
+
+    @classmethod
+    def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
+        """``memory://`` takes no path and no options."""
+        return cls()
+
+    def _model(self, name: str) -> _Model:
+        model = self._models.get(name)
+        if model is None:
+            raise NotFound(f"no registered model named {name!r}", hint=_HINT, model=name)
+        return model
+
+    @staticmethod
+    def _version(model: _Model, name: str, version: str) -> ModelRef:
+        if version.isdigit() and 1 <= int(version) <= len(model.versions):
+            return model.versions[int(version) - 1]
+        raise NotFound(f"model {name!r} has no version {version!r}",
+                       hint=f"known versions: 1..{len(model.versions)}; {_HINT}",
+                       model=name, version=version)
+
+    async def resolve(self, spec: str) -> ModelRef:
+        """``name@alias`` / ``name/version`` / ``name`` (latest) → :class:`ModelRef`."""
+        name, alias, version = parse_model_spec(spec)
+        model = self._model(name)
+        if alias is not None and alias.lower() == "latest":
+            ref = model.versions[-1]
+        elif alias is not None:
+            target = model.aliases.get(alias)
+            if target is None:
+                known = ", ".join(sorted(model.aliases)) or "none"
+                raise NotFound(f"model {name!r} has no alias {alias!r}",
+                               hint=f"known aliases: {known}; set it with "
+                                    f"set_alias({name!r}, {alias!r}, VERSION) or run "
+                                    "`aios-mesh lock`", model=name, alias=alias)
+            ref = self._version(model, name, target)
+        elif version is not None:
+            ref = self._version(model, name, str(int(version)))
+        else:
+            if not model.versions:  # pragma: no cover - register always adds one
+                raise NotFound(f"model {name!r} has no versions", hint=_HINT, model=name)
+            ref = model.versions[-1]
+        return ModelRef(ref.name, ref.version, ref.source, ref.run_id, alias, ref.signature,
+                        dict(ref.tags))
+
+    async def register(self, name: str, source: str, *, run_id: str | None = None,
+                       tags: dict[str, str] | None = None) -> ModelRef:
+        """Add a new version of ``name`` (creating the model if needed)."""
+        parse_model_spec(name)  # the name alone must be a valid spec
+        if "@" in name or "/" in name:
+            raise InvalidInput(f"{name!r} is not a model name",
+                               hint="register under a bare name such as 'invoice-extractor'")
+        model = self._models.setdefault(name, _Model())
+        ref = ModelRef(name=name, version=str(len(model.versions) + 1), source=source,
+                       run_id=run_id, tags=dict(tags or {}))
+        model.versions.append(ref)
+        return ModelRef(ref.name, ref.version, ref.source, ref.run_id, None, None,
+                        dict(ref.tags))
+
+    async def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point ``name@alias`` at ``version`` (creating or moving the alias)."""
+        parse_model_spec(f"{name}@{alias}")
+        if _RESERVED.match(alias):
+            raise InvalidInput(f"alias {alias!r} is reserved",
+                               hint="'latest' always means the newest version and 'v<n>' "
+                                    "version n; choose another alias such as 'champion'")
+        model = self._model(name)
+        ref = self._version(model, name, str(version))
+        model.aliases[alias] = ref.version
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+        return None

@@ -1,0 +1,248 @@
+"""Rolling out a new model version: shadow traffic, comparison, promote and rollback.
+
+* **Shadow** (``Canary(model=..., shadow=True)``): after each answered call, the same
+  (possibly redacted) payload goes to the candidate on a background thread; the caller never
+  waits for it and never sees it. Agreement, latency and cost land in ``<state>/shadow.db``.
+* **Canary** (``Canary(model=..., percent=X)``): X% of calls are answered by the candidate;
+  the decision record's ``variant`` and ``model.version`` say which one answered.
+* **compare** reports both against the primary; **promote** moves the capability's alias to
+  the candidate's version in the registry and **rollback** moves it back. Both are appended
+  to the audit log (``kind: "alias_change"``), so the hash chain covers who moved what, when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aios_mesh.capabilities import CapabilitySpec
+from aios_mesh.errors import InvalidInput, MeshError, NotFound
+from aios_mesh.ports.registry import parse_model_spec
+
+if TYPE_CHECKING:
+    from aios_mesh.mesh import Mesh
+
+__all__ = ["AliasChange", "ShadowRunner", "compare", "promote", "rollback"]
+
+_log = logging.getLogger("aios_mesh.rollout")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS shadow (
+  capability TEXT NOT NULL, record_id TEXT NOT NULL, tenant TEXT NOT NULL,
+  primary_version TEXT, candidate_version TEXT, agree INTEGER, primary_ms REAL,
+  candidate_ms REAL, candidate_cost REAL, error TEXT, at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shadow_cap ON shadow(capability);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    spec: CapabilitySpec
+    payload: dict[str, Any]
+    tenant: str
+    record_id: str
+    primary_output: dict[str, Any]
+    primary_ms: float
+    primary_version: str
+
+
+class ShadowRunner:
+    """Mirrors calls to a candidate model on its own thread and event loop."""
+
+    def __init__(self, mesh: Mesh, path: Path) -> None:
+        self.mesh = mesh
+        self.path = path
+        self._queue: queue.SimpleQueue[_Job | threading.Event | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, job: _Job) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._main, daemon=True,
+                                                    name="aios-mesh-shadow")
+                    self._thread.start()
+        self._queue.put(job)
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        db = _open(self.path)
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                if isinstance(item, threading.Event):
+                    item.set()
+                    continue
+                try:
+                    row = loop.run_until_complete(self._shadow(item))
+                except Exception as exc:  # a shadow never hurts the caller
+                    _log.warning("shadow call failed: %s", exc)
+                    continue
+                db.execute("INSERT INTO shadow VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+        finally:
+            db.close()
+            loop.close()
+
+    async def _shadow(self, job: _Job) -> tuple[Any, ...]:
+        spec = job.spec
+        assert spec.canary is not None
+        ref = await self.mesh.resolver.resolve(spec.canary.model)
+        _, serving = self.mesh._serving(spec.serving)
+        started = time.perf_counter()
+        error = None
+        agree = None
+        cost = None
+        try:
+            prediction = await serving.infer(ref, job.payload, timeout=spec.slo.timeout_s)
+            output = spec.output.model_validate(prediction.output).model_dump(mode="json")
+            agree = int(output == job.primary_output)
+            cost = spec.price.cost(prediction.usage)
+        except MeshError as exc:
+            error = f"{type(exc).__name__}: {exc.message}"
+        elapsed = (time.perf_counter() - started) * 1000.0
+        return (spec.name, job.record_id, job.tenant, job.primary_version, ref.version, agree,
+                job.primary_ms, elapsed, cost, error, datetime.now(UTC).isoformat())
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(10)
+            self._thread = None
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(_SCHEMA)
+    return db
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+
+async def compare(mesh: Mesh, capability: str) -> dict[str, Any]:
+    """Candidate vs primary: shadow agreement/latency/cost and canary outcomes from the
+    audit log."""
+    spec = mesh.capability(capability)
+    out: dict[str, Any] = {"capability": capability, "primary": spec.model,
+                           "candidate": spec.canary.model if spec.canary else None}
+    db = _open(mesh.config.state_path / "shadow.db")
+    try:
+        rows = db.execute("SELECT agree, primary_ms, candidate_ms, candidate_cost, error "
+                          "FROM shadow WHERE capability = ?", (capability,)).fetchall()
+    finally:
+        db.close()
+    answered = [r for r in rows if r[4] is None]
+    out["shadow"] = {
+        "calls": len(rows),
+        "errors": len(rows) - len(answered),
+        "agreement": (round(sum(r[0] for r in answered) / len(answered), 4)
+                      if answered else None),
+        "primary_p50_ms": _pct([r[1] for r in answered], 0.5),
+        "candidate_p50_ms": _pct([r[2] for r in answered], 0.5),
+        "candidate_cost": round(sum(r[3] or 0 for r in answered), 6),
+    }
+    variants: dict[str, list[dict[str, Any]]] = {}
+    for entry in await mesh.port("audit").read():
+        rec = entry.record
+        if rec.get("capability", {}).get("name") == capability and rec.get("variant"):
+            variants.setdefault(rec["variant"], []).append(rec)
+    out["canary"] = {
+        name: {"calls": len(recs),
+               "errors": sum(r["outcome"] == "error" for r in recs),
+               "p50_ms": _pct([r["latency_ms"] for r in recs], 0.5),
+               "mean_cost": round(statistics.fmean(r["cost"] for r in recs), 6),
+               "versions": sorted({(r.get("model") or {}).get("version", "?") for r in recs})}
+        for name, recs in sorted(variants.items())}
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class AliasChange:
+    action: str
+    capability: str
+    model: str
+    alias: str
+    from_version: str
+    to_version: str
+    actor: str
+
+    def document(self) -> dict[str, Any]:
+        return {"kind": "alias_change", "action": self.action, "capability": self.capability,
+                "model": self.model, "alias": self.alias, "from_version": self.from_version,
+                "to_version": self.to_version, "actor": self.actor,
+                "at": datetime.now(UTC).isoformat()}
+
+
+async def _move(mesh: Mesh, spec: CapabilitySpec, to_version: str, action: str,
+                actor: str) -> AliasChange:
+    assert spec.model is not None
+    name, alias, _ = parse_model_spec(spec.model)
+    if alias is None:
+        raise InvalidInput(f"{spec.name} pins {spec.model}, not an alias",
+                           hint="promote/rollback move aliases: use model = 'name@alias'")
+    registry = await mesh._get_registry()
+    current = (await registry.resolve(spec.model)).version
+    target = (await registry.resolve(f"{name}/{to_version}")).version  # NotFound if missing
+    await registry.set_alias(name, alias, target)
+    mesh.resolver.invalidate(spec.model)
+    mesh.response_cache.clear()
+    lock = mesh.resolver.lock
+    if lock is not None and spec.model in lock.models and mesh.resolver.lock_path is not None:
+        lock.models[spec.model] = await registry.resolve(spec.model)
+        lock.write(mesh.resolver.lock_path)
+    change = AliasChange(action, spec.name, name, alias, current, target, actor)
+    await mesh.port("audit").append(change.document())
+    return change
+
+
+async def promote(mesh: Mesh, capability: str, *, version: str | None = None,
+                  actor: str = "unknown") -> AliasChange:
+    """Move the capability's alias to ``version`` (default: the canary/shadow candidate)."""
+    spec = mesh.capability(capability)
+    if version is None:
+        if spec.canary is None:
+            raise InvalidInput(f"{capability} has no canary or shadow candidate",
+                               hint="pass --version, or declare canary = {model = ...}")
+        version = (await mesh.resolver.resolve(spec.canary.model)).version
+    return await _move(mesh, spec, version, "promote", actor)
+
+
+async def rollback(mesh: Mesh, capability: str, *, actor: str = "unknown") -> AliasChange:
+    """Move the alias back to where the last promote of this capability found it."""
+    spec = mesh.capability(capability)
+    last = None
+    for entry in await mesh.port("audit").read():
+        rec = entry.record
+        if rec.get("kind") == "alias_change" and rec.get("capability") == capability \
+                and rec.get("action") == "promote":
+            last = rec
+    if last is None:
+        raise NotFound(f"no promote of {capability} in the audit log",
+                       hint="rollback undoes `aios-mesh promote`; nothing to undo")
+    return await _move(mesh, spec, str(last["from_version"]), "rollback", actor)
