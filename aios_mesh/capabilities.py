@@ -42,7 +42,8 @@ from aios_mesh.errors import ConfigError
 from aios_mesh.ports.registry import parse_model_spec
 from aios_mesh.ports.serving import Usage
 
-__all__ = ["SLO", "BatchPolicy", "Canary", "CapabilitySpec", "Fallback", "Price", "capability", "import_object"]
+__all__ = ["SLO", "BatchPolicy", "Canary", "CapabilitySpec", "Fallback", "Price", "capability",
+           "import_object"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 
 from aios_mesh.pipeline.call import Call
-from aios_mesh.ports.registry import ModelRef
 from aios_mesh.pipeline.runner import StepBase
+from aios_mesh.ports.registry import ModelRef
 from aios_mesh.resolver import AliasResolver
 
 __all__ = ["ResolveModel"]

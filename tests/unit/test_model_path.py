@@ -99,7 +99,7 @@ def test_canary_sends_a_share_of_calls_and_records_the_version(tmp_path: Path) -
 def test_shadow_compare_promote_and_rollback(tmp_path: Path) -> None:
     from aios_mesh import rollout
 
-    mesh, v3, v4 = mesh_with(tmp_path, canary=Canary(model="m@challenger", shadow=True))
+    mesh, _, v4 = mesh_with(tmp_path, canary=Canary(model="m@challenger", shadow=True))
     with mesh:
         results = [mesh.invoke("echo", {"text": f"q{i}"}, tenant="a") for i in range(20)]
         assert all(r.record.model["version"] == "3" for r in results)  # callers see primary
