@@ -53,10 +53,13 @@ def test_unknown_scheme_suggests_the_close_one() -> None:
     assert "did you mean 'triton+grpc'" in str(info.value)
 
 
-def test_missing_backend_names_the_extra_to_install() -> None:
-    # No package provides aios_mesh_bentoml yet: the hint names the extra that brings it.
-    with pytest.raises(ConfigError, match=r'pip install "aios-mesh\[bentoml\]"'):
-        adapter_class("serving", "bentoml+http")
+def test_missing_backend_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aios_mesh.backends import AdapterTarget
+
+    monkeypatch.setitem(BUILTIN_ADAPTERS["serving"], "vllm+http",  # type: ignore[index]
+                        AdapterTarget("aios_mesh_not_installed:Serving", "vllm"))
+    with pytest.raises(ConfigError, match=r'pip install "aios-mesh\[vllm\]"'):
+        adapter_class("serving", "vllm+http")
 
 
 def test_every_default_url_has_a_builtin_adapter() -> None:
