@@ -33,7 +33,8 @@ class SyncRunner:
         else:
             coro.close()
             raise MeshError("the sync API was called from inside a running event loop",
-                            hint="use the async twin: `await mesh.ainvoke(...)`")
+                            hint="await the async twin instead (ainvoke, ainvoke_many, "
+                                 "aresolve_review, aprepare, aclose)")
         loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
         if loop is None or loop.is_closed():
             loop = asyncio.new_event_loop()

@@ -36,7 +36,14 @@ import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from aios_mesh.errors import ConfigError
 from aios_mesh.ports.registry import parse_model_spec
@@ -216,7 +223,15 @@ class CapabilitySpec(BaseModel):
         for key in ("input", "output", "handler"):
             if isinstance(data.get(key), str):
                 data[key] = import_object(data[key])
-        return cls(**data)
+        if isinstance(data.get("handler"), CapabilitySpec):  # a @capability-decorated function
+            data["handler"] = data["handler"].handler
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            where = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}"
+                              for e in exc.errors()[:5])
+            raise ConfigError(f"capability {data.get('name', '?')!r} is invalid: {where}",
+                              hint="fix its [[capabilities]] table in the config") from None
 
 
 def capability(name: str, **options: Any) -> Callable[[Callable[..., Any]], CapabilitySpec]:

@@ -235,6 +235,125 @@ def rollback(
     _alias_change("rollback", capability, None, actor, config)
 
 
+review_app = typer.Typer(help="The human-review queue: list, show, approve, reject.",
+                         no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("list")
+def review_list(
+    status: Annotated[str, typer.Option(help="pending, approved, rejected or all.")
+                      ] = "pending",
+    tenant: Annotated[Optional[str], typer.Option(help="Only this tenant.")] = None,  # noqa: UP045
+    config: ConfigOpt = None,
+) -> None:
+    """List review items (default: the pending ones)."""
+    with _mesh(config) as mesh:
+        items = mesh.review_queue().list(None if status == "all" else status,
+                                         tenant=tenant)
+    table = Table(title=f"review queue ({status})")
+    for col in ("id", "tenant", "capability", "reason", "status", "created"):
+        table.add_column(col)
+    for it in items:
+        table.add_row(it.id, it.tenant, it.capability, it.reason, it.status,
+                      it.created_at[:19])
+    console.print(table)
+
+
+@review_app.command("show")
+def review_show(item_id: Annotated[str, typer.Argument(help="Review item id.")],
+                config: ConfigOpt = None) -> None:
+    """Show one item: its input, the proposed answer, the decision."""
+    try:
+        with _mesh(config) as mesh:
+            item = mesh.review_queue().get(item_id)
+    except MeshError as exc:
+        _fail(exc)
+        return
+    from dataclasses import asdict
+
+    console.print_json(orjson.dumps(asdict(item)).decode())
+
+
+def _decide(item_id: str, approve: bool, reviewer: str, output: str | None, note: str,
+            config: Path | None) -> None:
+    try:
+        corrected = orjson.loads(output) if output else None
+    except orjson.JSONDecodeError as exc:
+        _fail(MeshError(f"--output is not valid JSON: {exc}"))
+        return
+    try:
+        with _mesh(config) as mesh:
+            item = mesh.resolve_review(item_id, approve=approve, reviewer=reviewer,
+                                       output=corrected, note=note)
+    except MeshError as exc:
+        _fail(exc)
+        return
+    resumed = f" → published to {item.resume['topic']}" if item.resume else ""
+    console.print(f"[green]{item.status}[/] {item.id} by {reviewer}{resumed}")
+
+
+@review_app.command("approve")
+def review_approve(
+    item_id: Annotated[str, typer.Argument(help="Review item id.")],
+    reviewer: Annotated[str, typer.Option(help="Who decides (recorded).")],
+    output: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Corrected output as JSON; default: accept the proposed answer.")] = None,
+    note: Annotated[str, typer.Option(help="Why.")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Approve (optionally correcting the output); resumes the waiting event chain."""
+    _decide(item_id, True, reviewer, output, note, config)
+
+
+@review_app.command("reject")
+def review_reject(
+    item_id: Annotated[str, typer.Argument(help="Review item id.")],
+    reviewer: Annotated[str, typer.Option(help="Who decides (recorded).")],
+    note: Annotated[str, typer.Option(help="Why.")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Reject; a rejection event goes to the waiting event chain."""
+    _decide(item_id, False, reviewer, None, note, config)
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Calls in flight at most.")] = 8,
+) -> None:
+    """Consume the config's [[routes]] events, invoke capabilities, publish results.
+
+    SIGTERM or Ctrl-C stops fetching, finishes and acks in-flight calls, then exits.
+    """
+    import asyncio
+    import signal
+
+    from aios_mesh.worker import Worker
+
+    async def main() -> None:
+        mesh = _mesh(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        runner = Worker(mesh, concurrency=concurrency)
+        await mesh.flush_outbox()  # ship what an earlier run left pending
+        routes = ", ".join(f"{r.topic}→{r.capability}" for r in runner.routes)
+        err_console.print(f"worker: {routes} (concurrency {concurrency})")
+        try:
+            stats = await runner.run(stop)
+        finally:
+            runner.close()
+            await mesh.aclose()
+        err_console.print(f"worker stopped: {stats}")
+
+    try:
+        asyncio.run(main())
+    except MeshError as exc:
+        _fail(exc)
+
+
 @app.command()
 def doctor(config: ConfigOpt = None) -> None:
     """Check each configured backend: reachable, installed, configured — and how to fix it."""

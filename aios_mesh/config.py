@@ -138,6 +138,15 @@ class BackendsConfig(_Strict):
         return value
 
 
+class RouteConfig(_Strict):
+    """An event route for ``aios-mesh worker``: events on ``topic`` → ``capability``."""
+
+    topic: str
+    capability: str
+    result_topic: str | None = None
+    group: str | None = None
+
+
 class MeshConfig(_Strict):
     """The whole configuration. ``base_dir`` is the config file's folder (relative paths and
     ``scheme:///relative`` URLs resolve against it)."""
@@ -154,6 +163,7 @@ class MeshConfig(_Strict):
     telemetry: TelemetryConfig = TelemetryConfig()
     lock_file: Path | None = Path("aios-mesh.lock")
     invoke_many_concurrency: int = Field(16, ge=1, le=4096)
+    routes: tuple[RouteConfig, ...] = ()
 
     @field_validator("tenants")
     @classmethod

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, Self, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from aios_mesh._sync import SyncRunner
 from aios_mesh.backends import PORTS, PortName, load_adapter, parse_url
@@ -42,6 +42,7 @@ from aios_mesh.errors import (
     UnknownCapability,
     UnknownTenant,
 )
+from aios_mesh.outbox import Outbox
 from aios_mesh.pipeline import Call, Pipeline
 from aios_mesh.pipeline.batching import BatcherPool
 from aios_mesh.pipeline.cache import CacheStep, ResponseCache
@@ -51,8 +52,9 @@ from aios_mesh.pipeline.policy import DecisionCache, PolicyStep
 from aios_mesh.pipeline.quota import QuotaStep
 from aios_mesh.pipeline.redact import RedactStep
 from aios_mesh.pipeline.resolve import ResolveModel
-from aios_mesh.pipeline.validate import ValidateInput
+from aios_mesh.pipeline.validate import ValidateInput, digest, validation_message
 from aios_mesh.ports.audit import AuditLog
+from aios_mesh.ports.events import Event
 from aios_mesh.ports.policy import Policy
 from aios_mesh.ports.quota import QuotaStore
 from aios_mesh.ports.registry import ModelRef, ModelRegistry
@@ -61,10 +63,11 @@ from aios_mesh.record import DecisionRecord, Outcome
 from aios_mesh.redaction import Redactor, RuleRedactor
 from aios_mesh.resilience import RetryBudget
 from aios_mesh.resolver import AliasResolver
-from aios_mesh.review import ReviewQueue
+from aios_mesh.review import ReviewItem, ReviewQueue
 from aios_mesh.rollout import ShadowRunner, _Job
 from aios_mesh.signals import SignalRelay
 from aios_mesh.telemetry import Telemetry
+from aios_mesh.worker import Route
 
 __all__ = ["Mesh", "RecordSink", "Result"]
 
@@ -129,8 +132,10 @@ class Mesh:
         self._capabilities: dict[str, CapabilitySpec] = {}
         self.local_serving = InProcessServing()
         self.sinks: list[RecordSink] = []
+        self.routes: list[Route] = [Route(**r.model_dump()) for r in self.config.routes]
         self._sync = SyncRunner()
         self._review: ReviewQueue | None = None
+        self._outbox: Outbox | None = None
         state = self.config.state_path
         self.telemetry = telemetry or Telemetry(
             log=state / "decisions.log" if self.config.telemetry.log else None,
@@ -192,6 +197,17 @@ class Mesh:
         calling the handler in-process."""
         self._capabilities[spec.name] = spec
         return spec
+
+    def on(self, topic: str, capability: str, *, result_topic: str | None = None,
+           group: str | None = None,
+           payload: Callable[[Event], Any] | None = None) -> Route:
+        """Route events on ``topic`` to ``capability`` (run them with :class:`Worker` or
+        ``aios-mesh worker``); answers go to ``result_topic``."""
+        self.capability(capability)  # fail now on a typo, not in the worker
+        route = Route(topic, capability, result_topic, group,
+                      *(() if payload is None else (payload,)))
+        self.routes.append(route)
+        return route
 
     @property
     def capabilities(self) -> dict[str, CapabilitySpec]:
@@ -305,6 +321,75 @@ class Mesh:
                                         timeout=spec.slo.timeout_s)
         return Target(label, ref, serving=serving, batcher=batcher)
 
+    async def aresolve_review(self, review_id: str, *, approve: bool, reviewer: str,
+                              output: Mapping[str, Any] | None = None,
+                              note: str = "") -> ReviewItem:
+        """Record a human decision and resume what waits on it.
+
+        The decision goes into the review queue and the audit log (``kind:
+        "review_decision"``). If the call came from an event route, the final answer (or the
+        rejection) is published to that route's result topic through the durable outbox, so a
+        bus outage delays it but never loses it. An approved ``output`` is validated against
+        the capability's output model first.
+        """
+        queue = self.review_queue()
+        item = queue.get(review_id)
+        if output is not None:
+            name = item.capability.split("@", 1)[0]
+            spec = self.capability(name)
+            try:
+                output = spec.output.model_validate(dict(output)).model_dump(mode="json")
+            except ValidationError as exc:
+                raise InvalidInput(f"the corrected output does not match "
+                                   f"{spec.output.__name__}: {validation_message(exc)}"
+                                   ) from None
+        item = queue.resolve(review_id, approve=approve, reviewer=reviewer,
+                             output=dict(output) if output is not None else None, note=note)
+        audit: AuditLog = self.port("audit")
+        await audit.append({"kind": "review_decision", "review_id": item.id,
+                            "record_id": item.record_id, "capability": item.capability,
+                            "tenant": item.tenant, "decision": item.status,
+                            "reviewer": reviewer, "at": item.decided_at,
+                            "output_sha256": digest(item.final_output)
+                            if item.final_output is not None else None})
+        if item.resume and item.resume.get("topic"):
+            cap = item.resume.get("capability", item.capability)
+            kind = "result" if approve else "rejected"
+            event = Event(type=f"{cap}.{kind}", source="aios-mesh/review", tenant=item.tenant,
+                          key=item.resume.get("key"),
+                          idempotency_key=f"{item.resume.get('idempotency_key', item.id)}:{cap}",
+                          data={"output": item.final_output, "record_id": item.record_id,
+                                "review_id": item.id, "reviewed_by": reviewer},
+                          headers={"causation_id": str(item.resume.get("causation_id", ""))})
+            await self.publish(item.resume["topic"], event)
+        return item
+
+    def resolve_review(self, review_id: str, *, approve: bool, reviewer: str,
+                       output: Mapping[str, Any] | None = None, note: str = "") -> ReviewItem:
+        """Sync facade of :meth:`aresolve_review`."""
+        return self._sync.run(self.aresolve_review(review_id, approve=approve,
+                                                   reviewer=reviewer, output=output, note=note))
+
+    async def publish(self, topic: str, event: Event) -> None:
+        """Publish an application event durably: it lands in the outbox first and is relayed
+        to the bus now, or later if the bus is down (``flush_outbox`` / the worker retry)."""
+        self.outbox().put(topic, event)
+        await self.flush_outbox()
+
+    async def flush_outbox(self) -> int:
+        """Ship pending outbox rows to the bus; returns how many were sent."""
+        from aios_mesh.outbox import Relay
+
+        result = await Relay(self.outbox(), self.port("events")).run_once()
+        return result.sent
+
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            with self._port_lock:
+                if self._outbox is None:
+                    self._outbox = Outbox(self.config.state_path / "outbox.db")
+        return self._outbox
+
     def review_queue(self) -> ReviewQueue:
         if self._review is None:
             with self._port_lock:
@@ -338,8 +423,13 @@ class Mesh:
     async def ainvoke(self, capability: str, payload: Any, *, tenant: str,
                       caller: str = "anonymous", attributes: Mapping[str, Any] | None = None,
                       parent: Mapping[str, Any] | None = None,
-                      traceparent: Mapping[str, str] | None = None) -> Result[Any]:
+                      traceparent: Mapping[str, str] | None = None,
+                      resume: Mapping[str, Any] | None = None) -> Result[Any]:
         """Run one call through the pipeline and return its :class:`Result`.
+
+        ``parent`` links the call to a workflow run (lineage); ``traceparent`` carries W3C
+        trace headers; ``resume`` says where to publish the answer if the call goes to human
+        review (``{"topic": ..., "key": ...}``, set by the event worker).
 
         Raises the call's :class:`MeshError` after its decision record is in the audit log.
         """
@@ -355,7 +445,8 @@ class Mesh:
             spec = self.capability(capability)
             call = Call(spec=spec, tenant=tenant, caller=caller, raw=payload,
                         record_id=record_id, attributes=dict(attributes or {}),
-                        trace_headers=self.telemetry.inject(span))
+                        trace_headers=self.telemetry.inject(span),
+                        resume=dict(resume) if resume else None)
             if tenant not in self.config.tenants:
                 raise UnknownTenant(f"tenant {tenant!r} is not declared",
                                     hint="add it under [tenants] in the config")
@@ -575,6 +666,9 @@ class Mesh:
         if self._review is not None:
             self._review.close()
             self._review = None
+        if self._outbox is not None:
+            self._outbox.close()
+            self._outbox = None
         self.telemetry.close()
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS review (
   id TEXT PRIMARY KEY, record_id TEXT NOT NULL, tenant TEXT NOT NULL,
   capability TEXT NOT NULL, reason TEXT NOT NULL, status TEXT NOT NULL,
   created_at TEXT NOT NULL, payload BLOB NOT NULL, proposed BLOB,
-  decided_by TEXT, decided_at TEXT, final_output BLOB, note TEXT
+  decided_by TEXT, decided_at TEXT, final_output BLOB, note TEXT, resume BLOB
 );
 CREATE INDEX IF NOT EXISTS review_status ON review(status, created_at);
 """
@@ -49,6 +49,7 @@ class ReviewItem:
     decided_at: str | None = None
     final_output: dict[str, Any] | None = None
     note: str | None = None
+    resume: dict[str, Any] | None = None
 
 
 def _load(blob: bytes | None) -> Any:
@@ -68,21 +69,24 @@ class ReviewQueue:
         self._db.executescript(_SCHEMA)
 
     def enqueue(self, *, record_id: str, tenant: str, capability: str, reason: str,
-                payload: dict[str, Any], proposed: dict[str, Any] | None) -> str:
+                payload: dict[str, Any], proposed: dict[str, Any] | None,
+                resume: dict[str, Any] | None = None) -> str:
+        """Park a call; ``resume`` says where the final answer is to be published."""
         item_id = uuid.uuid4().hex[:12]
         with self._lock:
             self._db.execute(
                 "INSERT INTO review (id, record_id, tenant, capability, reason, status, "
-                "created_at, payload, proposed) VALUES (?,?,?,?,?,?,?,?,?)",
+                "created_at, payload, proposed, resume) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (item_id, record_id, tenant, capability, reason, "pending",
                  datetime.now(UTC).isoformat(), orjson.dumps(payload),
-                 None if proposed is None else orjson.dumps(proposed)))
+                 None if proposed is None else orjson.dumps(proposed),
+                 None if resume is None else orjson.dumps(resume)))
         return item_id
 
     def _row(self, row: tuple[Any, ...]) -> ReviewItem:
         return ReviewItem(row[0], row[1], row[2], row[3], row[4], row[5], row[6],
                           _load(row[7]), _load(row[8]), row[9], row[10], _load(row[11]),
-                          row[12])
+                          row[12], _load(row[13]))
 
     def get(self, item_id: str) -> ReviewItem:
         with self._lock:

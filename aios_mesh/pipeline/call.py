@@ -27,6 +27,7 @@ class Call:
     record_id: str
     attributes: dict[str, Any] = field(default_factory=dict)
     trace_headers: dict[str, str] = field(default_factory=dict)
+    resume: dict[str, Any] | None = None  # where a reviewer's answer is published
     # filled by the steps
     input: BaseModel | None = None
     payload: dict[str, Any] | None = None

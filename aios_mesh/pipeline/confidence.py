@@ -34,5 +34,5 @@ class ConfidenceGate(StepBase):
         call.review_reason = reason
         call.review_id = self._review().enqueue(
             record_id=call.record_id, tenant=call.tenant, capability=call.spec.key,
-            reason=reason, payload=call.payload or {},
+            reason=reason, payload=call.payload or {}, resume=call.resume,
             proposed=call.output.model_dump(mode="json"))

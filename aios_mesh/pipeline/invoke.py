@@ -158,7 +158,8 @@ class InvokeStep(StepBase):
             call.review_reason = "fallback chain reached human review"
             call.review_id = self._review().enqueue(
                 record_id=call.record_id, tenant=call.tenant, capability=call.spec.key,
-                reason=call.review_reason, payload=call.payload or {}, proposed=None)
+                reason=call.review_reason, payload=call.payload or {}, proposed=None,
+                resume=call.resume)
             call.done = True
 
     async def _run(self, call: Call, target: Target) -> None:
