@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from aios_mesh import Mesh
 from aios_mesh.config import config_from_mapping
 from aios_mesh.ports.events import Event
@@ -43,7 +41,7 @@ async def run_until(worker: Worker, done: Any, timeout: float = 30) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     deadline = time.monotonic() + timeout
-    while not done() and time.monotonic() < deadline:
+    while not done() and time.monotonic() < deadline:  # noqa: ASYNC110 (polling a counter)
         await asyncio.sleep(0.05)
     stop.set()
     await task
@@ -116,7 +114,7 @@ async def test_backend_outage_is_nacked_then_dead_lettered(tmp_path: Path) -> No
 
 def test_sigterm_drains_in_flight_work_and_a_restart_finishes_the_rest(tmp_path: Path) -> None:
     config = tmp_path / "aios-mesh.toml"
-    config.write_text(f"""
+    config.write_text("""
 state_dir = "state"
 [tenants.acme]
 [backends]
