@@ -99,6 +99,13 @@ class CacheConfig(_Strict):
     policy_ttl_s: float = Field(60.0, ge=0)
 
 
+class RedactionConfig(_Strict):
+    """``mask`` replaces PII by ``[EMAIL]``-style masks; ``tokenize`` by reversible tokens
+    that are mapped back in the answer for the same tenant."""
+
+    mode: Literal["mask", "tokenize"] = "mask"
+
+
 class TelemetryConfig(_Strict):
     """Signals derived from decision records. ``lineage`` and ``decision_events`` are shipped
     from the audit log by a background relay (see :mod:`aios_mesh.signals`)."""
@@ -161,6 +168,7 @@ class MeshConfig(_Strict):
     breaker: BreakerConfig = BreakerConfig()
     cache: CacheConfig = CacheConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    redaction: RedactionConfig = RedactionConfig()
     lock_file: Path | None = Path("aios-mesh.lock")
     invoke_many_concurrency: int = Field(16, ge=1, le=4096)
     routes: tuple[RouteConfig, ...] = ()

@@ -60,7 +60,8 @@ from aios_mesh.ports.quota import QuotaStore
 from aios_mesh.ports.registry import ModelRef, ModelRegistry
 from aios_mesh.ports.serving import Serving, Usage
 from aios_mesh.record import DecisionRecord, Outcome
-from aios_mesh.redaction import Redactor, RuleRedactor
+from aios_mesh.redaction import Redactor, RuleRedactor, TokenizingRedactor
+from aios_mesh.redaction.tokens import load_or_create_key
 from aios_mesh.resilience import RetryBudget
 from aios_mesh.resolver import AliasResolver
 from aios_mesh.review import ReviewItem, ReviewQueue
@@ -162,7 +163,7 @@ class Mesh:
             ValidateInput(self.config.max_payload_bytes),
             PolicyStep(self._get_policy, self.decision_cache),
             QuotaStep(self._get_quota),
-            RedactStep(redactor or RuleRedactor()),
+            RedactStep(redactor or self._default_redactor()),
             ResolveModel(self.resolver),
             CacheStep(self.response_cache),
             InvokeStep(target=self._target, resolver=self.resolver, breakers=self.breakers,
@@ -171,6 +172,12 @@ class Mesh:
         ])
         for spec in (*self._config_capabilities(), *capabilities):
             self.register(spec)
+
+    def _default_redactor(self) -> Redactor:
+        if self.config.redaction.mode == "tokenize":
+            key = load_or_create_key(self.config.state_path / "redaction.key")
+            return TokenizingRedactor(key)
+        return RuleRedactor()
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -24,3 +24,12 @@ class RedactStep(StepBase):
                                       kinds=None if call.spec.external else kinds)
         call.redaction = result
         call.payload = result.payload
+
+    async def after(self, call: Call) -> None:
+        # Reversible redaction: map this tenant's tokens in the answer back to the values.
+        restore = getattr(self.redactor, "restore", None)
+        if restore is None or call.redaction is None or not call.redaction.applied \
+                or call.output is None:
+            return
+        doc = restore(call.output.model_dump(mode="json"), tenant=call.tenant)
+        call.output = call.spec.output.model_validate(doc)

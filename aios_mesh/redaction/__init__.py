@@ -2,6 +2,7 @@
 
 from aios_mesh.redaction.redactor import Redaction, Redactor, RuleRedactor
 from aios_mesh.redaction.rules import DEFAULT_RULES, Rule, iban_valid, luhn_valid
+from aios_mesh.redaction.tokens import TokenizingRedactor, TokenVault
 
-__all__ = ["DEFAULT_RULES", "Redaction", "Redactor", "Rule", "RuleRedactor", "iban_valid",
-           "luhn_valid"]
+__all__ = ["DEFAULT_RULES", "Redaction", "Redactor", "Rule", "RuleRedactor", "TokenVault",
+           "TokenizingRedactor", "iban_valid", "luhn_valid"]

@@ -1,0 +1,52 @@
+"""Reversible tokenisation: tokens out, values back in the answer, same tenant only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from aios_mesh import CapabilitySpec, Mesh
+from aios_mesh.config import config_from_mapping
+from aios_mesh.redaction import TokenizingRedactor
+from tests.unit.fakes import ScriptedServing, StaticRegistry
+
+
+class Mail(BaseModel):
+    text: str
+
+
+class Reply(BaseModel):
+    text: str
+
+
+def test_same_value_same_token_within_a_tenant_only() -> None:
+    r = TokenizingRedactor(b"k" * 32)
+    a1 = r.redact({"t": "bob@example.com"}, tenant="a").payload["t"]
+    a2 = r.redact({"t": "write bob@example.com"}, tenant="a").payload["t"]
+    b1 = r.redact({"t": "bob@example.com"}, tenant="b").payload["t"]
+    assert a1.startswith("<EMAIL_") and a2 == f"write {a1}"
+    assert b1 != a1
+    assert r.restore({"x": [a1]}, tenant="a") == {"x": ["bob@example.com"]}
+    assert r.restore(a1, tenant="b") == a1  # another tenant's token stays a token
+
+
+def test_pipeline_sends_tokens_and_returns_values(tmp_path: Path) -> None:
+    def echo(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"text": f"Dear {payload['text'].split()[-1]}, thanks"}
+
+    serving = ScriptedServing(echo)
+    spec = CapabilitySpec(name="reply", input=Mail, output=Reply, model="m@a", external=True)
+    config = config_from_mapping({"state_dir": str(tmp_path), "tenants": {"acme": {}},
+                                  "redaction": {"mode": "tokenize"},
+                                  "telemetry": {"lineage": False, "decision_events": False}})
+    with Mesh(config, capabilities=[spec],
+              adapters={"serving": serving, "registry": StaticRegistry({"m@a": "1"})}) as m:
+        result = m.invoke("reply", {"text": "from jane@example.com"}, tenant="acme")
+    sent = serving.received[0]["text"]
+    assert "jane@example.com" not in sent and "<EMAIL_" in sent
+    assert result.output == Reply(text="Dear jane@example.com, thanks")
+    assert result.record.redaction == {"applied": True, "counts": {"email": 1}}
+    assert "jane@example.com" not in (tmp_path / "audit.jsonl").read_text()
+    assert (tmp_path / "redaction.key").stat().st_mode & 0o077 == 0
