@@ -22,7 +22,7 @@ demo: $(STAMP)
 	@$(BIN)/nox --no-install --reuse-existing-virtualenvs -s demo
 
 test: $(STAMP)
-	@$(BIN)/nox --no-install --reuse-existing-virtualenvs -s lint typecheck tests
+	@$(BIN)/nox --no-install --reuse-existing-virtualenvs -s lint typecheck docs tests
 
 lint typecheck bench docs: $(STAMP)
 	@$(BIN)/nox --no-install --reuse-existing-virtualenvs -s $@

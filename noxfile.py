@@ -7,6 +7,7 @@ installed once; each uses the interpreter nox runs under.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import nox
 
@@ -44,8 +45,12 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks; results land in benchmarks/results/."""
-    for script in ("overhead.py", *session.posargs):
-        session.run(PY, f"benchmarks/{script}")
+    scripts = session.posargs or ["overhead.py", "policy.py", "quotas.py", "retrieval.py",
+                                  "events.py"]
+    for script in scripts:
+        if Path("benchmarks", script).exists():
+            session.run(PY, f"benchmarks/{script}")
+    session.run(PY, "benchmarks/report.py")
 
 
 @nox.session
