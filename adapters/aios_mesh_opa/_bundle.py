@@ -1,0 +1,105 @@
+"""Reading a policy folder for upload: ``*.rego`` modules, ``data.json`` documents, the hash.
+
+Same file selection and the same ``bundle_hash`` as the embedded adapter
+(``aios_mesh_regopy._bundle``): every ``*.rego`` and ``data.json`` under the folder, names
+starting with ``.`` skipped, sha256 over the sorted, length-prefixed ``(relative path,
+content)`` pairs. A folder therefore has the same ``bundle_hash`` on both policy adapters.
+Duplicated, not imported: importing ``aios_mesh_regopy`` loads the regopy engine, which the
+``opa`` extra does not install.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aios_mesh.errors import ConfigError
+
+__all__ = ["BundleFolder", "DataDocument", "hash_files", "read_bundle"]
+
+
+@dataclass(frozen=True, slots=True)
+class DataDocument:
+    """One ``data.json``: its document and the data path of its folder."""
+
+    relpath: str
+    path: tuple[str, ...]
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BundleFolder:
+    """The files of a policy folder, read and checked, ready for upload."""
+
+    root: Path
+    modules: tuple[tuple[str, str], ...]  # (relative path, source)
+    data: tuple[DataDocument, ...]
+    bundle_hash: str
+
+
+def hash_files(files: Iterable[tuple[str, bytes]]) -> str:
+    """sha256 hex over the sorted ``(relative path, content)`` pairs, length-prefixed."""
+    digest = hashlib.sha256()
+    for rel, content in sorted(files):
+        encoded = rel.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "big"))
+        digest.update(encoded)
+        digest.update(len(content).to_bytes(8, "big"))
+        digest.update(content)
+    return digest.hexdigest()
+
+
+def read_bundle(root: Path) -> BundleFolder:
+    """Read ``root``; a missing folder, unreadable file, bad UTF-8 or JSON is a ConfigError.
+
+    The Rego itself is checked by the OPA server when the adapter uploads it.
+    """
+    if not root.is_dir():
+        raise ConfigError(f"policy folder {root} does not exist or is not a folder",
+                          hint=f"create it and put your *.rego files there (mkdir -p {root})",
+                          path=str(root))
+    hashed: list[tuple[str, bytes]] = []
+    modules: list[tuple[str, str]] = []
+    data: list[DataDocument] = []
+    for path in sorted(root.rglob("*")):
+        rel_parts = path.relative_to(root).parts
+        if any(part.startswith(".") for part in rel_parts) or not path.is_file():
+            continue
+        if path.suffix != ".rego" and path.name != "data.json":
+            continue
+        rel = path.relative_to(root).as_posix()
+        try:
+            content = path.read_bytes()
+            text = content.decode("utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}",
+                              hint="check the file's permissions", file=str(path)) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not valid UTF-8", hint="save the file as UTF-8",
+                              file=str(path)) from exc
+        hashed.append((rel, content))
+        if path.suffix == ".rego":
+            modules.append((rel, text))
+            continue
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}",
+                              hint="fix the JSON syntax of the data file",
+                              file=str(path)) from exc
+        if not isinstance(document, dict):
+            raise ConfigError(f"{path} must hold a JSON object, not {type(document).__name__}",
+                              hint='wrap the value in an object, e.g. {"tenants": [...]}',
+                              file=str(path))
+        data.append(DataDocument(rel, tuple(path.parent.relative_to(root).parts), document))
+    if not modules:
+        raise ConfigError(f"policy folder {root} holds no .rego files",
+                          hint="add at least one policy, e.g. policies/mesh/default.rego",
+                          path=str(root))
+    data.sort(key=lambda d: (len(d.path), d.path))  # parents first: children overwrite
+    return BundleFolder(root=root, modules=tuple(modules), data=tuple(data),
+                        bundle_hash=hash_files(hashed))

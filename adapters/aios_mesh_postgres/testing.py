@@ -1,0 +1,75 @@
+"""Test helpers for the PostgreSQL audit log: a :class:`Tamperer` that edits rows in SQL.
+
+Used with :class:`aios_mesh.testing.conformance.audit.AuditTamper`::
+
+    @pytest.fixture
+    def tamper(self, adapter):
+        return PostgresTamperer(adapter.conninfo, adapter.table)
+
+Each method connects, edits the table behind the adapter's back (as someone with write
+access to the table would: ``UPDATE``/``DELETE``/``INSERT``), commits and disconnects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from aios_mesh.embedded.audit import GENESIS_HASH, chain_hash
+
+__all__ = ["PostgresTamperer"]
+
+
+class PostgresTamperer:
+    """Edits an audit table in SQL (see the Tamperer protocol of the audit conformance kit).
+
+    The table keys rows by ``seq``, so a row's place *is* its key: ``insert`` renumbers the
+    rows after the forged one (``seq + 1``), ``swap`` exchanges the keys of two rows (each
+    keeps its hashes and record).
+    """
+
+    def __init__(self, conninfo: str, table: str = "audit_log") -> None:
+        self.conninfo = conninfo
+        self.ident = sql.Identifier(*table.split("."))
+
+    def _run(self, *statements: tuple[sql.Composed, tuple[Any, ...]]) -> None:
+        with psycopg.connect(self.conninfo) as conn, conn.transaction():
+            for query, params in statements:
+                conn.execute(query, params)
+
+    def change(self, seq: int) -> None:
+        """Alter the record of ``seq``, keeping its hashes."""
+        self._run((sql.SQL("UPDATE {} SET record = (record::jsonb || '{{\"tampered\": true}}'"
+                           "::jsonb)::json WHERE seq = %s").format(self.ident), (seq,)))
+
+    def delete(self, seq: int) -> None:
+        """Delete the row of ``seq``."""
+        self._run((sql.SQL("DELETE FROM {} WHERE seq = %s").format(self.ident), (seq,)))
+
+    def insert(self, after_seq: int) -> None:
+        """Forge entry ``after_seq + 1`` linking to ``after_seq``; later rows move up one."""
+        with psycopg.connect(self.conninfo) as conn, conn.transaction():
+            prev = GENESIS_HASH
+            if after_seq:
+                row = conn.execute(sql.SQL("SELECT hash FROM {} WHERE seq = %s").format(
+                    self.ident), (after_seq,)).fetchone()
+                assert row is not None, f"no entry {after_seq}"
+                prev = row[0]
+            record = {"forged": True}
+            seq = after_seq + 1
+            conn.execute(sql.SQL("UPDATE {} SET seq = -seq WHERE seq > %s").format(
+                self.ident), (after_seq,))
+            conn.execute(sql.SQL("UPDATE {} SET seq = 1 - seq WHERE seq < 0").format(
+                self.ident), ())
+            conn.execute(sql.SQL("INSERT INTO {} (seq, prev_hash, hash, record) "
+                                 "VALUES (%s, %s, %s, %s::json)").format(self.ident),
+                         (seq, prev, chain_hash(prev, seq, record),
+                          orjson.dumps(record).decode()))
+
+    def swap(self, seq_a: int, seq_b: int) -> None:
+        """Exchange the keys of the rows ``seq_a`` and ``seq_b``."""
+        q = sql.SQL("UPDATE {} SET seq = %s WHERE seq = %s").format(self.ident)
+        self._run((q, (-seq_a, seq_a)), (q, (seq_a, seq_b)), (q, (seq_b, -seq_a)))
