@@ -61,7 +61,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from aios_mesh.backends import BackendURL
-from aios_mesh.embedded.audit import GENESIS_HASH, _dump_record, chain_hash, verify_file
+from aios_mesh.embedded.audit import GENESIS_HASH, canonical_record, chain_hash, verify_file
 from aios_mesh.errors import BackendUnavailable, ConfigError, IntegrityError
 from aios_mesh.ports.audit import AuditEntry, VerifyReport
 from aios_mesh.ports.base import Feature
@@ -272,7 +272,7 @@ class PostgresAuditLog:
         Raises ``IntegrityError`` when the record is not JSON or the write fails.
         """
         try:
-            record_bytes = _dump_record(record)
+            record_bytes = canonical_record(record)
         except (TypeError, ValueError) as exc:
             raise IntegrityError(f"the audit record cannot be written as JSON: {exc}",
                                  hint="records must hold JSON values with string keys "

@@ -60,7 +60,7 @@ from aios_mesh.errors import ConfigError, IntegrityError, NotFound
 from aios_mesh.ports.audit import AuditEntry, VerifyProblem, VerifyReport
 from aios_mesh.ports.base import Feature
 
-__all__ = ["GENESIS_HASH", "JsonlAuditLog", "chain_hash", "verify_file"]
+__all__ = ["GENESIS_HASH", "JsonlAuditLog", "canonical_record", "chain_hash", "verify_file"]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
-def _dump_record(record: Mapping[str, Any]) -> bytes:
+def canonical_record(record: Mapping[str, Any]) -> bytes:
+    """The canonical JSON bytes of a record, exactly as the hash chain covers them."""
     return orjson.dumps(record if isinstance(record, dict) else dict(record),
                         default=_default, option=_SORT)
 
@@ -111,7 +112,7 @@ def chain_hash(prev_hash: str, seq: int, record: Mapping[str, Any]) -> str:
     Every audit adapter uses this formula, so a chain exported from one backend verifies
     with another's tools.
     """
-    return _hash(prev_hash, seq, _dump_record(record))
+    return _hash(prev_hash, seq, canonical_record(record))
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,7 +498,7 @@ class JsonlAuditLog:
     @staticmethod
     def _prepare(record: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
         try:
-            return _dump_record(record), dict(record)
+            return canonical_record(record), dict(record)
         except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
             raise IntegrityError(f"the audit record cannot be written as JSON: {exc}",
                                  hint="records must hold JSON values with string keys "
