@@ -7,8 +7,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Model servers live in their own environments (their dependency pins clash with the main one).
+BENTO  := .nox/bentoml/.installed
+TRITON := .nox/triton/.installed
 
-.PHONY: demo test lint typecheck bench docs clean
+.PHONY: demo test servers lint typecheck bench docs clean
 
 $(STAMP): pyproject.toml $(wildcard adapters/*/__init__.py)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "aios-mesh needs Python >= 3.11"'
@@ -16,13 +19,32 @@ $(STAMP): pyproject.toml $(wildcard adapters/*/__init__.py)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[all,dev]"
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		-r serving/triton/client-requirements.txt
 	@touch $(STAMP)
+
+$(BENTO): serving/bentoml/requirements.txt $(wildcard adapters/*/__init__.py)
+	@echo "==> creating the BentoML server environment in .nox/bentoml (first run only)"
+	@test -x .nox/bentoml/bin/python || $(PYTHON) -m venv .nox/bentoml
+	@.nox/bentoml/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r serving/bentoml/requirements.txt
+	@.nox/bentoml/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(BENTO)
+
+$(TRITON): serving/triton/requirements.txt
+	@echo "==> creating the Triton (PyTriton) server environment in .nox/triton (first run only)"
+	@test -x .nox/triton/bin/python || $(PYTHON) -m venv .nox/triton
+	@.nox/triton/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r serving/triton/requirements.txt
+	@touch $(TRITON)
 
 demo: $(STAMP)
 	@$(BIN)/nox --no-install --reuse-existing-virtualenvs -s demo
 
-test: $(STAMP)
+test: $(STAMP) $(BENTO) $(TRITON)
 	@$(BIN)/nox --no-install --reuse-existing-virtualenvs -s lint typecheck docs tests
+
+servers: $(BENTO) $(TRITON)
 
 lint typecheck bench docs: $(STAMP)
 	@$(BIN)/nox --no-install --reuse-existing-virtualenvs -s $@

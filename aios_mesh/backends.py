@@ -59,6 +59,7 @@ BUILTIN_ADAPTERS: Final[Mapping[str, Mapping[str, AdapterTarget]]] = {
     "serving": {
         "inprocess": _t("aios_mesh.embedded.serving:InProcessServing"),
         "bentoml+http": _t("aios_mesh_bentoml:BentoMLServing", "bentoml"),
+        "bentoml+https": _t("aios_mesh_bentoml:BentoMLServing", "bentoml"),
         "triton+http": _t("aios_mesh_triton:TritonServing", "triton"),
         "triton+grpc": _t("aios_mesh_triton:TritonServing", "triton"),
     },

@@ -170,6 +170,62 @@ def audit_verify(
     raise typer.Exit(code=1)
 
 
+serve_app = typer.Typer(help="Serve a registered model on a real model server.",
+                        no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+RegistryOpt = Annotated[str, typer.Option(
+    help="Registry URL, e.g. mlflow+sqlite:///registry/mlflow.db or mlflow+http://host:5000.")]
+PythonOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    help="Interpreter of the server's own environment (default: .nox/<server>/bin/python; "
+         "`make servers` creates it).")]
+
+
+@serve_app.command("bentoml")
+def serve_bentoml_cmd(
+    spec: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/VERSION to serve.")],
+    registry: RegistryOpt = "",
+    port: Annotated[int, typer.Option(help="HTTP port (bound on 127.0.0.1).")] = 3000,
+    python: PythonOpt = None,
+) -> None:
+    """Serve a registry model with BentoML (adaptive batching on) until interrupted.
+
+    Point a mesh at it with serving = "bentoml+http://127.0.0.1:PORT".
+    """
+    from aios_mesh.serve_bentoml import serve_bentoml
+
+    try:
+        code = serve_bentoml(spec, port=port, registry=registry, python=python)
+    except MeshError as exc:
+        _fail(exc)
+        return
+    raise typer.Exit(code=code)
+
+
+@serve_app.command("triton")
+def serve_triton_cmd(
+    spec: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/VERSION to serve.")],
+    registry: RegistryOpt = "mlflow+sqlite:///.aios-mesh/registry/mlflow.db",
+    http_port: Annotated[int, typer.Option(help="Triton HTTP port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="Triton gRPC port.")] = 8001,
+    python: PythonOpt = None,
+) -> None:
+    """Serve a registry model with Triton (via PyTriton, dynamic batching on).
+
+    Point a mesh at it with serving = "triton+grpc://127.0.0.1:GRPC_PORT"; the registry's
+    version is Triton's model version, pinned in every request.
+    """
+    from aios_mesh.serve_triton import serve_triton
+
+    try:
+        code = serve_triton(spec, http_port=http_port, grpc_port=grpc_port,
+                            registry=registry, python=python)
+    except MeshError as exc:
+        _fail(exc)
+        return
+    raise typer.Exit(code=code)
+
+
 @app.command()
 def compare(
     capability: Annotated[str, typer.Argument(help="Capability with a canary or shadow.")],

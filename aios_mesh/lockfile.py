@@ -52,7 +52,7 @@ class LockFile:
             try:
                 models[spec] = ModelRef(name=m["name"], version=str(m["version"]),
                                         source=m.get("source", ""), run_id=m.get("run_id"),
-                                        alias=m.get("alias"))
+                                        alias=m.get("alias"), tags=dict(m.get("tags") or {}))
             except (KeyError, TypeError) as exc:
                 raise ConfigError(f"lock file {path}: bad entry for {spec!r}",
                                   hint="run `aios-mesh lock` to rewrite it") from exc
@@ -62,8 +62,9 @@ class LockFile:
         return {
             "lock_version": LOCK_VERSION,
             "created_at": self.created_at or datetime.now(UTC).isoformat(),
+            # tags carry what a fresh process needs to load the model (e.g. the tracking URI)
             "models": {spec: {"name": r.name, "version": r.version, "source": r.source,
-                              "run_id": r.run_id, "alias": r.alias}
+                              "run_id": r.run_id, "alias": r.alias, "tags": dict(r.tags)}
                        for spec, r in sorted(self.models.items())},
             "indexes": dict(sorted(self.indexes.items())),
         }

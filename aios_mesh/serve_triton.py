@@ -20,13 +20,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from aios_mesh.errors import BackendUnavailable, ConfigError, MeshError
-from aios_mesh.testing.processes import LocalProcess, wait_until
+from aios_mesh.testing.processes import LocalProcess
 
 __all__ = ["serve_triton", "server_env", "server_script", "start_triton_server",
            "triton_python", "wait_triton_ready"]
@@ -85,13 +86,18 @@ def wait_triton_ready(http_port: int, models: Sequence[tuple[str, str | None]] =
                       timeout: float = 120.0,
                       alive: Callable[[], bool] | None = None) -> None:
     """Block until the server and each ``(name, version)`` model answer ready over HTTP."""
-    def check() -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
         if alive is not None and not alive():
-            raise BackendUnavailable("the Triton server process exited")
-        return _ready(http_port, models)
-
-    wait_until(check, timeout=timeout, interval=0.2,
-               what=f"Triton on 127.0.0.1:{http_port}")
+            raise BackendUnavailable("the Triton server process exited",
+                                     hint="see its log for the reason")
+        with contextlib.suppress(Exception):
+            if _ready(http_port, models):
+                return
+        if time.monotonic() > deadline:
+            raise BackendUnavailable(f"Triton on 127.0.0.1:{http_port} not ready after "
+                                     f"{timeout:.0f}s", hint="see its log")
+        time.sleep(0.2)
 
 
 @contextlib.contextmanager

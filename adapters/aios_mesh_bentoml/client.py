@@ -1,0 +1,312 @@
+"""Serving port over a BentoML service, spoken over HTTP with httpx (no ``bentoml`` import).
+
+URL::
+
+    bentoml+http://127.0.0.1:3000?endpoint=/predict&timeout=30&max_batch=64
+
+The service is :mod:`aios_mesh_bentoml.service` (start it with
+``aios-mesh serve bentoml NAME@ALIAS``); the wire protocol is in
+:mod:`aios_mesh_bentoml._protocol`. Every request names the model version the registry
+resolved, and the service refuses (404) a version it does not serve, so the version in the
+decision record is the version that answered.
+
+Errors at the boundary:
+
+=====================================  ================================================
+what happened                          raised
+=====================================  ================================================
+connection refused / reset, 5xx, 429   :class:`BackendUnavailable` (retryable)
+no answer within the timeout, 504      :class:`BackendTimeout` (retryable)
+404 from the service (version)         :class:`NotFound`
+400 / 422, a payload that is not JSON  :class:`InvalidInput` (413: ``PayloadTooLarge``)
+200 with a body off the protocol       :class:`InvalidOutput`
+no such API (404 without a JSON body)  :class:`ConfigError` (check ``?endpoint=``)
+401 / 403 / 405                        :class:`ConfigError`
+=====================================  ================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+
+from aios_mesh.backends import BackendURL
+from aios_mesh.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    InvalidInput,
+    InvalidOutput,
+    MeshError,
+    NotFound,
+    PayloadTooLarge,
+)
+from aios_mesh.ports.base import Feature
+from aios_mesh.ports.registry import ModelRef
+from aios_mesh.ports.serving import Prediction, ServingBase
+from aios_mesh_bentoml._protocol import DEFAULT_ENDPOINT, MODELS_ENDPOINT, prediction_from_answer
+
+__all__ = ["BentoMLServing"]
+
+_OPTIONS = frozenset({"endpoint", "timeout", "max_batch"})
+_SCHEMES = ("bentoml+http", "bentoml+https")
+_START_HINT = ("start it: aios-mesh serve bentoml NAME@ALIAS --port PORT (or bentoml serve "
+               "aios_mesh_bentoml.service:MeshModelService)")
+
+
+class BentoMLServing(ServingBase):
+    """Runs models on the aios-mesh BentoML service.
+
+    ``infer_batch`` POSTs the batch to the service's batched API (adaptive batching on the
+    server merges concurrent requests); batches larger than ``max_batch`` go as several
+    concurrent requests. One :class:`httpx.AsyncClient` per running event loop (the mesh's
+    sync facade and ``asyncio.run`` callers each get their own connection pool).
+
+    Args:
+        base_url: ``http://host:port`` of the service.
+        endpoint: path of the batched predict API.
+        timeout: seconds per request when the call passes none.
+        max_batch: items per request.
+        transport: an httpx transport (the test seam, as in ``httpx.AsyncClient``).
+    """
+
+    features: frozenset[Feature] = frozenset({Feature.BATCH, Feature.ASYNC_NATIVE})
+
+    def __init__(self, base_url: str, *, endpoint: str = DEFAULT_ENDPOINT,
+                 timeout: float = 30.0, max_batch: int = 64,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        if not endpoint.startswith("/"):
+            raise ConfigError(f"endpoint {endpoint!r} must start with '/'",
+                              hint="write ?endpoint=/predict")
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise ConfigError(f"timeout={timeout!r} must be a positive number of seconds",
+                              hint="write ?timeout=30")
+        if max_batch < 1:
+            raise ConfigError(f"max_batch={max_batch!r} must be at least 1",
+                              hint="write ?max_batch=64")
+        self.base_url = base_url.rstrip("/")
+        self.endpoint = endpoint
+        self.timeout = float(timeout)
+        self.max_batch = int(max_batch)
+        self._transport = transport
+        self._headers = dict(headers or {})
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                 httpx.AsyncClient] = \
+            weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
+        """Build from ``bentoml+http://host:port?endpoint=/predict&timeout=30&max_batch=64``;
+        keyword options override the query string (``transport=`` too)."""
+        if url.scheme not in _SCHEMES:
+            raise ConfigError(f"BentoMLServing cannot serve scheme {url.scheme!r}",
+                              hint=f"use one of: {', '.join(_SCHEMES)}")
+        transport = options.pop("transport", None)
+        opts: dict[str, Any] = {**url.options, **options}
+        unknown = sorted(set(opts) - _OPTIONS)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} in {url.redacted()}",
+                              hint=f"the BentoML adapter knows: {', '.join(sorted(_OPTIONS))}")
+        if url.username or url.password:
+            raise ConfigError(f"{url.redacted()} carries credentials",
+                              hint="BentoML services take no credentials in the URL; put a "
+                                   "gateway with authentication in front of the service")
+        host = url.address  # ConfigError when missing
+        prefix = url.path.rstrip("/")
+        try:
+            timeout = float(opts.get("timeout", 30.0))
+            max_batch = int(opts.get("max_batch", 64))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad timeout/max_batch in {url.redacted()}: {exc}",
+                              hint="write ?timeout=30&max_batch=64") from exc
+        return cls(f"{url.driver or 'http'}://{host}{prefix}",
+                   endpoint=str(opts.get("endpoint", DEFAULT_ENDPOINT)), timeout=timeout,
+                   max_batch=max_batch, transport=transport)
+
+    def __repr__(self) -> str:
+        return f"BentoMLServing({self.base_url!r}, endpoint={self.endpoint!r})"
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._clients.get(loop)
+            if client is None or client.is_closed:
+                client = httpx.AsyncClient(base_url=self.base_url, transport=self._transport,
+                                           headers=self._headers, timeout=self.timeout,
+                                           trust_env=False)
+                self._clients[loop] = client
+            return client
+
+    async def _send(self, method: str, path: str, *, content: bytes | None = None,
+                    timeout: float | None = None) -> httpx.Response:
+        """One request; transport failures become BackendUnavailable / BackendTimeout."""
+        where = f"{self.base_url}{path}"
+        try:
+            return await self._client().request(
+                method, path, content=content, timeout=timeout or self.timeout,
+                headers={"Content-Type": "application/json"} if content is not None else None)
+        except httpx.TimeoutException as exc:
+            raise BackendTimeout(f"BentoML service {where} did not answer within "
+                                 f"{timeout or self.timeout}s ({type(exc).__name__})",
+                                 hint="raise the capability's slo.timeout_s or ?timeout=, or "
+                                      "check the service's load") from exc
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(f"BentoML service {where} is unreachable: "
+                                     f"{type(exc).__name__}: {exc}", hint=_START_HINT) from exc
+
+    # -- the port ----------------------------------------------------------------------------
+
+    async def infer_batch(self, model: ModelRef, payloads: Sequence[Mapping[str, Any]], *,
+                          timeout: float | None = None) -> list[Prediction]:
+        """One prediction per payload, in order; the request names ``model.version``."""
+        if not payloads:
+            return []
+        key = {"name": model.name, "version": model.version}
+        items = [{"model": key, "input": dict(p)} for p in payloads]
+        chunks = [items[i:i + self.max_batch] for i in range(0, len(items), self.max_batch)]
+        label = f"{model.name}/{model.version} on {self.base_url}"
+        if len(chunks) == 1:
+            return await self._predict(chunks[0], model, label, timeout)
+        parts = await asyncio.gather(*(self._predict(c, model, label, timeout)
+                                       for c in chunks))
+        return [p for part in parts for p in part]
+
+    async def _predict(self, items: list[dict[str, Any]], model: ModelRef, label: str,
+                       timeout: float | None) -> list[Prediction]:
+        try:
+            body = json.dumps({"inputs": items}, ensure_ascii=False,
+                              allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"payload for {model.name}/{model.version} is not JSON: {exc}",
+                               hint="send JSON values only (str, numbers, bool, null, lists, "
+                                    "objects; no NaN)") from exc
+        resp = await self._send("POST", self.endpoint, content=body, timeout=timeout)
+        if resp.status_code != 200:
+            raise self._status_error(resp, label)
+        try:
+            answers = json.loads(resp.content)
+        except ValueError as exc:
+            raise InvalidOutput(f"{label}: the service answered {len(resp.content)} bytes "
+                                "that are not JSON",
+                                hint="point ?endpoint= at the aios-mesh BentoML service's "
+                                     "predict API") from exc
+        if not isinstance(answers, list) or len(answers) != len(items):
+            got = (f"{len(answers)} answers" if isinstance(answers, list)
+                   else type(answers).__name__)
+            raise InvalidOutput(f"{label}: expected {len(items)} answers, got {got}",
+                                hint="point ?endpoint= at the aios-mesh BentoML service's "
+                                     "predict API")
+        return [prediction_from_answer(a, model.name, model.version, label) for a in answers]
+
+    def _status_error(self, resp: httpx.Response, label: str) -> MeshError:
+        status = resp.status_code
+        message, is_json = _server_message(resp)
+        said = f"{label}: HTTP {status}" + (f": {message}" if message else "")
+        if status == 404:
+            if is_json:
+                return NotFound(said, hint="serve that version (aios-mesh serve bentoml "
+                                           "NAME/VERSION) or point the alias at a served one")
+            return ConfigError(f"{label}: no API at {self.base_url}{self.endpoint}",
+                               hint="check ?endpoint= (the aios-mesh service's API is "
+                                    "/predict)")
+        if status == 413:
+            return PayloadTooLarge(said, hint=f"send smaller batches (?max_batch=, now "
+                                              f"{self.max_batch})")
+        if status in (400, 422):
+            return InvalidInput(said, hint="send the fields the model expects")
+        if status in (401, 403, 405):
+            return ConfigError(said, hint="check the service URL, ?endpoint= and any gateway "
+                                          "in front of the service")
+        if status == 504:
+            return BackendTimeout(said, hint="the service or its gateway timed out; raise its "
+                                             "traffic timeout or lower the load")
+        if status in (408, 429) or status >= 500:
+            return BackendUnavailable(said, hint="see the BentoML service's log; the mesh "
+                                                 "retries and its breaker opens on repeats")
+        return InvalidInput(said, hint="the service refused the request")
+
+    async def health(self) -> None:
+        """Raise :class:`BackendUnavailable` unless ``GET /readyz`` answers 200."""
+        resp = await self._send("GET", "/readyz", timeout=min(self.timeout, 5.0))
+        if resp.status_code != 200:
+            message, _ = _server_message(resp)
+            said = f"HTTP {resp.status_code}" + (f": {message}" if message else "")
+            raise BackendUnavailable(f"BentoML service {self.base_url} is not ready ({said})",
+                                     hint="it may still be loading its model; see its log")
+
+    async def models(self) -> list[dict[str, Any]]:
+        """The model versions the service serves (``POST /models``)."""
+        resp = await self._send("POST", MODELS_ENDPOINT, content=b"{}")
+        if resp.status_code != 200:
+            raise self._status_error(resp, f"models of {self.base_url}")
+        try:
+            doc = json.loads(resp.content)
+            found = doc["models"]
+            assert isinstance(found, list)
+            return [dict(m) for m in found]
+        except (ValueError, KeyError, TypeError, AssertionError) as exc:
+            raise InvalidOutput(f"{self.base_url}{MODELS_ENDPOINT} answered off-protocol",
+                                hint="is this the aios-mesh BentoML service?") from exc
+
+    async def preload(self, model: ModelRef) -> None:
+        """Check now that the service serves ``model``'s version (``Mesh.prepare`` calls it),
+        so a stale server fails at start-up instead of on the first call."""
+        served = await self.models()
+        if not any(str(m.get("name")) == model.name and str(m.get("version")) == model.version
+                   for m in served):
+            have = ", ".join(f"{m.get('name')}/{m.get('version')}" for m in served) or "nothing"
+            raise NotFound(f"{self.base_url} does not serve {model.name}/{model.version}",
+                           hint=f"it serves {have}; restart it: aios-mesh serve bentoml "
+                                f"{model.name}@ALIAS")
+
+    async def aclose(self) -> None:
+        """Close this loop's client (others are closed on their own loops); idempotent. The
+        adapter stays usable: a later call opens a new client."""
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        with self._lock:
+            clients = list(self._clients.items())
+            self._clients.clear()
+        for loop, client in clients:
+            if loop is current:
+                await client.aclose()
+            elif not loop.is_closed() and loop.is_running():
+                with contextlib.suppress(RuntimeError):
+                    asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+
+
+def _server_message(resp: httpx.Response) -> tuple[str, bool]:
+    """The service's error text and whether the body was JSON. BentoML answers
+    ``{"error": ...}``, and for its own 4xx exceptions ``[{"error": ...}]``."""
+    try:
+        doc = json.loads(resp.content)
+    except ValueError:
+        return resp.text.strip()[:300], False
+    if isinstance(doc, list) and len(doc) == 1:
+        doc = doc[0]
+    if isinstance(doc, Mapping):
+        text = str(doc.get("error", ""))
+        detail = doc.get("detail")
+        if isinstance(detail, list) and detail:
+            msgs = [f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}"
+                    for d in detail[:3] if isinstance(d, Mapping)]
+            text = f"{text} ({'; '.join(msgs)})" if msgs else text
+        return text[:500], True
+    return str(doc)[:300], True

