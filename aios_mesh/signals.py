@@ -135,26 +135,30 @@ class SignalRelay:
             entries = await audit.read(since=self.stats.cursor, limit=self.batch)
             if not entries:
                 return shipped
-            for entry in entries:
-                record = entry.record
-                if record.get("kind", "decision") != "decision":  # e.g. alias changes
-                    self.stats.cursor = entry.seq
-                    continue
-                try:
-                    if lineage is not None:
-                        for event in run_events_for(record):
+            records = [e.record for e in entries
+                       if e.record.get("kind", "decision") == "decision"]  # skip alias changes
+            try:
+                # One batch at a time, in log order; the cursor moves only after both sinks
+                # took the whole batch (a failure resends it: at least once).
+                if lineage is not None and records:
+                    events = [ev for record in records for ev in run_events_for(record)]
+                    emit_many = getattr(lineage, "emit_many", None)
+                    if emit_many is not None:
+                        await emit_many(events)
+                    else:
+                        for event in events:
                             await lineage.emit(event)
-                            self.stats.lineage_events += 1
-                    if bus is not None:
-                        await bus.publish(DECISION_TOPIC, [decision_event(record)])
-                        self.stats.decision_events += 1
-                except (MeshError, OSError) as exc:
-                    self.stats.failures += 1
-                    _log.warning("signal relay paused at seq %s: %s", entry.seq, exc)
-                    return shipped
-                self.stats.cursor = entry.seq
-                self.stats.records += 1
-                shipped += 1
+                    self.stats.lineage_events += len(events)
+                if bus is not None and records:
+                    await bus.publish(DECISION_TOPIC, [decision_event(r) for r in records])
+                    self.stats.decision_events += len(records)
+            except (MeshError, OSError) as exc:
+                self.stats.failures += 1
+                _log.warning("signal relay paused at seq %s: %s", entries[0].seq, exc)
+                return shipped
+            self.stats.cursor = entries[-1].seq
+            self.stats.records += len(records)
+            shipped += len(records)
             self._write_cursor(self.stats.cursor)
 
     # -- background thread ----------------------------------------------------------------
@@ -198,10 +202,15 @@ class SignalRelay:
         self.poke()
         return self._idle.wait(timeout)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 120.0) -> None:
+        """Ship what is left, then stop. Whatever is not shipped by ``timeout`` stays in the
+        audit log behind the cursor and goes out on the next start."""
         if self._thread is None:
             return
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            _log.warning("signal relay still shipping after %.0fs; the rest resumes from the "
+                         "cursor on the next start", timeout)
         self._thread = None
