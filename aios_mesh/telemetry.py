@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -19,6 +19,7 @@ import orjson
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from aios_mesh.record import DecisionRecord
@@ -26,6 +27,7 @@ from aios_mesh.record import DecisionRecord
 __all__ = ["Telemetry"]
 
 _internal = logging.getLogger("aios_mesh.telemetry")
+_ATTRS = ("tenant", "capability", "model", "outcome")
 
 
 def _json(obj: Any, **_: Any) -> str:
@@ -75,9 +77,25 @@ class Telemetry:
         meter = mp.get_meter("aios_mesh")
         self._latency = meter.create_histogram("aios_mesh.call.duration", unit="ms",
                                                description="capability call latency")
-        self._calls = meter.create_counter("aios_mesh.calls", description="capability calls")
-        self._errors = meter.create_counter("aios_mesh.errors", description="failed calls")
-        self._cost = meter.create_counter("aios_mesh.cost", description="cost of calls")
+        # Counters are kept here and observed at collection time: one dict update per call
+        # instead of three SDK measurements (each re-hashes its attributes).
+        self._totals: dict[tuple[str, str, str, str], list[float]] = {}
+        self._totals_lock = threading.Lock()
+        meter.create_observable_counter("aios_mesh.calls", [self._observe(0)],
+                                        description="capability calls")
+        meter.create_observable_counter("aios_mesh.errors", [self._observe(1)],
+                                        description="failed calls")
+        meter.create_observable_counter("aios_mesh.cost", [self._observe(2)],
+                                        description="cost of calls")
+
+    def _observe(self, index: int) -> Any:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            with self._totals_lock:
+                items = [(k, v[index]) for k, v in self._totals.items()]
+            return [Observation(value, dict(zip(_ATTRS, key, strict=True)))
+                    for key, value in items]
+
+        return callback
 
     def start_span(self, capability: str, tenant: str,
                    traceparent: Mapping[str, str] | None = None) -> Span | None:
@@ -157,14 +175,16 @@ class Telemetry:
         if not self.otel:
             return
         try:
-            attrs = {"tenant": record.tenant, "capability": record.capability,
-                     "model": (record.model or {}).get("name", ""), "outcome": record.outcome}
-            self._latency.record(record.latency_ms, attrs)
-            self._calls.add(1, attrs)
-            if not record.ok:
-                self._errors.add(1, attrs)
-            if record.cost:
-                self._cost.add(record.cost, attrs)
+            key = (record.tenant, record.capability, (record.model or {}).get("name", ""),
+                   record.outcome)
+            with self._totals_lock:
+                totals = self._totals.get(key)
+                if totals is None:
+                    totals = self._totals[key] = [0.0, 0.0, 0.0]
+                totals[0] += 1
+                totals[1] += 0 if record.ok else 1
+                totals[2] += record.cost
+            self._latency.record(record.latency_ms, dict(zip(_ATTRS, key, strict=True)))
         except Exception:
             self._fail("metrics")
         if span is not None:
