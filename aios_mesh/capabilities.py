@@ -181,6 +181,8 @@ class CapabilitySpec(BaseModel):
     max_payload_bytes: int | None = Field(None, gt=0)
     canary: Canary | None = None
     batch: BatchPolicy | None = None
+    indexes: tuple[str, ...] = Field((), description="retrieval collections it reads; "
+                                                     "`aios-mesh lock` pins their snapshots")
     cache_ttl_s: float | None = Field(None, gt=0, description="cache answers this long")
     handler: Callable[..., Any] | None = Field(None, exclude=True)
 

@@ -622,6 +622,7 @@ class Mesh:
             model=model,
             serving=call.serving if call else None,
             index_snapshots=dict(call.index_snapshots) if call else {},
+            index_drift=self._index_drift(call),
             attempts=call.attempts if call else 0,
             fallback=call.fallback if call else None,
             usage={"calls": call.usage.calls, "tokens": call.usage.tokens,
@@ -638,6 +639,17 @@ class Mesh:
             output_sha256=call.output_sha256 if call else None,
         )
 
+    def _index_drift(self, call: Call | None) -> dict[str, dict[str, str]] | None:
+        """Indexes that answered at another snapshot than the lock file pins (a reproducible
+        run expects none; the record says which ones moved)."""
+        lock = self.resolver.lock
+        if call is None or lock is None or not lock.indexes:
+            return None
+        drift = {c: {"pinned": lock.indexes[c], "answered": snap}
+                 for c, snap in call.index_snapshots.items()
+                 if c in lock.indexes and lock.indexes[c] != snap}
+        return drift or None
+
     # ------------------------------------------------------------------ lifecycle
     def lock(self) -> Path:
         """Pin every capability's model alias to its current version in the lock file."""
@@ -647,7 +659,16 @@ class Mesh:
         specs = [s.model for s in self._capabilities.values() if s.model]
         specs += [f.target for s in self._capabilities.values() for f in s.fallbacks
                   if f.kind == "model" and f.target]
-        self._sync.run(self.resolver.lock_all(specs))
+        collections = sorted({c for s in self._capabilities.values() for c in s.indexes})
+
+        async def pin() -> None:
+            indexes = {}
+            if collections:
+                retrieval = self.port("retrieval")
+                indexes = {c: await retrieval.snapshot(c) for c in collections}
+            await self.resolver.lock_all(specs, indexes)
+
+        self._sync.run(pin())
         return path
 
     def flush(self, timeout: float = 10.0) -> bool:

@@ -37,6 +37,7 @@ class DecisionRecord:
     model: dict[str, Any] | None = None
     serving: str | None = None
     index_snapshots: dict[str, str] = field(default_factory=dict)
+    index_drift: dict[str, dict[str, str]] | None = None
     attempts: int = 0
     fallback: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
@@ -73,6 +74,7 @@ class DecisionRecord:
             "model": self.model,
             "serving": self.serving,
             "index_snapshots": self.index_snapshots,
+            "index_drift": self.index_drift,
             "attempts": self.attempts,
             "fallback": self.fallback,
             "usage": self.usage,

@@ -81,7 +81,7 @@ async def index_kb(retrieval: object) -> None:
         await retrieval.upsert("kb", points, tenant=tenant)  # type: ignore[attr-defined]
 
 
-@capability("retrieve-context", version="1", policy="demo/tickets",
+@capability("retrieve-context", version="1", policy="demo/tickets", indexes=("kb",),
             price=Price(per_call=0.0005), slo=SLO(timeout_s=2))
 async def retrieve_context(query: Query, ctx: CallContext) -> Passages:
     """Find the tenant's help articles closest to the ticket (Qdrant, tenant-scoped)."""

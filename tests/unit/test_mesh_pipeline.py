@@ -416,3 +416,39 @@ def test_handler_gets_context_and_records_index_snapshot(tmp_path: Path) -> None
     assert result.record.index_snapshots == {"kb": "snap-7"}
     assert result.record.model == {"name": "function:lookup-ticket", "version": "1",
                                    "alias": None, "source": "", "run_id": None}
+
+
+def test_lock_pins_model_and_index_together_and_records_drift(tmp_path: Path) -> None:
+    from aios_mesh.capabilities import capability
+    from aios_mesh.context import CallContext
+
+    class Snapshots:
+        features = frozenset()
+        current = "snap-1"
+
+        async def snapshot(self, collection: str) -> str:
+            return self.current
+
+        async def aclose(self) -> None:
+            return None
+
+    index = Snapshots()
+
+    @capability("lookup-ticket", indexes=("kb",))
+    async def lookup(payload: Ticket, ctx: CallContext) -> Triage:
+        ctx.note_index("kb", await ctx.mesh.port("retrieval").snapshot("kb"))
+        return Triage(label="x")
+
+    mesh = make_mesh(tmp_path, ScriptedServing(), caps=[spec(), lookup],
+                     config={"lock_file": str(tmp_path / "aios-mesh.lock")})
+    mesh._explicit["retrieval"] = index
+    with mesh:
+        mesh.lock()
+        lock = json.loads((tmp_path / "aios-mesh.lock").read_text())
+        assert lock["indexes"] == {"kb": "snap-1"}
+        assert lock["models"]["clf@champion"]["version"] == "3"
+        assert mesh.invoke("lookup-ticket", {"text": "q"}, tenant="acme").record.index_drift \
+            is None
+        index.current = "snap-2"  # someone re-indexed after the lock
+        drifted = mesh.invoke("lookup-ticket", {"text": "q"}, tenant="acme").record
+    assert drifted.index_drift == {"kb": {"pinned": "snap-1", "answered": "snap-2"}}
