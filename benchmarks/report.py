@@ -76,12 +76,13 @@ def main() -> None:
                   bar_chart("p50 added per call", list(overhead.get("breakdown_us", {}).items()),
                             "µs"), "",
                   f"`import aios_mesh`: {overhead.get('import_ms')} ms.", ""]
-    for name, title, keys in [
-        ("policy", "Policy decisions (`benchmarks/policy.py`)", None),
-        ("quotas", "Quota reservations (`benchmarks/quotas.py`)", None),
-        ("retrieval", "Retrieval (`benchmarks/retrieval.py`)", None),
-        ("events", "Events (`benchmarks/events.py`)", None),
-        ("serving", "Serving: mesh over raw client", None),
+    for name, title in [
+        ("policy", "Policy decisions (`benchmarks/policy.py`)"),
+        ("quotas", "Quota reservations (`benchmarks/quotas.py`)"),
+        ("retrieval", "Retrieval (`benchmarks/retrieval.py`)"),
+        ("events", "Events (`benchmarks/events.py`)"),
+        ("serving", "Serving: mesh over raw client (`benchmarks/batching.py`, "
+                    "`benchmarks/serving_triton.py`)"),
     ]:
         data = load(name)
         if not data:

@@ -1,0 +1,177 @@
+"""Client-side micro-batching against real model servers, and BentoML mesh-over-raw.
+
+Starts a real tritonserver (PyTriton, its own environment) and a real `bentoml serve`
+(its own environment), both serving the conformance echo model, then for each backend:
+
+* **batching**: calls/s and p95 latency at 1, 8, 32 and 64 concurrent asyncio callers, with
+  the capability's micro-batching on (``BatchPolicy(max_size=64, max_wait_ms=2)``) and off;
+* **BentoML mesh over raw**: p50 of ``mesh.ainvoke`` vs a raw ``httpx`` POST of the same item
+  to the same endpoint (the wire format is the service's own), interleaved in blocks.
+
+Writes ``benchmarks/results/batching.json`` and ``benchmarks/results/serving.json`` (the
+Triton ratio comes from ``serving_triton.json``, written by ``benchmarks/serving_triton.py``).
+
+    .venv/bin/python benchmarks/batching.py [--calls 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from aios_mesh import CapabilitySpec, Mesh
+from aios_mesh.capabilities import BatchPolicy
+from aios_mesh.config import config_from_mapping
+from aios_mesh.embedded.registry import MemoryRegistry
+from aios_mesh.testing import free_port
+
+RESULTS = Path(__file__).parent / "results"
+PAYLOAD = {"text": "Invoice 4711 from ACME GmbH", "n": 21}
+CALLERS = (1, 8, 32, 64)
+
+
+class Echo(BaseModel):
+    text: str
+    n: int
+    confidence: float | None = None
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def make_mesh(state: Path, serving: str, batched: bool) -> Mesh:
+    registry = MemoryRegistry()
+    ref = await registry.register("echo-upper", "remote:echo-upper")
+    await registry.set_alias("echo-upper", "bench", ref.version)
+    spec = CapabilitySpec(name="echo", input=Echo, output=Echo, model="echo-upper@bench",
+                          batch=BatchPolicy(max_size=64, max_wait_ms=2) if batched else None)
+    config = config_from_mapping({
+        "state_dir": str(state), "lock_file": None, "tenants": {"acme": {}},
+        "telemetry": {"lineage": False, "decision_events": False}}, base_dir=state)
+    return Mesh(config, capabilities=[spec], adapters={"serving": serving,
+                                                       "registry": registry})
+
+
+async def load(fn: Callable[[], Awaitable[Any]], callers: int, calls: int
+               ) -> tuple[float, float]:
+    """(calls per second, p95 ms) with ``callers`` concurrent loops sharing ``calls``."""
+    latencies: list[float] = []
+    left = calls
+
+    async def caller() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            t = time.perf_counter()
+            await fn()
+            latencies.append((time.perf_counter() - t) * 1000)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return calls / (time.perf_counter() - start), pct(latencies, 0.95)
+
+
+async def batching(serving: str, calls: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        batched = await make_mesh(Path(a), serving, True)
+        plain = await make_mesh(Path(b), serving, False)
+        for mesh in (batched, plain):  # warm up connections and caches
+            await asyncio.gather(*(mesh.ainvoke("echo", PAYLOAD, tenant="acme")
+                                   for _ in range(16)))
+        for callers in CALLERS:
+            n = max(calls, callers * 8)
+            b_rps, b_p95 = await load(lambda: batched.ainvoke("echo", PAYLOAD, tenant="acme"),
+                                      callers, n)
+            u_rps, u_p95 = await load(lambda: plain.ainvoke("echo", PAYLOAD, tenant="acme"),
+                                      callers, n)
+            out[str(callers)] = {"batched_rps": round(b_rps, 1), "unbatched_rps": round(u_rps, 1),
+                                 "batched_p95_ms": round(b_p95, 2),
+                                 "unbatched_p95_ms": round(u_p95, 2)}
+            print(f"{serving.split(':')[0]:<14} {callers:>3} callers  batched {b_rps:8.1f}/s "
+                  f"p95 {b_p95:7.2f} ms  unbatched {u_rps:8.1f}/s p95 {u_p95:7.2f} ms")
+        await batched.aclose()
+        await plain.aclose()
+    return out
+
+
+async def bentoml_ratio(url: str, calls: int) -> dict[str, Any]:
+    import httpx
+
+    with tempfile.TemporaryDirectory() as d:
+        mesh = await make_mesh(Path(d), f"bentoml+{url}", False)
+        client = httpx.AsyncClient(base_url=url, trust_env=False)
+        body = {"inputs": [{"model": {"name": "echo-upper", "version": "1"}, "input": PAYLOAD}]}
+
+        async def raw() -> Any:
+            response = await client.post("/predict", json=body)
+            response.raise_for_status()
+            return response.json()
+
+        async def via_mesh() -> Any:
+            return await mesh.ainvoke("echo", PAYLOAD, tenant="acme")
+
+        for fn in (raw, via_mesh):
+            for _ in range(30):
+                await fn()
+        mesh_ms: list[float] = []
+        raw_ms: list[float] = []
+        for _ in range(max(1, calls // 50)):  # interleaved blocks: drift hits both alike
+            for fn, sink in ((raw, raw_ms), (via_mesh, mesh_ms)):
+                for _ in range(50):
+                    t = time.perf_counter()
+                    await fn()
+                    sink.append((time.perf_counter() - t) * 1000)
+        await client.aclose()
+        await mesh.aclose()
+    raw_p50, mesh_p50 = statistics.median(raw_ms), statistics.median(mesh_ms)
+    return {"mesh_over_raw_p50": round(mesh_p50 / raw_p50, 3), "mesh_p50_ms": round(mesh_p50, 3),
+            "raw_p50_ms": round(raw_p50, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=600, help="calls per measurement")
+    args = parser.parse_args()
+    from aios_mesh_bentoml.testing import ECHO_UPPER, bentoml_server
+
+    from aios_mesh.serve_triton import start_triton_server
+
+    http, grpc = free_port(), free_port()
+    result: dict[str, Any] = {"note": "CPU only (no GPU lent to this run); 2-core host"}
+    serving: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as work:
+        with start_triton_server(http_port=http, grpc_port=grpc,
+                                 pytriton_home=Path(work) / "pytriton"):
+            result["triton"] = asyncio.run(batching(f"triton+grpc://127.0.0.1:{grpc}",
+                                                    args.calls))
+        with bentoml_server(Path(work) / "bento",
+                            python_models={"echo-upper/1": ECHO_UPPER}) as server:
+            url = f"http://127.0.0.1:{server.port}"
+            result["bentoml"] = asyncio.run(batching(f"bentoml+{url}", args.calls))
+            serving["bentoml"] = asyncio.run(bentoml_ratio(url, args.calls))
+    triton_file = RESULTS / "serving_triton.json"
+    if triton_file.exists():
+        triton = json.loads(triton_file.read_text())
+        ratio = triton.get("mesh_over_raw_p50") or triton.get("latency", {}).get(
+            "mesh_over_raw_p50")
+        serving["triton"] = {"mesh_over_raw_p50": ratio}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "batching.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "serving.json").write_text(json.dumps(serving, indent=2) + "\n")
+    print(json.dumps(serving, indent=2))
+
+
+if __name__ == "__main__":
+    main()
