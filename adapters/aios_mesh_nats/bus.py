@@ -144,6 +144,7 @@ class NatsEventBus:
         self.servers = [s if "://" in s else f"nats://{s}" for s in servers.split(",") if s]
         self.stream = stream
         self.prefix = prefix
+        self._deliveries: dict[tuple[str, int], int] = {}
         self.max_attempts = max_attempts
         self.visibility_timeout = visibility_timeout
         self.retry_delay = retry_delay
@@ -356,6 +357,7 @@ class NatsSubscription:
         """Acknowledge (a late or repeated ack is harmless)."""
         msg = self._msg(delivery)
         self._outstanding.pop(msg.metadata.sequence.stream, None)
+        self.bus._deliveries.pop((self.topic, int(msg.metadata.sequence.stream)), None)
         with contextlib.suppress(Exception):
             await msg.ack()
 
@@ -394,7 +396,14 @@ class NatsSubscription:
 
     async def _accept(self, msg: Any) -> Delivery | None:
         md = msg.metadata
-        attempt = int(md.num_delivered)
+        # JetStream's delivery count, but never below what this process has seen itself:
+        # a redelivery raced against a still-open pull of the crashed member can report 1.
+        key = (self.topic, int(md.sequence.stream))
+        seen = self.bus._deliveries.get(key, 0) + 1
+        self.bus._deliveries[key] = seen
+        if len(self.bus._deliveries) > 100_000:
+            self.bus._deliveries.clear()
+        attempt = max(int(md.num_delivered), seen)
         raw: bytes = msg.data or b""
         if attempt > self.bus.max_attempts:
             reason = (f"not acked within {self.bus.visibility_timeout:g}s "
