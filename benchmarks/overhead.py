@@ -1,6 +1,6 @@
 """What the pipeline adds per call over calling a no-op backend directly.
 
-Every step on: policy (embedded Rego via regopy, with its decision cache), quota (in-process
+Every step on (the ``sync``/``async``/``fsync`` modes): policy (embedded Rego via regopy, with its decision cache), quota (in-process
 reservations), redaction (the capability is marked external), audit (JSONL hash chain flushed
 to the OS before return), telemetry (structlog JSON line to a file, OpenTelemetry SDK span and
 metrics). The baseline is the same no-op backend called directly in the same process and run.
@@ -84,14 +84,16 @@ def pct(values: list[float], q: float) -> float:
 
 
 def build(state: Path, *, policy: bool = True, quota: bool = True, redact: bool = True,
-          telemetry: bool = True, durability: str = "flush") -> tuple[Mesh, ModelRef]:
+          telemetry: bool = True, signals: bool = True,
+          durability: str = "flush") -> tuple[Mesh, ModelRef]:
     (state / "policies").mkdir(parents=True, exist_ok=True)
     (state / "policies" / "bench.rego").write_text(POLICY)
     tenants: dict[str, Any] = {"acme": {"quota": {"calls": 10**9, "cost": 10.0**9}}
                                if quota else {}}
     doc = {"state_dir": str(state), "tenants": tenants,
            "backends": {"audit": f"jsonl:///audit.jsonl?durability={durability}",
-                        "registry": "memory://"}}
+                        "registry": "memory://"},
+           "telemetry": {"lineage": signals, "decision_events": signals}}
     if telemetry:
         tp = TracerProvider()
         tp.add_span_processor(BatchSpanProcessor(NullExporter()))
@@ -203,13 +205,15 @@ def main() -> None:
         with mesh:
             out["fsync"] = measure_sync(mesh, max(500, n // 5))
     # Where the time goes: add one step at a time (sync, p50 added).
+    off = dict(policy=False, quota=False, redact=False, telemetry=False, signals=False)
     steps = [
-        ("validate+resolve+invoke+audit", dict(policy=False, quota=False, redact=False,
-                                               telemetry=False)),
-        ("+ policy (cached)", dict(policy=True, quota=False, redact=False, telemetry=False)),
-        ("+ quota", dict(policy=True, quota=True, redact=False, telemetry=False)),
-        ("+ redaction", dict(policy=True, quota=True, redact=True, telemetry=False)),
-        ("+ telemetry (all steps)", dict(policy=True, quota=True, redact=True, telemetry=True)),
+        ("validate+resolve+invoke+audit", off),
+        ("+ policy (cached)", {**off, "policy": True}),
+        ("+ quota", {**off, "policy": True, "quota": True}),
+        ("+ redaction", {**off, "policy": True, "quota": True, "redact": True}),
+        ("+ log line, span, metrics", {**off, "policy": True, "quota": True, "redact": True,
+                                       "telemetry": True}),
+        ("+ lineage/event relay (all on)", {}),
     ]
     out["breakdown_us"] = {label: p50_added(lambda p, kw=kw: build(p, **kw), max(1000, n // 3))
                            for label, kw in steps}
