@@ -41,15 +41,17 @@ def raw_rate(bootstrap: str, topic: str, evs: list[Event]) -> float:
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2,
                              max_in_flight_requests_per_connection=1, batch_size=256 * 1024)
-    bodies = [((e.key or e.id).encode(), e.to_bytes()) for e in evs]
     producer.send(topic, b"warm").get(10)
     started = time.perf_counter()
-    for i in range(0, len(bodies), BATCH):
-        futures = [producer.send(topic, key=k, value=v) for k, v in bodies[i:i + BATCH]]
+    # The raw producer sends the same records and, like any real producer, serialises them
+    # inside the timed loop (the mesh does too).
+    for i in range(0, len(evs), BATCH):
+        futures = [producer.send(topic, key=(e.key or e.id).encode(), value=e.to_bytes())
+                   for e in evs[i:i + BATCH]]
         producer.flush()
         for f in futures:
             f.get(10)
-    rate = len(bodies) / (time.perf_counter() - started)
+    rate = len(evs) / (time.perf_counter() - started)
     producer.close()
     return rate
 
