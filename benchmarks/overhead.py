@@ -1,9 +1,10 @@
 """What the pipeline adds per call over calling a no-op backend directly.
 
-Every step on (the ``sync``/``async``/``fsync`` modes): policy (embedded Rego via regopy,
-with its decision cache), quota (in-process reservations), redaction (the capability is marked external), audit (JSONL hash chain flushed
-to the OS before return), telemetry (structlog JSON line to a file, OpenTelemetry SDK span and
-metrics). The baseline is the same no-op backend called directly in the same process and run.
+Every step on (the ``sync``/``async``/``fsync`` modes): policy (embedded Rego via regopy, with
+its decision cache), quota (in-process reservations), redaction (the capability is marked
+external), audit (JSONL hash chain flushed to the OS before return), telemetry (structlog JSON
+line to a file, OpenTelemetry SDK span and metrics), and the lineage/decision-event relay. The
+baseline is the same no-op backend called directly in the same process and run.
 
 Writes benchmarks/results/overhead.json:
     {"sync": {"p50_us", "p99_us", "calls_per_s"}, "async": {...},
