@@ -37,7 +37,7 @@ def _copy_policies(state: Path) -> None:
 
 
 def build_demo_mesh(state: Path) -> Any:
-    """The demo mesh: embedded defaults, three tenants, globex capped at 40 classifications."""
+    """The demo mesh: embedded defaults, three tenants, globex capped at 12 classifications."""
     from aios_mesh.config import config_from_mapping
     from aios_mesh.demo.capabilities import CLASSIFY, RETRIEVE
     from aios_mesh.mesh import Mesh
@@ -47,7 +47,7 @@ def build_demo_mesh(state: Path) -> Any:
         "state_dir": str(state),
         "lock_file": str(state / "aios-mesh.lock"),
         "tenants": {"acme": {}, "initech": {},
-                    "globex": {"capabilities": {"classify-ticket": {"calls": 40}}}},
+                    "globex": {"capabilities": {"classify-ticket": {"calls": 12}}}},
     }, source="demo")
     return Mesh(config, capabilities=[CLASSIFY, RETRIEVE])
 
@@ -95,12 +95,13 @@ def run_demo(state_dir: Path, *, n: int = 60, console: Console | None = None,
             for ticket in tickets:
                 rows.append(_process(mesh, ticket))
                 progress.advance(task)
-        mesh.telemetry.flush()
+        mesh.flush()
         report = mesh._sync.run(mesh.port("audit").verify())
+        signals = mesh.signals.stats if mesh.signals is not None else None
 
     _print_calls(out, rows)
     _print_record(out, state)
-    _print_summary(out, rows, report, state, timings)
+    _print_summary(out, rows, report, state, timings, signals)
     return 0 if report.ok else 1
 
 
@@ -156,7 +157,7 @@ def _print_record(out: Console, state: Path) -> None:
 
 
 def _print_summary(out: Console, rows: list[dict[str, Any]], report: Any, state: Path,
-                   timings: dict[str, float]) -> None:
+                   timings: dict[str, float], signals: Any) -> None:
     outcomes = Counter(str(r["outcome"]) for r in rows)
     auto = [r for r in rows if r["outcome"] == "ok"]
     correct = sum(r.get("label") == r["truth"] for r in auto)
@@ -187,6 +188,11 @@ def _print_summary(out: Console, rows: list[dict[str, Any]], report: Any, state:
         table.add_row(f"cost {tenant}", f"${amount:.4f}")
     table.add_row("audit chain", f"[green]verified[/] ({report.records} records)"
                   if report.ok else f"[red]BROKEN[/]: {report.problems[:3]}")
+    if signals is not None:
+        table.add_row("lineage events emitted", f"{signals.lineage_events} "
+                                                f"(OpenLineage, {state / 'lineage'})")
+        table.add_row("decision events delivered", f"{signals.decision_events} "
+                                                   "(aios.mesh.decisions on the bus)")
     table.add_row("decision log", str(state / "decisions.log"))
     table.add_row("setup", f"train {timings['train']:.1f}s · register "
                            f"{timings['register']:.1f}s")
