@@ -9,7 +9,7 @@ Selected by the URL schemes ``qdrant`` (a server) and ``qdrant+local`` (local mo
 Install with ``pip install "aios-mesh[qdrant]"``. See docs/adapters/qdrant.md.
 """
 
-from aios_mesh_qdrant._tenancy import ID_KEY, TENANT_KEY
+from aios_mesh.ports.retrieval_scope import ID_KEY, TENANT_KEY
 from aios_mesh_qdrant.retrieval import META_KEY, QdrantRetrieval
 
 __all__ = ["ID_KEY", "META_KEY", "TENANT_KEY", "QdrantRetrieval"]

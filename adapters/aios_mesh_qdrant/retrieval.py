@@ -56,8 +56,7 @@ from aios_mesh.errors import (
 )
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.retrieval import Condition, Filter, ScoredPoint
-
-from ._tenancy import (
+from aios_mesh.ports.retrieval_scope import (
     ID_KEY,
     TENANT_KEY,
     as_vector,

@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,14 +44,19 @@ from aios_mesh.errors import (
 )
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.retrieval import Condition, Filter, ScoredPoint
+from aios_mesh.ports.retrieval_scope import ID_KEY, TENANT_KEY
+from aios_mesh.ports.retrieval_scope import as_vector as _as_vector
+from aios_mesh.ports.retrieval_scope import chain as _chain
+from aios_mesh.ports.retrieval_scope import check_collection as _check_collection
+from aios_mesh.ports.retrieval_scope import check_key as _check_key
+from aios_mesh.ports.retrieval_scope import check_limit as _check_limit
+from aios_mesh.ports.retrieval_scope import check_payload as _check_payload
+from aios_mesh.ports.retrieval_scope import check_tenant as _check_tenant
+from aios_mesh.ports.retrieval_scope import internal_id as _internal_id
+from aios_mesh.ports.retrieval_scope import public_id as _public_id
 
 __all__ = ["ID_KEY", "TENANT_KEY", "EdgeRetrieval"]
 
-#: Reserved payload key holding the tenant of a point.
-TENANT_KEY: Final = "_tenant"
-#: Reserved payload key holding the caller's own point id.
-ID_KEY: Final = "_mesh_id"
-_RESERVED: Final = frozenset({TENANT_KEY, ID_KEY})
 
 _DISTANCES: Final[Mapping[str, qe.Distance]] = {
     "cosine": qe.Distance.Cosine,
@@ -66,8 +70,6 @@ _INDEX_TYPES: Final[Mapping[str, qe.PayloadSchemaType]] = {
     "bool": qe.PayloadSchemaType.Bool,
 }
 _OPTIONS: Final = ("dim", "distance", "index")
-_COLLECTION_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-_ID_NAMESPACE: Final = uuid.UUID("6f1c3c2e-3d1a-5b7e-9a55-0a105e5a0001")
 _SNAPSHOT_SEED: Final = b"aios-mesh/qdrant-edge/v1"
 _META_FILE: Final = "mesh.json"
 _SHARD_DIR: Final = "shard"
@@ -75,101 +77,11 @@ _META_FORMAT: Final = 1
 #: Batches with more vector floats than this are prepared and written in a worker thread.
 _INLINE_FLOATS: Final = 32_768
 _INT64_MAX: Final = 2**63 - 1
-_UINT64_MAX: Final = 2**64 - 1
 
 _T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_tenant(tenant: object) -> str:
-    if not isinstance(tenant, str) or not tenant:
-        raise InvalidInput(f"tenant must be a non-empty string, got {tenant!r}",
-                           hint="pass tenant='<tenant id>' on every retrieval call")
-    return tenant
-
-
-def _check_collection(name: object) -> str:
-    if not isinstance(name, str) or _COLLECTION_RE.fullmatch(name) is None:
-        raise InvalidInput(f"invalid collection name {name!r}",
-                           hint="use 1-128 characters from A-Z a-z 0-9 _ -, starting with a "
-                                "letter or digit")
-    return name
-
-
-def _check_limit(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InvalidInput(f"limit must be a positive integer, got {limit!r}",
-                           hint="pass limit=1 or more")
-    return limit
-
-
-def _public_id(point_id: object) -> int | str:
-    """The caller's id in canonical form: ints as they are, UUID strings lower-cased."""
-    if isinstance(point_id, bool):
-        raise InvalidInput(f"point id {point_id!r} is a bool",
-                           hint="use a non-negative integer or a string")
-    if isinstance(point_id, int):
-        if not 0 <= point_id <= _UINT64_MAX:
-            raise InvalidInput(f"point id {point_id} is out of range",
-                               hint="integer ids must be between 0 and 2**64-1")
-        return point_id
-    if isinstance(point_id, uuid.UUID):
-        return str(point_id)
-    if isinstance(point_id, str) and point_id:
-        try:
-            return str(uuid.UUID(point_id))
-        except ValueError:
-            return point_id
-    raise InvalidInput(f"point id {point_id!r} is neither an integer nor a string",
-                       hint="use a non-negative integer or a (UUID) string")
-
-
-def _internal_id(tenant: str, public: int | str) -> uuid.UUID:
-    """Deterministic engine id of (tenant, caller id); length-prefixed so no two pairs clash."""
-    kind = "i" if isinstance(public, int) else "s"
-    return uuid.uuid5(_ID_NAMESPACE, f"{len(tenant)}:{tenant}|{kind}:{public}")
-
-
-def _as_vector(vector: object, what: str) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """A finite float32 vector, or :class:`InvalidInput` naming ``what`` is wrong."""
-    if isinstance(vector, str | bytes) or not isinstance(vector, Sequence | np.ndarray):
-        raise InvalidInput(f"{what} is not a sequence of numbers",
-                           hint="pass a list of floats")
-    try:
-        raw = np.asarray(vector)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{what} is not a flat sequence of numbers",
-                           hint="pass a list of floats") from exc
-    if raw.ndim != 1 or raw.size == 0 or raw.dtype.kind not in "biuf":
-        raise InvalidInput(f"{what} is not a flat, non-empty sequence of numbers",
-                           hint="pass a list of floats")
-    with np.errstate(over="ignore", invalid="ignore"):
-        arr = raw.astype(np.float32)
-    if not bool(np.isfinite(arr).all()):
-        raise InvalidInput(f"{what} contains NaN or infinity (or a value too large for "
-                           "float32)", hint="check the embedding model's output")
-    return arr
-
-
-def _path_head(key: str) -> str:
-    """The first segment of a Qdrant JSON path: ``a`` of ``a.b``, ``a[]``, ``"a".b``."""
-    if key.startswith('"'):
-        end = key.find('"', 1)
-        return key[1:end] if end > 0 else key[1:]
-    return re.split(r"[.\[]", key, maxsplit=1)[0]
-
-
-def _check_key(key: object) -> str:
-    if not isinstance(key, str) or not key:
-        raise InvalidInput(f"filter key {key!r} is not a non-empty string",
-                           hint="name a payload field, e.g. 'category' or 'meta.lang'")
-    if _path_head(key) in _RESERVED:
-        raise InvalidInput(f"filter key {key!r} names a reserved field",
-                           hint="tenant scoping is added by the adapter; pass tenant=... "
-                                f"and never filter on {sorted(_RESERVED)}")
-    return key
 
 
 def _is_number(value: object) -> bool:
@@ -255,19 +167,6 @@ def _engine_filter(tenant: str, user: Filter | None) -> qe.Filter:
         must += [_condition(c) for c in user.must]
         must_not += [_condition(c) for c in user.must_not]
     return qe.Filter(must=must, must_not=must_not or None)
-
-
-def _check_payload(payload: object, what: str) -> dict[str, Any]:
-    if payload is None:
-        return {}
-    if not isinstance(payload, Mapping):
-        raise InvalidInput(f"payload of {what} is not a mapping", hint="pass a dict")
-    clash = _RESERVED & set(payload)
-    if clash:
-        raise InvalidInput(f"payload of {what} uses reserved key(s) {sorted(clash)}",
-                           hint="rename the field; the adapter owns "
-                                f"{sorted(_RESERVED)}")
-    return dict(payload)
 
 
 def _parse_indexes(spec: object) -> dict[str, str]:
@@ -375,10 +274,6 @@ def _read_meta(path: Path) -> _Meta:
 
 def _initial_digest(name: str, dim: int, distance: str) -> str:
     return hashlib.sha256(_SNAPSHOT_SEED + f"|{name}|{dim}|{distance}".encode()).hexdigest()
-
-
-def _chain(prev: str, op: bytes) -> str:
-    return hashlib.sha256(bytes.fromhex(prev) + op).hexdigest()
 
 
 def _engine_error(exc: Exception, doing: str, *, write: bool) -> MeshError:

@@ -22,13 +22,13 @@ from typing import Any
 import httpx
 import pytest
 from aios_mesh_qdrant import QdrantRetrieval
-from aios_mesh_qdrant._tenancy import ID_NAMESPACE, internal_id
 from qdrant_client import models
 
 from aios_mesh.backends import load_adapter
 from aios_mesh.errors import ConfigError, InvalidInput
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.retrieval import Point
+from aios_mesh.ports.retrieval_scope import ID_NAMESPACE, internal_id
 from aios_mesh.testing.conformance.retrieval import (
     RetrievalBasic,
     RetrievalErrors,
@@ -181,13 +181,6 @@ async def test_snapshot_id_names_the_collection_behind_an_alias(tmp_path: Path) 
         assert await index.snapshot("kb") == f"kb_v2:{await index.snapshot('kb_v2')}"
     finally:
         await index.aclose()
-
-
-async def test_engine_ids_match_the_edge_adapter(tmp_path: Path) -> None:
-    edge = pytest.importorskip("aios_mesh_qdrant_edge.retrieval")
-    assert ID_NAMESPACE == edge._ID_NAMESPACE
-    for tenant, pid in (("acme", 1), ("acme", "doc-7"), ("a|b", 2**40)):
-        assert internal_id(tenant, pid) == edge._internal_id(tenant, pid)
 
 
 async def test_stored_points_carry_the_reserved_keys(tmp_path: Path) -> None:

@@ -1,12 +1,10 @@
-"""Pure helpers of the tenant scoping design shared (in behaviour) with the Edge adapter.
+"""The tenant-scoping design every Qdrant-family Retrieval adapter shares, as pure helpers.
 
-These mirror the private helpers of :mod:`aios_mesh_qdrant_edge.retrieval` one for one: the
-reserved payload keys, the id namespace and the ``uuid5`` id mapping are *identical*, so a
-point written through either adapter has the same engine id and payload shape. The Edge
-module keeps them private and imports ``qdrant_edge`` at import time, so they are duplicated
-here rather than imported (see docs/adapters/qdrant.md, "Relation to the Edge adapter").
-
-Nothing here imports qdrant-client; filters are built by the caller from the checked values.
+Reserved payload keys, the id namespace and the ``uuid5`` id mapping live here once, so a
+point written through the Edge adapter or the qdrant-client adapter has the same engine id
+and payload shape, and the caller-facing checks (tenant, collection name, filter keys,
+payloads, vectors) behave the same on both. Nothing here imports a vector engine; numpy is
+imported only when a vector is checked.
 """
 
 from __future__ import annotations
@@ -17,11 +15,12 @@ import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Final
 
 from aios_mesh.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "ID_KEY",
@@ -106,6 +105,7 @@ def internal_id(tenant: str, public: int | str) -> uuid.UUID:
 
 def as_vector(vector: object, what: str) -> np.ndarray[Any, np.dtype[np.float32]]:
     """A finite float32 vector, or :class:`InvalidInput` naming ``what`` is wrong."""
+    import numpy as np
     if isinstance(vector, str | bytes) or not isinstance(vector, Sequence | np.ndarray):
         raise InvalidInput(f"{what} is not a sequence of numbers",
                            hint="pass a list of floats")
