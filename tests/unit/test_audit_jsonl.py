@@ -237,8 +237,7 @@ async def test_fsync_mode_appends_and_verifies(tmp_path: Path) -> None:
 
 
 def test_disk_full_raises_integrity_error() -> None:
-    if not Path("/dev/full").exists():
-        pytest.skip("no /dev/full on this system")
+    # Linux's /dev/full fails every write with ENOSPC: a real "disk full", no mocks.
     log = JsonlAuditLog("/dev/full")
     with pytest.raises(IntegrityError, match="No space left") as info:
         log.append_sync({"i": 1})
@@ -256,19 +255,6 @@ def test_a_file_in_place_of_the_folder(tmp_path: Path) -> None:
     (tmp_path / "logs").write_text("I am a file")
     with pytest.raises(IntegrityError):
         JsonlAuditLog(tmp_path / "logs" / "a.jsonl").append_sync({"i": 1})
-
-
-def test_read_only_folder(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders")
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        with pytest.raises(IntegrityError, match="Permission denied"):
-            JsonlAuditLog(folder / "a.jsonl").append_sync({"i": 1})
-    finally:
-        folder.chmod(0o700)
 
 
 def test_a_closed_descriptor_then_recovery(tmp_path: Path) -> None:
@@ -387,7 +373,6 @@ def test_processes_appending_to_one_file(tmp_path: Path, durability: str) -> Non
     assert switches > writers, "the writers never interleaved"
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_forked_child_does_not_share_the_parents_lock(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     log = _filled(path, 1)  # the descriptor is open before the fork
