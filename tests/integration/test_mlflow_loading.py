@@ -238,7 +238,7 @@ def test_output_mapping_rules() -> None:
 
 
 async def test_inprocess_serving_runs_a_registered_model(trained: Trained) -> None:
-    serving_mod = pytest.importorskip("aios_mesh.embedded.serving")
+    import aios_mesh.embedded.serving as serving_mod
     serving = serving_mod.InProcessServing()
     ref = await trained.registry.resolve(f"{trained.names['clf']}@champion")
     preds = await serving.infer_batch(ref, _batch(trained.x, 3))

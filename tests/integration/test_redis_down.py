@@ -100,7 +100,7 @@ async def test_redis_killed_mid_run_fails_open_when_asked(
 
 
 async def test_postgres_unreachable_is_typed(tmp_path: Path) -> None:
-    pytest.importorskip("psycopg")
+    import psycopg  # noqa: F401  (the PostgreSQL adapter needs it)
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing?connect_timeout_s=2"
     log = load_adapter("audit", url, base_dir=tmp_path)
     started = time.monotonic()
