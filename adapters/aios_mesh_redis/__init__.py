@@ -55,7 +55,7 @@ from redis.exceptions import NoScriptError, RedisError
 from aios_mesh.backends import BackendURL
 from aios_mesh.errors import BackendUnavailable, ConfigError, InvalidInput, QuotaExceeded
 from aios_mesh.ports.base import Feature
-from aios_mesh.ports.quota import QuotaLimits, Reservation
+from aios_mesh.ports.quota import LIMIT_FIELDS, QuotaLimits, Reservation
 from aios_mesh.ports.serving import Usage
 
 from . import _lua
@@ -66,8 +66,6 @@ log = logging.getLogger(__name__)
 
 _NANO: Final = 1_000_000_000
 _NAMES: Final = ("calls", "tokens", "gpu_seconds", "cost")
-_LIMIT_FIELDS: Final = ("calls", "tokens", "gpu_seconds", "cost", "rate_per_s", "burst")
-_INT_FIELDS: Final = frozenset({"calls", "tokens", "burst"})
 _OPTIONS: Final = frozenset({"prefix", "fail", "reservation_ttl_s", "late_settle_s",
                              "timeout_s", "connect_timeout_s"})
 _UNRECORDED: Final = "unrecorded-"
@@ -104,21 +102,7 @@ def _num(value: float) -> str:
 
 def _encode_limits(limits: QuotaLimits) -> str:
     """Validate ``limits`` and write them as ``calls,tokens,gpu_ns,cost_nano,rate,burst``."""
-    for name in _LIMIT_FIELDS:
-        value = getattr(limits, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or not 0 <= value < math.inf):
-            raise ConfigError(f"quota limit {name}={value!r} is not a finite number >= 0",
-                              hint=f"set {name} to a non-negative number, or None for "
-                                   "unlimited")
-    rate = limits.rate_per_s
-    if rate is not None and rate <= 0:
-        raise ConfigError(f"quota limit rate_per_s={rate!r} must be > 0",
-                          hint="leave rate_per_s unset for no rate limit")
-    if limits.burst is not None and rate is None:
-        raise ConfigError("quota limit burst is set without rate_per_s",
-                          hint="set rate_per_s too (burst is the bucket size of the rate "
-                               "limit)")
+    rate = limits.check().rate_per_s
     parts = [
         "" if limits.calls is None else str(int(limits.calls)),
         "" if limits.tokens is None else str(int(limits.tokens)),
@@ -129,29 +113,6 @@ def _encode_limits(limits: QuotaLimits) -> str:
                                      else max(1, math.ceil(rate))),
     ]
     return ",".join(parts)
-
-
-def _limits_from(value: QuotaLimits | Mapping[str, Any], where: str) -> QuotaLimits:
-    if isinstance(value, QuotaLimits):
-        return value
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"quota limits for {where} must be a mapping, got {value!r}",
-                          hint=f"write e.g. {{'calls': 1000, 'cost': 25.0}}; fields: "
-                               f"{', '.join(_LIMIT_FIELDS)}")
-    unknown = sorted(set(value) - set(_LIMIT_FIELDS))
-    if unknown:
-        raise ConfigError(f"unknown quota limit {unknown[0]!r} for {where}",
-                          hint=f"quota limit fields are: {', '.join(_LIMIT_FIELDS)}")
-    parsed: dict[str, Any] = {}
-    for name, raw in value.items():
-        if raw is None or raw == "":
-            continue
-        try:
-            parsed[name] = int(raw) if name in _INT_FIELDS else float(raw)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"quota limit {name}={raw!r} for {where} is not a number",
-                              hint=f"write {name}=<number>") from exc
-    return QuotaLimits(**parsed)
 
 
 def _units(usage: Usage, cost: float, what: str) -> tuple[str, str, str, str]:
@@ -234,7 +195,7 @@ class RedisQuota:
         self.unrecorded = 0  # calls admitted by fail=open without Redis
         for key, value in (limits or {}).items():
             tenant, _, capability = key.partition("/")
-            self.set_limits(tenant, _limits_from(value, repr(key)),
+            self.set_limits(tenant, QuotaLimits.from_mapping(value, repr(key)),
                             capability=capability or None)
 
     @classmethod
@@ -250,21 +211,21 @@ class RedisQuota:
         del base_dir  # nothing on disk
         limits = options.pop("limits", None)
         merged: dict[str, Any] = {**url.options, **options}
-        unknown = sorted(set(merged) - _OPTIONS - set(_LIMIT_FIELDS))
+        unknown = sorted(set(merged) - _OPTIONS - set(LIMIT_FIELDS))
         if unknown:
             raise ConfigError(f"unknown option {unknown[0]!r} for {url.redacted()}",
                               hint="the redis:// quota store takes: "
                                    f"{', '.join(sorted(_OPTIONS))}, "
-                                   f"{', '.join(_LIMIT_FIELDS)}, limits")
+                                   f"{', '.join(LIMIT_FIELDS)}, limits")
         if not url.host and not url.path.strip("/"):
             raise ConfigError(f"{url.redacted()} names no Redis server",
                               hint="write redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/0")
         parts = urlsplit(url.raw)
         kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                if k not in _OPTIONS and k not in _LIMIT_FIELDS]
+                if k not in _OPTIONS and k not in LIMIT_FIELDS]
         server = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), ""))
-        limit_opts: dict[str, Any] = {k: merged[k] for k in _LIMIT_FIELDS if k in merged}
-        default = _limits_from(limit_opts, url.redacted()) if limit_opts else None
+        limit_opts: dict[str, Any] = {k: merged[k] for k in LIMIT_FIELDS if k in merged}
+        default = QuotaLimits.from_mapping(limit_opts, url.redacted()) if limit_opts else None
         kwargs: dict[str, Any] = {}
         for name in ("reservation_ttl_s", "late_settle_s", "timeout_s", "connect_timeout_s"):
             if name in merged:

@@ -34,22 +34,20 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Final, Self
 
 from aios_mesh.backends import BackendURL
 from aios_mesh.errors import ConfigError, InvalidInput, QuotaExceeded
 from aios_mesh.ports.base import Feature
-from aios_mesh.ports.quota import QuotaLimits, Reservation
+from aios_mesh.ports.quota import LIMIT_FIELDS, QuotaLimits, Reservation
 from aios_mesh.ports.serving import Usage
 
 __all__ = ["InProcessQuota"]
 
 _NANO: Final = 1_000_000_000
 _INF: Final = math.inf
-_LIMIT_FIELDS: Final = tuple(f.name for f in fields(QuotaLimits))
-_INT_FIELDS: Final = frozenset({"calls", "tokens", "burst"})
 # (calls, tokens, gpu_seconds in ns, cost in nano-units)
 _Units = tuple[int, int, int, int]
 _Key = tuple[str, str | None]
@@ -76,20 +74,7 @@ class _Compiled:
 
 
 def _compile(limits: QuotaLimits) -> _Compiled:
-    for name in _LIMIT_FIELDS:
-        value = getattr(limits, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or not 0 <= value < math.inf):
-            raise ConfigError(f"quota limit {name}={value!r} is not a finite number >= 0",
-                              hint=f"set {name} to a non-negative number, or None for "
-                                   "unlimited")
-    if limits.rate_per_s is not None and limits.rate_per_s <= 0:
-        raise ConfigError(f"quota limit rate_per_s={limits.rate_per_s!r} must be > 0",
-                          hint="leave rate_per_s unset for no rate limit")
-    if limits.burst is not None and limits.rate_per_s is None:
-        raise ConfigError("quota limit burst is set without rate_per_s",
-                          hint="set rate_per_s too (burst is the bucket size of the rate "
-                               "limit)")
+    limits.check()
     rate = limits.rate_per_s
     burst = float(limits.burst) if limits.burst is not None else float(
         max(1, math.ceil(rate or 1)))
@@ -123,29 +108,6 @@ def _units(usage: Usage, cost: float, what: str) -> _Units:
             round(cost * _NANO) if cost else 0)
 
 
-def _limits_from(value: QuotaLimits | Mapping[str, Any], where: str) -> QuotaLimits:
-    if isinstance(value, QuotaLimits):
-        return value
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"quota limits for {where} must be a mapping, got {value!r}",
-                          hint=f"write e.g. {{'calls': 1000, 'cost': 25.0}}; fields: "
-                               f"{', '.join(_LIMIT_FIELDS)}")
-    unknown = sorted(set(value) - set(_LIMIT_FIELDS))
-    if unknown:
-        raise ConfigError(f"unknown quota limit {unknown[0]!r} for {where}",
-                          hint=f"quota limit fields are: {', '.join(_LIMIT_FIELDS)}")
-    parsed: dict[str, Any] = {}
-    for name, raw in value.items():
-        if raw is None or raw == "":
-            continue
-        try:
-            parsed[name] = int(raw) if name in _INT_FIELDS else float(raw)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"quota limit {name}={raw!r} for {where} is not a number",
-                              hint=f"write {name}=<number>") from exc
-    return QuotaLimits(**parsed)
-
-
 class InProcessQuota:
     """Reservation-based quota store held in this process (the embedded default).
 
@@ -173,7 +135,7 @@ class InProcessQuota:
         self._ids = itertools.count(1)
         for key, value in (limits or {}).items():
             tenant, _, capability = key.partition("/")
-            self.set_limits(tenant, _limits_from(value, repr(key)),
+            self.set_limits(tenant, QuotaLimits.from_mapping(value, repr(key)),
                             capability=capability or None)
 
     @classmethod
@@ -187,14 +149,14 @@ class InProcessQuota:
         del base_dir  # nothing on disk
         limits = options.pop("limits", None)
         clock = options.pop("clock", time.monotonic)
-        unknown = sorted(set(options) - set(_LIMIT_FIELDS))
-        unknown += sorted(set(url.options) - set(_LIMIT_FIELDS))
+        unknown = sorted(set(options) - set(LIMIT_FIELDS))
+        unknown += sorted(set(url.options) - set(LIMIT_FIELDS))
         if unknown:
             raise ConfigError(f"unknown option {unknown[0]!r} for {url.redacted()}",
                               hint=f"the memory:// quota store takes: "
-                                   f"{', '.join(_LIMIT_FIELDS)}, limits")
+                                   f"{', '.join(LIMIT_FIELDS)}, limits")
         merged: dict[str, Any] = {**url.options, **options}
-        default = _limits_from(merged, url.redacted()) if merged else None
+        default = QuotaLimits.from_mapping(merged, url.redacted()) if merged else None
         return cls(default_limits=default, limits=limits, clock=clock)
 
     # -- configuration -------------------------------------------------------------------
