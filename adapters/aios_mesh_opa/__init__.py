@@ -72,13 +72,12 @@ from aios_mesh.errors import (
     NotFound,
 )
 from aios_mesh.ports.base import Feature
-from aios_mesh.ports.policy import Decision, Obligations, PolicyInput
+from aios_mesh.ports.policy import Decision, PolicyInput, decision_from_result
 
 from ._bundle import BundleFolder, read_bundle
 
 __all__ = ["OpaPolicy"]
 
-_OBLIGATION_KEYS: Final = frozenset({"redact", "require_human", "max_cost"})
 _OPTIONS: Final = ("bundle", "prefix", "token", "tls", "timeout", "strict_builtin_errors",
                    "refresh")
 _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -336,25 +335,8 @@ class OpaPolicy:
     # -- decisions (the contract shared with RegoPolicy) ------------------------------------
 
     def _decision(self, path: str, name: str, result: dict[str, Any]) -> Decision:
-        def bad(what: str, hint: str) -> InvalidOutput:
-            return InvalidOutput(f"policy {name} (OPA {self.base_url}): {what}", hint=hint,
-                                 policy=path)
-
-        allow = result.get("allow")
-        reason = result.get("reason")
-        if reason is not None and not isinstance(reason, str):
-            raise bad(f"reason must be a string, got {type(reason).__name__}",
-                      'define it as a string, e.g. reason := "tenant not allowed"')
-        obligations = _obligations(result.get("obligations"), bad)
-        if "allow" not in result:
-            return Decision(False, f"default deny: {name}.allow is undefined", obligations,
-                            policy=path, bundle_hash=self._bundle_hash)
-        if not isinstance(allow, bool):
-            raise bad(f"allow must be a boolean, got {type(allow).__name__}",
-                      "define allow as true/false, e.g. 'default allow := false'")
-        if not allow and reason is None:
-            reason = f"{name}.allow is false"
-        return Decision(allow, reason, obligations, policy=path, bundle_hash=self._bundle_hash)
+        return decision_from_result(result, package=name, path=path,
+                                    bundle_hash=self._bundle_hash, where=f"OPA {self.base_url}")
 
     # -- bundle upload ----------------------------------------------------------------------
 
@@ -501,32 +483,6 @@ class OpaPolicy:
     def __repr__(self) -> str:
         bundle = f", bundle={str(self._bundle.root)!r}" if self._bundle else ""
         return f"OpaPolicy({self.base_url!r}{bundle})"
-
-
-def _obligations(raw: Any, bad: Any) -> Obligations:
-    """The obligations object, checked exactly like RegoPolicy does."""
-    if raw is None:
-        return Obligations()
-    if not isinstance(raw, dict):
-        raise bad(f"obligations must be an object, got {type(raw).__name__}",
-                  'write obligations := {"redact": [...], "require_human": false}')
-    unknown = sorted(set(raw) - _OBLIGATION_KEYS)
-    if unknown:
-        raise bad(f"unknown obligation(s) {', '.join(unknown)}",
-                  f"the mesh enforces only {', '.join(sorted(_OBLIGATION_KEYS))}")
-    redact = raw.get("redact", [])
-    if not isinstance(redact, list) or not all(isinstance(r, str) for r in redact):
-        raise bad("obligations.redact must be a list (or set) of strings",
-                  'write "redact": ["email", "iban"]')
-    require_human = raw.get("require_human", False)
-    if not isinstance(require_human, bool):
-        raise bad("obligations.require_human must be a boolean", 'write "require_human": true')
-    max_cost = raw.get("max_cost")
-    if max_cost is not None and (isinstance(max_cost, bool)
-                                 or not isinstance(max_cost, int | float)):
-        raise bad("obligations.max_cost must be a number", 'write "max_cost": 0.5')
-    return Obligations(redact=tuple(redact), require_human=require_human,
-                       max_cost=None if max_cost is None else float(max_cost))
 
 
 @functools.cache

@@ -50,16 +50,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from aios_mesh.backends import BackendURL
-from aios_mesh.errors import ConfigError, InvalidOutput, NotFound
+from aios_mesh.errors import ConfigError, NotFound
 from aios_mesh.ports.base import Feature
-from aios_mesh.ports.policy import Decision, Obligations, PolicyInput
+from aios_mesh.ports.policy import Decision, PolicyInput, decision_from_result
 
 from ._bundle import BundleFiles, load_bundle_files, package_key
 from ._engine import CompiledBundle
 
 __all__ = ["RegoPolicy"]
 
-_OBLIGATION_KEYS = frozenset({"redact", "require_human", "max_cost"})
 
 
 def _parse_path(path: str) -> tuple[str, ...]:
@@ -148,55 +147,9 @@ class RegoPolicy:
 
     def _decision(self, path: str, package: tuple[str, ...], result: dict[str, Any],
                   compiled: CompiledBundle) -> Decision:
-        name = package_key(package)
-        files = ", ".join(compiled.packages[package])
-
-        def bad(what: str, hint: str) -> InvalidOutput:
-            return InvalidOutput(f"policy {name} ({files}): {what}", hint=hint, policy=path)
-
-        allow = result.get("allow")
-        reason = result.get("reason")
-        if reason is not None and not isinstance(reason, str):
-            raise bad(f"reason must be a string, got {type(reason).__name__}",
-                      'define it as a string, e.g. reason := "tenant not allowed"')
-        obligations = self._obligations(result.get("obligations"), bad)
-        if "allow" not in result:
-            return Decision(False, f"default deny: {name}.allow is undefined",
-                            obligations, policy=path, bundle_hash=compiled.files.bundle_hash)
-        if not isinstance(allow, bool):
-            raise bad(f"allow must be a boolean, got {type(allow).__name__}",
-                      "define allow as true/false, e.g. 'default allow := false'")
-        if not allow and reason is None:
-            reason = f"{name}.allow is false"
-        return Decision(allow, reason, obligations, policy=path,
-                        bundle_hash=compiled.files.bundle_hash)
-
-    @staticmethod
-    def _obligations(raw: Any, bad: Any) -> Obligations:
-        if raw is None:
-            return Obligations()
-        if not isinstance(raw, dict):
-            raise bad(f"obligations must be an object, got {type(raw).__name__}",
-                      'write obligations := {"redact": [...], "require_human": false}')
-        unknown = sorted(set(raw) - _OBLIGATION_KEYS)
-        if unknown:
-            raise bad(f"unknown obligation(s) {', '.join(unknown)}",
-                      f"the mesh enforces only {', '.join(sorted(_OBLIGATION_KEYS))}")
-        redact = raw.get("redact", [])
-        if not isinstance(redact, list) or not all(isinstance(r, str) for r in redact):
-            raise bad("obligations.redact must be a list (or set) of strings",
-                      'write "redact": ["email", "iban"]')
-        require_human = raw.get("require_human", False)
-        if not isinstance(require_human, bool):
-            raise bad("obligations.require_human must be a boolean",
-                      'write "require_human": true')
-        max_cost = raw.get("max_cost")
-        if max_cost is not None and (isinstance(max_cost, bool)
-                                     or not isinstance(max_cost, int | float)):
-            raise bad("obligations.max_cost must be a number",
-                      'write "max_cost": 0.5')
-        return Obligations(redact=tuple(redact), require_human=require_human,
-                           max_cost=None if max_cost is None else float(max_cost))
+        return decision_from_result(result, package=package_key(package), path=path,
+                                    bundle_hash=compiled.files.bundle_hash,
+                                    where=", ".join(compiled.packages[package]))
 
     async def aclose(self) -> None:
         """Release the compiled bundle; later calls raise :class:`MeshError`."""
