@@ -1,23 +1,18 @@
 """Reading a policy folder for upload: ``*.rego`` modules, ``data.json`` documents, the hash.
 
-Same file selection and the same ``bundle_hash`` as the embedded adapter
-(``aios_mesh_regopy._bundle``): every ``*.rego`` and ``data.json`` under the folder, names
-starting with ``.`` skipped, sha256 over the sorted, length-prefixed ``(relative path,
-content)`` pairs. A folder therefore has the same ``bundle_hash`` on both policy adapters.
-Duplicated, not imported: importing ``aios_mesh_regopy`` loads the regopy engine, which the
-``opa`` extra does not install.
+File selection and ``bundle_hash`` come from :mod:`aios_mesh.policy_bundle`, which the embedded
+adapter uses too, so a folder has the same ``bundle_hash`` on both policy adapters.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aios_mesh.errors import ConfigError
+from aios_mesh.policy_bundle import bundle_files, hash_files
 
 __all__ = ["BundleFolder", "DataDocument", "hash_files", "read_bundle"]
 
@@ -41,18 +36,6 @@ class BundleFolder:
     bundle_hash: str
 
 
-def hash_files(files: Iterable[tuple[str, bytes]]) -> str:
-    """sha256 hex over the sorted ``(relative path, content)`` pairs, length-prefixed."""
-    digest = hashlib.sha256()
-    for rel, content in sorted(files):
-        encoded = rel.encode("utf-8")
-        digest.update(len(encoded).to_bytes(8, "big"))
-        digest.update(encoded)
-        digest.update(len(content).to_bytes(8, "big"))
-        digest.update(content)
-    return digest.hexdigest()
-
-
 def read_bundle(root: Path) -> BundleFolder:
     """Read ``root``; a missing folder, unreadable file, bad UTF-8 or JSON is a ConfigError.
 
@@ -65,12 +48,7 @@ def read_bundle(root: Path) -> BundleFolder:
     hashed: list[tuple[str, bytes]] = []
     modules: list[tuple[str, str]] = []
     data: list[DataDocument] = []
-    for path in sorted(root.rglob("*")):
-        rel_parts = path.relative_to(root).parts
-        if any(part.startswith(".") for part in rel_parts) or not path.is_file():
-            continue
-        if path.suffix != ".rego" and path.name != "data.json":
-            continue
+    for path in bundle_files(root):
         rel = path.relative_to(root).as_posix()
         try:
             content = path.read_bytes()

@@ -6,7 +6,6 @@ and can be tested on its own.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aios_mesh.errors import ConfigError
+from aios_mesh.policy_bundle import bundle_files, hash_files
 
 __all__ = [
     "INTERNAL_PACKAGE",
@@ -124,33 +124,6 @@ def _strip_comments(source: str) -> str:
     return "\n".join(out)
 
 
-def hash_files(files: Iterable[tuple[str, bytes]]) -> str:
-    """sha256 hex over the sorted ``(relative path, content)`` pairs, length-prefixed.
-
-    Each pair feeds ``len(path) path len(content) content`` (lengths as 8-byte big-endian),
-    so no two different bundles can produce the same byte stream.
-    """
-    digest = hashlib.sha256()
-    for rel, content in sorted(files):
-        encoded = rel.encode("utf-8")
-        digest.update(len(encoded).to_bytes(8, "big"))
-        digest.update(encoded)
-        digest.update(len(content).to_bytes(8, "big"))
-        digest.update(content)
-    return digest.hexdigest()
-
-
-def _visible_files(root: Path) -> list[Path]:
-    found: list[Path] = []
-    for path in sorted(root.rglob("*")):
-        rel_parts = path.relative_to(root).parts
-        if any(part.startswith(".") for part in rel_parts):
-            continue  # .manifest, .git, editor swap files ...
-        if path.is_file() and (path.suffix == ".rego" or path.name == "data.json"):
-            found.append(path)
-    return found
-
-
 def _owner(origin: Mapping[tuple[str, ...], str], path: tuple[str, ...]) -> str:
     """The data.json that defined ``path`` (or the closest enclosing / enclosed key)."""
     for size in range(len(path), 0, -1):
@@ -214,7 +187,7 @@ def load_bundle_files(root: Path) -> BundleFiles:
     data: dict[str, Any] = {}
     origin: dict[tuple[str, ...], str] = {}
     data_files: list[str] = []
-    for path in _visible_files(root):
+    for path in bundle_files(root):
         rel = path.relative_to(root).as_posix()
         try:
             content = path.read_bytes()
