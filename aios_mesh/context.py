@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from aios_mesh.mesh import Mesh
+    from aios_mesh.mesh import Mesh, Result
 
 __all__ = ["CallContext"]
 
@@ -21,6 +22,10 @@ class CallContext:
             hits = await retrieval.query("kb", embed(q.text), tenant=ctx.tenant)
             ctx.note_index("kb", await retrieval.snapshot("kb"))
             ...
+
+    A handler that needs another capability calls :meth:`invoke`: the nested call runs the
+    whole pipeline (policy, quota, its own decision record) for the same tenant, caller,
+    workflow run and trace.
     """
 
     tenant: str
@@ -29,7 +34,24 @@ class CallContext:
     mesh: Mesh
     index_snapshots: dict[str, str] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)
+    parent: dict[str, Any] | None = None
+    trace_headers: dict[str, str] = field(default_factory=dict)
 
     def note_index(self, collection: str, snapshot: str) -> None:
         """Record which index version answered (it goes into the decision record)."""
         self.index_snapshots[collection] = snapshot
+
+    async def invoke(self, capability: str, payload: Any, *,
+                     attributes: Mapping[str, Any] | None = None) -> Result[Any]:
+        """Call another capability on behalf of this call (same tenant, caller, parent run
+        and trace). Raises its :class:`~aios_mesh.errors.MeshError` like
+        :meth:`Mesh.ainvoke <aios_mesh.mesh.Mesh.ainvoke>`.
+
+        Example::
+
+            vector = (await ctx.invoke("embed-vendor-name", {"text": q.name})).output.vector
+        """
+        return await self.mesh.ainvoke(capability, payload, tenant=self.tenant,
+                                       caller=self.caller, attributes=attributes,
+                                       parent=self.parent,
+                                       traceparent=self.trace_headers or None)

@@ -316,7 +316,8 @@ class Mesh:
             model = ModelRef(name=f"function:{spec.name}", version=spec.version)
             call.model_ref = model
             ctx = CallContext(call.tenant, call.caller, call.record_id, self,
-                              call.index_snapshots, call.attributes)
+                              call.index_snapshots, call.attributes, parent=call.parent,
+                              trace_headers=call.trace_headers)
             return Target("function", model, handler=spec.handler, context=ctx)
         if ref is None:
             raise NotFound(f"capability {spec.name} has no model to call")
@@ -382,6 +383,13 @@ class Mesh:
         to the bus now, or later if the bus is down (``flush_outbox`` / the worker retry)."""
         self.outbox().put(topic, event)
         await self.flush_outbox()
+
+    def publish_many(self, items: Iterable[tuple[str, Event]]) -> int:
+        """Sync: put ``(topic, event)`` pairs in the outbox in one transaction (all or none),
+        then relay what the bus takes now; returns how many were sent now. Whatever the bus
+        does not take stays in the outbox for the next flush."""
+        self.outbox().put_many(items)
+        return self._sync.run(self.flush_outbox())
 
     async def flush_outbox(self) -> int:
         """Ship pending outbox rows to the bus; returns how many were sent."""
@@ -453,7 +461,8 @@ class Mesh:
             call = Call(spec=spec, tenant=tenant, caller=caller, raw=payload,
                         record_id=record_id, attributes=dict(attributes or {}),
                         trace_headers=self.telemetry.inject(span),
-                        resume=dict(resume) if resume else None)
+                        resume=dict(resume) if resume else None,
+                        parent=dict(parent) if parent else None)
             if tenant not in self.config.tenants:
                 raise UnknownTenant(f"tenant {tenant!r} is not declared",
                                     hint="add it under [tenants] in the config")

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         invoke,
         mesh_workflow,
         model_version_task,
+        register_capabilities,
         resolve_model_version,
         workflow_lineage,
     )
@@ -48,6 +49,7 @@ __all__ = [
     "invoke",
     "mesh_workflow",
     "model_version_task",
+    "register_capabilities",
     "resolve_model_version",
     "workflow_lineage",
 ]

@@ -84,6 +84,7 @@ __all__ = [
     "invoke",
     "mesh_workflow",
     "model_version_task",
+    "register_capabilities",
     "resolve_model_version",
     "workflow_lineage",
 ]
@@ -166,6 +167,23 @@ def close_meshes() -> None:
             mesh.close()
         except Exception:  # exit must go on
             _log.exception("closing %r failed", mesh)
+
+
+def register_capabilities(*specs: CapabilitySpec) -> None:
+    """Make ``specs`` known to every mesh :func:`current_mesh` builds in this process (and to
+    those it built already). Call it at module level in the workflow file, so a task process
+    on a cluster registers them too::
+
+        register_capabilities(EXTRACT, MATCH, ROUTE)
+    """
+    with _LOCK:
+        for spec in specs:
+            _SPECS[spec.name] = spec
+        meshes = list(_MESHES.values())
+    for mesh in meshes:
+        for spec in specs:
+            if spec.name not in mesh.capabilities:
+                mesh.register(spec)
 
 
 # ---------------------------------------------------------------------- run identity
@@ -430,7 +448,8 @@ def _result(output: Any, record: DecisionRecord, error: MeshError | None) -> dic
 
 
 def invoke(capability: str, payload: Any, *, tenant: str, caller: str | None = None,
-           mesh: Mesh | None = None, run: FlyteRun | None = None) -> dict[str, Any]:
+           attributes: Mapping[str, Any] | None = None, mesh: Mesh | None = None,
+           run: FlyteRun | None = None) -> dict[str, Any]:
     """Call ``capability`` from inside a Flyte task; the record's ``parent`` is the run.
 
     Returns ``{"output", "record_id", "outcome", "review_id", "error"}`` (JSON-safe, so a
@@ -443,8 +462,8 @@ def invoke(capability: str, payload: Any, *, tenant: str, caller: str | None = N
     timeout) and :class:`QuotaExceeded`, the :class:`MeshError` itself otherwise (unknown
     model or tenant, invalid output, ...).
 
-    ``caller`` defaults to ``"flyte:<task name>"``; ``mesh`` to :func:`current_mesh`;
-    ``run`` to :func:`current_run`.
+    ``caller`` defaults to ``"flyte:<task name>"``; ``attributes`` go to the policy input;
+    ``mesh`` defaults to :func:`current_mesh`; ``run`` to :func:`current_run`.
     """
     target = mesh or current_mesh()
     if _record_sink not in target.sinks:
@@ -454,6 +473,7 @@ def invoke(capability: str, payload: Any, *, tenant: str, caller: str | None = N
     with _capture() as seen:
         try:
             result = target.invoke(capability, payload, tenant=tenant, caller=who,
+                                   attributes=attributes,
                                    parent=owner.as_parent() if owner is not None else None)
         except MeshError as exc:
             record = seen[-1] if seen else None
@@ -578,8 +598,7 @@ def capability_task(capability: str | CapabilitySpec, *,
     """
     spec = _lookup_spec(capability, config)
     if isinstance(capability, CapabilitySpec):
-        with _LOCK:
-            _SPECS[spec.name] = spec
+        register_capabilities(spec)
     module = _caller_module()
     fname = name or spec.name.replace("-", "_")
     given = str(config) if config is not None else None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
@@ -266,6 +266,40 @@ class MlflowRegistry:
                 return str(c.get_experiment_by_name(name).experiment_id)
 
         return await self._run(f"ensure experiment {name!r}", call)
+
+    async def publish_model(self, folder: str | Path, name: str, *, alias: str | None = None,
+                            experiment: str = "aios-mesh", run_name: str | None = None,
+                            params: Mapping[str, Any] | None = None,
+                            metrics: Mapping[str, float] | None = None) -> ModelRef:
+        """Log a saved MLflow model folder to a new run of ``experiment`` (with ``params`` and
+        ``metrics``), register it as a new version of ``name`` and, with ``alias``, point the
+        alias at it. Uses this registry's tracking URI only (no global MLflow state).
+
+        Example::
+
+            mlflow.sklearn.save_model(pipeline, "out/model")
+            ref = await registry.publish_model("out/model", "ticket-classifier",
+                                               alias="champion", metrics={"accuracy": 0.93})
+        """
+        experiment_id = await self.ensure_experiment(experiment)
+
+        def log(c: Any) -> str:
+            run = c.create_run(experiment_id, run_name=run_name or f"train-{name}")
+            run_id = str(run.info.run_id)
+            for key, value in (params or {}).items():
+                c.log_param(run_id, key, value)
+            for key, number in (metrics or {}).items():
+                c.log_metric(run_id, key, float(number))
+            c.log_artifacts(run_id, str(folder), "model")
+            c.set_terminated(run_id)
+            return run_id
+
+        run_id = await self._run(f"log model {name!r}", log)
+        ref = await self.register(name, f"runs:/{run_id}/model", run_id=run_id)
+        if alias is not None:
+            await self.set_alias(name, alias, ref.version)
+            ref = await self.resolve(f"{name}@{alias}")
+        return ref
 
     def __repr__(self) -> str:
         return f"MlflowRegistry({self._display!r})"

@@ -47,22 +47,15 @@ async def register_model(registry: Any, pipeline: Any, *, name: str, alias: str,
                          sample: list[str]) -> ModelRef:
     """Save the pipeline as an MLflow model, log it to a run, register a version, move the
     alias to it. Uses explicit tracking URIs only (no global MLflow state)."""
-    import mlflow
     import mlflow.sklearn
     import pandas as pd
     from mlflow.models import infer_signature
 
-    experiment = await registry.ensure_experiment("aios-mesh-demo")
-    client = mlflow.MlflowClient(tracking_uri=registry.tracking_uri)
-    run = client.create_run(experiment, run_name=f"train-{name}")
-    run_id = run.info.run_id
     frame = pd.DataFrame({"text": sample})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
         mlflow.sklearn.save_model(pipeline, folder,
                                   signature=infer_signature(frame, pipeline.predict(frame)))
-        client.log_artifacts(run_id, str(folder), "model")
-    client.set_terminated(run_id)
-    ref: ModelRef = await registry.register(name, f"runs:/{run_id}/model", run_id=run_id)
-    await registry.set_alias(name, alias, ref.version)
+        ref: ModelRef = await registry.publish_model(folder, name, alias=alias,
+                                                     experiment="aios-mesh-demo")
     return ref

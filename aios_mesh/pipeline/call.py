@@ -28,6 +28,7 @@ class Call:
     attributes: dict[str, Any] = field(default_factory=dict)
     trace_headers: dict[str, str] = field(default_factory=dict)
     resume: dict[str, Any] | None = None  # where a reviewer's answer is published
+    parent: dict[str, Any] | None = None  # the workflow run this call belongs to
     # filled by the steps
     input: BaseModel | None = None
     payload: dict[str, Any] | None = None
