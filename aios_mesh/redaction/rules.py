@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_RULES", "Rule", "iban_valid", "luhn_valid"]
+__all__ = ["DEFAULT_RULES", "Rule", "iban_valid", "luhn_valid", "phone_valid"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +49,23 @@ def iban_valid(text: str) -> bool:
     return int(number) % 97 == 1
 
 
+_DATE = re.compile(r"\d{4}([-./])\d{1,2}\1\d{1,2}|\d{1,2}([-./])\d{1,2}\2\d{2,4}")
+
+
+def phone_valid(text: str) -> bool:
+    """7 to 15 digits (E.164 allows 15) and not shaped like a date: ``2024-03-05`` and
+    ``05.03.2024`` match the phone pattern but are dates."""
+    digits = sum(c.isdigit() for c in text)
+    return 7 <= digits <= 15 and _DATE.fullmatch(text.strip()) is None
+
+
 EMAIL = Rule("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
                                  r"\.[A-Za-z]{2,}\b"))
 IBAN = Rule("iban", re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?\b"),
             iban_valid)
 CARD = Rule("card", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), luhn_valid)
 PHONE = Rule("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?"
-                                 r"\d{2,4}(?:[ .-]\d{2,4}){2,4}(?![\w])"))
+                                 r"\d{2,4}(?:[ .-]\d{2,4}){2,4}(?![\w])"), phone_valid)
 
 #: Order matters: IBANs and cards before phones, whose pattern would also match digit runs.
 DEFAULT_RULES: tuple[Rule, ...] = (EMAIL, IBAN, CARD, PHONE)

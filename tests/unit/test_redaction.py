@@ -65,3 +65,18 @@ def test_every_luhn_valid_card_number_is_redacted(digits: list[int]) -> None:
             break
     out = RuleRedactor.redact_text(f"card {number} end", DEFAULT_RULES, Counter())
     assert number not in out
+
+
+@pytest.mark.parametrize("date", ["2024-03-05", "05.03.2024", "5/3/2024", "2024.3.5"])
+def test_dates_are_not_phone_numbers(date: str) -> None:
+    from aios_mesh.redaction.rules import PHONE
+
+    match = PHONE.pattern.search(f"Invoice date: {date}")
+    assert match is None or not (PHONE.validate and PHONE.validate(match.group()))
+
+
+def test_phone_numbers_are_still_found() -> None:
+    from aios_mesh.redaction.rules import PHONE
+
+    match = PHONE.pattern.search("call +49 30 1234 5678 today")
+    assert match is not None and PHONE.validate is not None and PHONE.validate(match.group())
