@@ -53,10 +53,10 @@ _DATE = re.compile(r"\d{4}([-./])\d{1,2}\1\d{1,2}|\d{1,2}([-./])\d{1,2}\2\d{2,4}
 
 
 def phone_valid(text: str) -> bool:
-    """7 to 15 digits (E.164 allows 15) and not shaped like a date: ``2024-03-05`` and
-    ``05.03.2024`` match the phone pattern but are dates."""
+    """7 to 15 digits (E.164 allows 15) and no date inside: ``2024-03-05``, ``05.03.2024``
+    and ``2024-03-05 15`` (a timestamp) match the phone pattern but are dates."""
     digits = sum(c.isdigit() for c in text)
-    return 7 <= digits <= 15 and _DATE.fullmatch(text.strip()) is None
+    return 7 <= digits <= 15 and _DATE.search(text) is None
 
 
 EMAIL = Rule("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
