@@ -19,8 +19,10 @@ PY = sys.executable
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """Run the main job on the embedded defaults."""
-    session.run(PY, "-m", "aios_mesh.cli", "demo", *session.posargs)
+    """Run the main job (invoice intake) on the embedded defaults; posargs go to it
+    (``nox -s demo -- --n 60``, ``-- --profile servers``, ``-- --help``)."""
+    session.run(PY, "-m", "examples.invoice_intake", *session.posargs,
+                env={"MLFLOW_DISABLE_TELEMETRY": "true"})
 
 
 @nox.session

@@ -67,7 +67,8 @@ def test_every_luhn_valid_card_number_is_redacted(digits: list[int]) -> None:
     assert number not in out
 
 
-@pytest.mark.parametrize("date", ["2024-03-05", "05.03.2024", "5/3/2024", "2024.3.5", "2023-05-23 15:03"])
+@pytest.mark.parametrize("date", ["2024-03-05", "05.03.2024", "5/3/2024", "2024.3.5",
+                                  "2023-05-23 15:03"])
 def test_dates_are_not_phone_numbers(date: str) -> None:
     from aios_mesh.redaction.rules import PHONE
 

@@ -1,0 +1,365 @@
+"""The main job: invoice intake end to end, on one config profile.
+
+    python -m examples.invoice_intake [--profile embedded|servers] [--n 540]
+
+1. start the profile's servers (``servers`` profile only, see :mod:`.servers`);
+2. train the extractor and the vendor embedder on generated data, log and register both in
+   the profile's MLflow registry as ``champion``;
+3. index each tenant's vendor master in its own scope of the vector store;
+4. pin models and index snapshots in the lock file, load the models;
+5. run the Flyte workflow (:mod:`.workflow`) batch by batch over the generated invoices;
+6. verify the audit chain, print the summary, write ``summary.json`` and the HTML report.
+
+The exit code is 0 when every invoice reached a route, every event left the outbox and the
+audit chain verifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import statistics
+import time
+import tomllib
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from aios_mesh.record import DecisionRecord
+
+__all__ = ["PROFILES", "RunResult", "effective_config", "run"]
+
+HERE = Path(__file__).parent
+PROFILES = HERE / "profiles"
+POLICIES = HERE / "policies"
+WORKFLOW = "examples.invoice_intake.workflow.invoice_intake"
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` did; ``summary.json`` holds the same."""
+
+    exit_code: int
+    state: Path
+    report: Path
+    summary: dict[str, Any]
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}"
+                                for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml(doc: Mapping[str, Any], prefix: str = "") -> str:
+    """A TOML document for a config mapping (scalars, lists, nested tables)."""
+    lines = [f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in doc.items()
+             if not isinstance(v, Mapping) or not v]
+    for key, value in doc.items():
+        if isinstance(value, Mapping) and value:
+            name = f"{prefix}.{json.dumps(str(key))}" if prefix else json.dumps(str(key))
+            lines += ["", f"[{name}]", _toml(value, name)]
+    return "\n".join(line for line in lines if line is not None)
+
+
+def effective_config(profile: Path, state: Path,
+                     backends: Mapping[str, Any] | None = None) -> Path:
+    """Write ``state/aios-mesh.toml``: the profile with its state under ``state`` and the
+    backend URLs the servers really listen on; returns its path."""
+    doc = tomllib.loads(profile.read_text())
+    doc["state_dir"] = str(state)
+    doc["lock_file"] = str(state / "aios-mesh.lock")
+    if backends is not None:
+        doc["backends"] = dict(backends)
+    path = state / "aios-mesh.toml"
+    path.write_text(f"# written by examples.invoice_intake from {profile}\n" + _toml(doc)
+                    + "\n")
+    return path
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def _accuracy(items: list[dict[str, Any]], truth: Mapping[str, Any]) -> dict[str, float]:
+    """Exact-match accuracy per field over the invoices the model answered for."""
+    from examples.invoice_intake.extractor import FIELDS, _matches
+
+    read = [i for i in items if i.get("fields")]
+    hits = Counter()
+    for item in read:
+        expected = truth[item["invoice"]]
+        for name in FIELDS:
+            hits[name] += _matches(name, item["fields"].get(name), getattr(expected, name))
+    return {name: hits[name] / len(read) if read else 0.0 for name in FIELDS}
+
+
+def run(*, profile: Path, state: Path, n: int = 540, batch: int = 30,
+        private_servers: bool = False, console: Console | None = None) -> RunResult:
+    """Run the whole job on ``profile`` with all state under ``state`` (recreated)."""
+    out = console or Console()
+    # MLflow logs every run URL and pickling advice at INFO/WARNING; the summary says it all
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    state = state.resolve()
+    if state.exists():
+        shutil.rmtree(state)
+    state.mkdir(parents=True)
+    shutil.copytree(POLICIES, state / "policies")
+    doc = tomllib.loads(profile.read_text())
+    timings: dict[str, float] = {}
+    out.rule(f"[bold]invoice intake[/] — profile [cyan]{profile.stem}[/]")
+    with ExitStack() as stack:
+        backends = doc.get("backends", {})
+        live = None
+        if any(str(url).split("://")[0] not in ("inprocess", "")
+               for url in backends.values() if isinstance(url, str)):
+            from examples.invoice_intake.servers import local_stack
+
+            with out.status("starting the profile's servers..."):
+                t0 = time.perf_counter()
+                live = stack.enter_context(local_stack(backends, state / "servers",
+                                                       private=private_servers))
+                timings["servers"] = time.perf_counter() - t0
+            for line in live.started:
+                out.print(f"  [green]✓[/] {line}")
+            backends = live.backends
+        config = effective_config(profile, state, backends)
+        os.environ["AIOS_MESH_CONFIG"] = str(config)
+        result = _run_job(out, config, state, n, batch, live, timings)
+    return result
+
+
+def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: Any,
+             timings: dict[str, float]) -> RunResult:
+    from aios_mesh_flyte import close_meshes, current_mesh
+
+    from examples.invoice_intake import models
+    from examples.invoice_intake.capabilities import ALL, EMBED, EXTRACT, index_vendors
+    from examples.invoice_intake.corpus import make_corpus
+    from examples.invoice_intake.workflow import invoice_intake
+
+    records: list[DecisionRecord] = []
+    mesh = current_mesh(config)
+    for spec in ALL:
+        if spec.name not in mesh.capabilities:
+            mesh.register(spec)
+    mesh.sinks.append(lambda record, _doc: records.append(record))
+    try:
+        t0 = time.perf_counter()
+        with out.status("training the invoice extractor and the vendor embedder..."):
+            trained = models.train()
+        timings["train"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with out.status("logging and registering both in MLflow as champion..."):
+            refs = asyncio.run(models.publish(mesh.port("registry"), trained))
+        timings["register"] = time.perf_counter() - t0
+        with out.status("indexing each tenant's vendor master..."):
+            vectors = {t: trained.embedder.embed([name for _, name in rows])
+                       for t, rows in trained.vendor_names.items()}
+            indexed = asyncio.run(index_vendors(mesh.port("retrieval"), trained.vendor_names,
+                                                vectors))
+        if live is not None:
+            with out.status("starting BentoML with the registered models..."):
+                t0 = time.perf_counter()
+                live.start_serving({"serving": EXTRACT.model, EMBED.serving: EMBED.model})
+                timings["serving"] = time.perf_counter() - t0
+            for line in live.started[-2:]:
+                out.print(f"  [green]✓[/] {line}")
+        lock = mesh.lock()
+        mesh.prepare()
+        for name, ref in refs.items():
+            out.print(f"model [cyan]{name}[/] v{ref.version}@champion · ", end="")
+        out.print(f"{indexed} vendors indexed · lock {lock.name} · config {config}")
+        out.print("extractor holdout accuracy: " + ", ".join(
+            f"{k} {v:.1%}" for k, v in trained.holdout.items()))
+
+        invoices = make_corpus(n)
+        truth = {inv.id: inv.truth for inv in invoices}
+        payloads = [{"id": inv.id, "tenant": inv.tenant, "text": inv.text} for inv in invoices]
+        items: list[dict[str, Any]] = []
+        runs: list[str] = []
+        progress = Progress(TextColumn("[progress.description]{task.description}"),
+                            BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=out)
+        t0 = time.perf_counter()
+        with progress:
+            task = progress.add_task("processing invoices", total=len(payloads))
+            for chunk in _batches(payloads, batch):
+                seen = len(records)
+                items.extend(invoice_intake(invoices=chunk))
+                parents = {str((r.parent or {}).get("run_id")) for r in records[seen:]}
+                runs.extend(sorted(parents - {"None"}))
+                progress.advance(task, len(chunk))
+        timings["intake"] = time.perf_counter() - t0
+        mesh.flush()
+        report_ok = asyncio.run(_verify(mesh))
+        pending = mesh.outbox().pending()
+        signals = mesh.signals.stats if mesh.signals is not None else None
+    finally:
+        close_meshes()
+
+    summary = _summarise(items, records, truth, report_ok, pending, signals, timings,
+                         len(runs), n)
+    lineage = _lineage(state, records, runs[0] if runs else None)
+    from examples.invoice_intake.report import write_report
+
+    report = write_report(state / "report.html", title="aios-mesh · invoice intake",
+                          summary=[(k, str(v)) for k, v in summary["table"]],
+                          calls=[_call_row(r) for r in records],
+                          invoices=[_invoice_row(i, truth) for i in items], lineage=lineage)
+    (state / "summary.json").write_text(json.dumps({**summary, "decisions": _decisions(items)},
+                                                   indent=1, default=str))
+    _print_summary(out, summary, state, report)
+    ok = report_ok[0] and pending == 0 and len(items) == n and \
+        all(i.get("route") in ("auto", "human", "denied", "exception") for i in items)
+    return RunResult(0 if ok else 1, state, report, summary, items)
+
+
+async def _verify(mesh: Any) -> tuple[bool, int, list[Any]]:
+    report = await mesh.port("audit").verify()
+    return bool(report.ok), int(report.records), list(report.problems[:3])
+
+
+def _call_row(record: DecisionRecord) -> dict[str, Any]:
+    return {"capability": record.capability, "tenant": record.tenant,
+            "latency_ms": record.latency_ms, "cost": record.cost, "outcome": record.outcome}
+
+
+def _invoice_row(item: Mapping[str, Any], truth: Mapping[str, Any]) -> dict[str, Any]:
+    from examples.invoice_intake.extractor import FIELDS, _matches
+
+    fields = item.get("fields") or {}
+    expected = truth[item["invoice"]]
+    correct = all(_matches(k, fields.get(k), getattr(expected, k)) for k in FIELDS) \
+        if fields else None
+    return {"invoice": item["invoice"], "tenant": item["tenant"], "route": item["route"],
+            "amount": fields.get("total"), "currency": fields.get("currency"),
+            "correct": correct}
+
+
+def _decisions(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per invoice, what the job decided (the e2e test compares these across profiles)."""
+    return {i["invoice"]: {"route": i["route"], "stage": i["stage"],
+                           "fields": i.get("fields"),
+                           "vendor_id": (i.get("vendor") or {}).get("vendor_id"),
+                           "amount_usd": i.get("amount_usd")} for i in items}
+
+
+def _summarise(items: list[dict[str, Any]], records: list[DecisionRecord],
+               truth: Mapping[str, Any], audit: tuple[bool, int, list[Any]], pending: int,
+               signals: Any, timings: dict[str, float], runs: int, n: int) -> dict[str, Any]:
+    routes = Counter(i["route"] for i in items)
+    accuracy = _accuracy(items, truth)
+    latency: dict[str, list[float]] = defaultdict(list)
+    cost_tenant: dict[str, float] = defaultdict(float)
+    for record in records:
+        latency[record.capability].append(record.latency_ms)
+        cost_tenant[record.tenant] += record.cost
+    invoices_tenant = Counter(i["tenant"] for i in items)
+    total_cost = sum(cost_tenant.values())
+    denials = sum(1 for r in records if r.outcome == "denied")
+    vendor_ok = [i for i in items if i.get("vendor")]
+    vendor_acc = sum(i["vendor"]["vendor_id"] == truth[i["invoice"]].vendor_id
+                     for i in vendor_ok) / max(1, len(vendor_ok))
+    table: list[tuple[str, str]] = [
+        ("invoices processed", f"{len(items)} of {n} in {runs} workflow runs"),
+        ("extraction accuracy (exact match vs ground truth)",
+         ", ".join(f"{k} {v:.1%}" for k, v in accuracy.items())),
+        ("vendor match accuracy", f"{vendor_acc:.1%} of {len(vendor_ok)} matched"),
+        ("automation rate (auto-approved)", f"{routes['auto'] / max(1, len(items)):.1%} "
+                                            f"({routes['auto']})"),
+        ("routed to humans", str(routes["human"])),
+        ("policy denials", f"{routes['denied']} invoices ({denials} denied calls)"),
+        ("exceptions (unusable invoices)", str(routes["exception"])),
+    ]
+    for capability, values in sorted(latency.items()):
+        table.append((f"latency {capability}",
+                      f"p50 {statistics.median(values):.2f} ms · p95 {_p(values, 0.95):.2f} ms"
+                      f" · {len(values)} calls"))
+    table.append(("served by", ", ".join(f"{k} ({v} calls)" for k, v in sorted(Counter(
+        str(r.serving) for r in records if r.serving).items()))))
+    table.append(("cost per invoice", f"${total_cost / max(1, len(items)):.5f}"))
+    for tenant, amount in sorted(cost_tenant.items()):
+        per_invoice = amount / max(1, invoices_tenant[tenant])
+        table.append((f"cost {tenant}", f"${amount:.4f} · ${per_invoice:.5f} per invoice"))
+    ok, count, problems = audit
+    table.append(("audit chain", f"verified ({count} records)" if ok
+                  else f"BROKEN: {problems}"))
+    published = len(items) - pending
+    table.append(("events delivered", f"{published} invoice events"
+                  + (f", {pending} still in the outbox" if pending else "")
+                  + (f" · {signals.decision_events} decision events" if signals else "")))
+    call_events = signals.lineage_events if signals else 0
+    lineage_events = call_events + 2 * runs  # each workflow run: START + COMPLETE/FAIL
+    table.append(("lineage events emitted", f"{lineage_events} ({call_events} for calls, "
+                                            f"{2 * runs} for {runs} workflow runs)"))
+    table.append(("time", " · ".join(f"{k} {v:.1f}s" for k, v in timings.items())))
+    served_by = Counter(str(r.serving).split("+")[0] for r in records if r.serving)
+    return {"table": table, "routes": dict(routes), "served_by": dict(served_by),
+            "accuracy": accuracy,
+            "vendor_accuracy": vendor_acc, "records": len(records),
+            "audit_ok": ok, "outbox_pending": pending,
+            "lineage_events": lineage_events,
+            "decision_events": signals.decision_events if signals else 0,
+            "cost_per_tenant": dict(cost_tenant), "timings": timings}
+
+
+def _lineage(state: Path, records: list[DecisionRecord], run_id: str | None
+             ) -> list[dict[str, Any]]:
+    """The OpenLineage events of one workflow run: read back from the file transport when the
+    profile writes one, else derived from the decision records as the relay derived them."""
+    from aios_mesh.lineage import run_events_for, run_uuid, workflow_run_events
+
+    if run_id is None:
+        return []
+    mine = [r for r in records if (r.parent or {}).get("run_id") == run_id]
+    wanted = run_uuid(run_id, namespace="flyte")
+    path = state / "lineage" / "events.jsonl"
+    if path.exists():
+        events = [json.loads(line) for line in path.read_text().splitlines() if line]
+        return [e for e in events if e["run"]["runId"] == wanted or
+                e["run"].get("facets", {}).get("parent", {}).get("run", {}).get("runId")
+                == wanted]
+    events = workflow_run_events(run_id, WORKFLOW, status="succeeded",
+                                 started_at=mine[0].started_at if mine else None,
+                                 ended_at=mine[-1].ended_at if mine else None)
+    for record in mine:
+        events.extend(run_events_for(record.to_dict()))
+    return events
+
+
+def _print_summary(out: Console, summary: dict[str, Any], state: Path, report: Path) -> None:
+    table = Table(title="invoice intake — summary", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for label, value in summary["table"]:
+        table.add_row(label, value)
+    table.add_row("report", str(report))
+    table.add_row("state (audit log, lineage, review queue, config)", str(state))
+    out.print(table)

@@ -1,0 +1,102 @@
+"""The main job, end to end: the invoice intake on the embedded defaults and on real servers.
+
+The server profile starts a real MLflow server, two `bentoml serve` processes, a tansu broker,
+a private nats-server and redis-server and a throw-away PostgreSQL database (SERVICES.md), and
+must reach exactly the decisions the embedded profile reaches: same routes, same extracted
+fields, same vendors — only the config profile differs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from examples.invoice_intake.run import PROFILES, RunResult, run
+
+pytestmark = pytest.mark.e2e
+
+N = 90
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    return run(profile=PROFILES / "embedded.toml", state=tmp_path_factory.mktemp("embedded"),
+               n=N, batch=30)
+
+
+def test_embedded_run_ends_with_summary_and_report(embedded: RunResult) -> None:
+    summary = embedded.summary
+    assert embedded.exit_code == 0
+    assert sum(summary["routes"].values()) == N
+    assert summary["routes"].get("auto", 0) > N // 3, summary["routes"]
+    assert summary["routes"].get("human", 0) > 0
+    assert summary["audit_ok"] and summary["outbox_pending"] == 0
+    # 3 runs of 30 invoices: every call and every workflow run has START + COMPLETE/FAIL
+    assert summary["lineage_events"] == 2 * summary["records"] + 2 * 3
+    assert summary["decision_events"] == summary["records"]
+    assert min(summary["accuracy"][f] for f in ("invoice_number", "total", "currency")) > 0.8
+    labels = [label for label, _ in summary["table"]]
+    for wanted in ("invoices processed", "automation rate (auto-approved)", "routed to humans",
+                   "policy denials", "audit chain", "events delivered",
+                   "lineage events emitted", "cost per invoice"):
+        assert wanted in labels
+    assert any(label.startswith("latency extract-invoice-fields") for label in labels)
+
+
+def test_report_holds_every_plot(embedded: RunResult) -> None:
+    html = embedded.report.read_text()
+    svgs = [chunk.split("</svg>")[0] + "</svg>" for chunk in html.split("<svg")[1:]]
+    assert len(svgs) >= 4
+    for svg in svgs:
+        ET.fromstring("<svg" + svg)  # well-formed
+    assert 'data-kind="workflow"' in html  # the lineage graph of one run
+    assert html.count('data-kind="call"') >= 30 or "more calls" in html
+
+
+def test_every_invoice_has_an_event_and_a_record(embedded: RunResult) -> None:
+    decisions = json.loads((embedded.state / "summary.json").read_text())["decisions"]
+    assert len(decisions) == N
+    audit = (embedded.state / "audit.jsonl").read_text().splitlines()
+    assert len(audit) == embedded.summary["records"]
+    for item in embedded.items:
+        assert item["published"] and item["records"], item
+
+
+def test_pii_never_reaches_the_extractor(embedded: RunResult) -> None:
+    records = [json.loads(line)["record"]
+               for line in (embedded.state / "audit.jsonl").read_text().splitlines()]
+    extract = [r for r in records if r["capability"]["name"] == "extract-invoice-fields"]
+    assert extract and all(r["policy"]["obligations"]["redact"] for r in extract
+                           if r["outcome"] != "denied")
+    assert any(r["redaction"]["applied"] for r in extract)
+
+
+def test_server_profile_reaches_the_same_decisions(embedded: RunResult,
+                                                   tmp_path: Path) -> None:
+    servers = run(profile=PROFILES / "servers.toml", state=tmp_path / "servers", n=N,
+                  batch=30, private_servers=True)
+    assert servers.exit_code == 0
+    config = tomllib.loads((servers.state / "aios-mesh.toml").read_text())["backends"]
+    assert config["registry"].startswith("mlflow+http://")
+    assert config["serving"].startswith("bentoml+http://")
+    assert config["events"].startswith("nats://")
+    assert config["lineage"].startswith("openlineage+kafka://")
+    assert config["quota"].startswith("redis://")
+    assert config["audit"].startswith("postgresql://")
+    assert set(servers.summary["served_by"]) >= {"bentoml"}, servers.summary["served_by"]
+    assert servers.summary["audit_ok"] and servers.summary["outbox_pending"] == 0
+    left = json.loads((embedded.state / "summary.json").read_text())["decisions"]
+    right = json.loads((servers.state / "summary.json").read_text())["decisions"]
+    assert left == right
+
+
+def test_help_teaches_the_profiles() -> None:
+    out = subprocess.run([sys.executable, "-m", "examples.invoice_intake", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "--profile" in out and "servers" in out and "review list" in out
