@@ -56,28 +56,41 @@ class RunResult:
     items: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _toml_str(text: str) -> str:
+    """A TOML basic string: only quotes, backslashes and control characters escaped."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return _toml_str(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}"
+        return "{ " + ", ".join(f"{_toml_str(str(k))} = {_toml_value(v)}"
                                 for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
 def _toml(doc: Mapping[str, Any], prefix: str = "") -> str:
     """A TOML document for a config mapping (scalars, lists, nested tables)."""
-    lines = [f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in doc.items()
+    lines = [f"{_toml_str(str(k))} = {_toml_value(v)}" for k, v in doc.items()
              if not isinstance(v, Mapping) or not v]
     for key, value in doc.items():
         if isinstance(value, Mapping) and value:
-            name = f"{prefix}.{json.dumps(str(key))}" if prefix else json.dumps(str(key))
+            name = f"{prefix}.{_toml_str(str(key))}" if prefix else _toml_str(str(key))
             lines += ["", f"[{name}]", _toml(value, name)]
     return "\n".join(line for line in lines if line is not None)
 
@@ -87,6 +100,7 @@ def effective_config(profile: Path, state: Path,
     """Write ``state/aios-mesh.toml``: the profile with its state under ``state`` and the
     backend URLs the servers really listen on; returns its path."""
     doc = tomllib.loads(profile.read_text())
+    doc.pop("intake", None)  # the driver's own table, not mesh config
     doc["state_dir"] = str(state)
     doc["lock_file"] = str(state / "aios-mesh.lock")
     if backends is not None:
@@ -137,8 +151,9 @@ def run(*, profile: Path, state: Path, n: int = 540, batch: int = 30,
     with ExitStack() as stack:
         backends = doc.get("backends", {})
         live = None
-        if any(str(url).split("://")[0] not in ("inprocess", "")
-               for url in backends.values() if isinstance(url, str)):
+        # [intake] start_servers: default true when the profile names any server at all;
+        # false where something else runs them (compose.toml: docker compose up)
+        if doc.get("intake", {}).get("start_servers", bool(backends.keys() - {"serving_named"})):
             from examples.invoice_intake.servers import local_stack
 
             with out.status("starting the profile's servers..."):
