@@ -217,7 +217,9 @@ def _inputs(record: Mapping[str, Any], producer: str,
             model_namespace: str, index_namespace: str) -> list[dict[str, Any]]:
     inputs: list[dict[str, Any]] = []
     model = record.get("model")
-    if isinstance(model, Mapping) and model.get("name"):
+    # a handler (``function:<capability>``) is code, not a dataset the call read
+    if isinstance(model, Mapping) and model.get("name") and \
+            not str(model["name"]).startswith("function:"):
         version = _opt_str(model.get("version"))
         facets: dict[str, Any] = {"datasetType": _standard("datasetType", producer,
                                                            datasetType="MODEL")}

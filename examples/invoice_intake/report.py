@@ -25,8 +25,9 @@ __all__ = ["ROUTES", "percentile", "render_report", "write_report"]
 ROUTES: tuple[str, ...] = ("auto", "human", "denied", "exception")
 _ROUTE_COLOURS = {"auto": "#009E73", "human": "#56B4E9", "denied": "#D55E00",
                   "exception": "#E69F00"}
-_STATE_COLOURS = {"COMPLETE": "#2e9e44", "FAIL": "#d03b3b", "ABORT": "#d08a3b"}
-_MAX_CALL_NODES = 40
+_STATE_COLOURS = {"COMPLETE": "#2e9e44", "FAIL": "#d03b3b", "ABORT": "#d08a3b",
+                  "MIXED": "#d9a21b"}
+_MAX_CALL_NODES = 40  # capabilities drawn in the lineage graph
 _MAX_POINTS = 300  # dots drawn per capability in the strip plot
 
 _CSS = """
@@ -312,6 +313,31 @@ def _pick_workflow(runs: Mapping[str, _Run]) -> _Run:
     return roots[0] if roots else next(iter(runs.values()))
 
 
+@dataclass
+class _Job:
+    """The calls of one capability (one OpenLineage job) inside the workflow run."""
+
+    name: str
+    runs: list[_Run] = field(default_factory=list)
+
+    @property
+    def states(self) -> Counter[str]:
+        return Counter(r.state for r in self.runs)
+
+    @property
+    def state(self) -> str:
+        states = self.states
+        return next(iter(states)) if len(states) == 1 else "MIXED"
+
+    @property
+    def inputs(self) -> dict[tuple[str, str], None]:
+        return {key: None for run in self.runs for key in run.inputs}
+
+    @property
+    def outputs(self) -> dict[tuple[str, str], None]:
+        return {key: None for run in self.runs for key in run.outputs}
+
+
 def _lineage_section(events: Sequence[Mapping[str, Any]]) -> str:
     runs = _collect_runs([e for e in events if isinstance(e, Mapping)])
     if not runs:
@@ -319,26 +345,31 @@ def _lineage_section(events: Sequence[Mapping[str, Any]]) -> str:
     workflow = _pick_workflow(runs)
     all_calls = sorted((r for r in runs.values() if r.parent == workflow.run_id),
                        key=lambda r: (r.first_time, r.job, r.run_id))
-    shown, hidden = all_calls[:_MAX_CALL_NODES], all_calls[_MAX_CALL_NODES:]
+    # One node per capability: a run of 30 invoices makes ~120 calls of 4 capabilities.
+    jobs: dict[str, _Job] = {}
+    for run in all_calls:
+        jobs.setdefault(run.job, _Job(run.job)).runs.append(run)
+    ordered = list(jobs.values())
+    shown, hidden = ordered[:_MAX_CALL_NODES], ordered[_MAX_CALL_NODES:]
     dataset_keys: set[tuple[str, str]] = set()
-    for run in (workflow, *shown):
-        dataset_keys.update(run.inputs)
-        dataset_keys.update(run.outputs)
+    for item in (workflow, *shown):
+        dataset_keys.update(item.inputs)
+        dataset_keys.update(item.outputs)
     datasets = sorted(dataset_keys)
 
     row_h, node_h, top = 28.0, 20.0, 24.0
-    col_w = (200.0, 240.0, 260.0)
-    col_x = (10.0, 290.0, 640.0)
+    col_w = (200.0, 260.0, 260.0)
+    col_x = (10.0, 290.0, 660.0)
     n_rows = max(len(shown) + (1 if hidden else 0), len(datasets), 1)
     height = top + row_h * n_rows + 16
     width = col_x[2] + col_w[2] + 10
     body = [svg.text(col_x[i] + col_w[i] / 2, 14, head, anchor="middle", size=12,
                      cls="column-head")
-            for i, head in enumerate(("workflow", "capability calls", "datasets"))]
+            for i, head in enumerate(("workflow run", "capability calls", "datasets"))]
 
     call_off = (n_rows - len(shown) - (1 if hidden else 0)) / 2  # centre the shorter column
     data_off = (n_rows - len(datasets)) / 2
-    call_y = {r.run_id: top + row_h * (call_off + i) for i, r in enumerate(shown)}
+    call_y = {job.name: top + row_h * (call_off + i) for i, job in enumerate(shown)}
     data_y = {key: top + row_h * (data_off + i) for i, key in enumerate(datasets)}
     wf_y = top + row_h * (n_rows - 1) / 2
 
@@ -354,13 +385,13 @@ def _lineage_section(events: Sequence[Mapping[str, Any]]) -> str:
              '<path d="M0,0 L10,5 L0,10 z" fill="#999"/></marker></defs>']
     wf_right = col_x[0] + col_w[0]
     call_right = col_x[1] + col_w[1]
-    for run in shown:
-        edges.append(edge(wf_right, wf_y, col_x[1], call_y[run.run_id], "edge-parent"))
-        for key in run.inputs:
-            edges.append(edge(col_x[2], data_y[key], call_right, call_y[run.run_id],
+    for job in shown:
+        edges.append(edge(wf_right, wf_y, col_x[1], call_y[job.name], "edge-parent"))
+        for key in job.inputs:
+            edges.append(edge(col_x[2], data_y[key], call_right, call_y[job.name],
                               "edge-input"))
-        for key in run.outputs:
-            edges.append(edge(call_right, call_y[run.run_id], col_x[2], data_y[key],
+        for key in job.outputs:
+            edges.append(edge(call_right, call_y[job.name], col_x[2], data_y[key],
                               "edge-output"))
     for key in (*workflow.inputs, *workflow.outputs):
         edges.append(edge(wf_right, wf_y, col_x[2], data_y[key], "edge-workflow-data"))
@@ -377,14 +408,15 @@ def _lineage_section(events: Sequence[Mapping[str, Any]]) -> str:
          f"{workflow.job} run {workflow.run_id} ({workflow.state})",
          _STATE_COLOURS.get(workflow.state, "#555"), "lineage-run", data_kind="workflow",
          data_state=workflow.state, data_run_id=workflow.run_id)
-    for run in shown:
-        node(col_x[1], call_y[run.run_id], col_w[1], run.job,
-             f"{run.job} run {run.run_id} ({run.state})",
-             _STATE_COLOURS.get(run.state, "#777"), "lineage-run", data_kind="call",
-             data_state=run.state, data_run_id=run.run_id)
+    for job in shown:
+        states = ", ".join(f"{k} {v}" for k, v in sorted(job.states.items()))
+        node(col_x[1], call_y[job.name], col_w[1], f"{job.name} ×{len(job.runs)}",
+             f"{job.name}: {len(job.runs)} runs ({states})",
+             _STATE_COLOURS.get(job.state, "#777"), "lineage-run", data_kind="call",
+             data_state=job.state, data_job=job.name, data_runs=str(len(job.runs)))
     if hidden:
         body.append(svg.text(col_x[1] + 6, top + row_h * (call_off + len(shown)) + 14,
-                             f"+{len(hidden)} more calls", size=12, cls="more"))
+                             f"+{len(hidden)} more capabilities", size=12, cls="more"))
     for namespace, name in datasets:
         node(col_x[2], data_y[(namespace, name)], col_w[2], f"{namespace}/{name}",
              f"dataset {namespace}/{name}", "#eef3f8", "lineage-dataset",
@@ -392,11 +424,12 @@ def _lineage_section(events: Sequence[Mapping[str, Any]]) -> str:
 
     states = Counter(r.state for r in all_calls)
     note = (f'<p class="note">Workflow <code>{esc(workflow.job)}</code> run '
-            f"<code>{esc(workflow.run_id)}</code>: {len(all_calls)} capability calls ("
+            f"<code>{esc(workflow.run_id)}</code>: {len(all_calls)} capability calls of "
+            f"{len(jobs)} capabilities ("
             + ", ".join(f"{esc(k)} {v}" for k, v in sorted(states.items()))
-            + f"), {len(datasets)} datasets"
-            + (f"; first {len(shown)} calls drawn" if hidden else "")
-            + ". Green = COMPLETE, red = FAIL.</p>")
+            + f"), {len(datasets)} datasets (model versions, index collections)"
+            + (f"; first {len(shown)} capabilities drawn" if hidden else "")
+            + ". Green = every call COMPLETE, red = every call FAIL, amber = both.</p>")
     chart = svg.document(width, height, body, label="Lineage graph of one workflow run",
                          cls="chart lineage")
     return note + chart

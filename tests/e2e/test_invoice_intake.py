@@ -56,7 +56,9 @@ def test_report_holds_every_plot(embedded: RunResult) -> None:
     for svg in svgs:
         ET.fromstring("<svg" + svg)  # well-formed
     assert 'data-kind="workflow"' in html  # the lineage graph of one run
-    assert html.count('data-kind="call"') >= 30 or "more calls" in html
+    # one node per capability of the run, each with the number of its calls
+    assert html.count('data-kind="call"') == 4
+    assert 'data-job="extract-invoice-fields" data-runs="30"' in html
 
 
 def test_every_invoice_has_an_event_and_a_record(embedded: RunResult) -> None:

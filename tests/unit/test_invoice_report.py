@@ -165,27 +165,30 @@ def test_lineage_graph_nodes(tmp_path: Path) -> None:
     runs = _by_class(graph, "lineage-run")
     kinds = [r.get("data-kind") for r in runs]
     assert kinds.count("workflow") == 1
-    assert kinds.count("call") == 5  # extract ×2, EVIL, approve-payment, post-ledger
-    states = {r.get("data-state") for r in runs if r.get("data-kind") == "call"}
-    assert states == {"COMPLETE", "FAIL"}
+    # one node per capability: extract (2 runs), EVIL, approve-payment, post-ledger
+    calls = {r.get("data-job"): r for r in runs if r.get("data-kind") == "call"}
+    assert len(calls) == 4
+    assert sorted(int(r.get("data-runs")) for r in calls.values()) == [1, 1, 1, 2]
+    states = {r.get("data-state") for r in calls.values()}
+    assert "FAIL" in states and "COMPLETE" in states
     datasets = {(d.get("data-namespace"), d.get("data-name"))
                 for d in _by_class(graph, "lineage-dataset")}
     assert len(_by_class(graph, "lineage-dataset")) == len(datasets) == 4
     assert datasets == {("mlflow", "invoice-extractor/3"), ("qdrant", "vendors"),
                         ("mlflow", f"{EVIL}/3"), ("erp", "ledger")}
-    assert len(_by_class(graph, "edge-parent")) == 5
+    assert len(_by_class(graph, "edge-parent")) == 4
     assert len(_by_class(graph, "edge-output")) == 1
-    assert len(_by_class(graph, "edge-input")) == 2 + 2 + 1 + 2
+    assert len(_by_class(graph, "edge-input")) == 2 + 1 + 2
 
 
 def test_lineage_caps_call_nodes(tmp_path: Path) -> None:
     events = workflow_run_events(WORKFLOW_RUN, "wf", status="failed")
-    for i in range(45):
-        events += _call(f"cap-{i % 3}")
+    for i in range(90):
+        events += _call(f"cap-{i % 45}")
     graph = _chart(_svgs(_write(tmp_path, lineage=events)), "lineage")
     calls = [r for r in _by_class(graph, "lineage-run") if r.get("data-kind") == "call"]
-    assert len(calls) == 40
-    assert "+5 more calls" in {t.text for t in graph.iter(f"{SVG_NS}text")}
+    assert len(calls) == 40 and all(r.get("data-runs") == "2" for r in calls)
+    assert "+5 more capabilities" in {t.text for t in graph.iter(f"{SVG_NS}text")}
     (workflow,) = [r for r in _by_class(graph, "lineage-run") if r.get("data-kind") == "workflow"]
     assert workflow.get("data-state") == "FAIL"
 

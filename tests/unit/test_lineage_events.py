@@ -151,3 +151,14 @@ def test_record_parent_links_to_workflow_run() -> None:
     parent = run_events_for(record)[0]["run"]["facets"]["parent"]
     assert parent["run"]["runId"] == wf["run"]["runId"]
     assert parent["job"] == {"namespace": wf["job"]["namespace"], "name": wf["job"]["name"]}
+
+
+def test_a_function_handler_is_not_an_input_dataset() -> None:
+    from aios_mesh.lineage import run_events_for
+
+    record = {"record_id": "r-1", "capability": {"name": "route-invoice", "version": "1"},
+              "outcome": "ok", "tenant": "acme", "started_at": "2026-01-01T00:00:00+00:00",
+              "ended_at": "2026-01-01T00:00:01+00:00",
+              "model": {"name": "function:route-invoice", "version": "1"}}
+    start, _ = run_events_for(record)
+    assert start["inputs"] == []
