@@ -9,6 +9,7 @@ fields, same vendors — only the config profile differs.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -102,3 +103,19 @@ def test_help_teaches_the_profiles() -> None:
     out = subprocess.run([sys.executable, "-m", "examples.invoice_intake", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "--profile" in out and "servers" in out and "review list" in out
+
+
+def test_pyflyte_runs_the_workflow_on_the_prepared_state(embedded: RunResult,
+                                                         tmp_path: Path) -> None:
+    invoice = {"id": "manual-1", "tenant": "acme",
+               "text": "Nordic Paper AB\nInvoice no: INV-7\nDate: 2024-03-05\n"
+                       "Total due: EUR 1,440.00"}
+    pyflyte = Path(sys.executable).with_name("pyflyte")
+    done = subprocess.run(
+        [str(pyflyte), "run", "examples/invoice_intake/workflow.py", "invoice_intake",
+         "--invoices", json.dumps([invoice])],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HOME": str(tmp_path),
+             "AIOS_MESH_CONFIG": str(embedded.state / "aios-mesh.toml")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "'invoice': 'manual-1'" in done.stdout and "'route': " in done.stdout

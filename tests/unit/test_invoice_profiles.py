@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tomllib
@@ -73,7 +74,7 @@ def test_compose_profile_against_the_compose_stack(tmp_path: Path) -> None:
     compose = ["docker", "compose", "-f", "compose/docker-compose.yml"]
     env = {"AIOS_MESH_POLICIES": "../examples/invoice_intake/policies"}
     subprocess.run([*compose, "up", "-d", "--wait"], check=True,
-                   env={**__import__("os").environ, **env})
+                   env={**os.environ, **env})
     try:
         result = run(profile=PROFILES / "compose.toml", state=tmp_path, n=60)
         assert result.exit_code == 0

@@ -1,0 +1,1 @@
+"""Runnable automations built on aios-mesh (run them from the repository root)."""
