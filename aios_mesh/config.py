@@ -115,6 +115,8 @@ class TelemetryConfig(_Strict):
     lineage: bool = True
     decision_events: bool = True
     relay_interval_s: float = Field(0.5, gt=0)
+    #: after a call wakes the relay, wait this long so a burst ships as one batch
+    relay_linger_s: float = Field(0.05, ge=0, le=5)
     service_name: str = "aios-mesh"
 
 

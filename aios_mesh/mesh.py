@@ -158,7 +158,8 @@ class Mesh:
                 audit=lambda: self._fresh_adapter("audit"),
                 lineage=(lambda: self._fresh_adapter("lineage")) if tel.lineage else None,
                 bus=(lambda: self._fresh_adapter("events")) if tel.decision_events else None,
-                cursor_path=state / "signals.cursor", interval_s=tel.relay_interval_s)
+                cursor_path=state / "signals.cursor", interval_s=tel.relay_interval_s,
+                linger_s=tel.relay_linger_s)
         self.pipeline = Pipeline([
             ValidateInput(self.config.max_payload_bytes),
             PolicyStep(self._get_policy, self.decision_cache),
