@@ -17,8 +17,8 @@ examples:
 
 afterwards:
   open STATE/report.html                                the report with plots
-  aios-mesh --config STATE/aios-mesh.toml review list   invoices waiting for a human
-  aios-mesh --config STATE/aios-mesh.toml audit verify  re-check the audit chain
+  aios-mesh review list --config STATE/aios-mesh.toml   invoices waiting for a human
+  aios-mesh audit verify --config STATE/aios-mesh.toml  re-check the audit chain
 """
 
 

@@ -139,6 +139,8 @@ def run(*, profile: Path, state: Path, n: int = 540, batch: int = 30,
     """Run the whole job on ``profile`` with all state under ``state`` (recreated)."""
     out = console or Console()
     # MLflow logs every run URL and pickling advice at INFO/WARNING; the summary says it all
+    # (the variable applies if mlflow is imported after this, the logger if it was before)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     state = state.resolve()
     if state.exists():

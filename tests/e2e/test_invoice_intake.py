@@ -102,7 +102,20 @@ def test_server_profile_reaches_the_same_decisions(embedded: RunResult,
 def test_help_teaches_the_profiles() -> None:
     out = subprocess.run([sys.executable, "-m", "examples.invoice_intake", "--help"],
                          capture_output=True, text=True, check=True).stdout
-    assert "--profile" in out and "servers" in out and "review list" in out
+    assert "--profile" in out and "servers" in out and "review list --config" in out
+
+
+def test_the_commands_the_help_prints_work_on_the_state(embedded: RunResult) -> None:
+    cli = Path(sys.executable).with_name("aios-mesh")
+    config = str(embedded.state / "aios-mesh.toml")
+    wide = {**os.environ, "COLUMNS": "250"}
+    listed = subprocess.run([str(cli), "review", "list", "--config", config],
+                            capture_output=True, text=True, timeout=120, env=wide)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert "extract-invoice-fields" in listed.stdout or "route-invoice" in listed.stdout
+    verified = subprocess.run([str(cli), "audit", "verify", "--config", config],
+                              capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
 
 
 def test_pyflyte_runs_the_workflow_on_the_prepared_state(embedded: RunResult,
