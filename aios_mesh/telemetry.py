@@ -7,10 +7,12 @@ It never breaks a call: every export is wrapped, failures are logged and counted
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -43,7 +45,10 @@ class Telemetry:
             or an open text stream.
         tracer_provider / meter_provider: OpenTelemetry providers; default the global ones
             (no-op unless the application installs an SDK).
-        background: export on a worker thread (default) so the caller never waits for it.
+        background: export off the caller's path (default): as a callback the event loop runs
+            once the calling task yields — while the next call waits on its backend — or, with
+            no running loop, on a worker thread. A worker thread on a busy process contends for
+            the GIL exactly when a call's response arrives; the loop callback does not.
     """
 
     def __init__(self, *, log: str | Path | TextIO | None = "aios_mesh.decisions",
@@ -56,6 +61,8 @@ class Telemetry:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
+        self._pending: deque[tuple[DecisionRecord, Mapping[str, Any], Span | None, int]] = \
+            deque()
         self._stream: TextIO | None = None
         self._logger: Any = None
         if enabled_log and log is not None:
@@ -139,6 +146,14 @@ class Telemetry:
         if not self.background:
             self._export(record, doc, span, end_ns)
             return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            self._pending.append((record, doc, span, end_ns))
+            loop.call_soon(self._export_pending)
+            return
         if self._worker is None:
             with self._worker_lock:
                 if self._worker is None:
@@ -146,6 +161,16 @@ class Telemetry:
                                                     name="aios-mesh-telemetry")
                     self._worker.start()
         self._queue.put((record, doc, span, end_ns))
+
+    def _export_pending(self) -> None:
+        # Everything queued so far, not just this callback's item: a callback whose loop
+        # stopped before running it leaves nothing behind (flush() runs this too).
+        while True:
+            try:
+                item = self._pending.popleft()
+            except IndexError:
+                return
+            self._export(*item)
 
     def _drain(self) -> None:
         while True:
@@ -159,6 +184,7 @@ class Telemetry:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until every queued record is exported; False on timeout."""
+        self._export_pending()
         if self._worker is None:
             return True
         done = threading.Event()

@@ -1,0 +1,59 @@
+"""Telemetry leaves the caller's path: a loop callback when a loop runs, never lost."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import orjson
+
+from aios_mesh.record import DecisionRecord
+from aios_mesh.telemetry import Telemetry
+
+
+def _record(n: int) -> DecisionRecord:
+    return DecisionRecord(record_id=f"r-{n}", started_at="2026-01-01T00:00:00+00:00",
+                          ended_at="2026-01-01T00:00:01+00:00", latency_ms=1.0,
+                          tenant="acme", caller="t", capability="c", capability_version="1",
+                          outcome="ok")
+
+
+def _lines(stream: io.StringIO) -> list[str]:
+    return [orjson.loads(line)["record_id"] for line in stream.getvalue().splitlines()]
+
+
+async def test_export_runs_once_the_calling_task_yields() -> None:
+    stream = io.StringIO()
+    tel = Telemetry(log=stream, enabled_otel=False)
+    record = _record(1)
+    tel.export(record, record.to_dict(), None)
+    assert _lines(stream) == []  # not on the caller's path
+    await asyncio.sleep(0)
+    assert _lines(stream) == ["r-1"]
+
+
+def test_flush_exports_what_a_stopped_loop_left_behind() -> None:
+    stream = io.StringIO()
+    tel = Telemetry(log=stream, enabled_otel=False)
+
+    async def call(n: int) -> None:
+        record = _record(n)
+        tel.export(record, record.to_dict(), None)
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(call(1))
+    loop.run_until_complete(task)  # the export callback may or may not have run yet
+    loop.close()
+    asyncio.run(call(2))
+    assert tel.flush()
+    assert sorted(_lines(stream)) == ["r-1", "r-2"]  # each exactly once
+
+
+def test_without_a_loop_a_worker_thread_exports() -> None:
+    stream = io.StringIO()
+    tel = Telemetry(log=stream, enabled_otel=False)
+    record = _record(3)
+    tel.export(record, record.to_dict(), None)
+    assert tel.flush()
+    assert _lines(stream) == ["r-3"]
+    tel.close()
