@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import orjson
 import structlog
@@ -63,20 +63,23 @@ class Telemetry:
         self._worker_lock = threading.Lock()
         self._pending: deque[tuple[DecisionRecord, Mapping[str, Any], Span | None, int]] = \
             deque()
-        self._stream: TextIO | None = None
+        self._file: BinaryIO | None = None
         self._logger: Any = None
         if enabled_log and log is not None:
             if isinstance(log, Path):
+                # our own JSON-lines file: one orjson line per record, written directly (the
+                # structlog chain below costs ~3x as much per line for the same bytes)
                 log.parent.mkdir(parents=True, exist_ok=True)
-                self._stream = log.open("a", encoding="utf-8")
-                sink: Any = structlog.WriteLogger(self._stream)
+                self._file = log.open("ab", buffering=0)
+                sink: Any = None
             elif isinstance(log, str):
                 sink = logging.getLogger(log)
             else:
                 sink = structlog.WriteLogger(log)
-            self._logger = structlog.wrap_logger(
-                sink, processors=[structlog.processors.add_log_level,
-                                  structlog.processors.JSONRenderer(serializer=_json)])
+            if sink is not None:
+                self._logger = structlog.wrap_logger(
+                    sink, processors=[structlog.processors.add_log_level,
+                                      structlog.processors.JSONRenderer(serializer=_json)])
         self.otel = enabled_otel
         tp = tracer_provider or trace.get_tracer_provider()
         mp = meter_provider or metrics.get_meter_provider()
@@ -193,7 +196,13 @@ class Telemetry:
 
     def _export(self, record: DecisionRecord, doc: Mapping[str, Any], span: Span | None,
                 end_ns: int) -> None:
-        if self._logger is not None:
+        if self._file is not None:
+            try:  # the same line structlog's JSONRenderer would write; one write() per line
+                self._file.write(orjson.dumps({"event": "decision", "level": "info", **doc})
+                                 + b"\n")
+            except Exception:
+                self._fail("log line")
+        elif self._logger is not None:
             try:
                 self._logger.info("decision", **doc)
             except Exception:
@@ -241,5 +250,5 @@ class Telemetry:
             self._queue.put(None)
             self._worker.join(5)
             self._worker = None
-        if self._stream is not None:
-            self._stream.close()
+        if self._file is not None:
+            self._file.close()
