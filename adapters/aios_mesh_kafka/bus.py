@@ -400,6 +400,9 @@ class KafkaSubscription:
         self.group_id = f"{group}@{topic}"
         self._consumer: Any = None
         self._parts: dict[int, _Partition] = {}
+        #: partitions taken away by the last rebalance, kept until the next assignment: a
+        #: member that gets one back keeps its leases (see _assigned)
+        self._revoked_parts: dict[int, _Partition] = {}
         self._state = threading.Lock()
         self._queue: queue.Queue[Any] = queue.Queue()
         self._fetching = False
@@ -525,7 +528,19 @@ class KafkaSubscription:
             except Exception:  # the position decides; base is then set by the first record
                 committed = None
             with self._state:
-                self._parts[tp.partition] = _Partition(base=committed)
+                old = self._revoked_parts.pop(tp.partition, None)
+                if (old is not None and old.base is not None
+                        and (committed is None or committed <= old.base)):
+                    # the same partition came back and nobody else moved its commit: keep
+                    # what this member handed out. A rebalance revokes every partition
+                    # before it reassigns them; forgetting the leases here would strand a
+                    # message held by a member that stopped fetching (it never expires, so
+                    # the member never leaves, and no one else reads the partition).
+                    self._parts[tp.partition] = old
+                else:
+                    self._parts[tp.partition] = _Partition(base=committed)
+        with self._state:
+            self._revoked_parts.clear()
         if not self._fetching and assigned:
             consumer.pause(*assigned)
 
@@ -533,7 +548,9 @@ class KafkaSubscription:
         self._commit_sync(partitions)
         with self._state:
             for p in partitions:
-                self._parts.pop(p, None)
+                part = self._parts.pop(p, None)
+                if part is not None:
+                    self._revoked_parts[p] = part
 
     def _keepalive(self) -> None:
         consumer = self._consumer
@@ -564,6 +581,8 @@ class KafkaSubscription:
         self._revoked(list(self._parts))
         with contextlib.suppress(Exception):
             self._consumer.unsubscribe()
+        with self._state:
+            self._revoked_parts.clear()  # given to the group: a later join starts afresh
         self._left = True
         _log.info("kafka.member_left_group", topic=self.topic, group=self.group,
                   reason="unacked messages past visibility_timeout and no fetch")
@@ -749,6 +768,7 @@ class KafkaSubscription:
             self._consumer = None
             with self._state:
                 self._parts.clear()
+                self._revoked_parts.clear()
             with contextlib.suppress(Exception):
                 consumer.close(autocommit=False, timeout_ms=int(self.bus.timeout * 1000))
 

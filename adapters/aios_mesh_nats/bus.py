@@ -373,8 +373,14 @@ class NatsSubscription:
                                       attempts=attempt)
             await self._dead_letter(msg, event)
             return
+        payload = b"-NAK"
+        if self.bus.retry_delay:
+            payload += b' {"delay": %d}' % int(self.bus.retry_delay * 1e9)
+        # a request, not msg.nak()'s publish: the server answers once it has processed the
+        # nak, so the next pull cannot overtake it and hand out a later message first (the
+        # nak'd one is redelivered before those, as the contract wants)
         try:
-            await msg.nak(delay=self.bus.retry_delay or None)
+            await msg._client.request(msg.reply, payload, timeout=self.bus.timeout)
         except Exception as exc:
             raise _translate(exc, "nak") from exc
 

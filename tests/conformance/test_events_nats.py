@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -64,13 +63,6 @@ class NatsFixtures:
 
 class TestNatsEventBus(NatsFixtures, EventBusBasic, EventBusRedelivery, EventBusPoison):
     """The whole suite against nats-server."""
-
-    @pytest.mark.xfail(reason="JetStream (2.9 pull consumers) redelivers a nak'd message after "
-                              "later ones already pending; in-place retry order is not kept",
-                       strict=False)
-    async def test_bounded_retries_end_in_dead_letter_topic(
-            self, adapter: Any, topic: str, group: str) -> None:
-        await super().test_bounded_retries_end_in_dead_letter_topic(adapter, topic, group)
 
 
 async def test_duplicate_publish_is_stored_once(nats_server: str) -> None:
