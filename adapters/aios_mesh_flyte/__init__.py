@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         model_version_task,
         register_capabilities,
         resolve_model_version,
+        unregister_capabilities,
         workflow_lineage,
     )
 
@@ -51,6 +52,7 @@ __all__ = [
     "model_version_task",
     "register_capabilities",
     "resolve_model_version",
+    "unregister_capabilities",
     "workflow_lineage",
 ]
 

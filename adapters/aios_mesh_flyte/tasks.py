@@ -86,6 +86,7 @@ __all__ = [
     "model_version_task",
     "register_capabilities",
     "resolve_model_version",
+    "unregister_capabilities",
     "workflow_lineage",
 ]
 
@@ -184,6 +185,14 @@ def register_capabilities(*specs: CapabilitySpec) -> None:
         for spec in specs:
             if spec.name not in mesh.capabilities:
                 mesh.register(spec)
+
+
+def unregister_capabilities(*names: str) -> None:
+    """Undo :func:`register_capabilities` for meshes :func:`current_mesh` builds from now on
+    (one process running several workflows' tests, say); meshes already built keep them."""
+    with _LOCK:
+        for name in names:
+            _SPECS.pop(name, None)
 
 
 # ---------------------------------------------------------------------- run identity

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tomllib
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,19 @@ from examples.invoice_intake.run import PROFILES, RunResult, run
 pytestmark = pytest.mark.e2e
 
 N = 90
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_invoice_capabilities() -> Iterator[None]:
+    """workflow.py registers the invoice capabilities for every mesh of this process; the
+    other suites in this pytest process build meshes of their own."""
+    yield
+    from aios_mesh_flyte import close_meshes, unregister_capabilities
+
+    from examples.invoice_intake.capabilities import ALL
+
+    unregister_capabilities(*(spec.name for spec in ALL))
+    close_meshes()
 
 
 @pytest.fixture(scope="module")

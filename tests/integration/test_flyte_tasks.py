@@ -219,8 +219,8 @@ def test_pyflyte_run_command(state: dict[str, Path], schemas: OpenLineageSchemas
     run_id = found.group(1)
     total, automated, review, denied, other = map(int, found.groups()[1:])
     assert (total, denied, other) == (20, 6, 0) and automated + review == 14
-    calls = of_run(state["state"], run_id)  # pyflyte names the module from examples/
-    workflow = "ticket_flow.workflow.ticket_flow"
+    calls = of_run(state["state"], run_id)  # pyflyte names it from the package root
+    workflow = WORKFLOW  # the same job name as an in-process run: one job in lineage
     assert {r["parent"]["name"] for r in calls} == {workflow}
     assert len([r for r in calls if r["capability"]["name"] == "classify-ticket"]) == 20
     check_run_lineage(state["state"], run_id, workflow, calls, schemas)
