@@ -377,6 +377,7 @@ def _print_summary(out: Console, summary: dict[str, Any], state: Path, report: P
     table.add_column("value")
     for label, value in summary["table"]:
         table.add_row(label, value)
-    table.add_row("report", str(report))
-    table.add_row("state (audit log, lineage, review queue, config)", str(state))
     out.print(table)
+    # on lines of their own: a table column would fold long paths
+    out.print(f"report: [link=file://{report}]{report}[/link]", soft_wrap=True)
+    out.print(f"state (audit log, lineage, review queue, config): {state}", soft_wrap=True)
