@@ -7,9 +7,12 @@ reviewer approves (optionally correcting the output) or rejects; each decision i
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
+import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,6 +126,27 @@ class ReviewQueue:
                 ("approved" if approve else "rejected", reviewer, datetime.now(UTC).isoformat(),
                  None if final is None else orjson.dumps(final), note, item_id))
         return self.get(item_id)
+
+    def wait(self, item_ids: Sequence[str], *, timeout: float,
+             poll_s: float = 0.25) -> builtins.list[ReviewItem]:
+        """Block until every item in ``item_ids`` is decided, or ``timeout`` seconds pass;
+        returns the items as they stand then (in the order given). A reviewer in another
+        process (``aios-mesh review approve``) is seen on the next poll: the queue is the
+        shared sqlite file, so this is how a waiting workflow step resumes.
+
+        Example::
+
+            items = queue.wait([result.review_id], timeout=3600)
+            if items[0].status == "approved":
+                answer = items[0].final_output
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            items = [self.get(item_id) for item_id in item_ids]
+            left = deadline - time.monotonic()
+            if all(item.status != "pending" for item in items) or left <= 0:
+                return items
+            time.sleep(min(poll_s, left))
 
     def close(self) -> None:
         with self._lock:

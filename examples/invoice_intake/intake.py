@@ -20,8 +20,8 @@ from aios_mesh_flyte import current_mesh, invoke
 from aios_mesh.ports.events import Event
 from examples.invoice_intake.capabilities import to_usd
 
-__all__ = ["CALLER", "REQUIRED", "ROUTES", "TOPICS", "extract", "match", "publish", "route",
-           "validate"]
+__all__ = ["CALLER", "REQUIRED", "ROUTES", "TOPICS", "await_reviews", "extract", "match",
+           "publish", "route", "validate"]
 
 CALLER = "invoice-intake"
 ROUTES = ("auto", "human", "denied", "exception")
@@ -34,22 +34,25 @@ REQUIRED = ("invoice_number", "currency", "total", "vendor_name")
 Item = dict[str, Any]
 
 
-def _close(item: Item, route: str, stage: str, reason: str | None) -> Item:
+def _close(item: Item, route: str, stage: str, reason: str | None,
+           review_id: str | None = None) -> Item:
     item.update(route=route, stage=stage, reason=reason)
+    if review_id is not None:
+        item["review"] = {"id": review_id, "status": "pending", "reviewer": None}
     return item
 
 
-def _failed(step: dict[str, Any]) -> tuple[str, str | None] | None:
-    """(route, reason) for a call that did not answer ``ok``; None when it did."""
+def _failed(step: dict[str, Any]) -> tuple[str, str | None, str | None] | None:
+    """(route, reason, review id) for a call that did not answer ``ok``; None when it did."""
     outcome = step["outcome"]
     if outcome == "ok":
         return None
     error = step.get("error") or {}
     if outcome == "review":
-        return "human", f"review {step['review_id']}"
+        return "human", f"review {step['review_id']}", step["review_id"]
     if outcome == "denied":
-        return "denied", error.get("reason") or error.get("message")
-    return "exception", f"{outcome}: {error.get('message')}"
+        return "denied", error.get("reason") or error.get("message"), None
+    return "exception", f"{outcome}: {error.get('message')}", None
 
 
 def extract(invoices: list[Item]) -> list[Item]:
@@ -62,7 +65,7 @@ def extract(invoices: list[Item]) -> list[Item]:
                       "records": [step["record_id"]], "fields": step["output"]}
         failed = _failed(step)
         if failed:
-            _close(item, failed[0], "extract", failed[1])
+            _close(item, failed[0], "extract", failed[1], failed[2])
         items.append(item)
     return items
 
@@ -92,7 +95,7 @@ def match(items: list[Item]) -> list[Item]:
         item["vendor"] = step["output"]
         failed = _failed(step)
         if failed:
-            _close(item, failed[0], "match", failed[1])
+            _close(item, failed[0], "match", failed[1], failed[2])
     return items
 
 
@@ -111,8 +114,23 @@ def route(items: list[Item]) -> list[Item]:
                                   "vendor_confidence": vendor["confidence"]})
         item["records"].append(step["record_id"])
         item["amount_usd"] = amount_usd
-        route_to, reason = _failed(step) or ("auto", None)
-        _close(item, route_to, "route", reason)
+        route_to, reason, review_id = _failed(step) or ("auto", None, None)
+        _close(item, route_to, "route", reason, review_id)
+    return items
+
+
+def await_reviews(items: list[Item], wait_s: float) -> list[Item]:
+    """Wait up to ``wait_s`` seconds for the humans: each invoice routed to review gets the
+    reviewer's decision (``aios-mesh review approve|reject`` from anywhere that shares the
+    state) in ``item["review"]``. ``wait_s`` 0 leaves them pending, for a later run."""
+    waiting = [item for item in items if (item.get("review") or {}).get("status") == "pending"]
+    if not waiting or wait_s <= 0:
+        return items
+    decided = current_mesh().review_queue().wait([item["review"]["id"] for item in waiting],
+                                                 timeout=wait_s)
+    for item, review in zip(waiting, decided, strict=True):
+        item["review"] = {"id": review.id, "status": review.status,
+                          "reviewer": review.decided_by}
     return items
 
 
@@ -124,7 +142,8 @@ def publish(items: list[Item]) -> list[Item]:
         data = {"invoice": item["invoice"], "route": item["route"], "stage": item["stage"],
                 "reason": item["reason"], "fields": item.get("fields"),
                 "vendor_id": (item.get("vendor") or {}).get("vendor_id"),
-                "amount_usd": item.get("amount_usd"), "records": item["records"]}
+                "amount_usd": item.get("amount_usd"), "records": item["records"],
+                "review": item.get("review")}
         events.append((TOPICS[item["route"]], Event(
             type=f"com.aios-mesh.invoice.{item['route']}", source=CALLER,
             tenant=item["tenant"], subject=item["invoice"], key=item["invoice"], data=data,

@@ -1,6 +1,6 @@
 """Invoice intake as a Flyte workflow over the aios-mesh capabilities.
 
-    extract ─► match ─► route ─► publish
+    extract ─► match ─► route ─► await_reviews ─► publish
 
 Each task runs one step of :mod:`examples.invoice_intake.intake` over a batch of invoices
 (locally in-process; on a cluster one pod per task). Every capability call inside it goes
@@ -26,7 +26,7 @@ from examples.invoice_intake.capabilities import ALL
 
 register_capabilities(*ALL)
 
-__all__ = ["extract", "invoice_intake", "match", "publish", "route"]
+__all__ = ["await_reviews", "extract", "invoice_intake", "match", "publish", "route"]
 
 
 @task
@@ -48,12 +48,20 @@ def route(items: list[dict]) -> list[dict]:
 
 
 @task
+def await_reviews(items: list[dict], wait_s: float) -> list[dict]:
+    """Wait up to ``wait_s`` seconds for the reviewers' decisions on this batch."""
+    return intake.await_reviews(items, wait_s)
+
+
+@task
 def publish(items: list[dict]) -> list[dict]:
     """One event per invoice through the durable outbox."""
     return intake.publish(items)
 
 
 @mesh_workflow()
-def invoice_intake(invoices: list[dict]) -> list[dict]:
-    """Extract, match, validate, route and publish a batch of invoices."""
-    return publish(items=route(items=match(items=extract(invoices=invoices))))
+def invoice_intake(invoices: list[dict], review_wait_s: float = 0.0) -> list[dict]:
+    """Extract, match, validate, route and publish a batch of invoices; with
+    ``review_wait_s`` the run waits that long for human decisions before it publishes."""
+    routed = route(items=match(items=extract(invoices=invoices)))
+    return publish(items=await_reviews(items=routed, wait_s=review_wait_s))

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import tomllib
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -146,3 +147,51 @@ def test_pyflyte_runs_the_workflow_on_the_prepared_state(embedded: RunResult,
              "AIOS_MESH_CONFIG": str(embedded.state / "aios-mesh.toml")})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "'invoice': 'manual-1'" in done.stdout and "'route': " in done.stdout
+
+
+def test_a_waiting_workflow_resumes_when_a_reviewer_decides(embedded: RunResult,
+                                                            tmp_path: Path) -> None:
+    """pyflyte runs a batch that waits for its reviews; `aios-mesh review approve` from
+    another process resumes it, and the published event carries the human decision."""
+    from aios_mesh.review import ReviewQueue
+    from examples.invoice_intake.corpus import make_corpus
+
+    over_threshold = next(i for i in embedded.items
+                          if i["route"] == "human" and i["stage"] == "route")
+    automatic = next(i for i in embedded.items if i["route"] == "auto")
+    texts = {inv.id: inv for inv in make_corpus(N)}
+    batch = [{"id": f"again-{item['invoice']}", "tenant": item["tenant"],
+              "text": texts[item["invoice"]].text} for item in (over_threshold, automatic)]
+    config = str(embedded.state / "aios-mesh.toml")
+    env = {**os.environ, "HOME": str(tmp_path), "AIOS_MESH_CONFIG": config, "COLUMNS": "250"}
+    queue = ReviewQueue(embedded.state / "review.db")
+    before = {item.id for item in queue.list(status=None)}
+    pyflyte = Path(sys.executable).with_name("pyflyte")
+    proc = subprocess.Popen(
+        [str(pyflyte), "run", "examples/invoice_intake/workflow.py", "invoice_intake",
+         "--invoices", json.dumps(batch), "--review_wait_s", "240"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        new: list = []
+        for _ in range(480):  # the workflow parks its invoice in the queue, then waits
+            new = [i for i in queue.list() if i.id not in before]
+            if new or proc.poll() is not None:
+                break
+            time.sleep(0.25)
+        assert len(new) == 1 and new[0].capability == "route-invoice@1", new
+        cli = Path(sys.executable).with_name("aios-mesh")
+        approved = subprocess.run([str(cli), "review", "approve", new[0].id, "--reviewer",
+                                   "alice", "--config", config],
+                                  capture_output=True, text=True, timeout=120, env=env)
+        assert approved.returncode == 0, approved.stdout + approved.stderr
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert f"'id': '{new[0].id}', 'status': 'approved', 'reviewer': 'alice'" in out, out
+    assert "'route': 'auto'" in out  # the other invoice did not wait for anyone
+    audit = [json.loads(line) for line in
+             (embedded.state / "audit.jsonl").read_text().splitlines()]
+    assert any(e["record"].get("kind") == "review_decision"
+               and e["record"]["review_id"] == new[0].id for e in audit)
