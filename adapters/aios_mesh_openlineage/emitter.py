@@ -1,7 +1,8 @@
 """The Lineage port on openlineage-python's transports.
 
-* ``openlineage+file:///lineage`` — ``FileTransport`` in append mode: one JSON event per
-  line in ``<folder>/events.jsonl``;
+* ``openlineage+file:///lineage`` — one JSON event per line in ``<folder>/events.jsonl``,
+  exactly as ``FileTransport`` in append mode writes it (nulls removed, keys sorted), from one
+  open handle (see :class:`_JsonLinesFile`);
 * ``openlineage+http://host:5000[/prefix]`` — ``HttpTransport``:
   ``POST <prefix>/api/v1/lineage``;
 * ``openlineage+kafka://host:9092?topic=...`` — one message per event on ``topic``
@@ -32,7 +33,7 @@ import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 
 import orjson
 
@@ -58,6 +59,36 @@ def _document(event: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidInput("lineage event must be a JSON object",
                            hint="build events with aios_mesh.lineage.run_events_for")
     return document
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value if v is not None]
+    return value
+
+
+class _JsonLinesFile:
+    """What ``FileTransport(append=True)`` writes — each event with its nulls removed, keys
+    sorted, one JSON line — from one open handle and one ``write`` per event. The transport
+    re-opens the file and walks every event through its attrs-aware serialiser, ~0.1 ms an
+    event; the signal relay sends two events per call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: BinaryIO | None = None
+
+    def emit(self, document: Mapping[str, Any]) -> None:
+        if self._file is None:
+            self._file = self.path.open("ab", buffering=0)
+        self._file.write(orjson.dumps(_without_nulls(document), option=orjson.OPT_SORT_KEYS)
+                         + b"\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
 
 class OpenLineageEmitter:
     """Send OpenLineage RunEvent documents through a file, HTTP or Kafka transport.
@@ -102,10 +133,8 @@ class OpenLineageEmitter:
         path = folder / name
 
         def factory() -> Any:
-            from openlineage.client.transport.file import FileConfig, FileTransport
-
             folder.mkdir(parents=True, exist_ok=True)
-            return FileTransport(FileConfig(log_file_path=str(path), append=True))
+            return _JsonLinesFile(path)
 
         emitter = cls("file", target=str(path), factory=factory)
         emitter.path = path

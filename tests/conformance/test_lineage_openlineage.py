@@ -141,3 +141,29 @@ def test_adapter_import_does_not_import_openlineage() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env)
     assert out.stdout.strip() == "False"
+
+
+async def test_file_lines_are_what_openlineage_file_transport_writes(tmp_path: Path) -> None:
+    """The file emitter writes with one open handle; its lines must hold exactly the
+    documents openlineage-python's own FileTransport (append mode) writes for the same
+    events, in the same order."""
+    from openlineage.client.transport.file import FileConfig, FileTransport
+
+    from aios_mesh.backends import load_adapter
+    from aios_mesh.lineage import run_events_for
+
+    record = {"record_id": "r-1", "capability": {"name": "extract", "version": "2"},
+              "outcome": "ok", "tenant": "acme", "started_at": "2026-01-01T00:00:00+00:00",
+              "ended_at": "2026-01-01T00:00:01+00:00", "model": {"name": "m", "version": "3"},
+              "cost": 0.25, "confidence": None, "index_snapshots": {"kb": "s-1"}}
+    events = run_events_for(record)
+    ours = load_adapter("lineage", "openlineage+file:///ours", base_dir=tmp_path)
+    await ours.emit_many(events)
+    await ours.aclose()
+    theirs = FileTransport(FileConfig(log_file_path=str(tmp_path / "theirs.jsonl"),
+                                      append=True))
+    for event in events:
+        theirs.emit(event)
+    mine = (tmp_path / "ours" / "events.jsonl").read_text().splitlines()
+    reference = (tmp_path / "theirs.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in mine] == [json.loads(line) for line in reference]
