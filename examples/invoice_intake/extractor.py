@@ -28,6 +28,7 @@ __all__ = [
     "FIELDS",
     "Embedder",
     "Extractor",
+    "field_correct",
     "parse_amount",
     "parse_date",
     "save_embedder",
@@ -438,15 +439,19 @@ def _fit(invoices: Sequence[Any]) -> Extractor:
     return Extractor(models)
 
 
+def field_correct(field: str, got: Any, truth: Any) -> bool:
+    """Whether an extracted value is right: equal (totals to the cent); a missing value is
+    right only where the invoice has none."""
+    return got is None if truth is None else _matches(field, got, truth)
+
+
 def accuracy(extractor: Extractor, invoices: Sequence[Any]) -> dict[str, float]:
     """Exact-match accuracy per field (None == None counts as a match)."""
     hits = dict.fromkeys(FIELDS, 0)
     for inv in invoices:
         got = extractor.extract(inv.text)
         for field in FIELDS:
-            truth = _truth_value(inv, field)
-            ok = got[field] is None if truth is None else _matches(field, got[field], truth)
-            hits[field] += int(ok)
+            hits[field] += int(field_correct(field, got[field], _truth_value(inv, field)))
     n = max(len(invoices), 1)
     return {field: hits[field] / n for field in FIELDS}
 

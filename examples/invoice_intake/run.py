@@ -92,7 +92,7 @@ def _toml(doc: Mapping[str, Any], prefix: str = "") -> str:
         if isinstance(value, Mapping) and value:
             name = f"{prefix}.{_toml_str(str(key))}" if prefix else _toml_str(str(key))
             lines += ["", f"[{name}]", _toml(value, name)]
-    return "\n".join(line for line in lines if line is not None)
+    return "\n".join(lines)
 
 
 def effective_config(profile: Path, state: Path,
@@ -123,14 +123,14 @@ def _p(values: list[float], q: float) -> float:
 
 def _accuracy(items: list[dict[str, Any]], truth: Mapping[str, Any]) -> dict[str, float]:
     """Exact-match accuracy per field over the invoices the model answered for."""
-    from examples.invoice_intake.extractor import FIELDS, _matches
+    from examples.invoice_intake.extractor import FIELDS, field_correct
 
     read = [i for i in items if i.get("fields")]
-    hits = Counter()
+    hits: Counter[str] = Counter()
     for item in read:
         expected = truth[item["invoice"]]
         for name in FIELDS:
-            hits[name] += _matches(name, item["fields"].get(name), getattr(expected, name))
+            hits[name] += field_correct(name, item["fields"].get(name), getattr(expected, name))
     return {name: hits[name] / len(read) if read else 0.0 for name in FIELDS}
 
 
@@ -269,11 +269,11 @@ def _call_row(record: DecisionRecord) -> dict[str, Any]:
 
 
 def _invoice_row(item: Mapping[str, Any], truth: Mapping[str, Any]) -> dict[str, Any]:
-    from examples.invoice_intake.extractor import FIELDS, _matches
+    from examples.invoice_intake.extractor import FIELDS, field_correct
 
     fields = item.get("fields") or {}
     expected = truth[item["invoice"]]
-    correct = all(_matches(k, fields.get(k), getattr(expected, k)) for k in FIELDS) \
+    correct = all(field_correct(k, fields.get(k), getattr(expected, k)) for k in FIELDS) \
         if fields else None
     return {"invoice": item["invoice"], "tenant": item["tenant"], "route": item["route"],
             "amount": fields.get("total"), "currency": fields.get("currency"),
