@@ -158,9 +158,9 @@ def redis_server(log_dir: Path, *, port: int | None = None) -> Iterator[Server]:
 
 @contextlib.contextmanager
 def postgres_database(admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres", *,
-                      prefix: str = "aios_mesh", keep: bool = False) -> Iterator[str]:
+                      prefix: str = "aios_mesh") -> Iterator[str]:
     """Create a database with a unique name on the server of ``admin_url``; yield its URL
-    (``postgresql://user@host:port/NAME``) and drop it on exit unless ``keep``."""
+    (``postgresql://user@host:port/NAME``) and drop it on exit."""
     psycopg: Any = importlib.import_module("psycopg")
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
@@ -173,6 +173,5 @@ def postgres_database(admin_url: str = "postgresql://postgres@127.0.0.1:5432/pos
     try:
         yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
     finally:
-        if not keep:
-            with psycopg.connect(admin_url, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
 import uuid
@@ -148,15 +147,10 @@ async def _used_and_close(store: object, run: str) -> dict[str, tuple[int, float
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from aios_mesh.testing.processes import free_port, start_process, wait_for_port
+    from aios_mesh.testing.servers import redis_server
 
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not on PATH"
-    port = free_port()
-    with start_process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no"], ready=lambda: wait_for_port(port),
-                       name="redis", log_dir=tmp_path_factory.mktemp("redis")):
-        yield f"redis://127.0.0.1:{port}/0"
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield f"redis://{server.address}/0"
 
 
 @pytest.mark.integration

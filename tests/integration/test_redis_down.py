@@ -3,7 +3,6 @@ audit log refuses appends with a typed error; nothing hangs."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,8 @@ from aios_mesh.backends import load_adapter
 from aios_mesh.errors import BackendUnavailable, IntegrityError, QuotaExceeded
 from aios_mesh.ports.quota import QuotaLimits
 from aios_mesh.ports.serving import Usage
-from aios_mesh.testing.processes import LocalProcess, free_port, start_process, wait_for_port
+from aios_mesh.testing.processes import LocalProcess, free_port
+from aios_mesh.testing.servers import redis_server as start_redis
 
 pytestmark = pytest.mark.integration
 
@@ -23,21 +23,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[tuple[LocalProcess, int]]:
     """A private redis-server this test may stop."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not on PATH"
-    port = free_port()
-    with start_process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no"], ready=lambda: wait_for_port(port),
-                       name="redis", log_dir=tmp_path) as proc:
-        yield proc, port
+    with start_redis(tmp_path) as server:
+        yield server.process, server.port
 
 
 def _restart(port: int, tmp_path: Path) -> Any:
-    binary = shutil.which("redis-server")
-    assert binary
-    return start_process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no"], ready=lambda: wait_for_port(port),
-                         name="redis", log_dir=tmp_path)
+    return start_redis(tmp_path, port=port)
 
 
 async def test_redis_killed_mid_run_fails_closed(redis_server: tuple[LocalProcess, int],
