@@ -34,6 +34,7 @@ __all__ = [
     "FX_TO_USD",
     "MATCH",
     "ROUTE",
+    "ROUTES",
     "VENDOR_INDEX",
     "Embedding",
     "InvoiceFields",
@@ -45,6 +46,9 @@ __all__ = [
     "index_vendors",
     "to_usd",
 ]
+
+#: Where an invoice can end up, in the order reports stack them (see intake.py).
+ROUTES: tuple[str, ...] = ("auto", "human", "denied", "exception")
 
 #: The vector collection holding each tenant's vendor master (one scope per tenant).
 VENDOR_INDEX = "vendors"

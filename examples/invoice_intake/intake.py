@@ -18,13 +18,12 @@ from typing import Any
 from aios_mesh_flyte import current_mesh, invoke
 
 from aios_mesh.ports.events import Event
-from examples.invoice_intake.capabilities import to_usd
+from examples.invoice_intake.capabilities import ROUTES, to_usd
 
 __all__ = ["CALLER", "REQUIRED", "ROUTES", "TOPICS", "await_reviews", "extract", "match",
            "publish", "route", "validate"]
 
 CALLER = "invoice-intake"
-ROUTES = ("auto", "human", "denied", "exception")
 #: Where each route's event goes.
 TOPICS = {"auto": "invoices.approved", "human": "invoices.review",
           "denied": "invoices.denied", "exception": "invoices.exceptions"}

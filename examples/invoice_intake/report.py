@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from . import svg
+from .capabilities import ROUTES
 from .svg import esc
 
-__all__ = ["ROUTES", "percentile", "render_report", "write_report"]
+__all__ = ["percentile", "render_report", "write_report"]
 
-#: Invoice routes, in the order they are stacked.
-ROUTES: tuple[str, ...] = ("auto", "human", "denied", "exception")
 _ROUTE_COLOURS = {"auto": "#009E73", "human": "#56B4E9", "denied": "#D55E00",
                   "exception": "#E69F00"}
 _STATE_COLOURS = {"COMPLETE": "#2e9e44", "FAIL": "#d03b3b", "ABORT": "#d08a3b",

@@ -177,7 +177,7 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
     from aios_mesh_flyte import close_meshes, current_mesh
 
     from examples.invoice_intake import models
-    from examples.invoice_intake.capabilities import ALL, EMBED, EXTRACT, index_vendors
+    from examples.invoice_intake.capabilities import ALL, EMBED, EXTRACT, ROUTES, index_vendors
     from examples.invoice_intake.corpus import make_corpus
     from examples.invoice_intake.workflow import invoice_intake
 
@@ -254,7 +254,7 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
                                                    indent=1, default=str))
     _print_summary(out, summary, state, report)
     ok = report_ok[0] and pending == 0 and len(items) == n and \
-        all(i.get("route") in ("auto", "human", "denied", "exception") for i in items)
+        all(i.get("route") in ROUTES for i in items)
     return RunResult(0 if ok else 1, state, report, summary, items)
 
 
