@@ -46,7 +46,8 @@ class Telemetry:
         tracer_provider / meter_provider: OpenTelemetry providers; default the global ones
             (no-op unless the application installs an SDK).
         background: export off the caller's path (default): as a callback the event loop runs
-            once the calling task yields — while the next call waits on its backend — or, with
+            once the calling task yields and the requests queued so far have gone out — while
+            the next call waits on its backend — or, with
             no running loop, on a worker thread. A worker thread on a busy process contends for
             the GIL exactly when a call's response arrives; the loop callback does not.
     """
@@ -155,7 +156,7 @@ class Telemetry:
             loop = None
         if loop is not None:
             self._pending.append((record, doc, span, end_ns))
-            loop.call_soon(self._export_pending)
+            loop.call_soon(self._export_later, loop)
             return
         if self._worker is None:
             with self._worker_lock:
@@ -164,6 +165,12 @@ class Telemetry:
                                                     name="aios-mesh-telemetry")
                     self._worker.start()
         self._queue.put((record, doc, span, end_ns))
+
+    def _export_later(self, loop: asyncio.AbstractEventLoop) -> None:
+        # One more hop through the ready queue: work the caller scheduled after this record
+        # (the next call's request, which grpc.aio sends from a task) goes out first, so the
+        # export runs while the backend works instead of delaying the request.
+        loop.call_soon(self._export_pending)
 
     def _export_pending(self) -> None:
         # Everything queued so far, not just this callback's item: a callback whose loop

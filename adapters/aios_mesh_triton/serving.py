@@ -293,7 +293,10 @@ class TritonServing(ServingBase):
         return TensorMap.for_payload(payload or {}, max_batch_size=self.max_batch_size)
 
     def _requested(self, model: ModelRef, tmap: TensorMap) -> list[Any] | None:
-        if not tmap.outputs:
+        # Triton answers with every output unless asked for some; a map read from the model's
+        # own config names all of them, so only a map given as an option (perhaps a subset)
+        # is sent along — the list costs the server and the client a little on every call.
+        if not tmap.outputs or model.name not in self.tensor_maps:
             return None
         key = (model.name, model.version)
         found = self._outputs.get(key)

@@ -234,23 +234,40 @@ def encode_inputs(tmap: TensorMap, items: Sequence[Mapping[str, Any]], *,
     missing field or a wrong type/shape."""
     out: list[tuple[TensorSpec, np.ndarray[Any, Any]]] = []
     for spec in tmap.inputs:
-        present = [spec.key in item for item in items]
+        key = spec.key
+        present = [key in item for item in items]
         if not any(present) and spec.optional:
             continue
         if not all(present):
-            raise InvalidInput(f"field {spec.key!r} is missing (tensor {spec.name!r})",
+            raise InvalidInput(f"field {key!r} is missing (tensor {spec.name!r})",
                                hint=f"send every input field: "
                                     f"{', '.join(s.key for s in tmap.inputs)}")
-        arrays = [_item_array(spec, item[spec.key]) for item in items]
+        values = [item[key] for item in items]
+        if spec.scalar and not any(isinstance(v, list | tuple) for v in values):
+            # The common case, one value per item: one array for the whole batch, no stacking
+            # (numpy's per-call overhead is most of an echo call's client time).
+            out.append((spec, _scalar_array(spec, values, batched)))
+            continue
+        arrays = [_item_array(spec, value) for value in values]
         if not batched:
             out.append((spec, arrays[0]))
             continue
         first = arrays[0].shape
         if any(a.shape != first for a in arrays[1:]):
-            raise InvalidInput(f"field {spec.key!r} has different shapes within one batch",
+            raise InvalidInput(f"field {key!r} has different shapes within one batch",
                                hint="pad the items to one shape or send them one by one")
         out.append((spec, np.stack(arrays)))
     return out
+
+
+def _scalar_array(spec: TensorSpec, values: list[Any], batched: bool) -> np.ndarray[Any, Any]:
+    leaves = [_leaf(spec, v) for v in values]
+    shape = (len(leaves), 1) if batched else (1,)
+    if spec.dtype == "BYTES":
+        arr = np.empty(len(leaves), dtype=object)
+        arr[:] = leaves
+        return arr.reshape(shape)
+    return np.array(leaves, dtype=DTYPES[spec.dtype]).reshape(shape)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -275,6 +292,19 @@ def _to_json(arr: np.ndarray[Any, Any], dtype: str, name: str) -> Any:
     return arr.tolist()
 
 
+def _column(arr: np.ndarray[Any, Any], n: int, dtype: str, name: str,
+            batched: bool) -> list[Any]:
+    """The JSON value of each of the ``n`` items of one output tensor."""
+    item_shape = arr.shape[1:] if batched else arr.shape
+    if item_shape in ((1,), ()):
+        # One value per item: a single tolist() instead of per-item numpy calls.
+        values = arr.reshape(-1).tolist()
+        if dtype == "BYTES":
+            return [_py(v, dtype, name) for v in values]
+        return values
+    return [_to_json(item, dtype, name) for item in (arr if batched else [arr])]
+
+
 def decode_outputs(tensors: Mapping[str, tuple[str, np.ndarray[Any, Any]]],
                    tmap: TensorMap, n: int, *, batched: bool,
                    label: str) -> list[tuple[dict[str, Any], float | None]]:
@@ -297,18 +327,20 @@ def decode_outputs(tensors: Mapping[str, tuple[str, np.ndarray[Any, Any]]],
         if tmap.outputs and datatype != spec.dtype:
             raise InvalidOutput(f"model {label}: output {spec.name!r} is {datatype}, "
                                 f"the map says {spec.dtype}", hint=hint)
-        items = list(arr) if batched else [arr]
-        if len(items) != n:
-            raise InvalidOutput(f"model {label}: output {spec.name!r} has {len(items)} rows "
+        rows = (arr.shape[0] if arr.ndim else 1) if batched else 1
+        if rows != n:
+            raise InvalidOutput(f"model {label}: output {spec.name!r} has {rows} rows "
                                 f"for {n} inputs", hint=hint)
-        for i, item in enumerate(items):
-            if tmap.outputs and spec.shape and (
-                    item.ndim != len(spec.shape) or any(
-                        w not in (-1, g) for w, g in zip(spec.shape, item.shape, strict=True))):
-                raise InvalidOutput(f"model {label}: output {spec.name!r} has shape "
-                                    f"{list(item.shape)}, the map says {list(spec.shape)}",
-                                    hint=hint)
-            docs[i][spec.key] = _to_json(item, datatype, spec.name)
+        item_shape = arr.shape[1:] if batched else arr.shape
+        if tmap.outputs and spec.shape and (
+                len(item_shape) != len(spec.shape) or any(
+                    w not in (-1, g) for w, g in zip(spec.shape, item_shape, strict=True))):
+            raise InvalidOutput(f"model {label}: output {spec.name!r} has shape "
+                                f"{list(item_shape)}, the map says {list(spec.shape)}",
+                                hint=hint)
+        key = spec.key
+        for doc, value in zip(docs, _column(arr, n, datatype, spec.name, batched), strict=True):
+            doc[key] = value
     out: list[tuple[dict[str, Any], float | None]] = []
     for doc in docs:
         conf = doc.get("confidence")

@@ -29,6 +29,27 @@ async def test_export_runs_once_the_calling_task_yields() -> None:
     tel.export(record, record.to_dict(), None)
     assert _lines(stream) == []  # not on the caller's path
     await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert _lines(stream) == ["r-1"]
+
+
+async def test_export_waits_for_work_queued_after_it() -> None:
+    """The next call's request (grpc.aio sends it from a task created after the export was
+    queued) goes out before the export runs: telemetry never delays a backend request."""
+    stream = io.StringIO()
+    tel = Telemetry(log=stream, enabled_otel=False)
+    record = _record(1)
+    seen: list[list[str]] = []
+
+    async def next_request() -> None:
+        seen.append(_lines(stream))
+
+    tel.export(record, record.to_dict(), None)
+    task = asyncio.get_running_loop().create_task(next_request())
+    await task
+    assert seen == [[]]  # the request's first step ran before the export
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
     assert _lines(stream) == ["r-1"]
 
 
