@@ -104,15 +104,19 @@ def wait_triton_ready(http_port: int, models: Sequence[tuple[str, str | None]] =
 def start_triton_server(*, http_port: int, grpc_port: int, python: str | None = None,
                         model: tuple[str, str, str] | None = None,
                         echo: str | None = "echo-upper",
+                        echo_max_batch: int | None = None,
                         pytriton_home: str | Path | None = None,
                         timeout: float = 120.0,
                         log_dir: str | Path | None = None) -> Iterator[LocalProcess]:
     """Run ``serving/triton/server.py`` (echo model, and ``model`` = ``(name, version,
     artifact folder)`` if given) in its own process group; yield once every model is ready;
-    stop the whole group (tritonserver included) on exit. ``pytriton_home`` replaces
-    ``~/.cache/pytriton`` as the parent of PyTriton's per-run workspace."""
+    stop the whole group (tritonserver included) on exit. ``echo_max_batch`` overrides the
+    echo model's max_batch_size (16). ``pytriton_home`` replaces ``~/.cache/pytriton`` as the
+    parent of PyTriton's per-run workspace."""
     py = triton_python(python)
     extra: dict[str, str] = {"AIOS_MESH_TRITON_ECHO": echo or ""}
+    if echo_max_batch is not None:
+        extra["AIOS_MESH_TRITON_ECHO_MAX_BATCH"] = str(echo_max_batch)
     waits: list[tuple[str, str | None]] = [(echo, "1")] if echo else []
     if model is not None:
         name, version, source = model

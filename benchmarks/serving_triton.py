@@ -6,12 +6,12 @@ conformance echo model, then in one process and on one event loop:
 * p50 latency of ``mesh.ainvoke`` (full pipeline: validation, policy, quota, redaction,
   resolution, Triton gRPC call, output validation, decision record into the audit log)
   vs the raw ``tritonclient.grpc.aio`` call with the same payload (tensors built from the
-  JSON document and decoded back, as any caller must) — interleaved in blocks so load drift
-  hits both; ``mesh_over_raw_p50`` is the ratio (target <= 1.10);
+  JSON document and decoded back, as any caller must) — interleaved call by call so load
+  drift hits both alike; ``mesh_over_raw_p50`` is the ratio (target <= 1.10);
 * the adapter alone (``TritonServing.infer``), to split the gap into adapter and pipeline;
 * calls per second at 1, 8, 32 and 64 concurrent asyncio callers, via the mesh and raw.
 
-    PYTHONPATH=.:adapters .venv/bin/python benchmarks/serving_triton.py [--calls 400]
+    PYTHONPATH=.:adapters .venv/bin/python benchmarks/serving_triton.py [--calls 2000]
 
 Writes ``benchmarks/results/serving_triton.json``.
 """
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _timing import interleaved, pct  # benchmarks/ is on sys.path when run as a script
 from pydantic import BaseModel
 
 from aios_mesh import CapabilitySpec, Mesh
@@ -54,20 +55,6 @@ class EchoOut(BaseModel):
     text: str
     n: int
     confidence: float | None = None
-
-
-def _p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def _timed(fn: Callable[[], Awaitable[Any]], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        await fn()
-        out.append((time.perf_counter() - t) * 1e6)
-    return out
 
 
 async def _throughput(fn: Callable[[], Awaitable[Any]], callers: int, calls: int) -> float:
@@ -121,22 +108,16 @@ async def bench(grpc_port: int, state: Path, calls: int) -> dict[str, Any]:
     first = await via_mesh()
     assert first.output.text == PAYLOAD["text"].upper() and first.record.model["version"] == "1"
     assert (await raw())["n"] == 42
-    await _timed(via_mesh, 50)  # warm-up both paths
-    await _timed(raw, 50)
-    mesh_us: list[float] = []
-    raw_us: list[float] = []
-    adapter_us: list[float] = []
-    block = 50
-    for _ in range(max(1, calls // block)):  # interleaved blocks: drift hits all alike
-        mesh_us += await _timed(via_mesh, block)
-        raw_us += await _timed(raw, block)
-        adapter_us += await _timed(via_adapter, block)
+    paths = {"mesh": via_mesh, "raw": raw, "adapter": via_adapter}
+    await interleaved(paths, 100)  # warm-up every path
+    samples = await interleaved(paths, calls)
+    mesh_us, raw_us, adapter_us = samples["mesh"], samples["raw"], samples["adapter"]
     result: dict[str, Any] = {
         "latency": {
             "mesh_p50_us": round(statistics.median(mesh_us), 1),
-            "mesh_p99_us": round(_p(mesh_us, 0.99), 1),
+            "mesh_p99_us": round(pct(mesh_us, 0.99), 1),
             "raw_p50_us": round(statistics.median(raw_us), 1),
-            "raw_p99_us": round(_p(raw_us, 0.99), 1),
+            "raw_p99_us": round(pct(raw_us, 0.99), 1),
             "mesh_over_raw_p50": round(statistics.median(mesh_us) / statistics.median(raw_us),
                                        3),
             "mesh_minus_raw_p50_us": round(statistics.median(mesh_us)
@@ -160,8 +141,9 @@ async def bench(grpc_port: int, state: Path, calls: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=400)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000,
+                        help="calls per path for the latency ratio (interleaved)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-triton-") as tmp:
         http_port, grpc_port = free_port(), free_port()

@@ -92,7 +92,9 @@ class TritonServing(ServingBase):
         pred = await serving.infer(ModelRef("echo-upper", "1"), {"text": "hi", "n": 2})
     """
 
-    features = frozenset({Feature.BATCH, Feature.ASYNC_NATIVE})
+    # DEADLINE: infer_batch's asyncio.timeout bounds the whole call (tensor map lookup
+    # included), so the pipeline does not stack a second timer on it.
+    features = frozenset({Feature.BATCH, Feature.ASYNC_NATIVE, Feature.DEADLINE})
 
     def __init__(self, address: str, *, protocol: Protocol_ = "grpc",
                  tensor_maps: Mapping[str, TensorMap | Mapping[str, Any]] | None = None,

@@ -17,6 +17,9 @@ class Feature(enum.StrEnum):
     BATCH = "batch"
     STREAMING = "streaming"
     ASYNC_NATIVE = "async_native"
+    #: ``infer``/``infer_batch`` raise :class:`~aios_mesh.errors.BackendTimeout` once
+    #: ``timeout`` seconds have passed, so the pipeline sets no timer of its own.
+    DEADLINE = "deadline"
     # retrieval
     FILTERED_QUERY = "filtered_query"
     SNAPSHOT = "snapshot"

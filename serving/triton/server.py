@@ -15,7 +15,8 @@ echo-upper (version 1; ``--echo NAME`` renames it, ``--echo ""`` leaves it out)
     The Serving conformance contract (:mod:`aios_mesh.testing.conformance.serving`): inputs
     ``text`` BYTES [1] and ``n`` INT64 [1], outputs ``text`` BYTES [1] (upper-cased),
     ``n`` INT64 [1] (doubled) and ``confidence`` FP32 [1] (1.0). max_batch_size 16 (so the
-    client's batch splitting is exercised), dynamic batching on.
+    client's batch splitting is exercised; ``--echo-max-batch N`` changes it), dynamic
+    batching on.
 
 a registered MLflow scikit-learn model (``AIOS_MESH_MODEL``, ``AIOS_MESH_MODEL_VERSION``,
 ``AIOS_MESH_MODEL_SOURCE``)
@@ -80,7 +81,7 @@ def _echo_upper(text: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def bind_echo(triton: Triton, name: str) -> None:
+def bind_echo(triton: Triton, name: str, max_batch: int = ECHO_MAX_BATCH) -> None:
     """Bind the conformance echo-upper contract as Triton model ``name``, version 1."""
     triton.bind(
         model_name=name,
@@ -91,7 +92,7 @@ def bind_echo(triton: Triton, name: str) -> None:
                  Tensor(name="n", dtype=np.int64, shape=(1,)),
                  Tensor(name="confidence", dtype=np.float32, shape=(1,))],
         model_version=1,
-        config=ModelConfig(max_batch_size=ECHO_MAX_BATCH,
+        config=ModelConfig(max_batch_size=max_batch,
                            batcher=DynamicBatcher(max_queue_delay_microseconds=QUEUE_DELAY_US)),
         strict=True,
     )
@@ -244,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
                         default=int(os.environ.get("AIOS_MESH_TRITON_GRPC_PORT", "8001")))
     parser.add_argument("--echo", default=os.environ.get("AIOS_MESH_TRITON_ECHO", "echo-upper"),
                         help="model name of the conformance echo model; '' to leave it out")
+    parser.add_argument("--echo-max-batch", type=int,
+                        default=int(os.environ.get("AIOS_MESH_TRITON_ECHO_MAX_BATCH",
+                                                   str(ECHO_MAX_BATCH))),
+                        help="max_batch_size of the echo model (default %(default)s)")
     parser.add_argument("--workspace", default=os.environ.get("AIOS_MESH_TRITON_WORKSPACE"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -257,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                                  os.environ.get("AIOS_MESH_MODEL_SOURCE", "")) if name else None
     with Triton(config=config, workspace=args.workspace) as triton:
         if args.echo:
-            bind_echo(triton, args.echo)
+            bind_echo(triton, args.echo, args.echo_max_batch)
         if registered is not None:
             triton.bind(**registered)
         LOG.info("serving on http 127.0.0.1:%d, grpc 127.0.0.1:%d", args.http_port,

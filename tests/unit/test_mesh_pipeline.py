@@ -204,6 +204,35 @@ def test_timeout_is_typed(tmp_path: Path) -> None:
             mesh.invoke("classify-ticket", {"text": "x"}, tenant="acme")
 
 
+def test_an_adapter_that_keeps_deadlines_gets_the_slo_and_no_second_timer(
+        tmp_path: Path) -> None:
+    import asyncio
+
+    from aios_mesh import BackendTimeout
+    from aios_mesh.ports.base import Feature
+
+    class KeepsDeadline(ScriptedServing):
+        features = frozenset({Feature.BATCH, Feature.DEADLINE})
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[float | None] = []
+
+        async def infer_batch(self, model: Any, payloads: Any, *,
+                              timeout: float | None = None) -> Any:
+            self.seen.append(timeout)
+            # A pipeline timer would cancel this sleep at 0.05 s with the pipeline's message.
+            await asyncio.sleep(0.15)
+            raise BackendTimeout("the adapter's own deadline", hint="raise slo.timeout_s")
+
+    cfg = {"retry": {"max_attempts": 1}}
+    serving = KeepsDeadline()
+    with make_mesh(tmp_path, serving, caps=[spec(slo=SLO(timeout_s=0.05))],
+                   config=cfg) as mesh, \
+            pytest.raises(BackendTimeout, match="the adapter's own deadline"):
+        mesh.invoke("classify-ticket", {"text": "x"}, tenant="acme")
+    assert serving.seen == [0.05]
+
+
 def test_breaker_opens_then_fallback_chain_answers(tmp_path: Path) -> None:
     down = ScriptedServing(BackendUnavailable("down"))
     cfg = {"retry": {"max_attempts": 1}, "breaker": {"failure_threshold": 2}}

@@ -57,7 +57,10 @@ The contract the mixins pin down:
   items with one :class:`Prediction` per input, **in input order** (adapters split batches
   larger than the server's maximum batch size themselves); ``infer`` equals a batch of one;
   outputs are JSON-safe ``dict``\\ s (``str`` keys; ``str``/``int`` values, never bytes or
-  numpy scalars); ``usage.calls >= 1``; ``timeout=`` is accepted; the caller's payload is
+  numpy scalars); ``usage.calls >= 1``; ``timeout=`` is accepted — an adapter declaring
+  ``Feature.DEADLINE`` raises :class:`~aios_mesh.errors.BackendTimeout` when it passes (the
+  pipeline then sets no timer of its own), any other answers or raises just that, never a
+  native timeout error, and keeps answering afterwards; the caller's payload is
   never mutated; 40 concurrent ``infer`` calls from separate asyncio tasks each get their own
   answer; ``aclose()`` is idempotent. Declaring ``Feature.STREAMING`` obliges the class to
   include ``ServingStreaming``; without it ``stream()`` raises ``CapabilityNotSupported``
@@ -91,6 +94,7 @@ from typing import Any
 import pytest
 
 from aios_mesh.errors import (
+    BackendTimeout,
     CapabilityNotSupported,
     InvalidInput,
     InvalidOutput,
@@ -268,6 +272,25 @@ class ServingBasic(_ServingBase):
         self.check(await adapter.infer(model_ref, payload, timeout=30.0), payload)
         (prediction,) = await adapter.infer_batch(model_ref, [payload], timeout=30.0)
         self.check(prediction, payload)
+
+    async def test_deadline(self, adapter: Serving, model_ref: ModelRef) -> None:
+        payload = self.payload(6)
+        # 1 µs: no real server answers that fast, an in-process model may answer before
+        # anything checks the clock.
+        for attempt in (lambda: adapter.infer(model_ref, payload, timeout=1e-6),
+                        lambda: adapter.infer_batch(model_ref, [payload, payload],
+                                                    timeout=1e-6)):
+            timed_out: BackendTimeout | None = None
+            try:
+                await attempt()
+            except BackendTimeout as exc:
+                timed_out = exc
+            if timed_out is not None:
+                assert timed_out.hint, "a BackendTimeout must say what to change"
+            else:
+                assert Feature.DEADLINE not in adapter.features, \
+                    "declares Feature.DEADLINE but answered after its timeout had passed"
+        self.check(await adapter.infer(model_ref, payload, timeout=30.0), payload)
 
     async def test_payload_is_not_mutated(self, adapter: Serving, model_ref: ModelRef) -> None:
         payloads = [self.payload(i) for i in range(3)]
