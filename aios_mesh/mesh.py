@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -59,7 +58,7 @@ from aios_mesh.ports.policy import Policy
 from aios_mesh.ports.quota import QuotaStore
 from aios_mesh.ports.registry import ModelRef, ModelRegistry
 from aios_mesh.ports.serving import Serving, Usage
-from aios_mesh.record import DecisionRecord, Outcome
+from aios_mesh.record import DecisionRecord, Outcome, new_record_id
 from aios_mesh.redaction import Redactor, RuleRedactor, TokenizingRedactor
 from aios_mesh.redaction.tokens import load_or_create_key
 from aios_mesh.resilience import RetryBudget
@@ -451,7 +450,7 @@ class Mesh:
         """
         started = time.perf_counter()
         started_at = datetime.now(UTC).isoformat()
-        record_id = str(uuid.uuid4())
+        record_id = new_record_id()
         span = self.telemetry.start_span(capability, tenant, traceparent)
         token = self.telemetry.activate(span)
         spec: CapabilitySpec | None = None
@@ -542,7 +541,7 @@ class Mesh:
         quota, redaction, resolution) run first; one record is written when the stream ends."""
         started = time.perf_counter()
         started_at = datetime.now(UTC).isoformat()
-        record_id = str(uuid.uuid4())
+        record_id = new_record_id()
         spec = self.capability(capability)
         call = Call(spec=spec, tenant=tenant, caller=caller, raw=payload, record_id=record_id)
         # The gates: every step before the answer is produced (a stream is never cached).

@@ -6,12 +6,17 @@ Starts a real tritonserver (PyTriton, its own environment) and a real `bentoml s
 * **batching**: calls/s and p95 latency at 1, 8, 32 and 64 concurrent asyncio callers, with
   the capability's micro-batching on (``BatchPolicy(max_size=64, max_wait_ms=2)``) and off;
 * **BentoML mesh over raw**: p50 of ``mesh.ainvoke`` vs a raw ``httpx`` POST of the same item
-  to the same endpoint (the wire format is the service's own), interleaved in blocks.
+  to the same endpoint (the wire format is the service's own), interleaved call by call.
+
+Both servers batch on their side too (Triton's dynamic batcher, BentoML's adaptive batching),
+so "unbatched" is the mesh sending one item per request to a batching server. The Triton echo
+model is started with ``max_batch_size`` 64, the client's batch size, so one client batch is
+one request (with the conformance default of 16 the adapter splits it into four).
 
 Writes ``benchmarks/results/batching.json`` and ``benchmarks/results/serving.json`` (the
 Triton ratio comes from ``serving_triton.json``, written by ``benchmarks/serving_triton.py``).
 
-    .venv/bin/python benchmarks/batching.py [--calls 600]
+    .venv/bin/python benchmarks/batching.py [--calls 2000]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from _timing import interleaved, pct  # benchmarks/ is on sys.path when run as a script
 from pydantic import BaseModel
 
 from aios_mesh import CapabilitySpec, Mesh
@@ -37,6 +43,7 @@ from aios_mesh.testing import free_port
 RESULTS = Path(__file__).parent / "results"
 PAYLOAD = {"text": "Invoice 4711 from ACME GmbH", "n": 21}
 CALLERS = (1, 8, 32, 64)
+BATCH = 64  # the client's max batch size, and the Triton echo model's
 
 
 class Echo(BaseModel):
@@ -45,17 +52,12 @@ class Echo(BaseModel):
     confidence: float | None = None
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def make_mesh(state: Path, serving: str, batched: bool) -> Mesh:
     registry = MemoryRegistry()
     ref = await registry.register("echo-upper", "remote:echo-upper")
     await registry.set_alias("echo-upper", "bench", ref.version)
     spec = CapabilitySpec(name="echo", input=Echo, output=Echo, model="echo-upper@bench",
-                          batch=BatchPolicy(max_size=64, max_wait_ms=2) if batched else None)
+                          batch=BatchPolicy(max_size=BATCH, max_wait_ms=2) if batched else None)
     config = config_from_mapping({
         "state_dir": str(state), "lock_file": None, "tenants": {"acme": {}},
         "telemetry": {"lineage": False, "decision_events": False}}, base_dir=state)
@@ -122,27 +124,20 @@ async def bentoml_ratio(url: str, calls: int) -> dict[str, Any]:
         async def via_mesh() -> Any:
             return await mesh.ainvoke("echo", PAYLOAD, tenant="acme")
 
-        for fn in (raw, via_mesh):
-            for _ in range(30):
-                await fn()
-        mesh_ms: list[float] = []
-        raw_ms: list[float] = []
-        for _ in range(max(1, calls // 50)):  # interleaved blocks: drift hits both alike
-            for fn, sink in ((raw, raw_ms), (via_mesh, mesh_ms)):
-                for _ in range(50):
-                    t = time.perf_counter()
-                    await fn()
-                    sink.append((time.perf_counter() - t) * 1000)
+        paths = {"raw": raw, "mesh": via_mesh}
+        await interleaved(paths, 50)  # warm-up
+        samples = await interleaved(paths, calls)
         await client.aclose()
         await mesh.aclose()
-    raw_p50, mesh_p50 = statistics.median(raw_ms), statistics.median(mesh_ms)
+    raw_p50 = statistics.median(samples["raw"]) / 1000
+    mesh_p50 = statistics.median(samples["mesh"]) / 1000
     return {"mesh_over_raw_p50": round(mesh_p50 / raw_p50, 3), "mesh_p50_ms": round(mesh_p50, 3),
             "raw_p50_ms": round(raw_p50, 3)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=600, help="calls per measurement")
+    parser.add_argument("--calls", type=int, default=2000, help="calls per measurement")
     args = parser.parse_args()
     from aios_mesh_bentoml.testing import ECHO_UPPER, bentoml_server
 
@@ -153,7 +148,8 @@ def main() -> None:
     serving: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as work:
         with start_triton_server(http_port=http, grpc_port=grpc,
-                                 pytriton_home=Path(work) / "pytriton"):
+                                 pytriton_home=Path(work) / "pytriton",
+                                 echo_max_batch=BATCH):
             result["triton"] = asyncio.run(batching(f"triton+grpc://127.0.0.1:{grpc}",
                                                     args.calls))
         with bentoml_server(Path(work) / "bento",

@@ -86,11 +86,19 @@ class BatcherPool:
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                  dict[tuple[str, str, str], MicroBatcher]]
         self._by_loop = weakref.WeakKeyDictionary()
+        # The last loop's batchers: a WeakKeyDictionary lookup makes a new weakref each time.
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop],
+                          dict[tuple[str, str, str], MicroBatcher]] | None = None
 
     def get(self, label: str, serving: Serving, model: ModelRef, *, max_size: int,
             max_wait_s: float, timeout: float | None) -> MicroBatcher:
         loop = asyncio.get_running_loop()
-        batchers = self._by_loop.setdefault(loop, {})
+        last = self._last
+        if last is not None and last[0]() is loop:
+            batchers = last[1]
+        else:
+            batchers = self._by_loop.setdefault(loop, {})
+            self._last = (weakref.ref(loop), batchers)
         key = (label, model.name, model.version)
         found = batchers.get(key)
         if found is None:
