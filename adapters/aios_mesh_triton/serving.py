@@ -61,7 +61,7 @@ from aios_mesh.errors import (
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Prediction, ServingBase, Usage
-from aios_mesh_triton.tensors import TensorMap, decode_outputs, encode_inputs
+from aios_mesh_triton.tensors import RawTensor, TensorMap, decode_outputs, encode_inputs
 
 __all__ = ["TritonServing"]
 
@@ -76,6 +76,20 @@ _DEADLINE = {"504", "StatusCode.DEADLINE_EXCEEDED"}
 def _first_line(text: str, limit: int = 300) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _takes_raw_content(mod: Any) -> bool:
+    """Whether this tritonclient's gRPC ``InferInput`` keeps its tensor bytes in
+    ``_raw_content`` (what ``set_data_from_numpy`` fills and the request builder reads; true
+    for every tritonclient 2.x). Then inputs go out as :class:`RawTensor` bytes, skipping the
+    numpy round trip; otherwise through ``set_data_from_numpy``."""
+    try:
+        probe = mod.InferInput("probe", [1], "INT64")
+        probe.set_data_from_numpy(np.array([7], dtype=np.int64))
+        return bool(probe._raw_content == RawTensor.pack("INT64", (1,), [7]).raw
+                    and probe._get_content() is probe._raw_content)
+    except Exception:  # pragma: no cover - a tritonclient that changed its internals
+        return False
 
 
 class TritonServing(ServingBase):
@@ -110,6 +124,7 @@ class TritonServing(ServingBase):
         self.max_batch_size = max_batch_size
         self.timeout = timeout
         self._module: Any = None
+        self._raw_inputs = False  # set by _mod(): gRPC inputs go out as wire bytes
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = \
             weakref.WeakKeyDictionary()
         self._configs: dict[tuple[str, str], TensorMap | None] = {}
@@ -172,6 +187,7 @@ class TritonServing(ServingBase):
                 raise ConfigError(f"tritonclient[{self.protocol}] is not installed",
                                   hint='pip install "aios-mesh[triton]"') from exc
             self._module = mod
+            self._raw_inputs = self.protocol == "grpc" and _takes_raw_content(mod)
         return self._module
 
     def _client(self) -> Any:
@@ -323,13 +339,15 @@ class TritonServing(ServingBase):
         return version
 
     async def _send(self, client: Any, model: ModelRef, version: str, tmap: TensorMap,
-                    tensors: list[tuple[Any, np.ndarray[Any, Any]]], n: int,
+                    tensors: list[tuple[Any, np.ndarray[Any, Any] | RawTensor]], n: int,
                     batched: bool) -> list[Prediction]:
         mod = self._mod()
         inputs = []
         for spec, arr in tensors:
             tensor = mod.InferInput(spec.name, list(arr.shape), spec.dtype)
-            if self.protocol == "http":
+            if isinstance(arr, RawTensor):  # only when _takes_raw_content(mod)
+                tensor._raw_content = arr.raw
+            elif self.protocol == "http":
                 tensor.set_data_from_numpy(arr, binary_data=True)
             else:
                 tensor.set_data_from_numpy(arr)
@@ -344,18 +362,26 @@ class TritonServing(ServingBase):
                                         outputs=outputs)
             response = result.get_response()
             answered = str(response.model_version)
-            meta = [(o.name, o.datatype) for o in response.outputs]
+            raw = response.raw_output_contents
+            if len(raw) == len(response.outputs):
+                # Triton answers in raw_output_contents: decode those bytes directly.
+                arrays: dict[str, tuple[str, Any]] = {
+                    o.name: (o.datatype, RawTensor(o.datatype, tuple(o.shape), raw[i]))
+                    for i, o in enumerate(response.outputs)}
+            else:  # typed contents (another KServe server): tritonclient reads those
+                arrays = {o.name: (o.datatype, result.as_numpy(o.name))
+                          for o in response.outputs}
         else:
             result = await client.infer(model.name, inputs, model_version=version,
                                         outputs=outputs)
             response = result.get_response()
             answered = str(response.get("model_version", version))
-            meta = [(o["name"], o["datatype"]) for o in response.get("outputs", ())]
+            arrays = {o["name"]: (o["datatype"], result.as_numpy(o["name"]))
+                      for o in response.get("outputs", ())}
         label = f"{model.name}/{version}"
         if answered and answered != version:
             raise InvalidOutput(f"asked {label}, Triton answered with version {answered}",
                                 hint="the server's version policy does not honour the pin")
-        arrays = {name: (datatype, result.as_numpy(name)) for name, datatype in meta}
         decoded = decode_outputs(arrays, tmap, n, batched=batched, label=label)
         return [Prediction(doc, confidence=conf, usage=Usage(calls=1)) for doc, conf in decoded]
 
@@ -377,10 +403,12 @@ class TritonServing(ServingBase):
                 size = tmap.max_batch_size
                 if size > 0:
                     chunks = [payloads[i:i + size] for i in range(0, len(payloads), size)]
-                    encoded = [encode_inputs(tmap, c, batched=True) for c in chunks]
+                    encoded = [encode_inputs(tmap, c, batched=True, raw=self._raw_inputs)
+                               for c in chunks]
                 else:
                     chunks = [[p] for p in payloads]
-                    encoded = [encode_inputs(tmap, c, batched=False) for c in chunks]
+                    encoded = [encode_inputs(tmap, c, batched=False, raw=self._raw_inputs)
+                               for c in chunks]
                 if len(chunks) == 1:
                     return await self._send(client, model, version, tmap, encoded[0],
                                             len(chunks[0]), size > 0)
