@@ -82,6 +82,7 @@ class Telemetry:
                     sink, processors=[structlog.processors.add_log_level,
                                       structlog.processors.JSONRenderer(serializer=_json)])
         self.otel = enabled_otel
+        self._given_tracer_provider = tracer_provider is not None
         tp = tracer_provider or trace.get_tracer_provider()
         mp = meter_provider or metrics.get_meter_provider()
         self._tracer = tp.get_tracer("aios_mesh")
@@ -113,6 +114,11 @@ class Telemetry:
         """Open the call's span (child of ``traceparent`` headers or the current context)."""
         if not self.otel:
             return None
+        if not traceparent and self._no_sdk() \
+                and not trace.get_current_span().get_span_context().is_valid:
+            # Without an OpenTelemetry SDK and without a parent, the span would be the API's
+            # empty no-op span; making, activating and ending one costs ~30 µs on a cold CPU.
+            return None
         try:
             ctx = propagate.extract(dict(traceparent)) if traceparent else None
             return self._tracer.start_span(f"capability {capability}", context=ctx,
@@ -122,6 +128,12 @@ class Telemetry:
         except Exception:
             self._fail("span start")
             return None
+
+    def _no_sdk(self) -> bool:
+        """True while spans can only be no-ops: the global provider is still the API's
+        (read on every call: an application may install its SDK after the mesh starts)."""
+        return not self._given_tracer_provider and isinstance(
+            trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
     @staticmethod
     def inject(span: Span | None) -> dict[str, str]:

@@ -335,6 +335,22 @@ def test_trace_context_is_propagated_from_the_caller(tmp_path: Path) -> None:
     assert result.record.trace_id == "0af7651916cd43dd8448eb211c80319c"
 
 
+def test_without_an_otel_sdk_no_span_is_made_but_a_caller_trace_still_counts(
+        tmp_path: Path) -> None:
+    from opentelemetry import trace
+
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)  # no SDK here
+    telemetry = Telemetry(log=None)
+    assert telemetry.start_span("classify-ticket", "acme") is None
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with make_mesh(tmp_path, ScriptedServing(), telemetry=telemetry) as mesh:
+        plain = mesh.invoke("classify-ticket", {"text": "x"}, tenant="acme")
+        traced = mesh.invoke("classify-ticket", {"text": "x"}, tenant="acme",
+                             traceparent={"traceparent": parent})
+    assert plain.record.trace_id is None
+    assert traced.record.trace_id == "0af7651916cd43dd8448eb211c80319c"
+
+
 def test_broken_telemetry_never_breaks_the_call(tmp_path: Path, caplog: Any) -> None:
     class Exploding(Telemetry):
         def __init__(self) -> None:
