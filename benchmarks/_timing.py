@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-__all__ = ["interleaved", "pct"]
+__all__ = ["interleaved", "pct", "ratio_trials"]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -35,3 +36,20 @@ async def interleaved(paths: Mapping[str, Callable[[], Awaitable[Any]]], rounds:
             await fn()
             out[name].append((clock() - t) * 1e6)
     return out
+
+
+async def ratio_trials(paths: Mapping[str, Callable[[], Awaitable[Any]]], rounds: int,
+                       trials: int, *, num: str = "mesh", den: str = "raw"
+                       ) -> tuple[dict[str, list[float]], list[float]]:
+    """``trials`` runs of :func:`interleaved`: the pooled samples of every path, and each
+    trial's p50(``num``) / p50(``den``) — how much the ratio moves from one run to the next
+    on this host (on a shared 2-core VM, more than the mesh's own cost changes)."""
+    pooled: dict[str, list[float]] = {name: [] for name in paths}
+    ratios: list[float] = []
+    for _ in range(trials):
+        samples = await interleaved(paths, rounds)
+        for name, values in samples.items():
+            pooled[name] += values
+        ratios.append(round(statistics.median(samples[num]) / statistics.median(samples[den]),
+                            3))
+    return pooled, ratios

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from _timing import interleaved, pct  # benchmarks/ is on sys.path when run as a script
+from _timing import interleaved, pct, ratio_trials  # benchmarks/ is on sys.path
 from pydantic import BaseModel
 
 from aios_mesh import CapabilitySpec, Mesh
@@ -126,13 +126,14 @@ async def bentoml_ratio(url: str, calls: int) -> dict[str, Any]:
 
         paths = {"raw": raw, "mesh": via_mesh}
         await interleaved(paths, 50)  # warm-up
-        samples = await interleaved(paths, calls)
+        samples, ratios = await ratio_trials(paths, calls, 3)
         await client.aclose()
         await mesh.aclose()
     raw_p50 = statistics.median(samples["raw"]) / 1000
     mesh_p50 = statistics.median(samples["mesh"]) / 1000
     return {"mesh_over_raw_p50": round(mesh_p50 / raw_p50, 3), "mesh_p50_ms": round(mesh_p50, 3),
-            "raw_p50_ms": round(raw_p50, 3)}
+            "raw_p50_ms": round(raw_p50, 3), "mesh_over_raw_p50_per_trial": ratios,
+            "calls_each": len(samples["mesh"])}
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _timing import interleaved, pct  # benchmarks/ is on sys.path when run as a script
+from _timing import interleaved, pct, ratio_trials  # benchmarks/ is on sys.path
 from pydantic import BaseModel
 
 from aios_mesh import CapabilitySpec, Mesh
@@ -69,7 +69,7 @@ async def _throughput(fn: Callable[[], Awaitable[Any]], callers: int, calls: int
     return per * callers / (time.perf_counter() - t)
 
 
-async def bench(grpc_port: int, state: Path, calls: int) -> dict[str, Any]:
+async def bench(grpc_port: int, state: Path, calls: int, trials: int = 3) -> dict[str, Any]:
     import tritonclient.grpc.aio as grpcclient
 
     registry = MemoryRegistry()
@@ -110,7 +110,7 @@ async def bench(grpc_port: int, state: Path, calls: int) -> dict[str, Any]:
     assert (await raw())["n"] == 42
     paths = {"mesh": via_mesh, "raw": raw, "adapter": via_adapter}
     await interleaved(paths, 100)  # warm-up every path
-    samples = await interleaved(paths, calls)
+    samples, ratios = await ratio_trials(paths, calls, trials)
     mesh_us, raw_us, adapter_us = samples["mesh"], samples["raw"], samples["adapter"]
     result: dict[str, Any] = {
         "latency": {
@@ -126,6 +126,7 @@ async def bench(grpc_port: int, state: Path, calls: int) -> dict[str, Any]:
             "adapter_over_raw_p50": round(statistics.median(adapter_us)
                                           / statistics.median(raw_us), 3),
             "calls_each": len(mesh_us),
+            "mesh_over_raw_p50_per_trial": ratios,
         },
         "throughput_calls_per_s": {},
     }
@@ -143,13 +144,15 @@ async def bench(grpc_port: int, state: Path, calls: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000,
-                        help="calls per path for the latency ratio (interleaved)")
+                        help="calls per path and trial for the latency ratio (interleaved)")
+    parser.add_argument("--trials", type=int, default=3,
+                        help="latency trials; the ratio is over all of them pooled")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-triton-") as tmp:
         http_port, grpc_port = free_port(), free_port()
         with start_triton_server(http_port=http_port, grpc_port=grpc_port,
                                  pytriton_home=Path(tmp) / "pytriton", log_dir=tmp):
-            result = asyncio.run(bench(grpc_port, Path(tmp) / "state", args.calls))
+            result = asyncio.run(bench(grpc_port, Path(tmp) / "state", args.calls, args.trials))
     result["setup"] = {
         "server": "tritonserver 2.51 via nvidia-pytriton 0.7.0 (Python backend), 127.0.0.1",
         "model": "echo-upper v1 (conformance echo), max_batch_size 16, dynamic batching "
