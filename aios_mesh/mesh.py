@@ -588,64 +588,75 @@ class Mesh:
                 tenant: str, caller: str, spec: CapabilitySpec | None, call: Call | None,
                 error: MeshError | None, parent: Mapping[str, Any] | None,
                 span: Any) -> DecisionRecord:
-        ctx = span.get_span_context() if span is not None else None
-        valid = ctx is not None and ctx.is_valid
+        # On every call's path: the call-less case (unknown capability) is handled apart so
+        # the common one reads each field once.
+        latency_ms = round((time.perf_counter() - started) * 1000.0, 4)
+        ended_at = datetime.now(UTC).isoformat()
+        trace_id = span_id = None
+        if span is not None:
+            ctx = span.get_span_context()
+            if ctx.is_valid:
+                trace_id, span_id = format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+        if call is None:
+            return DecisionRecord(
+                record_id=record_id, started_at=started_at, ended_at=ended_at,
+                latency_ms=latency_ms, tenant=tenant, caller=caller, capability=capability,
+                capability_version=spec.version if spec is not None else "",
+                outcome=_outcome(error, None), trace_id=trace_id, span_id=span_id,
+                parent=dict(parent) if parent else None,
+                currency=spec.price.currency if spec else "USD",
+                error=error.to_dict() if error is not None else None)
         policy = None
-        model = None
-        quota = None
-        if call is not None:
-            if call.decision is not None:
-                d = call.decision
-                policy = {"path": d.policy or (spec.policy if spec else None), "allow": d.allow,
-                          "reason": d.reason,
-                          "obligations": {"redact": list(d.obligations.redact),
-                                          "require_human": d.obligations.require_human,
-                                          "max_cost": d.obligations.max_cost},
-                          "bundle_hash": d.bundle_hash, "cached": call.policy_cached,
-                          "input": call.policy_input}
-            if call.model_ref is not None:
-                r = call.model_ref
-                model = {"name": r.name, "version": r.version, "alias": r.alias,
-                         "source": r.source, "run_id": r.run_id}
-            if call.reservation is not None:
-                quota = {"reservation_id": call.reservation.id,
-                         "reserved_cost": call.reservation.cost}
-        review_id = call.review_id if call is not None else None
+        d = call.decision
+        if d is not None:
+            policy = {"path": d.policy or (spec.policy if spec else None), "allow": d.allow,
+                      "reason": d.reason,
+                      "obligations": {"redact": list(d.obligations.redact),
+                                      "require_human": d.obligations.require_human,
+                                      "max_cost": d.obligations.max_cost},
+                      "bundle_hash": d.bundle_hash, "cached": call.policy_cached,
+                      "input": call.policy_input}
+        r = call.model_ref
+        model = None if r is None else {"name": r.name, "version": r.version, "alias": r.alias,
+                                        "source": r.source, "run_id": r.run_id}
+        res = call.reservation
+        quota = None if res is None else {"reservation_id": res.id, "reserved_cost": res.cost}
+        redaction = call.redaction
+        usage = call.usage
         return DecisionRecord(
             record_id=record_id,
             started_at=started_at,
-            ended_at=datetime.now(UTC).isoformat(),
-            latency_ms=round((time.perf_counter() - started) * 1000.0, 4),
+            ended_at=ended_at,
+            latency_ms=latency_ms,
             tenant=tenant,
             caller=caller,
             capability=capability,
-            capability_version=spec.version if spec is not None else "",
-            outcome=_outcome(error, review_id),
-            trace_id=format(ctx.trace_id, "032x") if valid and ctx else None,
-            span_id=format(ctx.span_id, "016x") if valid and ctx else None,
+            capability_version=call.spec.version,
+            outcome=_outcome(error, call.review_id),
+            trace_id=trace_id,
+            span_id=span_id,
             parent=dict(parent) if parent else None,
             policy=policy,
-            redaction={"applied": bool(call and call.redaction and call.redaction.applied),
-                       "counts": dict(call.redaction.counts) if call and call.redaction
-                       else {}},
+            redaction={"applied": redaction.applied, "counts": dict(redaction.counts)}
+            if redaction is not None else {"applied": False, "counts": {}},
             model=model,
-            serving=call.serving if call else None,
-            index_snapshots=dict(call.index_snapshots) if call else {},
-            index_drift=self._index_drift(call),
-            attempts=call.attempts if call else 0,
-            fallback=call.fallback if call else None,
-            usage={"calls": call.usage.calls, "tokens": call.usage.tokens,
-                   "gpu_seconds": call.usage.gpu_seconds} if call else {},
-            cost=round(call.cost, 10) if call else 0.0,
-            currency=spec.price.currency if spec else "USD",
+            serving=call.serving,
+            index_snapshots=dict(call.index_snapshots),
+            index_drift=self._index_drift(call) if call.index_snapshots else None,
+            attempts=call.attempts,
+            fallback=call.fallback,
+            usage={"calls": usage.calls, "tokens": usage.tokens,
+                   "gpu_seconds": usage.gpu_seconds},
+            cost=round(call.cost, 10),
+            currency=call.spec.price.currency,
             quota=quota,
-            review_id=review_id,
-            confidence=call.confidence if call else None,
-            cache=call.cache if call else None,
-            variant=call.variant if call else None,
+            review_id=call.review_id,
+            confidence=call.confidence,
+            cache=call.cache,
+            variant=call.variant,
             error=error.to_dict() if error is not None else None,
-            input_sha256=call.input_sha256 if call else None,
-            output_sha256=call.output_sha256 if call else None,
+            input_sha256=call.input_sha256,
+            output_sha256=call.output_sha256,
         )
 
     def _index_drift(self, call: Call | None) -> dict[str, dict[str, str]] | None:

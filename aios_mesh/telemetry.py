@@ -187,12 +187,14 @@ class Telemetry:
     def _export_pending(self) -> None:
         # Everything queued so far, not just this callback's item: a callback whose loop
         # stopped before running it leaves nothing behind (flush() runs this too).
+        items = []
         while True:
             try:
-                item = self._pending.popleft()
+                items.append(self._pending.popleft())
             except IndexError:
-                return
-            self._export(*item)
+                break
+        if items:
+            self._export_many(items)
 
     def _drain(self) -> None:
         while True:
@@ -215,19 +217,28 @@ class Telemetry:
 
     def _export(self, record: DecisionRecord, doc: Mapping[str, Any], span: Span | None,
                 end_ns: int) -> None:
+        self._export_many([(record, doc, span, end_ns)])
+
+    def _export_many(self, items: list[tuple[DecisionRecord, Mapping[str, Any], Span | None,
+                                             int]]) -> None:
         if self._file is not None:
-            try:  # the same line structlog's JSONRenderer would write; one write() per line
-                self._file.write(orjson.dumps({"event": "decision", "level": "info", **doc})
-                                 + b"\n")
+            try:  # the lines structlog's JSONRenderer would write; one write() for them all
+                self._file.write(b"".join(
+                    orjson.dumps({"event": "decision", "level": "info", **doc}) + b"\n"
+                    for _, doc, _, _ in items))
             except Exception:
                 self._fail("log line")
         elif self._logger is not None:
-            try:
-                self._logger.info("decision", **doc)
-            except Exception:
-                self._fail("log line")
-        if not self.otel:
-            return
+            for _, doc, _, _ in items:
+                try:
+                    self._logger.info("decision", **doc)
+                except Exception:
+                    self._fail("log line")
+        if self.otel:
+            for record, _, span, end_ns in items:
+                self._export_otel(record, span, end_ns)
+
+    def _export_otel(self, record: DecisionRecord, span: Span | None, end_ns: int) -> None:
         try:
             key = (record.tenant, record.capability, (record.model or {}).get("name", ""),
                    record.outcome)

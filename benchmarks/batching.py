@@ -4,7 +4,8 @@ Starts a real tritonserver (PyTriton, its own environment) and a real `bentoml s
 (its own environment), both serving the conformance echo model, then for each backend:
 
 * **batching**: calls/s and p95 latency at 1, 8, 32 and 64 concurrent asyncio callers, with
-  the capability's micro-batching on (``BatchPolicy(max_size=64, max_wait_ms=2)``) and off;
+  the capability's micro-batching on (``BatchPolicy(max_size=64, max_wait_ms=2)``) and off,
+  three alternating rounds each (medians reported, with each round's speed-up);
 * **BentoML mesh over raw**: p50 of ``mesh.ainvoke`` vs a raw ``httpx`` POST of the same item
   to the same endpoint (the wire format is the service's own), interleaved call by call.
 
@@ -44,6 +45,7 @@ RESULTS = Path(__file__).parent / "results"
 PAYLOAD = {"text": "Invoice 4711 from ACME GmbH", "n": 21}
 CALLERS = (1, 8, 32, 64)
 BATCH = 64  # the client's max batch size, and the Triton echo model's
+ROUNDS = 3  # rounds of batched/unbatched per concurrency; figures are the medians
 
 
 class Echo(BaseModel):
@@ -94,13 +96,18 @@ async def batching(serving: str, calls: int) -> dict[str, Any]:
                                    for _ in range(16)))
         for callers in CALLERS:
             n = max(calls, callers * 8)
-            b_rps, b_p95 = await load(lambda: batched.ainvoke("echo", PAYLOAD, tenant="acme"),
-                                      callers, n)
-            u_rps, u_p95 = await load(lambda: plain.ainvoke("echo", PAYLOAD, tenant="acme"),
-                                      callers, n)
+            runs: dict[str, list[tuple[float, float]]] = {"batched": [], "unbatched": []}
+            for _ in range(ROUNDS):  # alternate, so drift on the host hits both alike
+                for mode, mesh in (("batched", batched), ("unbatched", plain)):
+                    runs[mode].append(await load(
+                        lambda m=mesh: m.ainvoke("echo", PAYLOAD, tenant="acme"), callers, n))
+            b_rps, b_p95 = (statistics.median(v) for v in zip(*runs["batched"], strict=True))
+            u_rps, u_p95 = (statistics.median(v) for v in zip(*runs["unbatched"], strict=True))
             out[str(callers)] = {"batched_rps": round(b_rps, 1), "unbatched_rps": round(u_rps, 1),
                                  "batched_p95_ms": round(b_p95, 2),
-                                 "unbatched_p95_ms": round(u_p95, 2)}
+                                 "unbatched_p95_ms": round(u_p95, 2),
+                                 "speedup_per_round": [round(b[0] / u[0], 2) for b, u in zip(
+                                     runs["batched"], runs["unbatched"], strict=True)]}
             print(f"{serving.split(':')[0]:<14} {callers:>3} callers  batched {b_rps:8.1f}/s "
                   f"p95 {b_p95:7.2f} ms  unbatched {u_rps:8.1f}/s p95 {u_p95:7.2f} ms")
         await batched.aclose()

@@ -46,9 +46,14 @@ def bar_chart(title: str, bars: list[tuple[str, float]], unit: str) -> str:
     return "\n".join(parts)
 
 
+def cell(value: Any) -> Any:
+    """A table cell: lists (per-trial figures) as comma-separated values."""
+    return ", ".join(str(v) for v in value) if isinstance(value, list) else value
+
+
 def table(header: list[str], rows: list[list[Any]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    out += ["| " + " | ".join(str(cell(c)) for c in r) + " |" for r in rows]
     return "\n".join(out)
 
 
@@ -83,15 +88,16 @@ def main() -> None:
         ("events", "Events (`benchmarks/events.py`)"),
         ("serving", "Serving: mesh over raw client (`benchmarks/batching.py`, "
                     "`benchmarks/serving_triton.py`)"),
+        ("serving_triton", "Triton gRPC in detail (`benchmarks/serving_triton.py`)"),
     ]:
         data = load(name)
         if not data:
             continue
-        flat = [[k, v] for k, v in data.items() if not isinstance(v, dict | list)]
+        flat = [[k, v] for k, v in data.items() if not isinstance(v, dict)]
         nested = {k: v for k, v in data.items() if isinstance(v, dict)}
         lines += [f"## {title}", "", table(["measure", "value"], flat) if flat else ""]
         for key, sub in nested.items():
-            subflat = [[k, v] for k, v in sub.items() if not isinstance(v, dict | list)]
+            subflat = [[k, v] for k, v in sub.items() if not isinstance(v, dict)]
             if subflat:
                 lines += ["", f"**{key}**", "", table(["measure", "value"], subflat)]
         lines.append("")
@@ -101,11 +107,14 @@ def main() -> None:
         for backend, by_callers in batching.items():
             if not isinstance(by_callers, dict):
                 continue
-            rows = [[c, r.get("batched_rps"), r.get("unbatched_rps"), r.get("batched_p95_ms"),
-                     r.get("unbatched_p95_ms")] for c, r in by_callers.items()
+            rows = [[c, r.get("batched_rps"), r.get("unbatched_rps"),
+                     f"{r['batched_rps'] / r['unbatched_rps']:.2f}x",
+                     r.get("batched_p95_ms"), r.get("unbatched_p95_ms"),
+                     r.get("speedup_per_round", "")] for c, r in by_callers.items()
                     if isinstance(r, dict)]
             lines += [f"**{backend}**", "", table(["callers", "batched rps", "unbatched rps",
-                                                    "batched p95 ms", "unbatched p95 ms"],
+                                                    "speed-up", "batched p95 ms",
+                                                    "unbatched p95 ms", "speed-up per round"],
                                                    rows), "",
                       bar_chart(f"{backend}: throughput at 64 callers",
                                 [("batched", float(by_callers.get("64", {}).get("batched_rps")
