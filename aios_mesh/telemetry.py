@@ -36,6 +36,10 @@ def _json(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+#: Records waiting for the event loop before export() writes them out itself.
+_MAX_PENDING = 256
+
+
 class Telemetry:
     """Exports one record to logs, traces and metrics.
 
@@ -168,6 +172,11 @@ class Telemetry:
             loop = None
         if loop is not None:
             self._pending.append((record, doc, span, end_ns))
+            if len(self._pending) >= _MAX_PENDING:
+                # A caller that never yields (an in-process model in a tight async loop)
+                # would otherwise pile up records here until it does: export them now.
+                self._export_pending()
+                return
             loop.call_soon(self._export_later, loop)
             return
         if self._worker is None:

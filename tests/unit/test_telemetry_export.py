@@ -78,3 +78,19 @@ def test_without_a_loop_a_worker_thread_exports() -> None:
     assert tel.flush()
     assert _lines(stream) == ["r-3"]
     tel.close()
+
+
+async def test_a_caller_that_never_yields_does_not_pile_up_records() -> None:
+    from aios_mesh import telemetry
+
+    stream = io.StringIO()
+    tel = Telemetry(log=stream, enabled_otel=False)
+    limit = telemetry._MAX_PENDING
+    for n in range(limit * 2 + 5):  # no await in between: the loop never gets a turn
+        record = _record(n)
+        tel.export(record, record.to_dict(), None)
+    assert len(tel._pending) < limit
+    assert _lines(stream) == [f"r-{n}" for n in range(limit * 2)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert _lines(stream) == [f"r-{n}" for n in range(limit * 2 + 5)]
