@@ -238,12 +238,7 @@ class RawTensor:
         return out
 
     def to_numpy(self, label: str = "") -> np.ndarray[Any, Any]:
-        values = self.values(label)
-        if self.datatype == "BYTES":
-            arr = np.empty(len(values), dtype=object)
-            arr[:] = values
-            return arr.reshape(self.shape)
-        return np.array(values, dtype=DTYPES[self.datatype]).reshape(self.shape)
+        return _array(self.datatype, self.values(label), self.shape)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -295,11 +290,17 @@ def _item_array(spec: TensorSpec, value: Any) -> np.ndarray[Any, Any]:
             raise InvalidInput(f"field {spec.key!r} has shape {list(shape)}, tensor "
                                f"{spec.name!r} takes {list(spec.shape)}", hint=_HINT_MAP)
         leaves = [_leaf(spec, v) for v in raw.reshape(-1)]
-    if spec.dtype == "BYTES":
+    return _array(spec.dtype, leaves, shape)
+
+
+def _array(dtype: str, leaves: list[Any], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+    """Row-major ``leaves`` as a numpy array of ``shape`` (BYTES: an object array, which
+    np.array would turn into fixed-width bytes)."""
+    if dtype == "BYTES":
         arr = np.empty(len(leaves), dtype=object)
         arr[:] = leaves
         return arr.reshape(shape)
-    return np.asarray(leaves, dtype=DTYPES[spec.dtype]).reshape(shape)
+    return np.asarray(leaves, dtype=DTYPES[dtype]).reshape(shape)
 
 
 def encode_inputs(tmap: TensorMap, items: Sequence[Mapping[str, Any]], *, batched: bool,
@@ -339,22 +340,14 @@ def encode_inputs(tmap: TensorMap, items: Sequence[Mapping[str, Any]], *, batche
 
 
 def _scalar_raw(spec: TensorSpec, values: list[Any], batched: bool) -> RawTensor:
+    # _leaf has range-checked every value, so packing cannot overflow.
     leaves = [_leaf(spec, v) for v in values]
-    try:
-        return RawTensor.pack(spec.dtype, (len(leaves), 1) if batched else (1,), leaves)
-    except (struct.error, OverflowError) as exc:  # a float beyond FP16/FP32's range
-        raise InvalidInput(f"field {spec.key!r} does not fit {spec.dtype}: {exc}",
-                           hint=_HINT_MAP) from None
+    return RawTensor.pack(spec.dtype, (len(leaves), 1) if batched else (1,), leaves)
 
 
 def _scalar_array(spec: TensorSpec, values: list[Any], batched: bool) -> np.ndarray[Any, Any]:
     leaves = [_leaf(spec, v) for v in values]
-    shape = (len(leaves), 1) if batched else (1,)
-    if spec.dtype == "BYTES":
-        arr = np.empty(len(leaves), dtype=object)
-        arr[:] = leaves
-        return arr.reshape(shape)
-    return np.array(leaves, dtype=DTYPES[spec.dtype]).reshape(shape)
+    return _array(spec.dtype, leaves, (len(leaves), 1) if batched else (1,))
 
 
 # --------------------------------------------------------------------------- decoding

@@ -1,7 +1,8 @@
 """FlyteRemoteOrchestrator against a real Flyte cluster (``flytectl demo start``).
 
-A Flyte cluster needs a Docker engine (or Kubernetes); where none answers at
-``FLYTE_ENDPOINT`` (default 127.0.0.1:30080) these tests skip — the only kind of skip allowed.
+A Flyte cluster needs a Docker engine (or Kubernetes): without a Docker engine these tests
+skip — the only kind of skip allowed. With one, a cluster must answer at ``FLYTE_ENDPOINT``
+(default 127.0.0.1:30080), else they fail and say how to start it.
 With a cluster, the sample workflows are fast-registered into ``FLYTE_PROJECT``/``FLYTE_DOMAIN``
 (flytesnacks/development) with the default flytekit image, then the conformance suite runs.
 """
@@ -9,7 +10,9 @@ With a cluster, the sample workflows are fast-registered into ``FLYTE_PROJECT``/
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -36,17 +39,26 @@ def _cluster_answers() -> bool:
         return False
 
 
+def _docker_engine_answers() -> bool:
+    docker = shutil.which("docker")
+    return docker is not None and subprocess.run([docker, "info"], capture_output=True,
+                                                 check=False).returncode == 0
+
+
 pytestmark = [
     pytest.mark.docker,
     pytest.mark.integration,
-    pytest.mark.skipif(not _cluster_answers(),
-                       reason="needs a Docker engine / Flyte cluster (flytectl demo)"),
+    pytest.mark.skipif(not _docker_engine_answers(),
+                       reason="needs a Docker engine (for a Flyte cluster: flytectl demo)"),
 ]
 
 
 @pytest.fixture(scope="module")
 def registered() -> str:
     """Fast-register the sample workflows once; returns the version."""
+    if not _cluster_answers():
+        pytest.fail(f"no Flyte cluster at {ENDPOINT}: start one with `flytectl demo start` "
+                    "(or set FLYTE_ENDPOINT)")
     from flytekit.configuration import Config, ImageConfig
     from flytekit.remote import FlyteRemote
 
