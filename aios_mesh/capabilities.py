@@ -147,7 +147,12 @@ class BatchPolicy(BaseModel):
 
 
 class Canary(BaseModel):
-    """Send ``percent`` of calls to ``model`` (canary) or mirror them there (shadow)."""
+    """Send ``percent`` of calls to ``model`` (canary) or mirror them there (shadow).
+
+    The canary split is sticky: it hashes tenant + normalised input, so one question always
+    meets the same version (consistent answers, cache hits, deterministic replays), and
+    ``percent`` is the share of distinct questions that go to the candidate.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

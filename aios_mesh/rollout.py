@@ -3,8 +3,9 @@
 * **Shadow** (``Canary(model=..., shadow=True)``): after each answered call, the same
   (possibly redacted) payload goes to the candidate on a background thread; the caller never
   waits for it and never sees it. Agreement, latency and cost land in ``<state>/shadow.db``.
-* **Canary** (``Canary(model=..., percent=X)``): X% of calls are answered by the candidate;
-  the decision record's ``variant`` and ``model.version`` say which one answered.
+* **Canary** (``Canary(model=..., percent=X)``): X% of questions (sticky per tenant + input)
+  are answered by the candidate; the decision record's ``variant`` and ``model.version``
+  say which one answered.
 * **compare** reports both against the primary; **promote** moves the capability's alias to
   the candidate's version in the registry and **rollback** moves it back. Both are appended
   to the audit log (``kind: "alias_change"``), so the hash chain covers who moved what, when.

@@ -25,8 +25,12 @@ class ResolveModel(StepBase):
             return
         canary = spec.canary
         if canary is not None and not canary.shadow and canary.percent > 0:
-            # Deterministic per call id, so a replayed record lands on the same side.
-            bucket = int(hashlib.sha256(call.record_id.encode()).hexdigest()[:8], 16) % 10_000
+            # Sticky per tenant and question (feature-flag style bucketing): the same input
+            # always meets the same version, so answers stay consistent, the response cache
+            # keeps hitting, and a replayed record lands on the same side.
+            sticky = call.input_sha256 or call.record_id
+            digest = hashlib.sha256(f"{call.tenant}\0{sticky}".encode()).digest()
+            bucket = int.from_bytes(digest[:4], "big") % 10_000
             if bucket < canary.percent * 100:
                 call.variant = "canary"
                 call.model_ref = await self.resolver.resolve(canary.model)

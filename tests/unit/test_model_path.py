@@ -96,6 +96,18 @@ def test_canary_sends_a_share_of_calls_and_records_the_version(tmp_path: Path) -
     assert sum(v3.batches) + sum(v4.batches) == 200
 
 
+def test_canary_split_is_sticky_per_tenant_and_question(tmp_path: Path) -> None:
+    mesh, _, _ = mesh_with(tmp_path, canary=Canary(model="m@challenger", percent=50))
+    with mesh:
+        for i in range(20):
+            sides = {mesh.invoke("echo", {"text": f"q{i}"}, tenant="a").record.variant
+                     for _ in range(5)}
+            assert len(sides) == 1, f"q{i} met both versions: {sides}"
+        by_tenant = {t: [mesh.invoke("echo", {"text": f"q{i}"}, tenant=t).record.variant
+                         for i in range(40)] for t in ("a", "b")}
+    assert by_tenant["a"] != by_tenant["b"]  # the hash includes the tenant
+
+
 def test_shadow_compare_promote_and_rollback(tmp_path: Path) -> None:
     from aios_mesh import rollout
 
