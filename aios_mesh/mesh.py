@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, Self, TypeVar
 
@@ -58,7 +57,7 @@ from aios_mesh.ports.policy import Policy
 from aios_mesh.ports.quota import QuotaStore
 from aios_mesh.ports.registry import ModelRef, ModelRegistry
 from aios_mesh.ports.serving import Serving, Usage
-from aios_mesh.record import DecisionRecord, Outcome, new_record_id
+from aios_mesh.record import DecisionRecord, Outcome, new_record_id, utc_now_iso
 from aios_mesh.redaction import Redactor, RuleRedactor, TokenizingRedactor
 from aios_mesh.redaction.tokens import load_or_create_key
 from aios_mesh.resilience import RetryBudget
@@ -449,7 +448,7 @@ class Mesh:
         Raises the call's :class:`MeshError` after its decision record is in the audit log.
         """
         started = time.perf_counter()
-        started_at = datetime.now(UTC).isoformat()
+        started_at = utc_now_iso()
         record_id = new_record_id()
         span = self.telemetry.start_span(capability, tenant, traceparent)
         token = self.telemetry.activate(span)
@@ -540,7 +539,7 @@ class Mesh:
         """Yield output chunks from a streaming backend. The gates (validation, policy,
         quota, redaction, resolution) run first; one record is written when the stream ends."""
         started = time.perf_counter()
-        started_at = datetime.now(UTC).isoformat()
+        started_at = utc_now_iso()
         record_id = new_record_id()
         spec = self.capability(capability)
         call = Call(spec=spec, tenant=tenant, caller=caller, raw=payload, record_id=record_id)
@@ -591,7 +590,7 @@ class Mesh:
         # On every call's path: the call-less case (unknown capability) is handled apart so
         # the common one reads each field once.
         latency_ms = round((time.perf_counter() - started) * 1000.0, 4)
-        ended_at = datetime.now(UTC).isoformat()
+        ended_at = utc_now_iso()
         trace_id = span_id = None
         if span is not None:
             ctx = span.get_span_context()

@@ -9,28 +9,71 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-__all__ = ["RECORD_SCHEMA_VERSION", "DecisionRecord", "Outcome", "new_record_id"]
+__all__ = ["RECORD_SCHEMA_VERSION", "DecisionRecord", "Outcome", "new_record_id",
+           "utc_now_iso"]
 
 RECORD_SCHEMA_VERSION = "1"
 Outcome = Literal["ok", "review", "denied", "rejected", "error"]
 
 # Record ids must be unique, not secret: a generator seeded from the OS (and reseeded in a
 # forked child, so workers never repeat their parent's ids) gives uuid4-shaped ids at a third
-# of uuid.uuid4()'s cost, which reads the OS's random source on every call.
+# of uuid.uuid4()'s cost, which reads the OS's random source on every call. They are made 64
+# at a time: after the CPU idled through a backend call, every piece of code a call touches
+# runs ~10x slower than when warm (cache misses), and a pop from a list touches the least.
 _ids = random.Random()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_ids.seed)
+_id_pool: list[str] = []
 _V4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
 _V4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
+def _after_fork() -> None:
+    _ids.seed()
+    _id_pool.clear()  # the parent's unused ids are the parent's
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def _make_ids(n: int) -> list[str]:
+    out = []
+    for _ in range(n):
+        h = f"{_ids.getrandbits(128) & _V4_CLEAR | _V4_SET:032x}"
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
+
+
 def new_record_id() -> str:
     """A random RFC 4122 version-4 UUID in its 36-character text form."""
-    h = f"{_ids.getrandbits(128) & _V4_CLEAR | _V4_SET:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    try:
+        return _id_pool.pop()  # atomic under the GIL: threads never share an id
+    except IndexError:
+        _id_pool.extend(_make_ids(64))
+        return _id_pool.pop()
+
+
+_second: tuple[int, str] = (-1, "")
+
+
+def utc_now_iso() -> str:
+    """``datetime.now(UTC).isoformat()``, at half its cost on a cold CPU: the date and time
+    of day are formatted once per second, the microseconds on each call."""
+    return _iso(time.time_ns())
+
+
+def _iso(ns: int) -> str:
+    global _second
+    seconds, micros = divmod(ns // 1000, 1_000_000)
+    cached = _second
+    if cached[0] != seconds:
+        cached = _second = (seconds, datetime.fromtimestamp(seconds, UTC)
+                            .strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{micros:06d}+00:00" if micros else f"{cached[1]}+00:00"
 
 
 @dataclass(frozen=True, slots=True)
