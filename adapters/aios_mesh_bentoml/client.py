@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import httpx
+import orjson
 
 from aios_mesh.backends import BackendURL
 from aios_mesh.errors import (
@@ -58,6 +59,30 @@ from aios_mesh_bentoml._protocol import DEFAULT_ENDPOINT, MODELS_ENDPOINT, predi
 __all__ = ["BentoMLServing"]
 
 _OPTIONS = frozenset({"endpoint", "timeout", "max_batch"})
+
+
+def _encode(doc: Any) -> bytes:
+    """JSON bytes of a request, as strict as ``json.dumps(allow_nan=False)``.
+
+    orjson does it in one C call (this runs on every call's path); where it writes ``null``
+    the value may have been NaN or infinite, which it writes as null silently, and where it
+    refuses (integers over 64 bits) the standard library decides.
+    """
+    try:
+        body = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        body = b"null"
+    if b"null" in body:
+        return json.dumps(doc, ensure_ascii=False, allow_nan=False).encode()
+    return body
+
+
+def _decode(content: bytes) -> Any:
+    """Parse an answer; orjson first, the standard library for what only it reads (NaN)."""
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return json.loads(content)
 _SCHEMES = ("bentoml+http", "bentoml+https")
 _START_HINT = ("start it: aios-mesh serve bentoml NAME@ALIAS --port PORT (or bentoml serve "
                "aios_mesh_bentoml.service:MeshModelService)")
@@ -189,8 +214,7 @@ class BentoMLServing(ServingBase):
     async def _predict(self, items: list[dict[str, Any]], model: ModelRef, label: str,
                        timeout: float | None) -> list[Prediction]:
         try:
-            body = json.dumps({"inputs": items}, ensure_ascii=False,
-                              allow_nan=False).encode()
+            body = _encode({"inputs": items})
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"payload for {model.name}/{model.version} is not JSON: {exc}",
                                hint="send JSON values only (str, numbers, bool, null, lists, "
@@ -199,7 +223,7 @@ class BentoMLServing(ServingBase):
         if resp.status_code != 200:
             raise self._status_error(resp, label)
         try:
-            answers = json.loads(resp.content)
+            answers = _decode(resp.content)
         except ValueError as exc:
             raise InvalidOutput(f"{label}: the service answered {len(resp.content)} bytes "
                                 "that are not JSON",
