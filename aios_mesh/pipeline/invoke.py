@@ -59,12 +59,17 @@ class Target:
         return (self.handler is None and self.serving is not None
                 and Feature.DEADLINE in self.serving.features)
 
-    async def predict(self, call: Call, timeout: float) -> Prediction:
+    def predict(self, call: Call, timeout: float) -> Awaitable[Prediction]:
+        # Hands back the backend's own awaitable: one coroutine frame less on every call.
         if self.batcher is not None:
-            return await self.batcher.infer(call.payload or {})
+            return self.batcher.infer(call.payload or {})
         if self.handler is None:
             assert self.serving is not None
-            return await self.serving.infer(self.model, call.payload or {}, timeout=timeout)
+            return self.serving.infer(self.model, call.payload or {}, timeout=timeout)
+        return self._handle(call)
+
+    async def _handle(self, call: Call) -> Prediction:
+        assert self.handler is not None
         spec = call.spec
         # A handler sees the redacted payload when redaction ran, else the validated input.
         arg = spec.input.model_validate(call.payload) if call.redaction is not None \

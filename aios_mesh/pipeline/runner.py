@@ -41,9 +41,20 @@ class StepBase:
         return None
 
 
+def _overrides(step: Step, hook: str) -> bool:
+    return getattr(type(step), hook, None) is not getattr(StepBase, hook)
+
+
 class Pipeline:
+    """Runs each step's ``before`` in order, then ``after`` in reverse; a :class:`MeshError`
+    unwinds ``on_error`` (reverse) over the steps that ran instead."""
+
     def __init__(self, steps: Sequence[Step]) -> None:
         self.steps = tuple(steps)
+        # Hooks left as StepBase's no-ops are not awaited at all: every call pays for each
+        # coroutine it creates, several times over when the CPU comes back cold from a
+        # backend call.
+        self._after = frozenset(id(s) for s in self.steps if _overrides(s, "after"))
 
     @property
     def names(self) -> list[str]:
@@ -58,8 +69,10 @@ class Pipeline:
                 await step.before(call)
                 if call.done:
                     break
+            after = self._after
             for step in reversed(ran):
-                await step.after(call)
+                if id(step) in after:
+                    await step.after(call)
         except MeshError as exc:
             call.error = exc
             for step in reversed(ran):
