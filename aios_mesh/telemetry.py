@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import threading
 import time
@@ -38,6 +39,7 @@ def _json(obj: Any, **_: Any) -> str:
 
 #: Records waiting for the event loop before export() writes them out itself.
 _MAX_PENDING = 256
+_SDK_RECHECK_S = 1.0  # how often a mesh without an OpenTelemetry SDK looks for one
 
 
 class Telemetry:
@@ -86,7 +88,8 @@ class Telemetry:
                     sink, processors=[structlog.processors.add_log_level,
                                       structlog.processors.JSONRenderer(serializer=_json)])
         self.otel = enabled_otel
-        self._given_tracer_provider = tracer_provider is not None
+        self._has_sdk = tracer_provider is not None
+        self._sdk_recheck_at = -math.inf  # see _no_sdk
         tp = tracer_provider or trace.get_tracer_provider()
         mp = meter_provider or metrics.get_meter_provider()
         self._tracer = tp.get_tracer("aios_mesh")
@@ -134,10 +137,22 @@ class Telemetry:
             return None
 
     def _no_sdk(self) -> bool:
-        """True while spans can only be no-ops: the global provider is still the API's
-        (read on every call: an application may install its SDK after the mesh starts)."""
-        return not self._given_tracer_provider and isinstance(
-            trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+        """True while spans can only be no-ops: the global provider is still the API's.
+
+        An application may install its SDK after the mesh starts, so "no SDK" is re-read at
+        most once a second (reading it costs ~10 µs on a cold CPU); an SDK, once seen, stays.
+        """
+        if self._has_sdk:
+            return False
+        now = time.monotonic()
+        if now < self._sdk_recheck_at:
+            return True
+        if isinstance(trace.get_tracer_provider(),
+                      trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+            self._sdk_recheck_at = now + _SDK_RECHECK_S
+            return True
+        self._has_sdk = True
+        return False
 
     @staticmethod
     def inject(span: Span | None) -> dict[str, str]:

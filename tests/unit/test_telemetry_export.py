@@ -6,6 +6,7 @@ import asyncio
 import io
 
 import orjson
+import pytest
 
 from aios_mesh.record import DecisionRecord
 from aios_mesh.telemetry import Telemetry
@@ -94,3 +95,25 @@ async def test_a_caller_that_never_yields_does_not_pile_up_records() -> None:
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert _lines(stream) == [f"r-{n}" for n in range(limit * 2 + 5)]
+
+
+def test_an_sdk_installed_after_start_is_found_within_a_second(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    import aios_mesh.telemetry as telemetry
+
+    now = [100.0]
+    monkeypatch.setattr(telemetry.time, "monotonic", lambda: now[0])
+    tel = Telemetry(log=None)
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.NoOpTracerProvider())
+    assert tel._no_sdk()
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: TracerProvider())
+    now[0] += 0.5
+    assert tel._no_sdk()  # not looked at again yet
+    now[0] += 0.6
+    assert not tel._no_sdk()  # found
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.NoOpTracerProvider())
+    now[0] += 5
+    assert not tel._no_sdk()  # an SDK, once seen, stays
