@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -61,6 +62,9 @@ __all__ = ["BentoMLServing"]
 _OPTIONS = frozenset({"endpoint", "timeout", "max_batch"})
 
 
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
 def _encode(doc: Any) -> bytes:
     """JSON bytes of a request, as strict as ``json.dumps(allow_nan=False)``.
 
@@ -78,11 +82,15 @@ def _encode(doc: Any) -> bytes:
 
 
 def _decode(content: bytes) -> Any:
-    """Parse an answer; orjson first, the standard library for what only it reads (NaN)."""
-    try:
-        return orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return json.loads(content)
+    """Parse an answer; orjson first, the standard library for what only it reads exactly:
+    NaN and Infinity (orjson refuses them) and integers beyond 64 bits (orjson makes them
+    floats, so any run of 19 digits goes to the standard library)."""
+    if _LONG_DIGITS.search(content) is None:
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(content)
 _SCHEMES = ("bentoml+http", "bentoml+https")
 _START_HINT = ("start it: aios-mesh serve bentoml NAME@ALIAS --port PORT (or bentoml serve "
                "aios_mesh_bentoml.service:MeshModelService)")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from aios_mesh_bentoml.client import _decode, _encode
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80)
@@ -27,6 +27,8 @@ def _stdlib(doc: Any) -> bytes | type[Exception]:
 
 
 @given(docs)
+@example({"big": 2**64, "small": -(2**63) - 1})
+@example([float("nan")])
 def test_encode_accepts_and_refuses_what_json_dumps_does(doc: Any) -> None:
     expected = _stdlib(doc)
     if expected is ValueError:
@@ -38,6 +40,8 @@ def test_encode_accepts_and_refuses_what_json_dumps_does(doc: Any) -> None:
 
 
 @given(docs)
+@example({"big": 2**64, "small": -(2**63) - 1})
+@example({"id": "1234567890123456789", "x": float("inf")})
 def test_decode_reads_what_json_loads_reads(doc: Any) -> None:
     text = json.dumps(doc, ensure_ascii=False).encode()  # may hold NaN / Infinity
     got, want = _decode(text), json.loads(text)
