@@ -46,6 +46,7 @@ test: $(STAMP) $(BENTO) $(TRITON)
 
 servers: $(BENTO) $(TRITON)
 
+bench: $(BENTO) $(TRITON)  # the serving benchmarks start real servers
 lint typecheck bench docs: $(STAMP)
 	@$(BIN)/nox --no-install --reuse-existing-virtualenvs -s $@
 

@@ -46,9 +46,10 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks; results land in benchmarks/results/."""
-    scripts = session.posargs or ["overhead.py", "policy.py", "quotas.py", "retrieval.py",
-                                  "events.py"]
+    """Benchmarks; results land in benchmarks/results/ (``-- name.py ...`` runs some)."""
+    scripts = session.posargs or ["overhead.py", "cold_path.py", "policy.py", "quotas.py",
+                                  "retrieval.py", "events.py", "serving_triton.py",
+                                  "batching.py"]
     for script in scripts:
         if Path("benchmarks", script).exists():
             session.run(PY, f"benchmarks/{script}")
