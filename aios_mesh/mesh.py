@@ -160,8 +160,8 @@ class Mesh:
                 linger_s=tel.relay_linger_s)
         self.pipeline = Pipeline([
             ValidateInput(self.config.max_payload_bytes),
-            PolicyStep(self._get_policy, self.decision_cache),
-            QuotaStep(self._get_quota),
+            PolicyStep(self._policy_port, self.decision_cache),
+            QuotaStep(self._quota_port),
             RedactStep(redactor or self._default_redactor()),
             ResolveModel(self.resolver),
             CacheStep(self.response_cache),
@@ -278,11 +278,13 @@ class Mesh:
                 for cap, limits in tconf.capabilities.items():
                     adapter.set_limits(tenant, limits.to_limits(), capability=cap)
 
-    async def _get_policy(self) -> Policy:
+    # The steps take the ports through these (loaded on first use): plain calls, since an
+    # awaited getter costs a coroutine on every call.
+    def _policy_port(self) -> Policy:
         policy: Policy = self.port("policy")
         return policy
 
-    async def _get_quota(self) -> QuotaStore:
+    def _quota_port(self) -> QuotaStore:
         quota: QuotaStore = self.port("quota")
         return quota
 
@@ -309,7 +311,7 @@ class Mesh:
                     "serving", urls[name], base_dir=self.config.state_path))
         return name, self._named_serving[name]
 
-    async def _target(self, call: Call, ref: ModelRef | None) -> Target:
+    def _target(self, call: Call, ref: ModelRef | None) -> Target:
         spec = call.spec
         if spec.handler is not None and (ref is None or ref.name.startswith("function:")):
             model = ModelRef(name=f"function:{spec.name}", version=spec.version)
@@ -552,7 +554,7 @@ class Mesh:
             if tenant not in self.config.tenants:
                 raise UnknownTenant(f"tenant {tenant!r} is not declared")
             await gates.run(call)
-            target = await self._target(call, call.model_ref)
+            target = self._target(call, call.model_ref)
             if target.serving is None:
                 raise CapabilityNotSupported(f"{capability} is a function capability",
                                              hint="stream() needs a model on a streaming "

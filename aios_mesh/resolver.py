@@ -29,13 +29,21 @@ class AliasResolver:
         self.lock_path = lock_path
         self.lock = LockFile.read(lock_path) if lock_path is not None else None
 
-    async def resolve(self, spec: str) -> ModelRef:
+    def cached(self, spec: str) -> ModelRef | None:
+        """The answer without asking the registry: pinned by the lock file or fresh in the
+        cache; ``None`` when only :meth:`resolve` can tell."""
         if self.lock is not None and spec in self.lock.models:
             return self.lock.models[spec]
         hit = self._cache.get(spec)
-        now = self._clock()
-        if hit is not None and now - hit[0] < self.ttl_s:
+        if hit is not None and self._clock() - hit[0] < self.ttl_s:
             return hit[1]
+        return None
+
+    async def resolve(self, spec: str) -> ModelRef:
+        found = self.cached(spec)
+        if found is not None:
+            return found
+        now = self._clock()
         registry = await self._registry()
         ref = await registry.resolve(spec)
         self._cache[spec] = (now, ref)

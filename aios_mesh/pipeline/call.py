@@ -17,6 +17,8 @@ from aios_mesh.redaction import Redaction
 
 __all__ = ["Call"]
 
+_NOTHING_USED = Usage(calls=0)  # frozen: one instance serves every call
+
 
 @dataclass(slots=True)
 class Call:
@@ -45,7 +47,7 @@ class Call:
     output_sha256: str | None = None
     attempts: int = 0
     fallback: str | None = None
-    usage: Usage = field(default_factory=lambda: Usage(calls=0))
+    usage: Usage = _NOTHING_USED
     cost: float = 0.0
     review_id: str | None = None
     review_reason: str | None = None

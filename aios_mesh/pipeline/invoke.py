@@ -123,7 +123,7 @@ class BreakerBoard:
 class InvokeStep(StepBase):
     name = "invoke"
 
-    def __init__(self, *, target: Callable[[Call, ModelRef | None], Awaitable[Target]],
+    def __init__(self, *, target: Callable[[Call, ModelRef | None], Target],
                  resolver: AliasResolver, breakers: BreakerBoard, budget: RetryBudget,
                  retry: RetryConfig, review: Callable[[], ReviewQueue]) -> None:
         self._target = target
@@ -138,7 +138,7 @@ class InvokeStep(StepBase):
             return
         self.budget.record_call()
         try:
-            await self._run(call, await self._target(call, call.model_ref))
+            await self._run(call, self._target(call, call.model_ref))
             return
         except FALLBACK_ON as exc:
             if not call.spec.fallbacks:
@@ -158,7 +158,7 @@ class InvokeStep(StepBase):
             assert fallback.target is not None
             ref = await self.resolver.resolve(fallback.target)
             call.model_ref = ref
-            await self._run(call, await self._target(call, ref))
+            await self._run(call, self._target(call, ref))
         elif fallback.kind == "function":
             assert fallback.target is not None
             fn = import_object(fallback.target)

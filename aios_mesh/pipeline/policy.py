@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import orjson
 
@@ -49,7 +49,7 @@ class DecisionCache:
 class PolicyStep(StepBase):
     name = "policy"
 
-    def __init__(self, policy: Callable[[], Awaitable[Policy]], cache: DecisionCache) -> None:
+    def __init__(self, policy: Callable[[], Policy], cache: DecisionCache) -> None:
         self._policy = policy
         self.cache = cache
 
@@ -57,7 +57,7 @@ class PolicyStep(StepBase):
         spec = call.spec
         if spec.policy is None:
             return
-        policy = await self._policy()
+        policy = self._policy()
         pin = PolicyInput(tenant=call.tenant, caller=call.caller, capability=spec.name,
                           capability_version=spec.version,
                           data_classification=spec.data_classification, model=spec.model,

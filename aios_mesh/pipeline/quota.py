@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aios_mesh.errors import MeshError
 from aios_mesh.pipeline.call import Call
@@ -15,23 +15,23 @@ __all__ = ["QuotaStep"]
 class QuotaStep(StepBase):
     name = "quota"
 
-    def __init__(self, quota: Callable[[], Awaitable[QuotaStore]]) -> None:
+    def __init__(self, quota: Callable[[], QuotaStore]) -> None:
         self._quota = quota
 
     async def before(self, call: Call) -> None:
         spec = call.spec
-        store = await self._quota()
+        store = self._quota()
         call.reservation = await store.reserve(call.tenant, spec.name, spec.estimate,
                                                spec.price.cost(spec.estimate))
 
     async def after(self, call: Call) -> None:
         if call.reservation is not None:
-            store = await self._quota()
+            store = self._quota()
             await store.settle(call.reservation, call.usage, call.cost)
 
     async def on_error(self, call: Call, error: MeshError) -> None:
         if call.reservation is not None:
-            store = await self._quota()
+            store = self._quota()
             if call.usage.calls:  # the backend did work before failing: charge what it used
                 await store.settle(call.reservation, call.usage, call.cost)
             else:

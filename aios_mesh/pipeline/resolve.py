@@ -36,4 +36,6 @@ class ResolveModel(StepBase):
                 call.model_ref = await self.resolver.resolve(canary.model)
                 return
             call.variant = "primary"
-        call.model_ref = await self.resolver.resolve(spec.model)
+        # Most calls find the model in the cache: no coroutine for them (~8 µs cold each).
+        call.model_ref = self.resolver.cached(spec.model) or await self.resolver.resolve(
+            spec.model)

@@ -104,19 +104,13 @@ def test_shadow_compare_promote_rollback_move_the_mlflow_alias(
     assert rows["shadow calls"] == "4" and rows["shadow errors"] == "0"
     assert rows["shadow agreement"] == "0.5"  # v2 agrees on two of the four questions
 
-    out = _cli("promote", "shout", "--actor", "ana", "--config", str(path))
-    assert "v1 → v2" in out
-    assert _champion(server_url, name, tmp_path) == "2"
-    with Mesh.from_config(path) as mesh:
-        assert mesh.invoke("shout", {"text": "hello"}, tenant="acme").record.model[
-            "version"] == "2"
-
-    out = _cli("rollback", "shout", "--actor", "ben", "--config", str(path))
-    assert "v2 → v1" in out
-    assert _champion(server_url, name, tmp_path) == "1"
-    with Mesh.from_config(path) as mesh:
-        assert mesh.invoke("shout", {"text": "hello"}, tenant="acme").record.model[
-            "version"] == "1"
+    for action, actor, moved, now in (("promote", "ana", "v1 → v2", "2"),
+                                      ("rollback", "ben", "v2 → v1", "1")):
+        assert moved in _cli(action, "shout", "--actor", actor, "--config", str(path))
+        assert _champion(server_url, name, tmp_path) == now  # the server's alias moved
+        with Mesh.from_config(path) as mesh:  # and a new mesh answers from that version
+            answer = mesh.invoke("shout", {"text": "hello"}, tenant="acme")
+        assert answer.record.model["version"] == now
 
     # Both moves are in the hash-chained audit log, with who made them.
     lines = [json.loads(x) for x in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
