@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from aios_mesh.capabilities import CapabilitySpec
 from aios_mesh.pipeline.call import Call
 from aios_mesh.pipeline.runner import StepBase
 from aios_mesh.ports.serving import Prediction, Usage
@@ -63,6 +64,9 @@ def cache_key(call: Call) -> str | None:
 
 class CacheStep(StepBase):
     name = "cache"
+
+    def applies(self, spec: CapabilitySpec) -> bool:
+        return spec.cache_ttl_s is not None
 
     def __init__(self, cache: ResponseCache) -> None:
         self.cache = cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from aios_mesh.capabilities import CapabilitySpec
 from aios_mesh.pipeline.call import Call
 from aios_mesh.pipeline.runner import StepBase
 from aios_mesh.review import ReviewQueue
@@ -13,6 +14,10 @@ __all__ = ["ConfidenceGate"]
 
 class ConfidenceGate(StepBase):
     name = "confidence_gate"
+
+    def applies(self, spec: CapabilitySpec) -> bool:
+        # a policy may oblige human review (require_human)
+        return spec.review_threshold is not None or spec.policy is not None
 
     def __init__(self, review: Callable[[], ReviewQueue]) -> None:
         self._review = review

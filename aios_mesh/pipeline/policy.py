@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import orjson
 
+from aios_mesh.capabilities import CapabilitySpec
 from aios_mesh.errors import PolicyDenied
 from aios_mesh.pipeline.call import Call
 from aios_mesh.pipeline.runner import StepBase
@@ -48,6 +49,9 @@ class DecisionCache:
 
 class PolicyStep(StepBase):
     name = "policy"
+
+    def applies(self, spec: CapabilitySpec) -> bool:
+        return spec.policy is not None
 
     def __init__(self, policy: Callable[[], Policy], cache: DecisionCache) -> None:
         self._policy = policy

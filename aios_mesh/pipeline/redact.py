@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aios_mesh.capabilities import CapabilitySpec
 from aios_mesh.pipeline.call import Call
 from aios_mesh.pipeline.runner import StepBase
 from aios_mesh.redaction import Redactor
@@ -11,6 +12,9 @@ __all__ = ["RedactStep"]
 
 class RedactStep(StepBase):
     name = "redact"
+
+    def applies(self, spec: CapabilitySpec) -> bool:
+        return spec.external or spec.policy is not None  # a policy may oblige redaction
 
     def __init__(self, redactor: Redactor) -> None:
         self.redactor = redactor

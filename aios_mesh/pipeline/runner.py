@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
+from aios_mesh.capabilities import CapabilitySpec
 from aios_mesh.errors import MeshError
 from aios_mesh.pipeline.call import Call
 
@@ -15,7 +16,11 @@ _log = logging.getLogger("aios_mesh.pipeline")
 
 
 class Step(Protocol):
-    """One pipeline step. Implement the hooks you need; the base does nothing."""
+    """One pipeline step. Implement the hooks you need; the base does nothing.
+
+    A step may also say which capabilities it can do anything for, with
+    ``applies(spec) -> bool`` (default: all); the others' calls never enter it.
+    """
 
     name: str
 
@@ -31,6 +36,10 @@ class StepBase:
 
     name = "step"
 
+    def applies(self, spec: CapabilitySpec) -> bool:
+        """Whether this step can do anything for calls of ``spec`` (asked once per spec)."""
+        return True
+
     async def before(self, call: Call) -> None:
         return None
 
@@ -45,6 +54,14 @@ def _overrides(step: Step, hook: str) -> bool:
     return getattr(type(step), hook, None) is not getattr(StepBase, hook)
 
 
+def _applies(step: Step, spec: CapabilitySpec) -> bool:
+    applies = getattr(step, "applies", None)
+    return True if applies is None else bool(applies(spec))
+
+
+_MAX_PLANS = 1024  # specs made on the fly must not grow the plan table without bound
+
+
 class Pipeline:
     """Runs each step's ``before`` in order, then ``after`` in reverse; a :class:`MeshError`
     unwinds ``on_error`` (reverse) over the steps that ran instead."""
@@ -55,16 +72,29 @@ class Pipeline:
         # coroutine it creates, several times over when the CPU comes back cold from a
         # backend call.
         self._after = frozenset(id(s) for s in self.steps if _overrides(s, "after"))
+        self._plans: dict[int, tuple[CapabilitySpec, tuple[Step, ...]]] = {}
 
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.steps]
 
+    def plan(self, spec: CapabilitySpec) -> tuple[Step, ...]:
+        """The steps that apply to ``spec``, in order; worked out once per spec (a step with
+        nothing to do, e.g. policy for a capability without one, still costs a coroutine
+        on every call otherwise)."""
+        found = self._plans.get(id(spec))
+        if found is None or found[0] is not spec:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            found = self._plans[id(spec)] = (
+                spec, tuple(s for s in self.steps if _applies(s, spec)))
+        return found[1]
+
     async def run(self, call: Call) -> None:
         """Run the steps; on a :class:`MeshError` unwind ``on_error`` and re-raise it."""
         ran: list[Step] = []
         try:
-            for step in self.steps:
+            for step in self.plan(call.spec):
                 ran.append(step)
                 await step.before(call)
                 if call.done:

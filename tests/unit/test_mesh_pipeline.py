@@ -497,3 +497,17 @@ def test_lock_pins_model_and_index_together_and_records_drift(tmp_path: Path) ->
         index.current = "snap-2"  # someone re-indexed after the lock
         drifted = mesh.invoke("lookup-ticket", {"text": "q"}, tenant="acme").record
     assert drifted.index_drift == {"kb": {"pinned": "snap-1", "answered": "snap-2"}}
+
+
+def test_each_capability_enters_only_the_steps_that_apply_to_it(tmp_path: Path) -> None:
+    plain, guarded = spec(), spec(name="guarded", policy="demo/tickets", cache_ttl_s=60,
+                                  external=True, review_threshold=0.5)
+    mesh = make_mesh(tmp_path, ScriptedServing(), caps=[plain, guarded])
+    assert [s.name for s in mesh.pipeline.plan(plain)] == [
+        "validate_input", "quota", "resolve_model", "invoke"]
+    assert [s.name for s in mesh.pipeline.plan(guarded)] == mesh.pipeline.names
+    assert mesh.pipeline.plan(plain) is mesh.pipeline.plan(plain)  # worked out once
+    # A policy alone brings redaction (obligations) and the review gate (require_human).
+    assert [s.name for s in mesh.pipeline.plan(spec(policy="demo/tickets"))] == [
+        "validate_input", "policy", "quota", "redact", "resolve_model", "invoke",
+        "confidence_gate"]
