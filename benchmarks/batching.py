@@ -43,6 +43,7 @@ from aios_mesh import CapabilitySpec, Mesh
 from aios_mesh.capabilities import BatchPolicy
 from aios_mesh.config import config_from_mapping
 from aios_mesh.embedded.registry import MemoryRegistry
+from aios_mesh.ports.serving import Serving
 from aios_mesh.testing import free_port
 
 RESULTS = Path(__file__).parent / "results"
@@ -58,7 +59,8 @@ class Echo(BaseModel):
     confidence: float | None = None
 
 
-async def make_mesh(state: Path, serving: str, batched: bool) -> Mesh:
+async def make_mesh(state: Path, serving: str | Serving, batched: bool) -> Mesh:
+    """The benchmarks' mesh: one echo capability on ``serving`` (a URL or an adapter)."""
     registry = MemoryRegistry()
     ref = await registry.register("echo-upper", "remote:echo-upper")
     await registry.set_alias("echo-upper", "bench", ref.version)

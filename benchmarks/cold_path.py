@@ -28,23 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from _timing import interleaved, ratio_trials  # benchmarks/ is on sys.path
-from pydantic import BaseModel
+from batching import PAYLOAD, Echo, make_mesh  # the serving ratio's capability and config
 
-from aios_mesh import CapabilitySpec, Mesh
-from aios_mesh.config import config_from_mapping
-from aios_mesh.embedded.registry import MemoryRegistry
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Prediction, ServingBase
 
 OUT = Path(__file__).parent / "results" / "cold_path.json"
-PAYLOAD = {"text": "Invoice 4711 from ACME GmbH", "n": 21}
 WAITS_MS = (0.0, 1.0, 3.0)
-
-
-class Echo(BaseModel):
-    text: str
-    n: int
-    confidence: float | None = None
 
 
 class IdleBackend(ServingBase):
@@ -62,19 +52,9 @@ class IdleBackend(ServingBase):
 
 async def measure(wait_ms: float, calls: int, trials: int) -> dict[str, Any]:
     backend = IdleBackend(wait_ms / 1000.0)
-    registry = MemoryRegistry()
-    ref = await registry.register("echo-upper", "remote:echo-upper")
-    await registry.set_alias("echo-upper", "bench", ref.version)
-    spec = CapabilitySpec(name="echo", input=Echo, output=Echo, model="echo-upper@bench")
     with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
-        state = Path(tmp)
-        # The same configuration as the BentoML and Triton ratio benchmarks.
-        config = config_from_mapping({
-            "state_dir": str(state), "lock_file": None, "tenants": {"acme": {}},
-            "telemetry": {"lineage": False, "decision_events": False}}, base_dir=state)
-        mesh = Mesh(config, capabilities=[spec],
-                    adapters={"serving": backend, "registry": registry})
-        model = ModelRef("echo-upper", ref.version)
+        mesh = await make_mesh(Path(tmp), backend, batched=False)
+        model = ModelRef("echo-upper", "1")
 
         async def direct() -> Echo:  # what a caller of the backend does without the mesh
             answer = (await backend.infer_batch(model, [PAYLOAD]))[0]

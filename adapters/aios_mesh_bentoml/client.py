@@ -60,8 +60,9 @@ from aios_mesh_bentoml._protocol import DEFAULT_ENDPOINT, MODELS_ENDPOINT, predi
 __all__ = ["BentoMLServing"]
 
 _OPTIONS = frozenset({"endpoint", "timeout", "max_batch"})
-
-
+_SCHEMES = ("bentoml+http", "bentoml+https")
+_START_HINT = ("start it: aios-mesh serve bentoml NAME@ALIAS --port PORT (or bentoml serve "
+               "aios_mesh_bentoml.service:MeshModelService)")
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
@@ -73,10 +74,10 @@ def _encode(doc: Any) -> bytes:
     refuses (integers over 64 bits) the standard library decides.
     """
     try:
-        body = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+        body: bytes | None = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
     except TypeError:
-        body = b"null"
-    if b"null" in body:
+        body = None
+    if body is None or b"null" in body:
         return json.dumps(doc, ensure_ascii=False, allow_nan=False).encode()
     return body
 
@@ -91,9 +92,6 @@ def _decode(content: bytes) -> Any:
         except orjson.JSONDecodeError:
             pass
     return json.loads(content)
-_SCHEMES = ("bentoml+http", "bentoml+https")
-_START_HINT = ("start it: aios-mesh serve bentoml NAME@ALIAS --port PORT (or bentoml serve "
-               "aios_mesh_bentoml.service:MeshModelService)")
 
 
 class BentoMLServing(ServingBase):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +25,16 @@ from pathlib import Path
 
 from aios_mesh.errors import BackendUnavailable
 
-__all__ = ["LocalProcess", "free_port", "start_process", "wait_for_port", "wait_until"]
+__all__ = ["LocalProcess", "docker_engine_answers", "free_port", "start_process",
+           "wait_for_port", "wait_until"]
+
+
+def docker_engine_answers() -> bool:
+    """Whether ``docker info`` reaches a Docker engine: tests that need one skip without it
+    (the only skip allowed), and fail when it is there but their service is not."""
+    docker = shutil.which("docker")
+    return docker is not None and subprocess.run([docker, "info"], capture_output=True,
+                                                 check=False).returncode == 0
 
 
 def free_port() -> int:

@@ -10,9 +10,7 @@ With a cluster, the sample workflows are fast-registered into ``FLYTE_PROJECT``/
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +20,7 @@ import pytest
 
 from aios_mesh.backends import load_adapter
 from aios_mesh.testing.conformance.orchestrator import OrchestratorBasic
+from aios_mesh.testing.processes import docker_engine_answers
 
 ENDPOINT = os.environ.get("FLYTE_ENDPOINT", "127.0.0.1:30080")
 PROJECT = os.environ.get("FLYTE_PROJECT", "flytesnacks")
@@ -39,16 +38,10 @@ def _cluster_answers() -> bool:
         return False
 
 
-def _docker_engine_answers() -> bool:
-    docker = shutil.which("docker")
-    return docker is not None and subprocess.run([docker, "info"], capture_output=True,
-                                                 check=False).returncode == 0
-
-
 pytestmark = [
     pytest.mark.docker,
     pytest.mark.integration,
-    pytest.mark.skipif(not _docker_engine_answers(),
+    pytest.mark.skipif(not docker_engine_answers(),
                        reason="needs a Docker engine (for a Flyte cluster: flytectl demo)"),
 ]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -13,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aios_mesh.config import load_config
+from aios_mesh.testing.processes import docker_engine_answers
 from examples.invoice_intake.run import PROFILES, _toml, effective_config
 
 PROFILE_FILES = sorted(PROFILES.glob("*.toml"))
@@ -66,8 +66,7 @@ def test_toml_writer_round_trips(doc: dict) -> None:
 @pytest.mark.docker
 def test_compose_profile_against_the_compose_stack(tmp_path: Path) -> None:
     """Runs the example on the compose/ stack. Needs a Docker engine with compose."""
-    docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "info"], capture_output=True).returncode:
+    if not docker_engine_answers():
         pytest.skip("no Docker engine on this machine: the compose stack cannot start")
     from examples.invoice_intake.run import run
 

@@ -8,7 +8,6 @@ import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -39,7 +38,6 @@ def test_ids_are_unique_across_threads() -> None:
     assert len(set(every)) == len(every) == 16_000
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_never_repeats_the_parents_ids() -> None:
     new_record_id()  # the pool now holds ids the parent will hand out next
     read, write = os.pipe()
