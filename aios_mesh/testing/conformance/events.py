@@ -203,7 +203,10 @@ class EventBusBasic(EventBusFixtures):
                 for delivery in await sub.fetch(7, timeout=0.2):
                     ids.append(delivery.event.id)
                     await sub.ack(delivery)
-        assert sorted(ids) == sorted(e.id for e in events)  # all, and none twice
+        want = {e.id for e in events}
+        assert sorted(ids) == sorted(want), (  # all, and none twice
+            f"missing {len(want - set(ids))}, delivered twice {len(ids) - len(set(ids))}, "
+            f"of {len(want)}")
         for sub in (a, b):
             assert await _nothing(sub, self.quiet_period) == []
             await sub.aclose()
