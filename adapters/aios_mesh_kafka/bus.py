@@ -20,7 +20,9 @@ acknowledged.
 Consume: one ``KafkaConsumer`` per subscription, in the consumer group, with manual commits.
 kafka-python is synchronous and not thread-safe, so each subscription owns one thread that
 makes every call on its consumer; between ``fetch`` calls that thread keeps polling with the
-partitions paused, so the member answers rebalances at once. Per partition the subscription
+partitions paused, so the member answers rebalances at once, and a (re)join is finished in
+one go (see ``_settle``: a ``fetch`` during a rebalance may take up to the session timeout
+longer than its ``timeout``). Per partition the subscription
 tracks what it handed out and what was acked, and commits the highest *contiguous* acked
 offset (a gap — an unacked or nacked message — holds the commit back, so nothing is lost).
 
@@ -430,11 +432,16 @@ class KafkaSubscription:
         partition, offset = self._token(delivery)
         with self._state:
             part = self._parts.get(partition)
+            if part is None:
+                # revoked by a rebalance still under way: remember the ack in case the
+                # partition comes back to this member (then it is committed as usual)
+                part = self._revoked_parts.get(partition)
             if part is None or part.base is None or offset < part.base:
                 return
             part.inflight.pop(offset, None)
             self._mark_done(partition, part, offset)
-            if not part.dirty or self._commit_queued or self._closed:
+            if (not part.dirty or self._commit_queued or self._closed
+                    or partition not in self._parts):
                 return
             self._commit_queued = True
         self._queue.put((self._commit_sync, None))
@@ -552,11 +559,30 @@ class KafkaSubscription:
                 if part is not None:
                     self._revoked_parts[p] = part
 
+    def _settle(self) -> None:
+        """Finish a group (re)join in one call, however long it takes (up to the session
+        timeout), instead of across polls.
+
+        kafka-python 3.0 keeps a JoinGroup in flight across polls that time out, but when it
+        completes between two polls the next poll sends a fresh JoinGroup and drops the
+        assignment it got. With polls shorter than a join takes (ours are 100 ms between
+        fetches, as little as a fetch's timeout during one) a loaded host rejoins forever:
+        measured with the CPU oversubscribed, the leader re-sent JoinGroup for 26 s and the
+        other member never got the partition.
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        need_rejoin = getattr(coordinator, "need_rejoin", None)
+        ensure = getattr(coordinator, "ensure_active_group", None)
+        if need_rejoin is None or ensure is None or not need_rejoin():
+            return
+        ensure(timeout_ms=self.bus.session_timeout_ms)
+
     def _keepalive(self) -> None:
         consumer = self._consumer
         if consumer is None or self._closed or self._left:
             return
         try:
+            self._settle()
             assignment = consumer.assignment()
             if assignment:
                 consumer.pause(*assignment)
@@ -596,6 +622,10 @@ class KafkaSubscription:
         out: list[Delivery] = []
         self._fetching = True
         try:
+            try:
+                self._settle()
+            except Exception as exc:
+                raise _translate(exc, f"join the group of {self.topic!r}") from exc
             self._expire()
             self._apply_rewinds()
             with contextlib.suppress(Exception):
@@ -750,7 +780,16 @@ class KafkaSubscription:
                    for p, base in todo.items()}
         try:
             self._consumer.commit(offsets)
-        except Exception as exc:  # a lost commit only means redelivery
+        except Exception as exc:
+            # Try again with the next commit (a revocation commits too): left clean, a
+            # failed commit (e.g. mid-rebalance) would stay lost until the next ack moved
+            # base, and whoever takes the partition over would be handed the acked
+            # messages again.
+            with self._state:
+                for p in todo:
+                    part = self._parts.get(p)
+                    if part is not None:
+                        part.dirty = True
             _log.warning("kafka.commit_failed", topic=self.topic, group=self.group,
                          error=f"{type(exc).__name__}: {exc}")
             return
