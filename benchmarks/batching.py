@@ -7,8 +7,12 @@ Starts a real tritonserver (PyTriton, its own environment) and a real `bentoml s
   the capability's micro-batching on (``BatchPolicy()``: the defaults, max_size 32 and
   max_wait_ms 2) and off,
   three alternating rounds each (medians reported, with each round's speed-up);
-* **BentoML mesh over raw**: p50 of ``mesh.ainvoke`` vs a raw ``httpx`` POST of the same item
-  to the same endpoint (the wire format is the service's own), interleaved call by call.
+* **BentoML mesh over raw**: p50 of ``mesh.ainvoke`` and of the adapter alone
+  (``BentoMLServing.infer``) vs a raw ``httpx.AsyncClient`` POST of the same item to the same
+  endpoint (the wire format is the service's own), interleaved call by call. BentoML's own
+  client (``bentoml.AsyncHTTPClient``, itself built on ``httpx.AsyncClient``) is measured
+  against the same raw POST in the server's environment (``_bentoml_client.py``): raw httpx
+  is the faster, so the stricter, baseline.
 
 Both servers batch on their side too (Triton's dynamic batcher, BentoML's adaptive batching),
 so "unbatched" is the mesh sending one item per request to a batching server. The Triton echo
@@ -30,6 +34,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +48,7 @@ from aios_mesh import CapabilitySpec, Mesh
 from aios_mesh.capabilities import BatchPolicy
 from aios_mesh.config import config_from_mapping
 from aios_mesh.embedded.registry import MemoryRegistry
+from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Serving
 from aios_mesh.testing import free_port
 
@@ -122,12 +128,15 @@ async def batching(serving: str, calls: int) -> dict[str, Any]:
 
 
 async def bentoml_ratio(url: str, calls: int) -> dict[str, Any]:
+    """mesh/raw p50 (and the adapter alone over raw) against the server at ``url``."""
     import httpx
 
     with tempfile.TemporaryDirectory() as d:
         mesh = await make_mesh(Path(d), f"bentoml+{url}", False)
         client = httpx.AsyncClient(base_url=url, trust_env=False)
         body = {"inputs": [{"model": {"name": "echo-upper", "version": "1"}, "input": PAYLOAD}]}
+        serving = mesh.port("serving")
+        echo = ModelRef("echo-upper", "1")
 
         async def raw() -> Any:
             response = await client.post("/predict", json=body)
@@ -137,16 +146,34 @@ async def bentoml_ratio(url: str, calls: int) -> dict[str, Any]:
         async def via_mesh() -> Any:
             return await mesh.ainvoke("echo", PAYLOAD, tenant="acme")
 
-        paths = {"raw": raw, "mesh": via_mesh}
+        async def via_adapter() -> Any:
+            return await serving.infer(echo, PAYLOAD)
+
+        paths = {"raw": raw, "mesh": via_mesh, "adapter": via_adapter}
         await interleaved(paths, 50)  # warm-up
         samples, ratios = await ratio_trials(paths, calls, 3)
         await client.aclose()
         await mesh.aclose()
-    raw_p50 = statistics.median(samples["raw"]) / 1000
-    mesh_p50 = statistics.median(samples["mesh"]) / 1000
+    raw_p50, mesh_p50, adapter_p50 = (statistics.median(samples[k]) / 1000
+                                      for k in ("raw", "mesh", "adapter"))
     return {"mesh_over_raw_p50": round(mesh_p50 / raw_p50, 3), "mesh_p50_ms": round(mesh_p50, 3),
             "raw_p50_ms": round(raw_p50, 3), "mesh_over_raw_p50_per_trial": ratios,
+            "adapter_p50_ms": round(adapter_p50, 3),
+            "adapter_over_raw_p50": round(adapter_p50 / raw_p50, 3),
+            "pipeline_p50_us": round((mesh_p50 - adapter_p50) * 1000, 1),
             "calls_each": len(samples["mesh"])}
+
+
+def bentoml_client_check(url: str, calls: int) -> dict[str, Any]:
+    """BentoML's own client over raw httpx, measured in the server's environment (which has
+    ``bentoml``); see ``_bentoml_client.py``."""
+    from aios_mesh_bentoml.launch import bentoml_python
+
+    script = Path(__file__).parent / "_bentoml_client.py"
+    done = subprocess.run([str(bentoml_python()), str(script), url, str(calls)],
+                          capture_output=True, text=True, timeout=600, check=True)
+    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
 
 
 def main() -> None:
@@ -173,6 +200,7 @@ def main() -> None:
             # dispatcher holds single requests longer (raw p50 2.8 → 8 ms measured), which
             # would flatter the ratio.
             serving["bentoml"] = asyncio.run(bentoml_ratio(url, args.calls))
+            serving["bentoml"].update(bentoml_client_check(url, args.calls))
             result["bentoml"] = asyncio.run(batching(f"bentoml+{url}", args.calls))
     triton_file = RESULTS / "serving_triton.json"
     if triton_file.exists():
