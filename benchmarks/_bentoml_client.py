@@ -50,7 +50,7 @@ async def main(url: str, calls: int) -> dict[str, Any]:
     return {"bentoml_client_p50_ms": round(sdk_p50 / 1000, 3),
             "httpx_p50_ms": round(raw_p50 / 1000, 3),
             "bentoml_client_over_httpx_p50": round(sdk_p50 / raw_p50, 3),
-            "bentoml_version": bentoml.__version__, "calls_each": calls}
+            "bentoml_version": bentoml.__version__, "bentoml_client_calls_each": calls}
 
 
 if __name__ == "__main__":
