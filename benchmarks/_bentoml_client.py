@@ -5,7 +5,7 @@ environment does not): p50 of BentoML's own ``bentoml.AsyncHTTPClient`` against 
 It says which "raw client" is the stricter baseline for the mesh/raw ratio; the ratio itself
 is measured against raw httpx, in the mesh's process.
 
-    .nox/bentoml/bin/python benchmarks/_bentoml_client.py URL CALLS
+    .nox/bentoml/bin/python benchmarks/_bentoml_client.py URL CALLS ITEM_JSON
 
 Prints one JSON line.
 """
@@ -16,36 +16,29 @@ import asyncio
 import json
 import statistics
 import sys
-import time
 from typing import Any
 
 import bentoml
 import httpx
-
-ITEM = {"model": {"name": "echo-upper", "version": "1"},
-        "input": {"text": "Invoice 4711 from ACME GmbH", "n": 21}}
+from _timing import interleaved  # benchmarks/ is on sys.path
 
 
-async def main(url: str, calls: int) -> dict[str, Any]:
+async def main(url: str, calls: int, item: dict[str, Any]) -> dict[str, Any]:
     async with bentoml.AsyncHTTPClient(url) as client, \
             httpx.AsyncClient(base_url=url, trust_env=False) as raw_client:
 
         async def sdk() -> Any:
-            return await client.predict(inputs=[ITEM])
+            return await client.predict(inputs=[item])
 
         async def raw() -> Any:
-            response = await raw_client.post("/predict", json={"inputs": [ITEM]})
+            response = await raw_client.post("/predict", json={"inputs": [item]})
             response.raise_for_status()
             return response.json()
 
         assert (await sdk())[0]["output"] == (await raw())[0]["output"]
-        samples: dict[str, list[float]] = {"sdk": [], "raw": []}
-        for i in range(calls + 50):
-            for name, fn in (("sdk", sdk), ("raw", raw))[:: 1 if i % 2 else -1]:
-                t = time.perf_counter()
-                await fn()
-                if i >= 50:  # the first 50 rounds warm up
-                    samples[name].append((time.perf_counter() - t) * 1e6)
+        paths = {"sdk": sdk, "raw": raw}
+        await interleaved(paths, 50)  # warm-up
+        samples = await interleaved(paths, calls)
     sdk_p50, raw_p50 = statistics.median(samples["sdk"]), statistics.median(samples["raw"])
     return {"bentoml_client_p50_ms": round(sdk_p50 / 1000, 3),
             "httpx_p50_ms": round(raw_p50 / 1000, 3),
@@ -54,4 +47,4 @@ async def main(url: str, calls: int) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(sys.argv[1], int(sys.argv[2])))))
+    print(json.dumps(asyncio.run(main(sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])))))

@@ -55,6 +55,8 @@ from aios_mesh.testing import free_port
 RESULTS = Path(__file__).parent / "results"
 PAYLOAD = {"text": "Invoice 4711 from ACME GmbH", "n": 21}
 CALLERS = (1, 8, 32, 64)
+#: one item of the BentoML service's wire format, as a raw client sends it
+ITEM = {"model": {"name": "echo-upper", "version": "1"}, "input": PAYLOAD}
 BATCH = BatchPolicy().max_size  # the default (32): the client's batch and the echo model's
 ROUNDS = 3  # rounds of batched/unbatched per concurrency; figures are the medians
 
@@ -134,7 +136,7 @@ async def bentoml_ratio(url: str, calls: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         mesh = await make_mesh(Path(d), f"bentoml+{url}", False)
         client = httpx.AsyncClient(base_url=url, trust_env=False)
-        body = {"inputs": [{"model": {"name": "echo-upper", "version": "1"}, "input": PAYLOAD}]}
+        body = {"inputs": [ITEM]}
         serving = mesh.port("serving")
         echo = ModelRef("echo-upper", "1")
 
@@ -170,7 +172,8 @@ def bentoml_client_check(url: str, calls: int) -> dict[str, Any]:
     from aios_mesh_bentoml.launch import bentoml_python
 
     script = Path(__file__).parent / "_bentoml_client.py"
-    done = subprocess.run([str(bentoml_python()), str(script), url, str(calls)],
+    done = subprocess.run([str(bentoml_python()), str(script), url, str(calls),
+                           json.dumps(ITEM)],
                           capture_output=True, text=True, timeout=600, check=True)
     found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return found
