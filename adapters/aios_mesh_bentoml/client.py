@@ -208,7 +208,6 @@ class BentoMLServing(ServingBase):
         request = httpx.Request(method, self._url(path), content=content, headers=headers,
                                 extensions={"timeout": {"connect": wait, "read": wait,
                                                         "write": wait, "pool": wait}})
-        where = f"{self.base_url}{path}"
         try:
             response = await self._transport_for_loop().handle_async_request(request)
             try:
@@ -217,12 +216,12 @@ class BentoMLServing(ServingBase):
                 await response.aclose()
             return response
         except httpx.TimeoutException as exc:
-            raise BackendTimeout(f"BentoML service {where} did not answer within "
+            raise BackendTimeout(f"BentoML service {request.url} did not answer within "
                                  f"{wait}s ({type(exc).__name__})",
                                  hint="raise the capability's slo.timeout_s or ?timeout=, or "
                                       "check the service's load") from exc
         except httpx.TransportError as exc:
-            raise BackendUnavailable(f"BentoML service {where} is unreachable: "
+            raise BackendUnavailable(f"BentoML service {request.url} is unreachable: "
                                      f"{type(exc).__name__}: {exc}", hint=_START_HINT) from exc
 
     # -- the port ----------------------------------------------------------------------------
