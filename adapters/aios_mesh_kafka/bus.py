@@ -29,7 +29,7 @@ offset (a gap — an unacked or nacked message — holds the commit back, so not
 ``nack`` retries *in place*: the partition is rewound to the nacked offset and the same
 message comes back (``attempt + 1``) before anything behind it, which keeps per-key order;
 after ``max_attempts`` deliveries it is dead-lettered to ``<topic>.dlq`` with the embedded
-bus's headers (:data:`~aios_mesh.embedded.events.DEAD_LETTER_REASON`, ...). A message not
+bus's headers (:data:`~aios_mesh.ports.event_codec.DEAD_LETTER_REASON`, ...). A message not
 acked within ``visibility_timeout`` is rewound too; a member that stops calling ``fetch``
 while holding such messages leaves the group, so another member gets its partitions (the
 "crashed consumer" case), and rejoins on its next ``fetch``. Messages that cannot be parsed
@@ -57,13 +57,6 @@ from typing import Any, ClassVar, Final, Self, TypeVar
 import structlog
 
 from aios_mesh.backends import BackendURL
-from aios_mesh.embedded.events import (
-    dead_letter_event,
-    dead_letter_topic,
-    decode_event,
-    encode_event,
-    poison_event,
-)
 from aios_mesh.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -72,6 +65,13 @@ from aios_mesh.errors import (
     MeshError,
 )
 from aios_mesh.ports.base import Feature
+from aios_mesh.ports.event_codec import (
+    dead_letter_event,
+    dead_letter_topic,
+    decode_event,
+    encode_event,
+    poison_event,
+)
 from aios_mesh.ports.events import Delivery, Event
 
 __all__ = ["KafkaEventBus", "KafkaSubscription"]

@@ -39,13 +39,6 @@ from typing import Any, ClassVar, Final, Self
 import structlog
 
 from aios_mesh.backends import BackendURL
-from aios_mesh.embedded.events import (
-    dead_letter_event,
-    dead_letter_topic,
-    decode_event,
-    encode_event,
-    poison_event,
-)
 from aios_mesh.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -54,6 +47,13 @@ from aios_mesh.errors import (
     MeshError,
 )
 from aios_mesh.ports.base import Feature
+from aios_mesh.ports.event_codec import (
+    dead_letter_event,
+    dead_letter_topic,
+    decode_event,
+    encode_event,
+    poison_event,
+)
 from aios_mesh.ports.events import Delivery, Event
 
 __all__ = ["NatsEventBus", "NatsSubscription"]

@@ -13,7 +13,7 @@ optionally ``schema.table``; default ``audit_log``) is created on first use::
     record     json NOT NULL          -- the record, byte-for-byte as hashed
     written_at timestamptz NOT NULL DEFAULT clock_timestamp()
 
-The chain is the one of the embedded JSONL log (:func:`aios_mesh.embedded.audit.chain_hash`,
+The chain is the one of the embedded JSONL log (:func:`aios_mesh.ports.audit_chain.chain_hash`,
 same canonical encoding), so :meth:`PostgresAuditLog.export_jsonl` writes a file that
 ``JsonlAuditLog``/``verify_file`` accept. ``record`` is ``json``, not ``jsonb``: ``json`` keeps
 the exact text that was hashed, while ``jsonb`` rewrites numbers (``1e16`` comes back as the
@@ -61,9 +61,9 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from aios_mesh.backends import BackendURL
-from aios_mesh.embedded.audit import GENESIS_HASH, canonical_record, chain_hash, verify_file
 from aios_mesh.errors import BackendUnavailable, ConfigError, IntegrityError
 from aios_mesh.ports.audit import AuditEntry, VerifyReport
+from aios_mesh.ports.audit_chain import GENESIS_HASH, canonical_record, chain_hash, verify_file
 from aios_mesh.ports.base import Feature
 
 __all__ = ["PostgresAuditLog"]
@@ -76,7 +76,7 @@ _HINT_DOWN: Final = ("start PostgreSQL or fix the audit URL (check with `aios-me
 
 
 def _line(seq: int, prev: str, hash_: str, record_text: bytes) -> bytes:
-    """An entry in the JSONL audit format (see :mod:`aios_mesh.embedded.audit`)."""
+    """An entry in the JSONL audit format (see :mod:`aios_mesh.ports.audit_chain`)."""
     if b"\n" in record_text or b"\r" in record_text:
         # not canonical anyway (canonical JSON has no raw newline): keep it on one line,
         # marked so the verifier sees the entry does not match its bytes

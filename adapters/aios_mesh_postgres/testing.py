@@ -18,7 +18,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from aios_mesh.embedded.audit import GENESIS_HASH, chain_hash
+from aios_mesh.ports.audit_chain import GENESIS_HASH, chain_hash
 
 __all__ = ["PostgresTamperer"]
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aios_mesh.embedded.events import decode_event, encode_event
 from aios_mesh.errors import InvalidInput
+from aios_mesh.ports.event_codec import decode_event, encode_event
 from aios_mesh.ports.events import ENVELOPE_VERSION, Event
 
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
