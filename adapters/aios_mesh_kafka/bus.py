@@ -49,7 +49,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final, Self, TypeVar
@@ -96,32 +96,6 @@ def _translate(exc: BaseException, what: str) -> MeshError:
         return BackendTimeout(f"kafka {what} timed out: {name}: {exc}",
                               hint="the broker is slow or down; retry, or raise timeout=")
     return BackendUnavailable(f"kafka {what} failed: {name}: {exc}", hint=_HINT)
-
-
-def _option(url: BackendURL, options: Mapping[str, Any], name: str, default: Any,
-            kind: type[Any], minimum: float | None = None) -> Any:
-    value: Any = options.get(name, url.option(name))
-    if value is None:
-        return default
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).lower()
-        if text in {"1", "true", "yes", "on"}:
-            return True
-        if text in {"0", "false", "no", "off"}:
-            return False
-        raise ConfigError(f"option {name}={value!r} in {url.redacted()} is not a boolean",
-                          hint=f"write {name}=true or {name}=false")
-    try:
-        number = kind(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"option {name}={value!r} in {url.redacted()} is not a number",
-                          hint=f"write {name}={default}") from exc
-    if minimum is not None and number < minimum:
-        raise ConfigError(f"option {name}={value!r} in {url.redacted()} is below {minimum}",
-                          hint=f"write {name}={default}")
-    return number
 
 
 def _check_topic(topic: str) -> None:
@@ -188,35 +162,27 @@ class KafkaEventBus:
     def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
         """Build from ``kafka://host:port?client_id=..&session_timeout_ms=..&max_attempts=..``
         (see the module docstring for every option)."""
-        unknown = sorted((set(options) | set(url.options)) - _KNOWN)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {url.redacted()}",
-                              hint=f"known options: {', '.join(sorted(_KNOWN))}")
+        url = url.with_options(options)
+        url.check_options(_KNOWN, what="kafka")
         netloc = url.raw.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
-        servers = ",".join(x for x in [netloc.rsplit("@", 1)[-1],
-                                       str(options.get("bootstrap", url.option("bootstrap", "")))]
+        servers = ",".join(x for x in [netloc.rsplit("@", 1)[-1], url.option("bootstrap", "")]
                            if x)
         if not servers:
             raise ConfigError(f"{url.redacted()} names no broker",
                               hint="write kafka://HOST:PORT, e.g. kafka://127.0.0.1:9092")
-        start = str(options.get("start", url.option("start", "earliest")))
-        if start not in ("earliest", "latest"):
-            raise ConfigError(f"option start={start!r} in {url.redacted()} is invalid",
-                              hint="write start=earliest or start=latest")
-        heartbeat = _option(url, options, "heartbeat_interval_ms", None, int, 10)
         return cls(
             servers,
-            client_id=str(options.get("client_id", url.option("client_id", "aios-mesh"))),
-            max_attempts=_option(url, options, "max_attempts", 5, int, 1),
-            visibility_timeout=_option(url, options, "visibility_timeout", 30.0, float, 0.01),
-            session_timeout_ms=_option(url, options, "session_timeout_ms", 6000, int, 100),
-            heartbeat_interval_ms=heartbeat,
-            timeout=_option(url, options, "timeout", 10.0, float, 0.01),
-            start=start,
-            partitions=_option(url, options, "partitions", 1, int, 1),
-            replication=_option(url, options, "replication", 1, int, 1),
-            create_topics=_option(url, options, "create_topics", True, bool),
-            idempotent=_option(url, options, "idempotent", False, bool),
+            client_id=url.option("client_id", "aios-mesh") or "aios-mesh",
+            max_attempts=url.int_option("max_attempts", 5, min=1),
+            visibility_timeout=url.seconds_option("visibility_timeout", 30.0, min=0.01),
+            session_timeout_ms=url.int_option("session_timeout_ms", 6000, min=100),
+            heartbeat_interval_ms=url.int_option("heartbeat_interval_ms", min=10),
+            timeout=url.seconds_option("timeout", 10.0, min=0.01),
+            start=url.choice_option("start", ("earliest", "latest"), "earliest"),
+            partitions=url.int_option("partitions", 1, min=1),
+            replication=url.int_option("replication", 1, min=1),
+            create_topics=url.flag("create_topics", True),
+            idempotent=url.flag("idempotent", False),
         )
 
     # -- port ------------------------------------------------------------------------------

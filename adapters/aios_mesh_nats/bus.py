@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final, Self
@@ -74,22 +74,6 @@ def _translate(exc: BaseException, what: str) -> MeshError:
         return BackendTimeout(f"nats {what} timed out: {name}: {exc}",
                               hint="the server is slow or down; retry, or raise timeout=")
     return BackendUnavailable(f"nats {what} failed: {name}: {exc}", hint=_HINT)
-
-
-def _option(url: BackendURL, options: Mapping[str, Any], name: str, default: Any,
-            kind: type[Any], minimum: float) -> Any:
-    value: Any = options.get(name, url.option(name))
-    if value is None:
-        return default
-    try:
-        number = kind(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"option {name}={value!r} in {url.redacted()} is not a number",
-                          hint=f"write {name}={default}") from exc
-    if number < minimum:
-        raise ConfigError(f"option {name}={value!r} in {url.redacted()} is below {minimum}",
-                          hint=f"write {name}={default}")
-    return number
 
 
 def _check_topic(topic: str) -> None:
@@ -160,25 +144,23 @@ class NatsEventBus:
     def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
         """Build from ``nats://host:port?stream=..&max_attempts=..`` (see the module
         docstring for every option)."""
-        unknown = sorted((set(options) | set(url.options)) - _KNOWN)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {url.redacted()}",
-                              hint=f"known options: {', '.join(sorted(_KNOWN))}")
+        url = url.with_options(options)
+        url.check_options(_KNOWN, what="nats")
         auth = ""
         if url.username:
             auth = f"{url.username}:{url.password or ''}@"
         server = f"nats://{auth}{url.address}"
         return cls(
             server,
-            stream=str(options.get("stream", url.option("stream", "AIOS_MESH"))),
-            prefix=str(options.get("prefix", url.option("prefix", "aios"))),
-            max_attempts=_option(url, options, "max_attempts", 5, int, 1),
-            visibility_timeout=_option(url, options, "visibility_timeout", 30.0, float, 0.05),
-            retry_delay=_option(url, options, "retry_delay", 0.0, float, 0.0),
-            timeout=_option(url, options, "timeout", 5.0, float, 0.05),
-            duplicate_window=_option(url, options, "duplicate_window", 120.0, float, 0.0),
-            start=str(options.get("start", url.option("start", "earliest"))),
-            storage=str(options.get("storage", url.option("storage", "file"))),
+            stream=url.option("stream", "AIOS_MESH") or "AIOS_MESH",
+            prefix=url.option("prefix", "aios") or "aios",
+            max_attempts=url.int_option("max_attempts", 5, min=1),
+            visibility_timeout=url.seconds_option("visibility_timeout", 30.0, min=0.05),
+            retry_delay=url.seconds_option("retry_delay", 0.0),
+            timeout=url.seconds_option("timeout", 5.0, min=0.05),
+            duplicate_window=url.seconds_option("duplicate_window", 120.0),
+            start=url.choice_option("start", ("earliest", "latest"), "earliest"),
+            storage=url.choice_option("storage", ("file", "memory"), "file"),
         )
 
     def subject(self, topic: str) -> str:

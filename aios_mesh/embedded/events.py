@@ -36,7 +36,7 @@ import itertools
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal, Self
 
@@ -110,22 +110,6 @@ _SCAN_PAGE: Final = 256
 Start = Literal["earliest", "latest"]
 
 
-def _number(url: BackendURL, options: Mapping[str, Any], name: str, default: float,
-            kind: type[int] | type[float], minimum: float) -> Any:
-    value: Any = options.get(name, url.option(name))
-    if value is None:
-        return kind(default)
-    try:
-        number = kind(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"option {name}={value!r} in {url.redacted()} is not a number",
-                          hint=f"write {name}={kind(default)}") from exc
-    if number < minimum:
-        raise ConfigError(f"option {name}={value!r} in {url.redacted()} is below {minimum}",
-                          hint=f"write {name}={kind(default)}")
-    return number
-
-
 class SqliteEventBus:
     """EventBus over one sqlite file (see the module docstring for the storage model).
 
@@ -186,23 +170,17 @@ class SqliteEventBus:
         ``visibility_timeout`` (s, 30), ``retry_delay`` (s, 0), ``busy_timeout`` (s, 5),
         ``poll_interval`` (s, 0.05), ``start`` (``earliest`` | ``latest``).
         """
-        known = {"max_attempts", "visibility_timeout", "retry_delay", "busy_timeout",
-                 "poll_interval", "start"}
-        unknown = sorted((set(options) | set(url.options)) - known)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {url.redacted()}",
-                              hint=f"known options: {', '.join(sorted(known))}")
-        start = str(options.get("start", url.option("start", "earliest")))
-        if start not in ("earliest", "latest"):
-            raise ConfigError(f"option start={start!r} in {url.redacted()} is invalid",
-                              hint="write start=earliest or start=latest")
+        url = url.with_options(options)
+        url.check_options({"max_attempts", "visibility_timeout", "retry_delay", "busy_timeout",
+                           "poll_interval", "start"}, what="sqlite events")
+        start = url.choice_option("start", ("earliest", "latest"), "earliest")
         return cls(
             url.resolve_path(base_dir),
-            max_attempts=_number(url, options, "max_attempts", 5, int, 1),
-            visibility_timeout=_number(url, options, "visibility_timeout", 30.0, float, 0.001),
-            retry_delay=_number(url, options, "retry_delay", 0.0, float, 0.0),
-            busy_timeout=_number(url, options, "busy_timeout", 5.0, float, 0.0),
-            poll_interval=_number(url, options, "poll_interval", 0.05, float, 0.001),
+            max_attempts=url.int_option("max_attempts", 5, min=1),
+            visibility_timeout=url.seconds_option("visibility_timeout", 30.0, min=0.001),
+            retry_delay=url.seconds_option("retry_delay", 0.0),
+            busy_timeout=url.seconds_option("busy_timeout", 5.0),
+            poll_interval=url.seconds_option("poll_interval", 0.05, min=0.001),
             start="latest" if start == "latest" else "earliest",
         )
 
