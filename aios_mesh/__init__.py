@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from aios_mesh.errors import (
     BackendTimeout,
     BackendUnavailable,
-    CapabilityNotSupported,
     CircuitOpen,
     ConfigError,
+    FeatureNotSupported,
     IntegrityError,
     InvalidInput,
     InvalidOutput,
@@ -39,12 +39,12 @@ __all__ = [
     "SLO",
     "BackendTimeout",
     "BackendUnavailable",
-    "CapabilityNotSupported",
     "CapabilitySpec",
     "CircuitOpen",
     "ConfigError",
     "DecisionRecord",
     "Fallback",
+    "FeatureNotSupported",
     "IntegrityError",
     "InvalidInput",
     "InvalidOutput",
@@ -75,6 +75,8 @@ _LAZY = {
     "Mesh": "aios_mesh.mesh",
     "Result": "aios_mesh.mesh",
     "DecisionRecord": "aios_mesh.record",
+    # deprecated (goes in 0.2): warns on every access, never cached; not in __all__
+    "CapabilityNotSupported": "aios_mesh.errors",
 }
 
 
@@ -83,6 +85,10 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'aios_mesh' has no attribute {name!r}")
+    if module == "aios_mesh.errors":  # a deprecated error name
+        from aios_mesh.errors import _deprecated
+
+        return _deprecated(name, __name__)
     import importlib
 
     value = getattr(importlib.import_module(module), name)

@@ -17,23 +17,28 @@ code never catches a backend SDK's exception type::
     ├── NotFound                     unknown capability, tenant, model alias, point ...
     │   ├── UnknownCapability
     │   └── UnknownTenant
-    ├── CapabilityNotSupported       the adapter lacks a declared feature
+    ├── FeatureNotSupported          the adapter lacks a declared feature (streaming ...)
     └── IntegrityError               tampered audit chain, failed durable write
 
 ``retryable`` says whether the retry step may try again; every error carries a ``hint``
 telling the reader what to do next.
+
+``CapabilityNotSupported`` is the deprecated name of :class:`FeatureNotSupported` (it named a
+missing adapter *feature*, not a capability); it still works, warns, and goes in the next
+release.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
-    "CapabilityNotSupported",
     "CircuitOpen",
     "ConfigError",
+    "FeatureNotSupported",
     "IntegrityError",
     "InvalidInput",
     "InvalidOutput",
@@ -151,8 +156,14 @@ class UnknownTenant(NotFound):
     code = "unknown_tenant"
 
 
-class CapabilityNotSupported(MeshError):
-    """The selected adapter does not declare a feature the call needs."""
+class FeatureNotSupported(MeshError):
+    """The selected adapter does not declare a feature the call needs (``Feature.STREAMING``,
+    snapshots, ...), or the model cannot do it.
+
+    Formerly ``CapabilityNotSupported`` (a deprecated alias until the next release). ``code``
+    keeps its old value, ``capability_not_supported``, so decision records, dashboards and
+    clients that match on the code see no change; ``to_dict()["type"]`` names this class.
+    """
 
     code = "capability_not_supported"
 
@@ -161,3 +172,25 @@ class IntegrityError(MeshError):
     """A durable store is corrupt or could not be written (audit chain, outbox)."""
 
     code = "integrity_error"
+
+
+# Deprecated names → (current class, release that removes them).
+_DEPRECATED: dict[str, tuple[type[MeshError], str]] = {
+    "CapabilityNotSupported": (FeatureNotSupported, "0.2"),
+}
+
+
+def _deprecated(name: str, module: str) -> type[MeshError]:
+    """The class a deprecated name stands for; warns the code that used the name (it is
+    called from a module ``__getattr__``: here, or ``aios_mesh``'s lazy table)."""
+    cls, removed_in = _DEPRECATED[name]
+    warnings.warn(f"{module}.{name} is deprecated and goes in aios-mesh {removed_in}; use "
+                  f"{module}.{cls.__name__} (the same class)", DeprecationWarning, stacklevel=3)
+    return cls
+
+
+def __getattr__(name: str) -> type[MeshError]:
+    """Resolve a deprecated error name to its class, with a ``DeprecationWarning``."""
+    if name not in _DEPRECATED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _deprecated(name, __name__)

@@ -14,8 +14,8 @@ from aios_mesh.backends import BackendURL
 from aios_mesh.capabilities import import_object
 from aios_mesh.errors import (
     BackendUnavailable,
-    CapabilityNotSupported,
     ConfigError,
+    FeatureNotSupported,
     InvalidOutput,
     MeshError,
     NotFound,
@@ -178,8 +178,8 @@ class InProcessServing(ServingBase):
                      timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
         fn = self._streams.get((model.name, model.version))
         if fn is None:
-            raise CapabilityNotSupported(f"model {model.name}/{model.version} does not stream",
-                                         hint="register it with stream=... or call invoke()")
+            raise FeatureNotSupported(f"model {model.name}/{model.version} does not stream",
+                                      hint="register it with stream=... or call invoke()")
         label = f"{model.name}/{model.version}"
         try:
             for chunk in fn(dict(payload)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 
-from aios_mesh.errors import CapabilityNotSupported
+from aios_mesh.errors import FeatureNotSupported
 
 __all__ = ["Feature", "require_feature"]
 
@@ -37,11 +37,11 @@ class Feature(enum.StrEnum):
 
 
 def require_feature(adapter: object, feature: Feature, *, what: str | None = None) -> None:
-    """Raise :class:`CapabilityNotSupported` unless ``adapter`` declares ``feature``."""
+    """Raise :class:`FeatureNotSupported` unless ``adapter`` declares ``feature``."""
     features: Iterable[Feature] = getattr(adapter, "features", frozenset())
     if feature not in features:
         name = type(adapter).__name__
-        raise CapabilityNotSupported(
+        raise FeatureNotSupported(
             f"{name} does not support {what or feature.value!r}",
             hint=f"choose a backend whose adapter declares Feature.{feature.name}",
             adapter=name, feature=feature.value,

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from aios_mesh.errors import CapabilityNotSupported
+from aios_mesh.errors import FeatureNotSupported
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.registry import ModelRef
 
@@ -59,7 +59,7 @@ class Serving(Protocol):
 
 class ServingBase:
     """Conveniences on the one primitive ``infer_batch``: ``infer`` is a batch of one, and
-    ``stream`` raises :class:`CapabilityNotSupported` unless a subclass streams."""
+    ``stream`` raises :class:`FeatureNotSupported` unless a subclass streams."""
 
     features: frozenset[Feature] = frozenset({Feature.BATCH})
 
@@ -73,8 +73,8 @@ class ServingBase:
 
     def stream(self, model: ModelRef, payload: Mapping[str, Any], *,
                timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
-        raise CapabilityNotSupported(f"{type(self).__name__} cannot stream",
-                                     hint="use invoke(), or a backend that declares STREAMING")
+        raise FeatureNotSupported(f"{type(self).__name__} cannot stream",
+                                  hint="use invoke(), or a backend that declares STREAMING")
 
     async def aclose(self) -> None:
         return None

@@ -19,8 +19,8 @@ from aios_mesh.backends import load_adapter
 from aios_mesh.embedded.serving import InProcessServing, as_prediction
 from aios_mesh.errors import (
     BackendUnavailable,
-    CapabilityNotSupported,
     ConfigError,
+    FeatureNotSupported,
     InvalidInput,
     InvalidOutput,
     MeshError,
@@ -344,7 +344,7 @@ async def test_stream_translates_failures() -> None:
 async def test_stream_of_a_model_without_stream_fn() -> None:
     serving = InProcessServing()
     ref = serving.register("plain", "1", doubler)
-    with pytest.raises(CapabilityNotSupported) as info:
+    with pytest.raises(FeatureNotSupported) as info:
         async for _ in serving.stream(ref, {"x": 1}):
             pass
     assert isinstance(info.value, MeshError)

@@ -433,10 +433,10 @@ async def test_stream_yields_chunks_and_writes_one_record(tmp_path: Path) -> Non
     chunks = [c async for c in mesh.stream("classify-ticket", {"text": "a b c"},
                                            tenant="acme")]
     assert chunks == [{"token": "a"}, {"token": "b"}, {"token": "c"}]
-    from aios_mesh import CapabilityNotSupported
+    from aios_mesh import FeatureNotSupported
 
     serving._streams.clear()  # the same model, now without a stream function
-    with pytest.raises(CapabilityNotSupported):
+    with pytest.raises(FeatureNotSupported):
         [c async for c in mesh.stream("classify-ticket", {"text": "a"}, tenant="acme")]
     await mesh.aclose()
     assert [r["outcome"] for r in records(tmp_path)] == ["ok", "error"]

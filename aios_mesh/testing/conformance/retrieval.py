@@ -21,7 +21,7 @@ The contract the mixins pin down:
   upsert replaces by id, delete removes (unknown ids are a no-op), payloads and ids round-trip
   with their types, ``aclose()`` is idempotent; with ``Feature.SNAPSHOT`` the snapshot id is a
   non-empty string that is stable while nothing is written and changes after every upsert and
-  delete (without it, ``snapshot()`` raises ``CapabilityNotSupported``). A declared feature
+  delete (without it, ``snapshot()`` raises ``FeatureNotSupported``). A declared feature
   must come with its mixin (``FILTERED_QUERY`` → ``RetrievalFiltering``, ``DURABLE`` →
   ``RetrievalPersistence``).
 * ``RetrievalFiltering``: ``eq`` (str, int, bool — ``True`` never matches ``1``), ``any``
@@ -53,7 +53,7 @@ from typing import Any, ClassVar, cast
 
 import pytest
 
-from aios_mesh.errors import CapabilityNotSupported, InvalidInput, MeshError, NotFound
+from aios_mesh.errors import FeatureNotSupported, InvalidInput, MeshError, NotFound
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.retrieval import Condition, Filter, Point, Retrieval, ScoredPoint
 
@@ -206,7 +206,7 @@ class RetrievalBasic(_RetrievalBase):
     async def test_snapshot_id(self, adapter: Retrieval, collection: str) -> None:
         await adapter.upsert(collection, [Point(1, self.vec(1.0))], tenant="t1")
         if Feature.SNAPSHOT not in adapter.features:
-            with pytest.raises(CapabilityNotSupported):
+            with pytest.raises(FeatureNotSupported):
                 await adapter.snapshot(collection)
             return
         s1 = await adapter.snapshot(collection)
@@ -242,7 +242,7 @@ class RetrievalBasic(_RetrievalBase):
         if Feature.FILTERED_QUERY in adapter.features:
             assert _ids(await self.everything(adapter, collection, "t1", flt)) == [1]
         else:
-            with pytest.raises(CapabilityNotSupported):
+            with pytest.raises(FeatureNotSupported):
                 await self.everything(adapter, collection, "t1", flt)
 
     async def test_aclose_is_idempotent(self, adapter: Retrieval, collection: str) -> None:

@@ -63,7 +63,7 @@ The contract the mixins pin down:
   native timeout error, and keeps answering afterwards; the caller's payload is
   never mutated; 40 concurrent ``infer`` calls from separate asyncio tasks each get their own
   answer; ``aclose()`` is idempotent. Declaring ``Feature.STREAMING`` obliges the class to
-  include ``ServingStreaming``; without it ``stream()`` raises ``CapabilityNotSupported``
+  include ``ServingStreaming``; without it ``stream()`` raises ``FeatureNotSupported``
   (at the call or at the first iteration).
 * ``ServingErrors``: **an unknown model name, or an unknown version of a served model, raises**
   :class:`~aios_mesh.errors.NotFound` — never ``BackendUnavailable``, which is retryable and
@@ -79,7 +79,7 @@ The contract the mixins pin down:
   stream abandoned after its first chunk (closed with ``aclose()``) leaves the adapter
   usable; concurrent streams do not mix; a bad payload raises ``InvalidInput`` (or
   ``InvalidOutput``); streaming ``model_ref`` — a model that does not stream — raises
-  :class:`~aios_mesh.errors.CapabilityNotSupported`.
+  :class:`~aios_mesh.errors.FeatureNotSupported`.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ import pytest
 
 from aios_mesh.errors import (
     BackendTimeout,
-    CapabilityNotSupported,
+    FeatureNotSupported,
     InvalidInput,
     InvalidOutput,
     MeshError,
@@ -324,7 +324,7 @@ class ServingBasic(_ServingBase):
                                             model_ref: ModelRef) -> None:
         if Feature.STREAMING in adapter.features:
             return  # ServingStreaming covers it
-        with pytest.raises(CapabilityNotSupported) as info:
+        with pytest.raises(FeatureNotSupported) as info:
             await _drain(adapter.stream(model_ref, {"text": "x", "n": 1}))
         _assert_hint(info.value)
 
@@ -381,7 +381,7 @@ class ServingErrors(_ServingBase):
 
 
 class ServingStreaming(_ServingBase):
-    """stream() on a streaming model; CapabilityNotSupported on one that does not stream.
+    """stream() on a streaming model; FeatureNotSupported on one that does not stream.
 
     Needs a ``stream_model_ref`` fixture (the echo-upper-stream contract).
     """
@@ -430,6 +430,6 @@ class ServingStreaming(_ServingBase):
         _assert_hint(info.value)
 
     async def test_non_streaming_model(self, adapter: Serving, model_ref: ModelRef) -> None:
-        with pytest.raises(CapabilityNotSupported) as info:
+        with pytest.raises(FeatureNotSupported) as info:
             await _drain(adapter.stream(model_ref, {"text": "x", "n": 1}))
         _assert_hint(info.value)
