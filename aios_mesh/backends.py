@@ -269,10 +269,10 @@ class BackendURL:
         names = ", ".join(repr(n) for n in unknown)
         close = difflib.get_close_matches(unknown[0], allowed, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        hint += (f"options are: {', '.join(allowed)}" if allowed
-                 else "this backend takes no options")
-        label = f"{what} option" if what else "option"
-        raise ConfigError(f"unknown {label}{'s' if len(unknown) > 1 else ''} {names} for "
+        owner = f"the {what} adapter's" if what else "its"
+        hint += (f"{owner} options are: {', '.join(allowed)}" if allowed
+                 else f"the {what or self.scheme} adapter takes no options")
+        raise ConfigError(f"unknown option{'s' if len(unknown) > 1 else ''} {names} for "
                           f"{self.redacted()}", hint=hint)
 
     def value(self, name: str) -> Any:
@@ -436,6 +436,18 @@ class BackendURL:
         hint = f"did you mean {known[close[0]]!r}? " if close else ""
         raise ConfigError(f"option {name}={value!r} for {self.redacted()} is not one of "
                           f"{', '.join(choices)}", hint=f"{hint}write {listed}", option=name)
+
+    def path_option(self, name: str, base_dir: Path) -> Path | None:
+        """The option as a filesystem path, by the rule of :meth:`resolve_path`: ``//abs``
+        is absolute, anything else is under ``base_dir``; a :class:`~pathlib.Path` keyword
+        that is absolute stays so. ``None`` when not given."""
+        value = self.value(name)
+        if value is None:
+            return None
+        if isinstance(value, Path):
+            return value if value.is_absolute() else base_dir / value
+        text = str(value)
+        return Path(text[1:]) if text.startswith("//") else base_dir / text.lstrip("/")
 
     def without_options(self, names: Iterable[str]) -> str:
         """The raw URL minus the query options in ``names`` (and the fragment): what an

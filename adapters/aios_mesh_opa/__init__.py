@@ -169,33 +169,21 @@ class OpaPolicy:
     @classmethod
     def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
         """``opa+http://host:8181?bundle=policies`` (``bundle`` relative to ``base_dir``)."""
-        merged: dict[str, Any] = {**url.options, **options}
-        unknown = sorted(set(merged) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {_safe(url)}",
-                              hint=f"the opa adapter accepts {', '.join(_OPTIONS)}")
+        url = url.with_options(options)
+        url.check_options(_OPTIONS, what="opa")
         if not url.host:
-            raise ConfigError(f"{_safe(url)} names no host",
+            raise ConfigError(f"{url.redacted()} names no host",
                               hint="write opa+http://HOST:8181, e.g. opa+http://127.0.0.1:8181")
-        tls = _flag(merged, "tls", False)
+        tls = url.flag("tls", False)
         base = f"{'https' if tls else 'http'}://{url.host}:{url.port or 8181}"
         if url.path.strip("/"):
             base += "/" + url.path.strip("/")
-        bundle: Path | None = None
-        raw_bundle = merged.get("bundle")
-        if isinstance(raw_bundle, Path):
-            bundle = raw_bundle if raw_bundle.is_absolute() else base_dir / raw_bundle
-        elif raw_bundle:
-            text = str(raw_bundle)
-            bundle = Path(text[1:]) if text.startswith("//") else base_dir / text.lstrip("/")
-        token = merged.get("token") or url.password
-        if token is not None and hasattr(token, "get_secret_value"):
-            token = token.get_secret_value()
-        return cls(base, bundle=bundle, prefix=str(merged.get("prefix") or "aios-mesh"),
-                   token=str(token) if token else None,
-                   timeout=_number(merged, "timeout", 5.0),
-                   strict_builtin_errors=_flag(merged, "strict_builtin_errors", True),
-                   refresh=_number(merged, "refresh", 30.0))
+        token = url.option("token") or url.password
+        return cls(base, bundle=url.path_option("bundle", base_dir),
+                   prefix=url.option("prefix") or "aios-mesh", token=token or None,
+                   timeout=url.seconds_option("timeout", 5.0),
+                   strict_builtin_errors=url.flag("strict_builtin_errors", True),
+                   refresh=url.seconds_option("refresh", 30.0))
 
     # -- the port -------------------------------------------------------------------------
 
@@ -489,34 +477,3 @@ class OpaPolicy:
 def _ssl_context() -> ssl.SSLContext:
     """One verifying TLS context for every client (building one reads the CA bundle: slow)."""
     return httpx.create_ssl_context()
-
-
-def _safe(url: BackendURL) -> str:
-    text = url.redacted()
-    return re.sub(r"(token=)[^&]*", r"\1***", text)
-
-
-def _flag(options: dict[str, Any], name: str, default: bool) -> bool:
-    value = options.get(name)
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"option {name}={value!r} is not a boolean",
-                      hint=f"write {name}=true or {name}=false")
-
-
-def _number(options: dict[str, Any], name: str, default: float) -> float:
-    value = options.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return float(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"option {name}={value!r} is not a number",
-                          hint=f"write {name}=<seconds>") from exc
