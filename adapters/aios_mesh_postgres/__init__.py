@@ -53,14 +53,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Final, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from aios_mesh.backends import BackendURL
+from aios_mesh.backends import BackendURL, redact_url
 from aios_mesh.errors import BackendUnavailable, ConfigError, IntegrityError
 from aios_mesh.ports.audit import AuditEntry, VerifyReport
 from aios_mesh.ports.audit_chain import GENESIS_HASH, canonical_record, chain_hash, verify_file
@@ -183,7 +182,7 @@ class PostgresAuditLog:
                               hint="write pool_size=4")
         self.conninfo = conninfo
         self.table = table
-        self._shown = _redact(conninfo)
+        self._shown = redact_url(conninfo)
         self._ident = sql.Identifier(*parts)
         self._lock_key = int.from_bytes(
             hashlib.sha256(f"aios-mesh-audit:{table}".encode()).digest()[:8], "big",
@@ -209,26 +208,11 @@ class PostgresAuditLog:
                               hint=f"the postgresql:// audit log takes: "
                                    f"{', '.join(sorted(_OPTIONS))} (and libpq options in "
                                    "the URL)")
-        merged: dict[str, Any] = {**{k: v for k, v in url.options.items() if k in _OPTIONS},
-                                  **options}
-        parts = urlsplit(url.raw)
-        kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                if k not in _OPTIONS]
-        conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(kept), ""))
-        try:
-            pool_size = int(merged.get("pool_size", 4))
-            timeout = float(merged.get("connect_timeout_s", 5.0))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bad pool_size/connect_timeout_s in {url.redacted()}: {exc}",
-                              hint="write pool_size=4&connect_timeout_s=5") from exc
-        create = merged.get("create", True)
-        if isinstance(create, str):
-            if create.lower() not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
-                raise ConfigError(f"option create={create!r} in {url.redacted()} is not a "
-                                  "boolean", hint="write create=true or create=false")
-            create = create.lower() in {"1", "true", "yes", "on"}
-        return cls(conninfo, table=str(merged.get("table", "audit_log")),
-                   pool_size=pool_size, connect_timeout_s=timeout, create=bool(create))
+        url = url.with_options(options)
+        return cls(url.without_options(_OPTIONS), table=url.option("table") or "audit_log",
+                   pool_size=url.int_option("pool_size", 4, min=1),
+                   connect_timeout_s=url.seconds_option("connect_timeout_s", 5.0),
+                   create=url.flag("create", True))
 
     # -- connections ---------------------------------------------------------------------
 
@@ -399,10 +383,3 @@ class PostgresAuditLog:
                 await pool.close()
             elif owner.is_closed():
                 pool.discard()
-
-
-def _redact(conninfo: str) -> str:
-    parts = urlsplit(conninfo)
-    if parts.password is None:
-        return conninfo
-    return conninfo.replace(f":{parts.password}@", ":***@")

@@ -46,13 +46,12 @@ import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Final, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from aios_mesh.backends import BackendURL
+from aios_mesh.backends import BackendURL, redact_url
 from aios_mesh.errors import BackendUnavailable, ConfigError, InvalidInput, QuotaExceeded
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.quota import LIMIT_FIELDS, QuotaLimits, Reservation
@@ -177,7 +176,7 @@ class RedisQuota:
             raise ConfigError(f"quota option prefix={prefix!r} must be non-empty, without "
                               "braces", hint="write e.g. prefix=aios-mesh:quota")
         self.url = url
-        self._shown_url = _redact(url)
+        self._shown_url = redact_url(url)
         self.prefix = prefix
         self.fail_open = fail == "open"
         self.reservation_ttl_s = _seconds("reservation_ttl_s", reservation_ttl_s)
@@ -210,29 +209,22 @@ class RedisQuota:
         """
         del base_dir  # nothing on disk
         limits = options.pop("limits", None)
-        merged: dict[str, Any] = {**url.options, **options}
-        unknown = sorted(set(merged) - _OPTIONS - set(LIMIT_FIELDS))
-        if unknown:
-            raise ConfigError(f"unknown option {unknown[0]!r} for {url.redacted()}",
-                              hint="the redis:// quota store takes: "
-                                   f"{', '.join(sorted(_OPTIONS))}, "
-                                   f"{', '.join(LIMIT_FIELDS)}, limits")
+        url = url.with_options(options)
+        url.check_options({*_OPTIONS, *LIMIT_FIELDS, "limits"}, what="redis:// quota")
         if not url.host and not url.path.strip("/"):
             raise ConfigError(f"{url.redacted()} names no Redis server",
                               hint="write redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/0")
-        parts = urlsplit(url.raw)
-        kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                if k not in _OPTIONS and k not in LIMIT_FIELDS]
-        server = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), ""))
-        limit_opts: dict[str, Any] = {k: merged[k] for k in LIMIT_FIELDS if k in merged}
+        server = url.without_options({*_OPTIONS, *LIMIT_FIELDS})
+        limit_opts = {k: url.value(k) for k in LIMIT_FIELDS if url.value(k) is not None}
         default = QuotaLimits.from_mapping(limit_opts, url.redacted()) if limit_opts else None
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, float] = {}
         for name in ("reservation_ttl_s", "late_settle_s", "timeout_s", "connect_timeout_s"):
-            if name in merged:
-                kwargs[name] = _seconds(name, merged[name], positive=name != "late_settle_s")
-        return cls(server, prefix=str(merged.get("prefix", "aios-mesh:quota")),
-                   fail=str(merged.get("fail", "closed")), default_limits=default,
-                   limits=limits, **kwargs)
+            seconds = url.seconds_option(name)
+            if seconds is not None:
+                kwargs[name] = seconds
+        return cls(server, prefix=url.option("prefix", "aios-mesh:quota") or "aios-mesh:quota",
+                   fail=url.choice_option("fail", ("closed", "open"), "closed"),
+                   default_limits=default, limits=limits, **kwargs)
 
     # -- clients -------------------------------------------------------------------------
 
@@ -405,10 +397,3 @@ class RedisQuota:
                     pass
         if sync is not None:
             sync.close()
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@")
