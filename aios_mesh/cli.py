@@ -153,7 +153,7 @@ def audit_verify(
             report = verify_file(path)
         else:
             with _mesh(config) as mesh:
-                report = mesh._sync.run(mesh.port("audit").verify())
+                report = mesh.run_sync(mesh.port("audit").verify())
     except MeshError as exc:
         _fail(exc)
         return
@@ -236,7 +236,7 @@ def compare(
 
     try:
         with _mesh(config) as mesh:
-            report = mesh._sync.run(run_compare(mesh, capability))
+            report = mesh.run_sync(run_compare(mesh, capability))
     except MeshError as exc:
         _fail(exc)
         return
@@ -258,10 +258,10 @@ def _alias_change(action: str, capability: str, version: str | None, actor: str,
     try:
         with _mesh(config) as mesh:
             if action == "promote":
-                change = mesh._sync.run(rollout.promote(mesh, capability, version=version,
+                change = mesh.run_sync(rollout.promote(mesh, capability, version=version,
                                                         actor=actor))
             else:
-                change = mesh._sync.run(rollout.rollback(mesh, capability, actor=actor))
+                change = mesh.run_sync(rollout.rollback(mesh, capability, actor=actor))
     except MeshError as exc:
         _fail(exc)
         return

@@ -108,7 +108,7 @@ class RedactionConfig(_Strict):
 
 class TelemetryConfig(_Strict):
     """Signals derived from decision records. ``lineage`` and ``decision_events`` are shipped
-    from the audit log by a background relay (see :mod:`aios_mesh.signals`)."""
+    from the audit log by a background relay (see :mod:`aios_mesh.recorder.relay`)."""
 
     log: bool = True
     otel: bool = True

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from aios_mesh.mesh import Mesh, Result
+from aios_mesh.ports.container import Ports
+from aios_mesh.result import Result
 
-__all__ = ["CallContext"]
+__all__ = ["CallContext", "Invoker"]
+
+
+class Invoker(Protocol):
+    """The part of a mesh a handler can use: its ports and nested calls."""
+
+    @property
+    def ports(self) -> Ports: ...
+
+    async def ainvoke(self, capability: str, payload: Any, *, tenant: str,
+                      caller: str = "anonymous", attributes: Mapping[str, Any] | None = None,
+                      parent: Mapping[str, Any] | None = None,
+                      traceparent: Mapping[str, str] | None = None,
+                      resume: Mapping[str, Any] | None = None) -> Result[Any]: ...
 
 
 @dataclass(slots=True)
@@ -18,7 +31,7 @@ class CallContext:
 
         @capability("retrieve-context")
         async def retrieve(q: Query, ctx: CallContext) -> Passages:
-            retrieval = ctx.mesh.port("retrieval")
+            retrieval = ctx.ports.retrieval
             hits = await retrieval.query("kb", embed(q.text), tenant=ctx.tenant)
             ctx.note_index("kb", await retrieval.snapshot("kb"))
             ...
@@ -31,11 +44,16 @@ class CallContext:
     tenant: str
     caller: str
     record_id: str
-    mesh: Mesh
+    mesh: Invoker
     index_snapshots: dict[str, str] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)
     parent: dict[str, Any] | None = None
     trace_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ports(self) -> Ports:
+        """The mesh's adapters (``ctx.ports.retrieval``, ``ctx.ports.registry``, ...)."""
+        return self.mesh.ports
 
     def note_index(self, collection: str, snapshot: str) -> None:
         """Record which index version answered (it goes into the decision record)."""

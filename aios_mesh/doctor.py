@@ -40,7 +40,7 @@ def run_checks(mesh: Mesh) -> list[Check]:
             adapter = mesh.port(port)
             health = getattr(adapter, "health", None)
             if health is not None:
-                mesh._sync.run(health())
+                mesh.run_sync(health())
             checks.append(Check(port, shown, source, True, type(adapter).__name__))
         except MeshError as exc:
             checks.append(Check(port, shown, source, False,

@@ -18,7 +18,9 @@ code never catches a backend SDK's exception type::
     │   ├── UnknownCapability
     │   └── UnknownTenant
     ├── FeatureNotSupported          the adapter lacks a declared feature (streaming ...)
-    └── IntegrityError               tampered audit chain, failed durable write
+    ├── IntegrityError               tampered audit chain, failed durable write
+    ├── StepFailed                   a pipeline step raised a non-mesh exception
+    └── CallCancelled                the caller went away (stream closed early)
 
 ``retryable`` says whether the retry step may try again; every error carries a ``hint``
 telling the reader what to do next.
@@ -36,6 +38,7 @@ from typing import Any, ClassVar
 __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
+    "CallCancelled",
     "CircuitOpen",
     "ConfigError",
     "FeatureNotSupported",
@@ -47,6 +50,7 @@ __all__ = [
     "PayloadTooLarge",
     "PolicyDenied",
     "QuotaExceeded",
+    "StepFailed",
     "UnknownCapability",
     "UnknownTenant",
 ]
@@ -63,6 +67,9 @@ class MeshError(Exception):
 
     retryable: ClassVar[bool] = False
     code: ClassVar[str] = "mesh_error"
+    #: The decision record's ``outcome`` for a call that ends with this error (a value of
+    #: :class:`aios_mesh.record.Outcome`): a new error class picks how it is counted here.
+    outcome: ClassVar[str] = "error"
 
     def __init__(self, message: str, *, hint: str | None = None, **details: Any) -> None:
         self.message = message
@@ -86,6 +93,7 @@ class InvalidInput(MeshError):
     """The payload is malformed or does not match the capability's input schema."""
 
     code = "invalid_input"
+    outcome = "rejected"
 
 
 class PayloadTooLarge(InvalidInput):
@@ -104,6 +112,7 @@ class PolicyDenied(MeshError):
     """The policy decided against the call; ``reason`` is the policy's own words."""
 
     code = "policy_denied"
+    outcome = "denied"
 
     def __init__(self, message: str, *, reason: str | None = None, policy: str | None = None,
                  hint: str | None = None, **details: Any) -> None:
@@ -116,6 +125,7 @@ class QuotaExceeded(MeshError):
     """A tenant's budget (calls, tokens, cost, GPU-seconds) or rate limit is spent."""
 
     code = "quota_exceeded"
+    outcome = "rejected"
 
 
 class BackendUnavailable(MeshError):
@@ -142,6 +152,7 @@ class NotFound(MeshError):
     """A named thing (capability, tenant, model alias, point, review item) does not exist."""
 
     code = "not_found"
+    outcome = "rejected"
 
 
 class UnknownCapability(NotFound):
@@ -172,6 +183,22 @@ class IntegrityError(MeshError):
     """A durable store is corrupt or could not be written (audit chain, outbox)."""
 
     code = "integrity_error"
+
+
+class StepFailed(MeshError):
+    """A pipeline step (built-in or your own) raised something that is not a
+    :class:`MeshError`; the call is unwound and recorded like any other failure, and the
+    original exception is the ``__cause__``."""
+
+    code = "step_failed"
+
+
+class CallCancelled(MeshError):
+    """The caller went away before the call finished (a stream closed early, a task
+    cancelled); whatever the call reserved is given back and the record says ``cancelled``."""
+
+    code = "call_cancelled"
+    outcome = "cancelled"
 
 
 # Deprecated names → (current class, release that removes them).

@@ -12,13 +12,33 @@ import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any, Final, Literal
 
-__all__ = ["RECORD_SCHEMA_VERSION", "DecisionRecord", "Outcome", "new_record_id",
-           "utc_now_iso"]
+__all__ = ["RECORD_SCHEMA_VERSION", "SUCCESSFUL_OUTCOMES", "CallMode", "DecisionRecord",
+           "Outcome", "new_record_id", "utc_now_iso"]
 
 RECORD_SCHEMA_VERSION = "1"
-Outcome = Literal["ok", "review", "denied", "rejected", "error"]
+
+
+class Outcome(StrEnum):
+    """How a call ended. The set is open: a new way to end (``degraded``, ``partial``) is one
+    member here plus, if an error leads to it, that error class's ``outcome`` attribute.
+    Members compare equal to their strings (``record.outcome == "ok"``)."""
+
+    OK = "ok"
+    REVIEW = "review"  # parked for a human; the answer comes later
+    DENIED = "denied"  # the policy said no
+    REJECTED = "rejected"  # the caller's own mistake or budget: bad input, quota, unknown
+    ERROR = "error"  # the mesh or a backend failed
+    CANCELLED = "cancelled"  # the caller went away (a stream closed early, a task cancelled)
+
+
+#: Outcomes in which the call did what was asked (metrics count the rest as errors).
+SUCCESSFUL_OUTCOMES: Final = frozenset({Outcome.OK, Outcome.REVIEW})
+
+#: How the call was made: one answer, a stream of chunks, or one row of a bulk run.
+CallMode = Literal["invoke", "stream", "bulk"]
 
 # Record ids must be unique, not secret: a generator seeded from the OS (and reseeded in a
 # forked child, so workers never repeat their parent's ids) gives uuid4-shaped ids at a third
@@ -89,6 +109,7 @@ class DecisionRecord:
     capability: str
     capability_version: str
     outcome: Outcome
+    mode: CallMode = "invoke"
     trace_id: str | None = None
     span_id: str | None = None
     parent: dict[str, Any] | None = None
@@ -114,7 +135,7 @@ class DecisionRecord:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("ok", "review")
+        return self.outcome in SUCCESSFUL_OUTCOMES
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document written to the audit log (stable key names, schema v1)."""
@@ -141,7 +162,8 @@ class DecisionRecord:
             "cost": self.cost,
             "currency": self.currency,
             "quota": self.quota,
-            "outcome": self.outcome,
+            "outcome": str(self.outcome),
+            "mode": self.mode,
             "review_id": self.review_id,
             "confidence": self.confidence,
             "cache": self.cache,

@@ -12,17 +12,22 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+from pydantic import ValidationError
 
+from aios_mesh.catalog import Catalog
 from aios_mesh.errors import InvalidInput, NotFound
+from aios_mesh.pipeline.validate import digest, validation_message
+from aios_mesh.ports.audit import AuditLog
+from aios_mesh.ports.events import Event
 
-__all__ = ["ReviewItem", "ReviewQueue", "ReviewStatus"]
+__all__ = ["ReviewItem", "ReviewQueue", "ReviewStatus", "resolve_review"]
 
 ReviewStatus = Literal["pending", "approved", "rejected"]
 
@@ -151,3 +156,46 @@ class ReviewQueue:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+async def resolve_review(queue: ReviewQueue, catalog: Catalog, audit: AuditLog,
+                         publish: Callable[[str, Event], Awaitable[None]], review_id: str, *,
+                         approve: bool, reviewer: str,
+                         output: Mapping[str, Any] | None = None,
+                         note: str = "") -> ReviewItem:
+    """Record a human decision and resume what waits on it.
+
+    The decision goes into the review queue and the audit log (``kind:
+    "review_decision"``). If the call came from an event route, the final answer (or the
+    rejection) is published to that route's result topic through ``publish`` (the mesh's
+    durable outbox), so a bus outage delays it but never loses it. An approved ``output`` is
+    validated against the capability's output model first.
+    """
+    item = queue.get(review_id)
+    if output is not None:
+        spec = catalog.get(item.capability.split("@", 1)[0])
+        try:
+            output = spec.output.model_validate(dict(output)).model_dump(mode="json")
+        except ValidationError as exc:
+            raise InvalidInput(f"the corrected output does not match "
+                               f"{spec.output.__name__}: {validation_message(exc)}"
+                               ) from None
+    item = queue.resolve(review_id, approve=approve, reviewer=reviewer,
+                         output=dict(output) if output is not None else None, note=note)
+    await audit.append({"kind": "review_decision", "review_id": item.id,
+                        "record_id": item.record_id, "capability": item.capability,
+                        "tenant": item.tenant, "decision": item.status,
+                        "reviewer": reviewer, "at": item.decided_at,
+                        "output_sha256": digest(item.final_output)
+                        if item.final_output is not None else None})
+    if item.resume and item.resume.get("topic"):
+        cap = item.resume.get("capability", item.capability)
+        kind = "result" if approve else "rejected"
+        event = Event(type=f"{cap}.{kind}", source="aios-mesh/review", tenant=item.tenant,
+                      key=item.resume.get("key"),
+                      idempotency_key=f"{item.resume.get('idempotency_key', item.id)}:{cap}",
+                      data={"output": item.final_output, "record_id": item.record_id,
+                            "review_id": item.id, "reviewed_by": reviewer},
+                      headers={"causation_id": str(item.resume.get("causation_id", ""))})
+        await publish(item.resume["topic"], event)
+    return item

@@ -13,130 +13,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import queue
-import sqlite3
 import statistics
-import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aios_mesh.capabilities import CapabilitySpec
-from aios_mesh.errors import InvalidInput, MeshError, NotFound
+from aios_mesh.errors import InvalidInput, NotFound
 from aios_mesh.ports.registry import parse_model_spec
+from aios_mesh.recorder.shadow import ShadowRunner, open_shadow_db
 
 if TYPE_CHECKING:
     from aios_mesh.mesh import Mesh
 
 __all__ = ["AliasChange", "ShadowRunner", "compare", "promote", "rollback"]
-
-_log = logging.getLogger("aios_mesh.rollout")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS shadow (
-  capability TEXT NOT NULL, record_id TEXT NOT NULL, tenant TEXT NOT NULL,
-  primary_version TEXT, candidate_version TEXT, agree INTEGER, primary_ms REAL,
-  candidate_ms REAL, candidate_cost REAL, error TEXT, at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS shadow_cap ON shadow(capability);
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    spec: CapabilitySpec
-    payload: dict[str, Any]
-    tenant: str
-    record_id: str
-    primary_output: dict[str, Any]
-    primary_ms: float
-    primary_version: str
-
-
-class ShadowRunner:
-    """Mirrors calls to a candidate model on its own thread and event loop."""
-
-    def __init__(self, mesh: Mesh, path: Path) -> None:
-        self.mesh = mesh
-        self.path = path
-        self._queue: queue.SimpleQueue[_Job | threading.Event | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, job: _Job) -> None:
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._main, daemon=True,
-                                                    name="aios-mesh-shadow")
-                    self._thread.start()
-        self._queue.put(job)
-
-    def _main(self) -> None:
-        loop = asyncio.new_event_loop()
-        db = _open(self.path)
-        try:
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    return
-                if isinstance(item, threading.Event):
-                    item.set()
-                    continue
-                try:
-                    row = loop.run_until_complete(self._shadow(item))
-                except Exception as exc:  # a shadow never hurts the caller
-                    _log.warning("shadow call failed: %s", exc)
-                    continue
-                db.execute("INSERT INTO shadow VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
-        finally:
-            db.close()
-            loop.close()
-
-    async def _shadow(self, job: _Job) -> tuple[Any, ...]:
-        spec = job.spec
-        assert spec.canary is not None
-        ref = await self.mesh.resolver.resolve(spec.canary.model)
-        _, serving = self.mesh._serving(spec.serving)
-        started = time.perf_counter()
-        error = None
-        agree = None
-        cost = None
-        try:
-            prediction = await serving.infer(ref, job.payload, timeout=spec.slo.timeout_s)
-            output = spec.output.model_validate(prediction.output).model_dump(mode="json")
-            agree = int(output == job.primary_output)
-            cost = spec.price.cost(prediction.usage)
-        except MeshError as exc:
-            error = f"{type(exc).__name__}: {exc.message}"
-        elapsed = (time.perf_counter() - started) * 1000.0
-        return (spec.name, job.record_id, job.tenant, job.primary_version, ref.version, agree,
-                job.primary_ms, elapsed, cost, error, datetime.now(UTC).isoformat())
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        if self._thread is None:
-            return True
-        done = threading.Event()
-        self._queue.put(done)
-        return done.wait(timeout)
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(10)
-            self._thread = None
-
-
-def _open(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(_SCHEMA)
-    return db
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -152,7 +42,7 @@ async def compare(mesh: Mesh, capability: str) -> dict[str, Any]:
     spec = mesh.capability(capability)
     out: dict[str, Any] = {"capability": capability, "primary": spec.model,
                            "candidate": spec.canary.model if spec.canary else None}
-    db = _open(mesh.config.state_path / "shadow.db")
+    db = open_shadow_db(mesh.config.state_path / "shadow.db")
     try:
         rows = db.execute("SELECT agree, primary_ms, candidate_ms, candidate_cost, error "
                           "FROM shadow WHERE capability = ?", (capability,)).fetchall()
@@ -169,7 +59,7 @@ async def compare(mesh: Mesh, capability: str) -> dict[str, Any]:
         "candidate_cost": round(sum(r[3] or 0 for r in answered), 6),
     }
     variants: dict[str, list[dict[str, Any]]] = {}
-    for entry in await mesh.port("audit").read():
+    for entry in await mesh.ports.audit.read():
         rec = entry.record
         if rec.get("capability", {}).get("name") == capability and rec.get("variant"):
             variants.setdefault(rec["variant"], []).append(rec)
@@ -207,7 +97,7 @@ async def _move(mesh: Mesh, spec: CapabilitySpec, to_version: str, action: str,
     if alias is None:
         raise InvalidInput(f"{spec.name} pins {spec.model}, not an alias",
                            hint="promote/rollback move aliases: use model = 'name@alias'")
-    registry = await mesh._get_registry()
+    registry = mesh.ports.registry
     current = (await registry.resolve(spec.model)).version
     target = (await registry.resolve(f"{name}/{to_version}")).version  # NotFound if missing
     await registry.set_alias(name, alias, target)
@@ -218,7 +108,7 @@ async def _move(mesh: Mesh, spec: CapabilitySpec, to_version: str, action: str,
         lock.models[spec.model] = await registry.resolve(spec.model)
         lock.write(mesh.resolver.lock_path)
     change = AliasChange(action, spec.name, name, alias, current, target, actor)
-    await mesh.port("audit").append(change.document())
+    await mesh.ports.audit.append(change.document())
     return change
 
 
@@ -238,7 +128,7 @@ async def rollback(mesh: Mesh, capability: str, *, actor: str = "unknown") -> Al
     """Move the alias back to where the last promote of this capability found it."""
     spec = mesh.capability(capability)
     last = None
-    for entry in await mesh.port("audit").read():
+    for entry in await mesh.ports.audit.read():
         rec = entry.record
         if rec.get("kind") == "alias_change" and rec.get("capability") == capability \
                 and rec.get("action") == "promote":

@@ -133,7 +133,7 @@ class Telemetry:
                                            attributes={"aios_mesh.capability": capability,
                                                        "aios_mesh.tenant": tenant})
         except Exception:
-            self._fail("span start")
+            self.failed("span start")
             return None
 
     def _no_sdk(self) -> bool:
@@ -251,13 +251,13 @@ class Telemetry:
                     orjson.dumps({"event": "decision", "level": "info", **doc}) + b"\n"
                     for _, doc, _, _ in items))
             except Exception:
-                self._fail("log line")
+                self.failed("log line")
         elif self._logger is not None:
             for _, doc, _, _ in items:
                 try:
                     self._logger.info("decision", **doc)
                 except Exception:
-                    self._fail("log line")
+                    self.failed("log line")
         if self.otel:
             for record, _, span, end_ns in items:
                 self._export_otel(record, span, end_ns)
@@ -275,7 +275,7 @@ class Telemetry:
                 totals[2] += record.cost
             self._latency.record(record.latency_ms, dict(zip(_ATTRS, key, strict=True)))
         except Exception:
-            self._fail("metrics")
+            self.failed("metrics")
         if span is not None:
             try:
                 span.set_attributes({
@@ -291,9 +291,10 @@ class Telemetry:
                     span.set_status(Status(StatusCode.ERROR, record.error["message"]))
                 span.end(end_time=end_ns)
             except Exception:
-                self._fail("span end")
+                self.failed("span end")
 
-    def _fail(self, what: str) -> None:
+    def failed(self, what: str) -> None:
+        """Count and log a failed export (or any fail-soft signal of the mesh)."""
         self.failures += 1
         _internal.warning("telemetry export failed: %s", what, exc_info=True)
 

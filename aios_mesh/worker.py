@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aios_mesh.errors import InvalidInput, MeshError, NotFound, PolicyDenied, QuotaExceeded
 from aios_mesh.outbox import IdempotentConsumer
 from aios_mesh.ports.events import Delivery, Event, EventBus, Subscription
+from aios_mesh.routes import Route
 
 if TYPE_CHECKING:
     from aios_mesh.mesh import Mesh
@@ -40,21 +41,6 @@ _log = logging.getLogger("aios_mesh.worker")
 
 #: Outcomes that are decisions, not outages: redelivery would decide the same way.
 DECIDED = (InvalidInput, PolicyDenied, QuotaExceeded, NotFound)
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Events on ``topic`` become calls of ``capability``; answers go to ``result_topic``."""
-
-    topic: str
-    capability: str
-    result_topic: str | None = None
-    group: str | None = None
-    payload: Callable[[Event], Any] = field(default=lambda event: event.data)
-
-    @property
-    def consumer_group(self) -> str:
-        return self.group or f"aios-mesh.{self.capability}"
 
 
 @dataclass(slots=True)

@@ -109,11 +109,11 @@ def build(state: Path, *, policy: bool = True, quota: bool = True, redact: bool 
     if not quota:
         from aios_mesh.embedded.quota import InProcessQuota
 
-        mesh._explicit["quota"] = InProcessQuota()
+        mesh.ports.override("quota", InProcessQuota())
     ref = mesh.local_serving.register("noop", "1", noop)
     registry = mesh.port("registry")
-    mesh._sync.run(registry.register("noop", ref.source))
-    mesh._sync.run(registry.set_alias("noop", "champion", "1"))
+    mesh.run_sync(registry.register("noop", ref.source))
+    mesh.run_sync(registry.set_alias("noop", "champion", "1"))
     return mesh, ref
 
 

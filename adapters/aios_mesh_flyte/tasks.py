@@ -307,7 +307,7 @@ def _emit(events: list[dict[str, Any]], mesh: Mesh) -> bool:
     try:
         lineage = mesh.port("lineage")
         for event in events:
-            mesh._sync.run(lineage.emit(event))
+            mesh.run_sync(lineage.emit(event))
     except Exception as exc:
         _log.warning("workflow lineage not emitted: %s", exc)
         return False
@@ -502,7 +502,7 @@ def resolve_model_version(capability: str, *, mesh: Mesh | None = None) -> str:
     spec = target.capability(capability)
     if spec.model is None:
         return FUNCTION_VERSION
-    ref = target._sync.run(target.resolver.resolve(spec.model))
+    ref = target.run_sync(target.resolver.resolve(spec.model))
     return f"{ref.name}/{ref.version}"
 
 

@@ -74,12 +74,12 @@ def run_demo(state_dir: Path, *, n: int = 60, console: Console | None = None,
         timings["train"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         with out.status("registering it in MLflow (sqlite) as ticket-classifier@champion..."):
-            ref = mesh._sync.run(register_model(mesh.port("registry"), pipeline,
+            ref = mesh.run_sync(register_model(mesh.port("registry"), pipeline,
                                                 name="ticket-classifier", alias="champion",
                                                 sample=texts[:20]))
         timings["register"] = time.perf_counter() - t0
         with out.status("indexing help articles per tenant in Qdrant Edge..."):
-            mesh._sync.run(index_kb(mesh.port("retrieval")))
+            mesh.run_sync(index_kb(mesh.port("retrieval")))
         lock = mesh.lock()
         mesh.prepare()  # load the model before the first ticket, not during it
         out.print(f"model [cyan]ticket-classifier[/] v{ref.version} (holdout accuracy "
@@ -96,8 +96,8 @@ def run_demo(state_dir: Path, *, n: int = 60, console: Console | None = None,
                 rows.append(_process(mesh, ticket))
                 progress.advance(task)
         mesh.flush()
-        report = mesh._sync.run(mesh.port("audit").verify())
-        signals = mesh.signals.stats if mesh.signals is not None else None
+        report = mesh.run_sync(mesh.port("audit").verify())
+        signals = mesh.relay.stats if mesh.relay is not None else None
 
     _print_calls(out, rows)
     _print_record(out, state)

@@ -87,7 +87,7 @@ async def retrieve_context(query: Query, ctx: CallContext) -> Passages:
     """Find the tenant's help articles closest to the ticket (Qdrant, tenant-scoped)."""
     from aios_mesh.demo.model import embed
 
-    retrieval = ctx.mesh.port("retrieval")
+    retrieval = ctx.ports.retrieval
     hits = await retrieval.query("kb", embed([query.text])[0], tenant=ctx.tenant,
                                  limit=query.top_k)
     ctx.note_index("kb", await retrieval.snapshot("kb"))

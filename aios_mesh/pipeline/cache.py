@@ -72,7 +72,7 @@ class CacheStep(StepBase):
         self.cache = cache
 
     async def before(self, call: Call) -> None:
-        key = cache_key(call)
+        key = cache_key(call) if call.mode != "stream" else None  # a stream is never cached
         if key is None:
             return
         hit = self.cache.get(key)

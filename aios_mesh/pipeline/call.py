@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,15 +14,25 @@ from aios_mesh.ports.policy import Decision
 from aios_mesh.ports.quota import Reservation
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Prediction, Usage
+from aios_mesh.record import CallMode
 from aios_mesh.redaction import Redaction
 
-__all__ = ["Call"]
+__all__ = ["Call", "Emit", "Release"]
+
+#: Hands one streamed chunk to the consumer; raises CallCancelled once the consumer is gone.
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+#: Gives back what an admission controller granted (a slot, a ticket); never raises.
+Release = Callable[[], None]
 
 _NOTHING_USED = Usage(calls=0)  # frozen: one instance serves every call
 
 
 @dataclass(slots=True)
 class Call:
+    """One call's state, filled in by the steps. ``mode`` says how it is made: ``invoke``
+    (one answer), ``stream`` (chunks go to ``emit`` as the backend produces them; the steps
+    and the record are the same) or ``bulk`` (one row of :meth:`Mesh.invoke_many`)."""
+
     spec: CapabilitySpec
     tenant: str
     caller: str
@@ -31,6 +42,8 @@ class Call:
     trace_headers: dict[str, str] = field(default_factory=dict)
     resume: dict[str, Any] | None = None  # where a reviewer's answer is published
     parent: dict[str, Any] | None = None  # the workflow run this call belongs to
+    mode: CallMode = "invoke"
+    emit: Emit | None = None  # set in stream mode
     # filled by the steps
     input: BaseModel | None = None
     payload: dict[str, Any] | None = None
@@ -54,6 +67,8 @@ class Call:
     index_snapshots: dict[str, str] = field(default_factory=dict)
     cache: str | None = None  # "hit" / "miss" when the capability caches answers
     variant: str | None = None  # "primary" / "canary" when a canary is configured
+    chunks: int = 0  # chunks streamed to the consumer
+    admitted: list[Release] = field(default_factory=list)  # held until the call ends
     error: MeshError | None = None
     done: bool = False
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import inspect
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,22 +19,25 @@ from aios_mesh.embedded.serving import as_prediction
 from aios_mesh.errors import (
     BackendTimeout,
     BackendUnavailable,
+    CallCancelled,
     CircuitOpen,
+    FeatureNotSupported,
     InvalidOutput,
     MeshError,
+    NotFound,
 )
-from aios_mesh.pipeline.batching import MicroBatcher
+from aios_mesh.pipeline.batching import BatcherPool, MicroBatcher
 from aios_mesh.pipeline.call import Call
 from aios_mesh.pipeline.runner import StepBase
 from aios_mesh.pipeline.validate import digest, validation_message
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.registry import ModelRef
-from aios_mesh.ports.serving import Prediction, Serving
+from aios_mesh.ports.serving import Prediction, Serving, Usage
 from aios_mesh.resilience import CircuitBreaker, RetryBudget, backoff_delay
 from aios_mesh.resolver import AliasResolver
 from aios_mesh.review import ReviewQueue
 
-__all__ = ["BreakerBoard", "InvokeStep", "Target"]
+__all__ = ["BreakerBoard", "InvokeStep", "Target", "Targets"]
 
 #: What a failed primary may fall back from: backend trouble, not the caller's own mistakes.
 FALLBACK_ON = (BackendUnavailable, BackendTimeout, CircuitOpen, InvalidOutput)
@@ -87,6 +90,40 @@ class Target:
         return as_prediction(out)
 
 
+class Targets:
+    """Decides who answers a call: the capability's in-process handler, or its model on the
+    capability's serving backend (through a micro-batcher when the spec batches).
+
+    Args:
+        serving: ``(label, adapter)`` of a serving backend by name (None: the default one);
+            :meth:`aios_mesh.ports.container.Ports.serving_for`.
+        batchers: the shared micro-batchers.
+        context: builds the :class:`~aios_mesh.context.CallContext` a handler may take.
+    """
+
+    def __init__(self, serving: Callable[[str | None], tuple[str, Serving]],
+                 batchers: BatcherPool, context: Callable[[Call], Any]) -> None:
+        self._serving = serving
+        self.batchers = batchers
+        self._context = context
+
+    def __call__(self, call: Call, ref: ModelRef | None) -> Target:
+        spec = call.spec
+        if spec.handler is not None and (ref is None or ref.name.startswith("function:")):
+            model = ModelRef(name=f"function:{spec.name}", version=spec.version)
+            call.model_ref = model
+            return Target("function", model, handler=spec.handler, context=self._context(call))
+        if ref is None:
+            raise NotFound(f"capability {spec.name} has no model to call")
+        label, serving = self._serving(spec.serving)
+        batcher = None
+        if spec.batch is not None and spec.batch.max_size > 1 and call.mode != "stream":
+            batcher = self.batchers.get(label, serving, ref, max_size=spec.batch.max_size,
+                                        max_wait_s=spec.batch.max_wait_ms / 1000.0,
+                                        timeout=spec.slo.timeout_s)
+        return Target(label, ref, serving=serving, batcher=batcher)
+
+
 def _wants_context(fn: Callable[..., Any]) -> bool:
     cached: bool | None = getattr(fn, "__aios_wants_context__", None)
     if cached is None:
@@ -137,6 +174,9 @@ class InvokeStep(StepBase):
         if call.cache == "hit":
             return
         self.budget.record_call()
+        if call.mode == "stream":
+            await self._stream(call, self._target(call, call.model_ref))
+            return
         try:
             await self._run(call, self._target(call, call.model_ref))
             return
@@ -214,6 +254,43 @@ class InvokeStep(StepBase):
                 raise error
             await asyncio.sleep(backoff_delay(attempt, self.retry.backoff_s,
                                               self.retry.max_backoff_s))
+
+    async def _stream(self, call: Call, target: Target) -> None:
+        """Stream mode: hand each chunk to the consumer as the backend makes it. One attempt
+        (a chunk already sent cannot be taken back), under the same breaker as invoke."""
+        if target.serving is None or call.emit is None:
+            raise FeatureNotSupported(
+                f"{call.spec.name} is answered by a function, which does not stream",
+                hint="stream() needs a model on a streaming backend; use invoke()")
+        call.serving = target.label
+        breaker = self.breakers.get(target.label, target.model.name)
+        breaker.acquire()
+        call.attempts += 1
+        timeout = call.spec.slo.timeout_s
+        stream: AsyncIterator[dict[str, Any]] = target.serving.stream(
+            target.model, call.payload or {}, timeout=timeout)
+        try:
+            try:
+                async for chunk in stream:
+                    call.chunks += 1
+                    await call.emit(chunk)
+            finally:  # a consumer that left early must not leave the backend's stream open
+                close: Callable[[], Awaitable[None]] | None = getattr(stream, "aclose", None)
+                if close is not None:
+                    await close()
+        except CallCancelled:
+            raise  # the consumer left: not the backend's failure
+        except MeshError as exc:
+            if isinstance(exc, FALLBACK_ON) and not isinstance(exc, CircuitOpen):
+                breaker.record_failure()
+            raise
+        except Exception as exc:
+            breaker.record_failure()
+            raise BackendUnavailable(f"{target.label} failed while streaming: "
+                                     f"{type(exc).__name__}") from exc
+        breaker.record_success()
+        call.usage = Usage(calls=1)
+        call.cost = call.spec.price.cost(call.usage)
 
     @staticmethod
     def _accept(call: Call, prediction: Prediction) -> None:

@@ -1,16 +1,32 @@
-"""The pipeline runner: a for-loop over steps (structlog's processor-chain idea)."""
+"""The pipeline runner: a for-loop over steps (structlog's processor-chain idea).
+
+Your own step is a class with a ``name`` and the hooks it needs (subclass :class:`StepBase`
+for no-op defaults); put it where it belongs with :meth:`Pipeline.add`::
+
+    class TagPriority(StepBase):
+        name = "tag_priority"
+
+        async def before(self, call: Call) -> None:
+            call.attributes["priority"] = "high" if call.tenant == "acme" else "normal"
+
+    mesh.pipeline.add(TagPriority(), before="policy")
+
+A step that raises something other than a :class:`MeshError` is unwound like any failure
+(its exception becomes a :class:`~aios_mesh.errors.StepFailed`), and the call is recorded.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Protocol
 
 from aios_mesh.capabilities import CapabilitySpec
-from aios_mesh.errors import MeshError
+from aios_mesh.errors import CallCancelled, MeshError, StepFailed
 from aios_mesh.pipeline.call import Call
 
-__all__ = ["Pipeline", "Step"]
+__all__ = ["Pipeline", "Step", "StepBase"]
 
 _log = logging.getLogger("aios_mesh.pipeline")
 
@@ -63,10 +79,22 @@ _MAX_PLANS = 1024  # specs made on the fly must not grow the plan table without 
 
 
 class Pipeline:
-    """Runs each step's ``before`` in order, then ``after`` in reverse; a :class:`MeshError`
-    unwinds ``on_error`` (reverse) over the steps that ran instead."""
+    """Runs each step's ``before`` in order, then ``after`` in reverse; a failure unwinds
+    ``on_error`` (reverse) over the steps that ran instead.
+
+    The same steps serve every mode of a call (invoke, stream, bulk): a step that behaves
+    differently reads ``call.mode``.
+    """
 
     def __init__(self, steps: Sequence[Step]) -> None:
+        self._set(steps)
+
+    def _set(self, steps: Sequence[Step]) -> None:
+        names = [s.name for s in steps]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise MeshError(f"two pipeline steps are named {', '.join(dupes)}",
+                            hint="give each step its own name")
         self.steps = tuple(steps)
         # Hooks left as StepBase's no-ops are not awaited at all: every call pays for each
         # coroutine it creates, several times over when the CPU comes back cold from a
@@ -77,6 +105,40 @@ class Pipeline:
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.steps]
+
+    def _index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise MeshError(f"no pipeline step named {name!r}",
+                            hint=f"steps are: {', '.join(self.names)}") from None
+
+    def add(self, step: Step, *, before: str | None = None, after: str | None = None) -> None:
+        """Insert ``step`` before or after the step of that name (at the end with neither).
+
+        Example: ``mesh.pipeline.add(MyAudit(), after="validate_input")``.
+        """
+        if before is not None and after is not None:
+            raise MeshError("add() takes before= or after=, not both")
+        steps = list(self.steps)
+        if before is not None:
+            steps.insert(self._index(before), step)
+        elif after is not None:
+            steps.insert(self._index(after) + 1, step)
+        else:
+            steps.append(step)
+        self._set(steps)
+
+    def remove(self, name: str) -> Step:
+        """Take the step of that name out of the pipeline and return it."""
+        steps = list(self.steps)
+        step = steps.pop(self._index(name))
+        self._set(steps)
+        return step
+
+    def step(self, name: str) -> Step:
+        """The step of that name."""
+        return self.steps[self._index(name)]
 
     def plan(self, spec: CapabilitySpec) -> tuple[Step, ...]:
         """The steps that apply to ``spec``, in order; worked out once per spec (a step with
@@ -91,8 +153,11 @@ class Pipeline:
         return found[1]
 
     async def run(self, call: Call) -> None:
-        """Run the steps; on a :class:`MeshError` unwind ``on_error`` and re-raise it."""
+        """Run the steps; on a failure unwind ``on_error`` and raise it as a
+        :class:`MeshError` (a cancelled task unwinds with :class:`CallCancelled` and stays
+        cancelled)."""
         ran: list[Step] = []
+        step: Step | None = None
         try:
             for step in self.plan(call.spec):
                 ran.append(step)
@@ -104,10 +169,25 @@ class Pipeline:
                 if id(step) in after:
                     await step.after(call)
         except MeshError as exc:
-            call.error = exc
-            for step in reversed(ran):
-                try:
-                    await step.on_error(call, exc)
-                except Exception:  # an unwind failure must not hide the original error
-                    _log.exception("step %s failed while unwinding", step.name)
+            await self._unwind(call, ran, exc)
             raise
+        except asyncio.CancelledError:
+            await self._unwind(call, ran, CallCancelled(
+                f"{call.spec.name} was cancelled by its caller"))
+            raise
+        except Exception as exc:
+            name = step.name if step is not None else "?"
+            error = StepFailed(f"pipeline step {name!r} raised {type(exc).__name__}",
+                               hint="a step must raise MeshError subclasses; see the "
+                                    "cause for the original exception", step=name)
+            await self._unwind(call, ran, error)
+            raise error from exc
+
+    @staticmethod
+    async def _unwind(call: Call, ran: list[Step], error: MeshError) -> None:
+        call.error = error
+        for step in reversed(ran):
+            try:
+                await step.on_error(call, error)
+            except Exception:  # an unwind failure must not hide the original error
+                _log.exception("step %s failed while unwinding", step.name)

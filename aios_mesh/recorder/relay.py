@@ -1,9 +1,9 @@
-"""Derived signals: OpenLineage run events and ``aios.mesh.decision`` domain events, shipped
-from the audit log itself.
+"""The record relay: OpenLineage run events and ``aios.mesh.decision`` domain events, shipped
+from the audit log itself (the Recorder's lossless, deferred processors).
 
 The audit log is already a durable, ordered, append-only record of every call, written before
 the caller gets its answer — so it doubles as the outbox for per-call signals (the
-transactional-outbox pattern, with the log as the outbox table). :class:`SignalRelay` follows
+transactional-outbox pattern, with the log as the outbox table). :class:`RecordRelay` follows
 it from a persisted cursor, emits each record's lineage events and domain event, and moves the
 cursor only after both sinks accepted them: an outage of the bus or the lineage backend loses
 nothing, and a restart resumes where it stopped (at least once; consumers dedupe on the
@@ -29,7 +29,7 @@ from aios_mesh.ports.audit import AuditLog
 from aios_mesh.ports.events import Event, EventBus
 from aios_mesh.ports.lineage import Lineage
 
-__all__ = ["DECISION_EVENT_TYPE", "DECISION_TOPIC", "Factory", "RelayStats", "SignalRelay",
+__all__ = ["DECISION_EVENT_TYPE", "DECISION_TOPIC", "Factory", "RecordRelay", "RelayStats",
            "decision_event"]
 
 T = TypeVar("T")
@@ -39,7 +39,7 @@ Factory = Callable[[], tuple[T, bool]]
 DECISION_TOPIC = "aios.mesh.decisions"
 DECISION_EVENT_TYPE = "aios.mesh.decision.recorded"
 
-_log = logging.getLogger("aios_mesh.signals")
+_log = logging.getLogger("aios_mesh.recorder.relay")
 
 
 @dataclass(slots=True)
@@ -61,7 +61,7 @@ def decision_event(record: dict[str, Any]) -> Event:
                  headers={"outcome": str(record["outcome"])})
 
 
-class SignalRelay:
+class RecordRelay:
     """Follows the audit log and ships derived signals; run it with :meth:`start` (a daemon
     thread with its own event loop) or drive it with :meth:`run_once`."""
 
@@ -169,7 +169,7 @@ class SignalRelay:
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._main, daemon=True,
-                                                name="aios-mesh-signals")
+                                                name="aios-mesh-relay")
                 self._thread.start()
 
     def poke(self) -> None:

@@ -237,7 +237,7 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
         mesh.flush()
         report_ok = asyncio.run(_verify(mesh))
         pending = mesh.outbox().pending()
-        signals = mesh.signals.stats if mesh.signals is not None else None
+        signals = mesh.relay.stats if mesh.relay is not None else None
     finally:
         close_meshes()
 

@@ -39,11 +39,11 @@ def prepare(mesh: Mesh, *, index: bool = True, seed: int = 11) -> ModelRef:
     _copy_policies(mesh.config.state_path)
     texts, labels = training_set(seed=seed)
     pipeline, _accuracy = train_classifier(texts, labels)
-    ref: ModelRef = mesh._sync.run(register_model(
+    ref: ModelRef = mesh.run_sync(register_model(
         mesh.port("registry"), pipeline, name="ticket-classifier", alias="champion",
         sample=texts[:20]))
     if index:
-        mesh._sync.run(index_kb(mesh.port("retrieval")))
+        mesh.run_sync(index_kb(mesh.port("retrieval")))
     mesh.lock()
     return ref
 

@@ -43,8 +43,8 @@ def mesh_for(state: Path, serving_url: str) -> Mesh:
         "telemetry": {"lineage": False, "decision_events": False}})
     mesh = Mesh(config, capabilities=[SHOUT])
     registry = mesh.port("registry")  # deployment setup, not business code
-    ref = mesh._sync.run(registry.register("echo-upper", ECHO_UPPER_SOURCE))
-    mesh._sync.run(registry.set_alias("echo-upper", "live", ref.version))
+    ref = mesh.run_sync(registry.register("echo-upper", ECHO_UPPER_SOURCE))
+    mesh.run_sync(registry.set_alias("echo-upper", "live", ref.version))
     return mesh
 
 

@@ -134,7 +134,7 @@ result_topic = "tickets.routed"
 """)
     n = 200
     mesh = Mesh.from_config(config)
-    mesh._sync.run(mesh.port("events").publish("tickets.new",
+    mesh.run_sync(mesh.port("events").publish("tickets.new",
                                                tickets([f"invoice {i}" for i in range(n)])))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "aios_mesh.cli", "worker", "--config", str(config),
@@ -146,7 +146,7 @@ result_topic = "tickets.routed"
             got = await receive(sub, n + 10, timeout=0.3)
             await sub.aclose()
             return [d.event for d in got]
-        return mesh._sync.run(read())
+        return mesh.run_sync(read())
 
     first = subprocess.Popen(cmd, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30

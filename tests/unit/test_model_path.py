@@ -77,7 +77,7 @@ def test_response_cache_per_tenant_and_model_version(tmp_path: Path) -> None:
         assert again.output == first.output and again.record.cost == 0.0
         assert v3.batches == [1, 1]
         # Moving the alias means a new model version: the old answer is never served.
-        mesh._sync.run(mesh.port("registry").set_alias("m", "champion", "4"))
+        mesh.run_sync(mesh.port("registry").set_alias("m", "champion", "4"))
         mesh.resolver.invalidate("m@champion")
         moved = mesh.invoke("echo", {"text": "q"}, tenant="a")
     assert moved.record.cache == "miss" and moved.output.version == "4"
@@ -117,16 +117,16 @@ def test_shadow_compare_promote_and_rollback(tmp_path: Path) -> None:
         assert all(r.record.model["version"] == "3" for r in results)  # callers see primary
         assert mesh.flush()
         assert sum(v4.batches) == 20  # every call was mirrored to the candidate
-        report = mesh._sync.run(rollout.compare(mesh, "echo"))
+        report = mesh.run_sync(rollout.compare(mesh, "echo"))
         assert report["shadow"]["calls"] == 20
         assert report["shadow"]["agreement"] == 0.0  # the two versions answer differently
-        change = mesh._sync.run(rollout.promote(mesh, "echo", actor="ana"))
+        change = mesh.run_sync(rollout.promote(mesh, "echo", actor="ana"))
         assert (change.from_version, change.to_version) == ("3", "4")
         assert mesh.invoke("echo", {"text": "x"}, tenant="a").record.model["version"] == "4"
-        back = mesh._sync.run(rollout.rollback(mesh, "echo", actor="ana"))
+        back = mesh.run_sync(rollout.rollback(mesh, "echo", actor="ana"))
         assert (back.from_version, back.to_version) == ("4", "3")
         assert mesh.invoke("echo", {"text": "x"}, tenant="a").record.model["version"] == "3"
-        entries = mesh._sync.run(mesh.port("audit").read())
+        entries = mesh.run_sync(mesh.port("audit").read())
     changes = [e.record for e in entries if e.record.get("kind") == "alias_change"]
     assert [(c["action"], c["actor"]) for c in changes] == [("promote", "ana"),
                                                             ("rollback", "ana")]
@@ -142,4 +142,4 @@ def test_rollback_without_promote_is_typed(tmp_path: Path) -> None:
 
     mesh, _, _ = mesh_with(tmp_path)
     with mesh, pytest.raises(NotFound, match="no promote"):
-        mesh._sync.run(rollout.rollback(mesh, "echo"))
+        mesh.run_sync(rollout.rollback(mesh, "echo"))

@@ -1,0 +1,140 @@
+"""Building the decision record from a finished call (one place, for every mode)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from aios_mesh.errors import MeshError
+from aios_mesh.lockfile import LockFile
+from aios_mesh.record import CallMode, DecisionRecord, Outcome, utc_now_iso
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from aios_mesh.capabilities import CapabilitySpec
+    from aios_mesh.pipeline.call import Call
+
+__all__ = ["CallStart", "build_record", "outcome_of"]
+
+
+class CallStart:
+    """When and as what a call started: taken before the pipeline runs."""
+
+    __slots__ = (
+        "caller",
+        "capability",
+        "mode",
+        "parent",
+        "record_id",
+        "started",
+        "started_at",
+        "tenant",
+    )
+
+    def __init__(self, record_id: str, capability: str, tenant: str, caller: str,
+                 parent: Mapping[str, Any] | None, mode: CallMode) -> None:
+        self.started = time.perf_counter()
+        self.started_at = utc_now_iso()
+        self.record_id = record_id
+        self.capability = capability
+        self.tenant = tenant
+        self.caller = caller
+        self.parent = dict(parent) if parent else None
+        self.mode: CallMode = mode
+
+
+def outcome_of(error: MeshError | None, review_id: str | None) -> Outcome:
+    """The record's outcome: what the error class says it leads to, else ok or review."""
+    if error is None:
+        return Outcome.REVIEW if review_id else Outcome.OK
+    return Outcome(error.outcome)
+
+
+def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | None,
+                 error: MeshError | None, span: Span | None,
+                 lock: LockFile | None) -> DecisionRecord:
+    """The immutable decision record of one call (``call`` is None when the call never got a
+    pipeline state, e.g. an unknown capability)."""
+    # On every call's path: the call-less case is handled apart so the common one reads each
+    # field once.
+    latency_ms = round((time.perf_counter() - start.started) * 1000.0, 4)
+    ended_at = utc_now_iso()
+    trace_id = span_id = None
+    if span is not None:
+        ctx = span.get_span_context()
+        if ctx.is_valid:
+            trace_id, span_id = format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+    if call is None:
+        return DecisionRecord(
+            record_id=start.record_id, started_at=start.started_at, ended_at=ended_at,
+            latency_ms=latency_ms, tenant=start.tenant, caller=start.caller,
+            capability=start.capability,
+            capability_version=spec.version if spec is not None else "",
+            outcome=outcome_of(error, None), mode=start.mode, trace_id=trace_id,
+            span_id=span_id, parent=start.parent,
+            currency=spec.price.currency if spec else "USD",
+            error=error.to_dict() if error is not None else None)
+    policy = None
+    d = call.decision
+    if d is not None:
+        policy = {"path": d.policy or call.spec.policy, "allow": d.allow, "reason": d.reason,
+                  "obligations": {"redact": list(d.obligations.redact),
+                                  "require_human": d.obligations.require_human,
+                                  "max_cost": d.obligations.max_cost},
+                  "bundle_hash": d.bundle_hash, "cached": call.policy_cached,
+                  "input": call.policy_input}
+    r = call.model_ref
+    model = None if r is None else {"name": r.name, "version": r.version, "alias": r.alias,
+                                    "source": r.source, "run_id": r.run_id}
+    res = call.reservation
+    quota = None if res is None else {"reservation_id": res.id, "reserved_cost": res.cost}
+    redaction = call.redaction
+    usage = call.usage
+    return DecisionRecord(
+        record_id=start.record_id,
+        started_at=start.started_at,
+        ended_at=ended_at,
+        latency_ms=latency_ms,
+        tenant=start.tenant,
+        caller=start.caller,
+        capability=start.capability,
+        capability_version=call.spec.version,
+        outcome=outcome_of(error, call.review_id),
+        mode=start.mode,
+        trace_id=trace_id,
+        span_id=span_id,
+        parent=start.parent,
+        policy=policy,
+        redaction={"applied": redaction.applied, "counts": dict(redaction.counts)}
+        if redaction is not None else {"applied": False, "counts": {}},
+        model=model,
+        serving=call.serving,
+        index_snapshots=dict(call.index_snapshots),
+        index_drift=_index_drift(call, lock) if call.index_snapshots else None,
+        attempts=call.attempts,
+        fallback=call.fallback,
+        usage={"calls": usage.calls, "tokens": usage.tokens, "gpu_seconds": usage.gpu_seconds},
+        cost=round(call.cost, 10),
+        currency=call.spec.price.currency,
+        quota=quota,
+        review_id=call.review_id,
+        confidence=call.confidence,
+        cache=call.cache,
+        variant=call.variant,
+        error=error.to_dict() if error is not None else None,
+        input_sha256=call.input_sha256,
+        output_sha256=call.output_sha256,
+    )
+
+
+def _index_drift(call: Call, lock: LockFile | None) -> dict[str, dict[str, str]] | None:
+    """Indexes that answered at another snapshot than the lock file pins (a reproducible run
+    expects none; the record says which ones moved)."""
+    if lock is None or not lock.indexes:
+        return None
+    drift = {c: {"pinned": lock.indexes[c], "answered": snap}
+             for c, snap in call.index_snapshots.items()
+             if c in lock.indexes and lock.indexes[c] != snap}
+    return drift or None
