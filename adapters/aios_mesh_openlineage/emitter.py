@@ -44,6 +44,11 @@ from aios_mesh.ports.base import Feature
 __all__ = ["OpenLineageEmitter"]
 
 _SCHEMES = ("openlineage+file", "openlineage+http", "openlineage+kafka")
+_OPTIONS: Mapping[str, tuple[str, ...]] = {
+    "openlineage+file": ("file",),
+    "openlineage+http": ("endpoint", "timeout", "retries", "tls", "compression"),
+    "openlineage+kafka": ("topic", "timeout", "client_id"),
+}
 
 
 
@@ -117,6 +122,8 @@ class OpenLineageEmitter:
         if url.scheme not in _SCHEMES:
             raise ConfigError(f"{url.redacted()} is not an OpenLineage URL",
                               hint=f"use one of: {', '.join(s + '://' for s in _SCHEMES)}")
+        url = url.with_options(options)
+        url.check_options(_OPTIONS[url.scheme], what=url.scheme)
         if url.scheme == "openlineage+file":
             return cls._file(url, base_dir)
         if url.scheme == "openlineage+http":
@@ -146,12 +153,9 @@ class OpenLineageEmitter:
         tls = url.flag("tls")
         base = f"{'https' if tls else 'http'}://{address}{url.path.rstrip('/')}/"
         endpoint = (url.option("endpoint", "api/v1/lineage") or "api/v1/lineage").lstrip("/")
-        timeout = _number(url, "timeout", 5.0)
-        retries = int(_number(url, "retries", 2))
-        compression = url.option("compression")
-        if compression not in (None, "gzip"):
-            raise ConfigError(f"compression={compression!r} is not supported",
-                              hint="leave it out or write ?compression=gzip")
+        timeout = url.seconds_option("timeout", 5.0)
+        retries = url.int_option("retries", 2, min=0)
+        compression = url.choice_option("compression", ("none", "gzip"), "none") == "gzip"
         api_key = url.password
 
         def factory() -> Any:
@@ -179,7 +183,7 @@ class OpenLineageEmitter:
     def _kafka(cls, url: BackendURL) -> Self:
         address = url.address
         topic = url.option("topic", "openlineage.events") or "openlineage.events"
-        timeout_ms = int(_number(url, "timeout", 10.0) * 1000)
+        timeout_ms = int(url.seconds_option("timeout", 10.0) * 1000)
         client_id = url.option("client_id", "aios-mesh") or "aios-mesh"
 
         def factory() -> Any:
@@ -249,21 +253,6 @@ _HINTS: Mapping[str, str] = {
     "http": "check that the OpenLineage endpoint (e.g. Marquez) answers POST /api/v1/lineage",
     "kafka": "check that the Kafka broker answers and the topic exists or can be auto-created",
 }
-
-
-def _number(url: BackendURL, name: str, default: float) -> float:
-    raw = url.option(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"option {name}={raw!r} in {url.redacted()} is not a number",
-                          hint=f"write e.g. ?{name}={default:g}") from exc
-    if value < 0:
-        raise ConfigError(f"option {name}={raw!r} must not be negative",
-                          hint=f"write e.g. ?{name}={default:g}")
-    return value
 
 
 def _kafka_key(event: Mapping[str, Any]) -> str:
