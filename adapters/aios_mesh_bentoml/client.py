@@ -151,26 +151,18 @@ class BentoMLServing(ServingBase):
             raise ConfigError(f"BentoMLServing cannot serve scheme {url.scheme!r}",
                               hint=f"use one of: {', '.join(_SCHEMES)}")
         transport = options.pop("transport", None)
-        opts: dict[str, Any] = {**url.options, **options}
-        unknown = sorted(set(opts) - _OPTIONS)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)} in {url.redacted()}",
-                              hint=f"the BentoML adapter knows: {', '.join(sorted(_OPTIONS))}")
+        url = url.with_options(options)
+        url.check_options(_OPTIONS, what="BentoML")
         if url.username or url.password:
             raise ConfigError(f"{url.redacted()} carries credentials",
                               hint="BentoML services take no credentials in the URL; put a "
                                    "gateway with authentication in front of the service")
         host = url.address  # ConfigError when missing
         prefix = url.path.rstrip("/")
-        try:
-            timeout = float(opts.get("timeout", 30.0))
-            max_batch = int(opts.get("max_batch", 64))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bad timeout/max_batch in {url.redacted()}: {exc}",
-                              hint="write ?timeout=30&max_batch=64") from exc
         return cls(f"{url.driver or 'http'}://{host}{prefix}",
-                   endpoint=str(opts.get("endpoint", DEFAULT_ENDPOINT)), timeout=timeout,
-                   max_batch=max_batch, transport=transport)
+                   endpoint=url.option("endpoint", DEFAULT_ENDPOINT) or DEFAULT_ENDPOINT,
+                   timeout=url.seconds_option("timeout", 30.0),
+                   max_batch=url.int_option("max_batch", 64, min=1), transport=transport)
 
     def __repr__(self) -> str:
         return f"BentoMLServing({self.base_url!r}, endpoint={self.endpoint!r})"

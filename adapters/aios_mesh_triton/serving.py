@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import json
 import weakref
 from collections.abc import Mapping, Sequence
@@ -139,16 +138,12 @@ class TritonServing(ServingBase):
         if url.scheme not in ("triton+http", "triton+grpc") or protocol not in ("http", "grpc"):
             raise ConfigError(f"TritonServing cannot serve scheme {url.scheme!r}",
                               hint="use triton+http://HOST:8000 or triton+grpc://HOST:8001")
-        unknown = sorted({*options, *url.options} - set(_OPTIONS))
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], _OPTIONS, n=1)
-            raise ConfigError(f"unknown option {unknown[0]!r} for {url.redacted()}",
-                              hint=(f"did you mean {close[0]!r}? " if close else "")
-                              + f"options are: {', '.join(_OPTIONS)}")
+        url = url.with_options(options)
+        url.check_options(_OPTIONS, what="triton")
         if url.path.strip("/"):
             raise ConfigError(f"{url.redacted()} has a path; Triton URLs take none",
                               hint="write triton+grpc://HOST:PORT")
-        maps: Any = options.get("tensor_maps", url.option("tensor_maps"))
+        maps: Any = url.value("tensor_maps")
         if isinstance(maps, str):
             path = Path(maps) if Path(maps).is_absolute() else base_dir / maps
             try:
@@ -157,23 +152,10 @@ class TritonServing(ServingBase):
                 raise ConfigError(f"cannot read tensor maps from {path}: {exc}",
                                   hint='write a JSON object {"model": {"inputs": [...]}}'
                                   ) from exc
-        use_config = options.get("model_config")
-        if use_config is None:
-            use_config = url.flag("model_config", True)
-        try:
-            raw_batch = options.get("max_batch_size", url.option("max_batch_size"))
-            raw_timeout = options.get("timeout", url.option("timeout"))
-            max_batch = 64 if raw_batch is None else int(raw_batch)
-            timeout = 30.0 if raw_timeout is None else float(raw_timeout)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bad number in {url.redacted()}: {exc}",
-                              hint="max_batch_size is an integer, timeout seconds") from exc
-        if max_batch < 0 or timeout <= 0:
-            raise ConfigError("max_batch_size must be >= 0 and timeout > 0",
-                              hint="e.g. ?max_batch_size=64&timeout=30")
         return cls(url.address, protocol="grpc" if protocol == "grpc" else "http",
-                   tensor_maps=maps,
-                   model_config=bool(use_config), max_batch_size=max_batch, timeout=timeout)
+                   tensor_maps=maps, model_config=url.flag("model_config", True),
+                   max_batch_size=url.int_option("max_batch_size", 64, min=0),
+                   timeout=url.seconds_option("timeout", 30.0, min=0.001))
 
     # ------------------------------------------------------------------ clients
     def _mod(self) -> Any:
