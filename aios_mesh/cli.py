@@ -19,7 +19,9 @@ from typing import Annotated, Any, Optional
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from aios_mesh.errors import MeshError
 
@@ -57,9 +59,10 @@ def _mesh(config: Path | None) -> Any:
 
 
 def _fail(exc: MeshError) -> None:
-    err_console.print(f"[bold red]error[/] [red]{type(exc).__name__}[/]: {exc.message}")
+    # escape: messages and hints hold brackets (pip install "aios-mesh[mlflow]")
+    err_console.print(f"[bold red]error[/] [red]{type(exc).__name__}[/]: {escape(exc.message)}")
     if exc.hint:
-        err_console.print(f"[yellow]hint[/]: {exc.hint}")
+        err_console.print(f"[yellow]hint[/]: {escape(exc.hint)}")
     raise typer.Exit(code=2)
 
 
@@ -170,60 +173,79 @@ def audit_verify(
     raise typer.Exit(code=1)
 
 
-serve_app = typer.Typer(help="Serve a registered model on a real model server.",
-                        no_args_is_help=True)
+class _PluginGroup(TyperGroup):
+    """A command group whose subcommands come from the adapters: the entry points of the
+    ``aios_mesh.cli`` group named ``<this group>.<command>`` (``serve.bentoml`` is
+    ``aios-mesh serve bentoml``). Nothing is looked up until the group is used, and an
+    adapter is imported only when its command runs or the group's help lists it."""
+
+    def _entries(self) -> dict[str, Any]:
+        from aios_mesh.ports.entry_points import CLI_GROUP, find_entry_points
+
+        prefix = f"{self.name}."
+        try:
+            found = find_entry_points(CLI_GROUP)
+        except MeshError as exc:
+            _fail(exc)
+        return {name.removeprefix(prefix): ep for name, ep in found.items()
+                if name.startswith(prefix)}
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return sorted({*self.commands, *self._entries()})
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands:
+            ep = self._entries().get(cmd_name)
+            if ep is None:
+                return None
+            self.commands[cmd_name] = _plugin_command(f"{self.name} {cmd_name}", cmd_name, ep)
+        return self.commands[cmd_name]
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MeshError as exc:  # an adapter's command lets typed errors through
+            _fail(exc)
+
+
+def _plugin_command(label: str, name: str, ep: Any) -> Any:
+    """The click command of entry point ``ep``: its object is a typer-annotated function
+    (its docstring is the help) or a :class:`typer.Typer`. An adapter whose extra is missing
+    gives a command that says what to install."""
+    from aios_mesh.ports.entry_points import load_entry_point
+
+    try:
+        obj = load_entry_point(ep, what=f"`aios-mesh {label}`")
+    except MeshError as exc:
+        return _unavailable(name, exc)
+    if isinstance(obj, typer.Typer):
+        sub = obj
+    else:
+        sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                          rich_markup_mode="rich")
+        sub.command(name)(obj)
+    command = typer.main.get_command(sub)
+    command.name = name
+    return command
+
+
+def _unavailable(name: str, error: MeshError) -> Any:
+    sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+    @sub.command(name, help=escape(f"(not installed) {error.message}. Fix: {error.hint}"),
+                 short_help=escape(f"(not installed) {error.hint}"),
+                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def missing(ctx: typer.Context) -> None:
+        _fail(error)
+
+    command = typer.main.get_command(sub)
+    command.name = name
+    return command
+
+
+serve_app = typer.Typer(cls=_PluginGroup, no_args_is_help=True,
+                        help="Serve a registered model on a real model server.")
 app.add_typer(serve_app, name="serve")
-
-RegistryOpt = Annotated[str, typer.Option(
-    help="Registry URL, e.g. mlflow+sqlite:///registry/mlflow.db or mlflow+http://host:5000.")]
-PythonOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
-    help="Interpreter of the server's own environment (default: .nox/<server>/bin/python; "
-         "`make servers` creates it).")]
-
-
-@serve_app.command("bentoml")
-def serve_bentoml_cmd(
-    spec: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/VERSION to serve.")],
-    registry: RegistryOpt = "",
-    port: Annotated[int, typer.Option(help="HTTP port (bound on 127.0.0.1).")] = 3000,
-    python: PythonOpt = None,
-) -> None:
-    """Serve a registry model with BentoML (adaptive batching on) until interrupted.
-
-    Point a mesh at it with serving = "bentoml+http://127.0.0.1:PORT".
-    """
-    from aios_mesh.serve_bentoml import serve_bentoml
-
-    try:
-        code = serve_bentoml(spec, port=port, registry=registry, python=python)
-    except MeshError as exc:
-        _fail(exc)
-        return
-    raise typer.Exit(code=code)
-
-
-@serve_app.command("triton")
-def serve_triton_cmd(
-    spec: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/VERSION to serve.")],
-    registry: RegistryOpt = "mlflow+sqlite:///.aios-mesh/registry/mlflow.db",
-    http_port: Annotated[int, typer.Option(help="Triton HTTP port.")] = 8000,
-    grpc_port: Annotated[int, typer.Option(help="Triton gRPC port.")] = 8001,
-    python: PythonOpt = None,
-) -> None:
-    """Serve a registry model with Triton (via PyTriton, dynamic batching on).
-
-    Point a mesh at it with serving = "triton+grpc://127.0.0.1:GRPC_PORT"; the registry's
-    version is Triton's model version, pinned in every request.
-    """
-    from aios_mesh.serve_triton import serve_triton
-
-    try:
-        code = serve_triton(spec, http_port=http_port, grpc_port=grpc_port,
-                            registry=registry, python=python)
-    except MeshError as exc:
-        _fail(exc)
-        return
-    raise typer.Exit(code=code)
 
 
 @app.command()

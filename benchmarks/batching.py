@@ -184,8 +184,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="calls per measurement")
     args = parser.parse_args()
     from aios_mesh_bentoml.testing import ECHO_UPPER, bentoml_server
-
-    from aios_mesh.serve_triton import start_triton_server
+    from aios_mesh_triton.testing import start_triton_server
 
     http, grpc = free_port(), free_port()
     result: dict[str, Any] = {"note": "CPU only (no GPU lent to this run); 2-core host"}

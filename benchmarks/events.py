@@ -19,11 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "adapters")]
 
 from aios_mesh_kafka import KafkaEventBus  # noqa: E402
+from aios_mesh_kafka.testing import tansu_broker  # noqa: E402
 from aios_mesh_nats import NatsEventBus  # noqa: E402
+from aios_mesh_nats.testing import nats_server  # noqa: E402
 
 from aios_mesh.outbox import Outbox, Relay  # noqa: E402
 from aios_mesh.ports.events import Event  # noqa: E402
-from aios_mesh.testing.servers import nats_server, tansu_broker  # noqa: E402
 
 N = 20_000
 BATCH = 1_000

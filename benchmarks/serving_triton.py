@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 from _timing import interleaved, pct, ratio_trials  # benchmarks/ is on sys.path
+from aios_mesh_triton.testing import start_triton_server
 from pydantic import BaseModel
 
 from aios_mesh import CapabilitySpec, Mesh
 from aios_mesh.config import config_from_mapping
 from aios_mesh.embedded.registry import MemoryRegistry
 from aios_mesh.ports.registry import ModelRef
-from aios_mesh.serve_triton import start_triton_server
 from aios_mesh.testing.processes import free_port
 
 OUT = Path(__file__).parent / "results" / "serving_triton.json"

@@ -1,6 +1,6 @@
 """How to start the aios-mesh BentoML service: which interpreter, which command, which
-environment. Used by ``aios-mesh serve bentoml`` and by :mod:`aios_mesh_bentoml.testing`;
-imports neither ``bentoml`` nor ``httpx``.
+environment. Used by ``aios-mesh serve bentoml`` (:mod:`aios_mesh_bentoml.serve`) and by
+:mod:`aios_mesh_bentoml.testing`; imports neither ``bentoml`` nor ``httpx``.
 
 BentoML runs from its own virtualenv (its dependency tree is heavy and pins what mlflow and
 flytekit also pin). The interpreter is, in order: ``$AIOS_MESH_BENTOML_PYTHON``;

@@ -1,7 +1,10 @@
 """Turn a registered MLflow model version into a batch predictor for in-process serving.
 
-:func:`load_predictor` is what :class:`aios_mesh.embedded.serving.InProcessServing` calls for
-a :class:`~aios_mesh.ports.registry.ModelRef` whose source is not a Python callable.
+:func:`load_predictor` is the model loader this adapter registers for in-process serving
+(entry-point group ``aios_mesh.model_loaders``):
+:class:`aios_mesh.embedded.serving.InProcessServing` calls it for a
+:class:`~aios_mesh.ports.registry.ModelRef` whose source is not a Python callable.
+:func:`fetch_model_folder` only fetches the artifacts into a local folder.
 
 Where the artifacts come from
     ``ModelRef.source`` as resolved by :class:`~aios_mesh_mlflow.MlflowRegistry` (a local
@@ -47,13 +50,21 @@ from aios_mesh.ports.serving import Prediction
 from aios_mesh_mlflow._common import TRACKING_URI_TAG, local_path, storage_location, translate
 from aios_mesh_mlflow._env import apply_env_defaults
 
-__all__ = ["BatchPredictor", "load_predictor", "to_predictions"]
+__all__ = ["BatchPredictor", "fetch_model_folder", "load_predictor", "to_predictions"]
 
 BatchPredictor = Callable[[list[dict[str, Any]]], list[Prediction]]
 
 
-def _fetch(ref: ModelRef) -> Path:
-    """A local folder holding the model's ``MLmodel`` and artifacts."""
+def fetch_model_folder(ref: ModelRef) -> Path:
+    """A local folder holding the model's ``MLmodel`` and artifacts: ``ref.source`` itself
+    when it is local, else downloaded from the artifact store of the ref's tracking URI.
+    Blocking (file and network I/O). Used by :func:`load_predictor` and by servers that read
+    the artifacts themselves (``aios-mesh serve triton``).
+
+    Raises:
+        NotFound: the artifacts are gone.
+        BackendUnavailable: the tracking server or artifact store failed.
+    """
     source = ref.source or ref.uri
     tracking_uri = ref.tags.get(TRACKING_URI_TAG)
     where = tracking_uri or "MLflow's default tracking URI"
@@ -107,7 +118,7 @@ def load_predictor(ref: ModelRef) -> BatchPredictor:
             not be loaded.
     """
     apply_env_defaults()
-    folder = _fetch(ref)
+    folder = fetch_model_folder(ref)
     import mlflow.pyfunc
 
     try:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from aios_mesh.testing.processes import free_port, start_process, wait_until
-from aios_mesh.testing.servers import postgres_database
+from aios_mesh.testing.servers import launcher
 
 __all__ = [
     "POSTGRES_ADMIN_URL",
@@ -83,7 +83,8 @@ _pool: ThreadPoolExecutor | None = None
 
 @contextlib.contextmanager
 def _postgres_database(admin_url: str) -> Iterator[str]:
-    with postgres_database(admin_url, prefix="aios_mesh_mlflow") as url:
+    # the PostgreSQL adapter's launcher (needs psycopg; the sqlite store does not)
+    with launcher("postgres")(admin_url, prefix="aios_mesh_mlflow") as url:
         yield url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 

@@ -1,6 +1,13 @@
-"""Test helpers for the PostgreSQL audit log: a :class:`Tamperer` that edits rows in SQL.
+"""Test helpers for PostgreSQL: throw-away databases and a :class:`Tamperer` that edits the
+audit table in SQL.
 
-Used with :class:`aios_mesh.testing.conformance.audit.AuditTamper`::
+:func:`postgres_database` (the ``postgres`` launcher of :func:`aios_mesh.testing.launcher`)
+creates a database with a unique name on an existing server and drops it on exit::
+
+    with postgres_database() as url:         # postgresql://postgres@127.0.0.1:5432/aios_mesh_…
+        audit = load_adapter("audit", url, base_dir=tmp_path)
+
+:class:`PostgresTamperer` is used with :class:`aios_mesh.testing.conformance.audit.AuditTamper`::
 
     @pytest.fixture
     def tamper(self, adapter):
@@ -12,15 +19,40 @@ access to the table would: ``UPDATE``/``DELETE``/``INSERT``), commits and discon
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import psycopg
 from psycopg import sql
 
+from aios_mesh.errors import BackendUnavailable
 from aios_mesh.ports.audit_chain import GENESIS_HASH, chain_hash
 
-__all__ = ["PostgresTamperer"]
+__all__ = ["PostgresTamperer", "postgres_database"]
+
+
+@contextlib.contextmanager
+def postgres_database(admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres", *,
+                      prefix: str = "aios_mesh") -> Iterator[str]:
+    """Create a database with a unique name on the server of ``admin_url``; yield its URL
+    (``postgresql://user@host:port/NAME``) and drop it on exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.OperationalError as exc:
+        raise BackendUnavailable(f"PostgreSQL at {admin_url} is not reachable: {exc}",
+                                 hint="start it: pg_ctlcluster --skip-systemctl-redirect "
+                                      "$(ls /etc/postgresql) main start") from exc
+    try:
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
 
 
 class PostgresTamperer:

@@ -21,10 +21,12 @@ from aios_mesh.errors import (
     NotFound,
 )
 from aios_mesh.ports.base import Feature
+from aios_mesh.ports.entry_points import MODEL_LOADERS_GROUP, find_entry_points, load_entry_point
+from aios_mesh.ports.model_loader import ANY_SCHEME, ModelLoader, source_scheme
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Prediction, ServingBase
 
-__all__ = ["BatchPredictor", "InProcessServing", "as_prediction"]
+__all__ = ["BatchPredictor", "InProcessServing", "as_prediction", "model_loader"]
 
 #: A batch predictor: a list of input documents in, one answer per input out.
 BatchPredictor = Callable[[list[dict[str, Any]]], Sequence[Prediction | Mapping[str, Any]]]
@@ -46,12 +48,35 @@ def as_prediction(value: Prediction | Mapping[str, Any] | Any) -> Prediction:
     return Prediction(doc, confidence=float(conf) if isinstance(conf, int | float) else None)
 
 
+def model_loader(source: str) -> ModelLoader:
+    """The model loader for ``source``: the ``aios_mesh.model_loaders`` entry point named
+    after its scheme (:func:`~aios_mesh.ports.model_loader.source_scheme`), else the one
+    named ``*``.
+
+    Raises:
+        ConfigError: no installed adapter loads such sources, or the one that does misses
+            its extra (the hint says what to install).
+    """
+    scheme = source_scheme(source)
+    found = find_entry_points(MODEL_LOADERS_GROUP)
+    ep = found.get(scheme) or found.get(ANY_SCHEME)
+    if ep is None:
+        raise ConfigError(f"no model loader for {scheme}: sources ({source})",
+                          hint='loading registered models needs MLflow: '
+                               'pip install "aios-mesh[mlflow]" (or install an adapter that '
+                               'registers a loader in the aios_mesh.model_loaders group)')
+    loader: ModelLoader = load_entry_point(ep, what=f"the model loader for {scheme}: sources")
+    return loader
+
+
 class InProcessServing(ServingBase):
     """Runs models inside this process.
 
     Models come from :meth:`register` (a callable per ``name``/``version``) or, on first use,
     from ``ModelRef.source``: ``python:pkg.module:fn`` imports a batch predictor, anything
-    else (``models:/``, ``runs:/``, a file path) is loaded with MLflow's pyfunc loader.
+    else (``models:/``, ``runs:/``, a file path) goes to the model loader of its scheme
+    (:func:`model_loader`; the MLflow adapter's pyfunc loader takes every scheme — see
+    :mod:`aios_mesh.ports.model_loader`).
 
     Example::
 
@@ -136,12 +161,7 @@ class InProcessServing(ServingBase):
             raise NotFound(f"model {model.name}/{model.version} is not served here",
                            hint="register it with InProcessServing.register() or "
                                 "give it a loadable source")
-        try:
-            from aios_mesh_mlflow.loading import load_predictor
-        except ImportError as exc:
-            raise ConfigError("loading registered models needs MLflow",
-                              hint='pip install "aios-mesh[mlflow]"') from exc
-        loaded: BatchPredictor = load_predictor(model)
+        loaded: BatchPredictor = model_loader(source)(model)
         return loaded
 
     async def infer_batch(self, model: ModelRef, payloads: Sequence[Mapping[str, Any]], *,

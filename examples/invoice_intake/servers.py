@@ -15,7 +15,9 @@
 ==========================  =============================================================
 
 ``private`` also moves every server it starts to a free port and rewrites the URLs, so tests
-and parallel runs never collide. Everything started is stopped when the block ends.
+and parallel runs never collide. Everything started is stopped when the block ends. Each
+server is started by its adapter's launcher (:func:`aios_mesh.testing.launcher`), imported
+only when the profile needs it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aios_mesh.errors import BackendUnavailable
 from aios_mesh.testing.processes import free_port, wait_for_port
-from aios_mesh.testing.servers import nats_server, postgres_database, redis_server, tansu_broker
+from aios_mesh.testing.servers import launcher
 
 __all__ = ["LocalStack", "local_stack"]
 
@@ -71,14 +73,13 @@ class LocalStack:
         """Start one ``bentoml serve`` per BentoML serving backend. ``models`` maps a serving
         backend (``"serving"`` or a ``serving_named`` key) to the model spec it serves
         (``invoice-extractor@champion``); the registry must already hold them."""
-        bentoml_testing: Any = importlib.import_module("aios_mesh_bentoml.testing")
         targets = {"serving": self.backends.get("serving"),
                    **self.backends.get("serving_named", {})}
         for backend, spec in models.items():
             url = str(targets.get(backend) or "")
             if not url.startswith("bentoml+"):
                 continue
-            server = self.stack.enter_context(bentoml_testing.bentoml_server(
+            server = self.stack.enter_context(launcher("bentoml")(
                 self.workdir / f"bentoml-{backend}", port=_port(url, 3000), model=spec,
                 registry=self.backends["registry"], timeout=180.0))
             self.started.append(f"bentoml serve {spec} on :{server.port}")
@@ -108,9 +109,9 @@ def local_stack(backends: Mapping[str, Any], workdir: Path, *,
         _start_registry(live)
         _start_kafka(live)
         _start_or_use(live, "events", "nats://", 4222, "nats",
-                      lambda port: nats_server(workdir / "nats", port=port))
+                      lambda port: launcher("nats")(workdir / "nats", port=port))
         _start_or_use(live, "quota", "redis://", 6379, "redis",
-                      lambda port: redis_server(workdir / "redis", port=port))
+                      lambda port: launcher("redis")(workdir / "redis", port=port))
         _database(live)
         _reserve_serving_ports(live)
         yield live
@@ -120,14 +121,12 @@ def _start_registry(live: LocalStack) -> None:
     url = live.backends.get("registry", "")
     if not url.startswith("mlflow+http"):
         return
-    mlflow_testing: Any = importlib.import_module("aios_mesh_mlflow.testing")
     port = free_port() if live.private else _port(url, 5000)
     if not live.private and _listening(port):
         raise BackendUnavailable(f"port {port} is taken; the profile's MLflow server cannot "
                                  "start there", hint="stop what listens there, or run with "
                                                      "--private-servers (free ports)")
-    http = live.stack.enter_context(mlflow_testing.mlflow_server(live.workdir / "mlflow",
-                                                                  port=port))
+    http = live.stack.enter_context(launcher("mlflow")(live.workdir / "mlflow", port=port))
     live.backends["registry"] = "mlflow+" + http
     live.started.append(f"mlflow server on :{port}")
 
@@ -141,7 +140,7 @@ def _start_kafka(live: LocalStack) -> None:
         wanted = _port(url, 9092)
         if wanted not in ports:
             port = free_port() if live.private else wanted
-            live.stack.enter_context(tansu_broker(port=port, log_dir=live.workdir))
+            live.stack.enter_context(launcher("kafka")(port=port, log_dir=live.workdir))
             ports[wanted] = port
             live.started.append(f"tansu (Kafka protocol) on :{port}")
         live.backends[key] = _with_port(url, ports[wanted])
@@ -170,7 +169,8 @@ def _database(live: LocalStack) -> None:
     parts = urlsplit(url)
     admin = urlunsplit(parts._replace(path="/postgres", query=""))
     if live.private:
-        db = live.stack.enter_context(postgres_database(admin, prefix="aios_invoice_intake"))
+        db = live.stack.enter_context(launcher("postgres")(admin,
+                                                           prefix="aios_invoice_intake"))
         name = db.rsplit("/", 1)[1]
         live.backends["audit"] = urlunsplit(parts._replace(path=f"/{name}"))
         live.started.append(f"PostgreSQL database {name} (dropped at the end)")

@@ -19,8 +19,7 @@ from aios_mesh.testing.processes import free_port
 pytestmark = pytest.mark.integration
 
 from aios_mesh_kafka import KafkaEventBus  # noqa: E402
-
-from aios_mesh.testing.servers import tansu_broker  # noqa: E402
+from aios_mesh_kafka.testing import tansu_broker  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,7 @@ pytestmark = pytest.mark.integration
 
 import nats  # noqa: E402
 from aios_mesh_nats import NatsEventBus  # noqa: E402
-
-from aios_mesh.testing.servers import nats_server as start_nats  # noqa: E402
+from aios_mesh_nats.testing import nats_server as start_nats  # noqa: E402
 
 
 @pytest.fixture(scope="module")

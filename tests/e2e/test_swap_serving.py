@@ -59,7 +59,7 @@ def bentoml_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def triton_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from aios_mesh.serve_triton import start_triton_server
+    from aios_mesh_triton.testing import start_triton_server
 
     http, grpc = free_port(), free_port()
     with start_triton_server(http_port=http, grpc_port=grpc,

@@ -170,7 +170,7 @@ class Served:
             env = server_env(home=home, model=f"{self.name}/1", registry=self.registry_url,
                              base_dir=self.workdir)
         else:
-            code = ("import sys; from aios_mesh.serve_bentoml import main; "
+            code = ("import sys; from aios_mesh_bentoml.serve import main; "
                     "sys.exit(main(sys.argv[1:]))")
             cmd = [sys.executable, "-c", code, f"{self.name}@champion", "--port",
                    str(self.port), "--registry", self.registry_url, "--python", BENTOML_PYTHON,

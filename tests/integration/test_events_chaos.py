@@ -15,12 +15,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from aios_mesh_kafka.testing import moto_server, s3_env, tansu_broker
+from aios_mesh_nats.testing import nats_server
 
 from aios_mesh.outbox import IdempotentConsumer, Outbox, Relay
 from aios_mesh.ports.events import Event, EventBus
 from aios_mesh.testing.conformance.events import receive
 from aios_mesh.testing.processes import free_port
-from aios_mesh.testing.servers import moto_server, nats_server, s3_env, tansu_broker
 
 pytestmark = pytest.mark.integration
 import nats  # noqa: F401,E402

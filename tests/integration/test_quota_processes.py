@@ -147,7 +147,7 @@ async def _used_and_close(store: object, run: str) -> dict[str, tuple[int, float
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from aios_mesh.testing.servers import redis_server
+    from aios_mesh_redis.testing import redis_server
 
     with redis_server(tmp_path_factory.mktemp("redis")) as server:
         yield f"redis://{server.address}/0"

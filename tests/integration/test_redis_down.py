@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aios_mesh_redis.testing import redis_server as start_redis
 
 from aios_mesh.backends import load_adapter
 from aios_mesh.errors import BackendUnavailable, IntegrityError, QuotaExceeded
 from aios_mesh.ports.quota import QuotaLimits
 from aios_mesh.ports.serving import Usage
 from aios_mesh.testing.processes import LocalProcess, free_port
-from aios_mesh.testing.servers import redis_server as start_redis
 
 pytestmark = pytest.mark.integration
 

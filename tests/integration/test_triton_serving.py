@@ -1,7 +1,7 @@
 """Triton serving against a real ``tritonserver`` (PyTriton 0.7, its own environment).
 
 One server for the module, started by ``aios-mesh serve triton NAME@champion``
-(``python -m aios_mesh.serve_triton``): it serves the conformance echo model and a scikit-learn
+(``python -m aios_mesh_triton.serve``): it serves the conformance echo model and a scikit-learn
 classifier trained here on generated data and registered in an MLflow sqlite registry. The
 Serving conformance suite runs over HTTP and gRPC; a full :class:`aios_mesh.Mesh` calls the
 registered model over gRPC; the last test kills the server and restarts it.
@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from aios_mesh_triton import TensorMap, TensorSpec, TritonServing
+from aios_mesh_triton.testing import start_triton_server, triton_python, wait_triton_ready
 from mlflow.models import infer_signature
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from pydantic import BaseModel
@@ -48,7 +49,6 @@ from aios_mesh.errors import (
     NotFound,
 )
 from aios_mesh.ports.registry import ModelRef
-from aios_mesh.serve_triton import start_triton_server, triton_python, wait_triton_ready
 from aios_mesh.testing.conformance.serving import ServingBasic, ServingErrors
 from aios_mesh.testing.processes import LocalProcess, free_port, start_process, wait_until
 
@@ -78,7 +78,7 @@ class Served:
 
     def start(self) -> None:
         """Run ``serve_triton(NAME@champion)`` in a subprocess until both models are ready."""
-        cmd = [sys.executable, "-m", "aios_mesh.serve_triton", f"{self.name}@champion",
+        cmd = [sys.executable, "-m", "aios_mesh_triton.serve", f"{self.name}@champion",
                "--registry", self.registry_url, "--http-port", str(self.http_port),
                "--grpc-port", str(self.grpc_port), "--python", triton_python()]
         env = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "adapters"),

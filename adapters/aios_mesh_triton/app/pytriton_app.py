@@ -1,14 +1,18 @@
+# mypy: ignore-errors
+# (runs in the Triton environment: PyTriton and numpy<2 are not in the main one)
 """A PyTriton app that serves aios-mesh models from a real Triton Inference Server.
 
-Run it with the Triton environment's Python, never the main one (see requirements.txt)::
+Run it with the Triton environment's Python, never the main one (see
+serving/triton/requirements.txt), as a script, not as a module of the package::
 
     LD_LIBRARY_PATH=$(.nox/triton/bin/python -c \
         'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))') \
     AIOS_MESH_MODEL=invoice-clf AIOS_MESH_MODEL_VERSION=3 \
     AIOS_MESH_MODEL_SOURCE=/path/to/artifacts/model \
-    .nox/triton/bin/python serving/triton/server.py --http-port 8000 --grpc-port 8001
+    .nox/triton/bin/python adapters/aios_mesh_triton/app/pytriton_app.py \
+        --http-port 8000 --grpc-port 8001
 
-``aios-mesh serve triton NAME@ALIAS`` (:func:`aios_mesh.serve_triton.serve_triton`) does all
+``aios-mesh serve triton NAME@ALIAS`` (:func:`aios_mesh_triton.serve.serve_triton`) does all
 of that for a registered model. What it binds, on 127.0.0.1 only, metrics off:
 
 echo-upper (version 1; ``--echo NAME`` renames it, ``--echo ""`` leaves it out)
