@@ -189,17 +189,20 @@ class Exploding(StepBase):
         raise ValueError("secret-4111111111111111 must not reach the record")
 
 
+async def run(mesh: Mesh, mode: str) -> None:
+    if mode == "invoke":
+        await mesh.ainvoke("classify-ticket", {"text": "a"}, tenant="acme")
+    else:
+        _ = [c async for c in mesh.stream("classify-ticket", {"text": "a"}, tenant="acme")]
+
+
 @pytest.mark.parametrize("mode", ["invoke", "stream"])
 async def test_a_failing_step_of_your_own_unwinds_and_is_recorded(tmp_path: Path,
                                                                    mode: str) -> None:
     obs = Observed(tmp_path)
     obs.mesh.pipeline.add(Exploding(), after="quota")
     with pytest.raises(StepFailed) as info:
-        if mode == "invoke":
-            await obs.mesh.ainvoke("classify-ticket", {"text": "a"}, tenant="acme")
-        else:
-            _ = [c async for c in obs.mesh.stream("classify-ticket", {"text": "a"},
-                                                  tenant="acme")]
+        await run(obs.mesh, mode)
     assert isinstance(info.value.__cause__, ValueError)
     (record,) = obs.audit()
     assert record["outcome"] == "error" and record["mode"] == mode
