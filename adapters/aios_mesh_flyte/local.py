@@ -78,6 +78,8 @@ class FlyteLocalOrchestrator:
     def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
         """``flyte-local://`` (cache in ``<base_dir>/flyte-local-cache``) or
         ``flyte-local:///cache-folder``; ``?cache=false`` disables the local cache."""
+        url = url.with_options(options)
+        url.check_options({"cache"}, what="flyte-local")
         folder = url.resolve_path(base_dir) if url.path.strip("/") else (
             base_dir / "flyte-local-cache")
         return cls(folder, cache=url.flag("cache", True))

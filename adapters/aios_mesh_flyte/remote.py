@@ -49,14 +49,17 @@ class FlyteRemoteOrchestrator:
     def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
         """``flyte://host:port?project=flytesnacks&domain=development`` (nothing connects yet)."""
         host = url.host or ""
+        url = url.with_options(options)
+        url.check_options({"project", "domain", "version", "insecure", "poll", "timeout"},
+                          what="flyte")
         return cls(
             url.address,
             project=url.option("project", "flytesnacks") or "flytesnacks",
             domain=url.option("domain", "development") or "development",
             version=url.option("version"),
             insecure=url.flag("insecure", host in _LOCAL_HOSTS),
-            poll_s=float(url.option("poll", "2") or 2),
-            timeout_s=float(url.option("timeout", "600") or 600),
+            poll_s=url.seconds_option("poll", 2.0, min=0.01),
+            timeout_s=url.seconds_option("timeout", 600.0, min=0.01),
         )
 
     # ------------------------------------------------------------------ the port

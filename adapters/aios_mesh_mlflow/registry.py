@@ -84,11 +84,8 @@ class MlflowRegistry:
     @classmethod
     def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
         """Build from ``mlflow+sqlite:///path.db`` or ``mlflow+http(s)://host:port[/prefix]``."""
-        opts: dict[str, Any] = {**url.options, **options}
-        unknown = sorted(set(opts) - _OPTIONS)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)} in {url.redacted()}",
-                              hint=f"the MLflow registry knows: {', '.join(sorted(_OPTIONS))}")
+        url = url.with_options(options)
+        url.check_options(_OPTIONS, what="MLflow registry")
         if url.scheme == "mlflow+sqlite":
             if url.host:
                 raise ConfigError(f"{url.redacted()} names a host; mlflow+sqlite takes a file",
@@ -98,11 +95,10 @@ class MlflowRegistry:
             if db.name in ("", ".", "..") or url.path.endswith("/"):
                 raise ConfigError(f"{url.redacted()} names a folder, not a database file",
                                   hint="end the path with a file name, e.g. .../mlflow.db")
-            art = opts.get("artifacts")
-            root = db.parent / (str(art) if art else "artifacts")
+            root = db.parent / (url.option("artifacts") or "artifacts")
             return cls(f"sqlite:///{db}", artifact_root=root, display=url.redacted())
         if url.scheme in ("mlflow+http", "mlflow+https"):
-            if "artifacts" in opts:
+            if url.value("artifacts") is not None:
                 raise ConfigError("option artifacts= applies to mlflow+sqlite only",
                                   hint="a tracking server chooses its own artifact store "
                                        "(mlflow server --artifacts-destination ...)")

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from aios_mesh.backends import BackendURL
-from aios_mesh.errors import ConfigError, NotFound
+from aios_mesh.errors import NotFound
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.policy import Decision, PolicyInput, decision_from_result
 
@@ -88,15 +88,10 @@ class RegoPolicy:
     @classmethod
     def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
         """``rego:///policies`` → the folder ``base_dir/policies``."""
-        strict = url.flag("strict_builtin_errors", True)
-        if "strict_builtin_errors" in options:
-            strict = bool(options.pop("strict_builtin_errors"))
-        unknown = (set(url.options) - {"strict_builtin_errors"}) | set(options)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))} for "
-                              f"{url.redacted()}", hint="the rego adapter accepts only "
-                              "strict_builtin_errors=true|false")
-        return cls(url.resolve_path(base_dir), strict_builtin_errors=strict)
+        url = url.with_options(options)
+        url.check_options({"strict_builtin_errors"}, what="rego")
+        return cls(url.resolve_path(base_dir),
+                   strict_builtin_errors=url.flag("strict_builtin_errors", True))
 
     @classmethod
     def from_path(cls, folder: str | Path, *, strict_builtin_errors: bool = True) -> Self:
