@@ -155,12 +155,10 @@ class JsonlAuditLog:
     @classmethod
     def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
         """``jsonl:///rel/path.jsonl[?durability=flush|fsync]``; ``durability=`` wins."""
-        unknown = sorted((set(options) | set(url.options)) - {"durability"})
-        if unknown:
-            raise ConfigError(f"unknown option {unknown[0]!r} for {url.redacted()}",
-                              hint="the jsonl:// audit log takes durability=flush|fsync")
-        durability = options.get("durability") or url.option("durability", "flush")
-        return cls(url.resolve_path(base_dir), durability=str(durability))
+        url = url.with_options(options)
+        url.check_options({"durability"}, what="jsonl:// audit")
+        return cls(url.resolve_path(base_dir),
+                   durability=url.choice_option("durability", ("flush", "fsync"), "flush"))
 
     # -- writing -------------------------------------------------------------------------
 

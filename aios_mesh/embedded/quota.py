@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, Self
 
 from aios_mesh.backends import BackendURL
-from aios_mesh.errors import ConfigError, InvalidInput, QuotaExceeded
+from aios_mesh.errors import InvalidInput, QuotaExceeded
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.quota import LIMIT_FIELDS, QuotaLimits, Reservation
 from aios_mesh.ports.serving import Usage
@@ -149,13 +149,9 @@ class InProcessQuota:
         del base_dir  # nothing on disk
         limits = options.pop("limits", None)
         clock = options.pop("clock", time.monotonic)
-        unknown = sorted(set(options) - set(LIMIT_FIELDS))
-        unknown += sorted(set(url.options) - set(LIMIT_FIELDS))
-        if unknown:
-            raise ConfigError(f"unknown option {unknown[0]!r} for {url.redacted()}",
-                              hint=f"the memory:// quota store takes: "
-                                   f"{', '.join(LIMIT_FIELDS)}, limits")
-        merged: dict[str, Any] = {**url.options, **options}
+        url = url.with_options(options)
+        url.check_options(LIMIT_FIELDS, what="memory:// quota")
+        merged = {k: url.value(k) for k in LIMIT_FIELDS if url.value(k) is not None}
         default = QuotaLimits.from_mapping(merged, url.redacted()) if merged else None
         return cls(default_limits=default, limits=limits, clock=clock)
 

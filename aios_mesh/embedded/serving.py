@@ -4,7 +4,6 @@ the caller's process. The embedded default of the Serving port (``inprocess://``
 from __future__ import annotations
 
 import asyncio
-import difflib
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -96,22 +95,9 @@ class InProcessServing(ServingBase):
     @classmethod
     def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
         """``inprocess://?offload_threshold=N``; a keyword argument wins over the URL."""
-        unknown = sorted({*options, *url.options} - {"offload_threshold"})
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], ["offload_threshold"], n=1)
-            raise ConfigError(f"unknown option {unknown[0]!r} for {url.redacted()}",
-                              hint=(f"did you mean {close[0]!r}? " if close else "")
-                              + "the only option is offload_threshold")
-        threshold = options.pop("offload_threshold", url.option("offload_threshold", "64"))
-        try:
-            value = int(threshold)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"offload_threshold={threshold!r} is not an integer",
-                              hint="write e.g. inprocess://?offload_threshold=64") from exc
-        if value < 0:
-            raise ConfigError(f"offload_threshold={value} is negative",
-                              hint="0 offloads every batch; 64 is the default")
-        return cls(offload_threshold=value)
+        url = url.with_options(options)
+        url.check_options({"offload_threshold"}, what="inprocess")
+        return cls(offload_threshold=url.int_option("offload_threshold", 64, min=0))
 
     def register(self, name: str, version: str, predict: BatchPredictor, *,
                  stream: StreamFn | None = None) -> ModelRef:

@@ -151,12 +151,14 @@ def test_from_url_default_and_options(tmp_path: Path) -> None:
     assert load_adapter("serving", url, base_dir=tmp_path).offload_threshold == 8
     kwarg = load_adapter("serving", url, base_dir=tmp_path, offload_threshold=3)
     assert kwarg.offload_threshold == 3  # a keyword argument wins over the URL
+    unset = load_adapter("serving", url, base_dir=tmp_path, offload_threshold=None)
+    assert unset.offload_threshold == 8  # a keyword given as None counts as not given
 
 
 @pytest.mark.parametrize(("url", "options", "words"), [
     ("inprocess://?offload_threshold=many", {}, "not an integer"),
-    ("inprocess://", {"offload_threshold": None}, "not an integer"),
-    ("inprocess://?offload_threshold=-1", {}, "negative"),
+    ("inprocess://", {"offload_threshold": 2.5}, "not an integer"),
+    ("inprocess://?offload_threshold=-1", {}, "below the minimum 0"),
     ("inprocess://?offload_treshold=8", {}, "did you mean 'offload_threshold'"),
     ("inprocess://", {"workers": 4}, "unknown option 'workers'"),
 ])
