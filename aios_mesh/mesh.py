@@ -73,6 +73,7 @@ from aios_mesh.resolver import AliasResolver
 from aios_mesh.result import Result
 from aios_mesh.review import ReviewItem, ReviewQueue, resolve_review
 from aios_mesh.routes import Route
+from aios_mesh.state import SqliteState
 from aios_mesh.telemetry import Telemetry
 
 __all__ = ["Mesh", "RecordSink", "Result"]
@@ -106,6 +107,8 @@ class Mesh:
         self.config = config or MeshConfig()
         state = self.config.state_path
         self.ports = Ports(self.config, adapters)
+        #: Where the mesh's own stores (review queue, ...) keep state and their schema.
+        self.state = SqliteState(state)
         self.catalog = Catalog()
         self.routes: list[Route] = [Route(**r.model_dump()) for r in self.config.routes]
         self._sync = SyncRunner()
@@ -420,7 +423,8 @@ class Mesh:
         if self._review is None:
             with self._lock:
                 if self._review is None:
-                    self._review = ReviewQueue(self.config.state_path / "review.db")
+                    self._review = ReviewQueue(self.config.state_path / "review.db",
+                                               state=self.state)
         return self._review
 
     async def aresolve_review(self, review_id: str, *, approve: bool, reviewer: str,

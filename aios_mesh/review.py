@@ -8,7 +8,6 @@ reviewer approves (optionally correcting the output) or rejects; each decision i
 from __future__ import annotations
 
 import builtins
-import sqlite3
 import threading
 import time
 import uuid
@@ -26,20 +25,25 @@ from aios_mesh.errors import InvalidInput, NotFound
 from aios_mesh.pipeline.validate import digest, validation_message
 from aios_mesh.ports.audit import AuditLog
 from aios_mesh.ports.events import Event
+from aios_mesh.state import Migration, SqliteState
 
 __all__ = ["ReviewItem", "ReviewQueue", "ReviewStatus", "resolve_review"]
 
 ReviewStatus = Literal["pending", "approved", "rejected"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS review (
-  id TEXT PRIMARY KEY, record_id TEXT NOT NULL, tenant TEXT NOT NULL,
-  capability TEXT NOT NULL, reason TEXT NOT NULL, status TEXT NOT NULL,
-  created_at TEXT NOT NULL, payload BLOB NOT NULL, proposed BLOB,
-  decided_by TEXT, decided_at TEXT, final_output BLOB, note TEXT, resume BLOB
-);
-CREATE INDEX IF NOT EXISTS review_status ON review(status, created_at);
-"""
+#: The review store's schema, as migrations of the shared-state seam (version 1 is the table
+#: as it first shipped, so a review.db made before the seam existed migrates cleanly).
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, (
+        """CREATE TABLE IF NOT EXISTS review (
+          id TEXT PRIMARY KEY, record_id TEXT NOT NULL, tenant TEXT NOT NULL,
+          capability TEXT NOT NULL, reason TEXT NOT NULL, status TEXT NOT NULL,
+          created_at TEXT NOT NULL, payload BLOB NOT NULL, proposed BLOB,
+          decided_by TEXT, decided_at TEXT, final_output BLOB, note TEXT, resume BLOB
+        )""",
+        "CREATE INDEX IF NOT EXISTS review_status ON review(status, created_at)",
+    )),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +71,11 @@ def _load(blob: bytes | None) -> Any:
 class ReviewQueue:
     """A durable queue of calls awaiting a human decision."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, state: SqliteState | None = None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        store = state or SqliteState(path.parent)
+        self._db = store.connect(path.stem, MIGRATIONS)
 
     def enqueue(self, *, record_id: str, tenant: str, capability: str, reason: str,
                 payload: dict[str, Any], proposed: dict[str, Any] | None,
