@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from aios_mesh.backends import DEFAULT_URLS, PORTS, PortName, parse_url
+from aios_mesh.backends import DEFAULT_URLS, PORTS, PortName, parse_url, redact_url
 from aios_mesh.errors import ConfigError
 from aios_mesh.ports.quota import QuotaLimits
 
@@ -145,6 +145,16 @@ class BackendsConfig(_Strict):
             except ConfigError as exc:  # pydantic reports ValueErrors with their location
                 raise ValueError(f"{exc.message} ({exc.hint})") from None
         return value
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        """``repr()`` shows each URL masked (:func:`aios_mesh.backends.redact_url`)."""
+        for name, value in super().__repr_args__():
+            if isinstance(value, str):
+                yield name, redact_url(value)
+            elif isinstance(value, dict):
+                yield name, {k: redact_url(v) for k, v in value.items()}
+            else:
+                yield name, value
 
 
 class RouteConfig(_Strict):

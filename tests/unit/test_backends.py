@@ -288,3 +288,13 @@ def test_malformed_url_errors_do_not_echo_a_password() -> None:
     with pytest.raises(ConfigError) as info:
         parse_url("redis://u:hunter2@h:notaport")
     assert "hunter2" not in str(info.value)
+
+
+def test_config_repr_masks_backend_urls() -> None:
+    cfg = MeshConfig(backends={  # type: ignore[arg-type]
+        "quota": "redis://u:hunter2@127.0.0.1:6379/0",
+        "serving_named": {"big": "triton+grpc://127.0.0.1:8001?api_key=hunter3"}})
+    shown = repr(cfg) + str(cfg) + repr(cfg.backends)
+    assert "hunter2" not in shown and "hunter3" not in shown
+    assert "redis://u:***@127.0.0.1:6379/0" in shown
+    assert cfg.backends.quota == "redis://u:hunter2@127.0.0.1:6379/0"  # the value is intact
