@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
-import hashlib
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final, Self, cast
 
 import httpx
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
@@ -55,20 +53,27 @@ from aios_mesh.errors import (
     NotFound,
 )
 from aios_mesh.ports.base import Feature
-from aios_mesh.ports.retrieval import Condition, Filter, ScoredPoint
+from aios_mesh.ports.retrieval import Filter, ScoredPoint
 from aios_mesh.ports.retrieval_scope import (
-    ID_KEY,
     TENANT_KEY,
+    CheckedCondition,
     as_vector,
     chain,
     check_collection,
-    check_key,
+    check_config,
+    check_filter,
+    check_index_config,
     check_limit,
-    check_payload,
     check_tenant,
-    encode_payload,
+    delete_op,
+    index_options,
+    initial_digest,
     internal_id,
+    parse_indexes,
+    prepare_points,
     public_id,
+    scored_points,
+    snapshot_label,
 )
 
 __all__ = ["META_KEY", "QdrantRetrieval"]
@@ -91,67 +96,21 @@ _INDEX_TYPES: Final[Mapping[str, models.PayloadSchemaType]] = {
 _OPTIONS: Final = ("dim", "distance", "index", "api_key", "https", "prefer_grpc", "grpc_port",
                    "timeout")
 _LOCAL_OPTIONS: Final = ("dim", "distance", "index")
-_INT64_MAX: Final = 2**63 - 1
 _MEMORY: Final = ":memory:"
 
 
 # --------------------------------------------------------------------------- filters
 
 
-def _match_value(value: object) -> models.MatchValue:
-    if isinstance(value, bool | str):
-        return models.MatchValue(value=value)
-    if isinstance(value, int):
-        if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
-            raise InvalidInput(f"eq value {value} is outside the int64 range",
-                               hint="compare such numbers with op='range'")
-        return models.MatchValue(value=value)
-    raise InvalidInput(f"eq value {value!r} is not a string, integer or bool",
-                       hint="use op='range' with gte=/lte= for floats")
-
-
-def _match_any(value: object) -> models.MatchAny:
-    if isinstance(value, str | bytes) or not isinstance(value, list | tuple | set | frozenset):
-        raise InvalidInput(f"any value {value!r} is not a list",
-                           hint="pass value=[...] of strings or of integers")
-    items = list(value)
-    if all(isinstance(v, str) for v in items):
-        return models.MatchAny(any=[str(v) for v in items])
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-        return models.MatchAny(any=[int(v) for v in items])
-    raise InvalidInput(f"any value {value!r} mixes types or holds something other than "
-                       "strings or integers",
-                       hint="pass only strings or only integers; for bools use op='eq'")
-
-
-def _range(cond: Condition) -> models.Range:
-    if cond.value is not None:
-        raise InvalidInput(f"range condition on {cond.key!r} takes gte=/lte=, not value=",
-                           hint="write Condition(key, 'range', gte=..., lte=...)")
-    if cond.gte is None and cond.lte is None:
-        raise InvalidInput(f"range condition on {cond.key!r} has neither gte nor lte",
-                           hint="set gte=, lte= or both")
-    for bound in (cond.gte, cond.lte):
-        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int | float)
-                                  or bound != bound or bound in (float("inf"), float("-inf"))):
-            raise InvalidInput(f"range bound {bound!r} on {cond.key!r} is not a finite number",
-                               hint="use finite int or float bounds")
-    return models.Range(gte=cond.gte, lte=cond.lte)
-
-
-def _condition(cond: object) -> models.FieldCondition:
-    if not isinstance(cond, Condition):
-        raise InvalidInput(f"{cond!r} is not a Condition",
-                           hint="build filters from aios_mesh.ports.retrieval.Condition")
-    key = check_key(cond.key)
+def _condition(cond: CheckedCondition) -> models.FieldCondition:
+    """A checked condition as qdrant-client's model (see ``retrieval_scope.check_filter``)."""
     if cond.op == "eq":
-        return models.FieldCondition(key=key, match=_match_value(cond.value))
+        return models.FieldCondition(key=cond.key, match=models.MatchValue(value=cast(
+            "str | int | bool", cond.value)))
     if cond.op == "any":
-        return models.FieldCondition(key=key, match=_match_any(cond.value))
-    if cond.op == "range":
-        return models.FieldCondition(key=key, range=_range(cond))
-    raise InvalidInput(f"unknown condition op {cond.op!r}",
-                       hint="use op='eq', 'any' or 'range'")
+        return models.FieldCondition(key=cond.key, match=models.MatchAny(any=cast(
+            "list[str] | list[int]", cond.value)))
+    return models.FieldCondition(key=cond.key, range=models.Range(gte=cond.gte, lte=cond.lte))
 
 
 def _tenant_condition(tenant: str) -> models.FieldCondition:
@@ -160,50 +119,9 @@ def _tenant_condition(tenant: str) -> models.FieldCondition:
 
 def _scoped_filter(tenant: str, user: Filter | None) -> models.Filter:
     """The caller's filter ANDed with the tenant scope (no caller condition can widen it)."""
-    must: list[Any] = [_tenant_condition(tenant)]
-    must_not: list[Any] = []
-    if user is not None:
-        if not isinstance(user, Filter):
-            raise InvalidInput(f"{user!r} is not a Filter",
-                               hint="pass aios_mesh.ports.retrieval.Filter(must=..., "
-                                    "must_not=...)")
-        must += [_condition(c) for c in user.must]
-        must_not += [_condition(c) for c in user.must_not]
-    return models.Filter(must=must, must_not=must_not or None)
-
-
-def _parse_indexes(spec: object) -> dict[str, str]:
-    """``"category:keyword,price:float"`` or ``{"category": "keyword"}`` → field → type."""
-    if spec is None or spec == "":
-        return {}
-    if isinstance(spec, str):
-        pairs = []
-        for item in spec.split(","):
-            name, sep, kind = item.strip().rpartition(":")
-            if not sep or not name:
-                raise ConfigError(f"index entry {item!r} is not FIELD:TYPE",
-                                  hint="write ?index=category:keyword,price:float")
-            pairs.append((name, kind))
-    elif isinstance(spec, Mapping):
-        pairs = [(str(k), str(t)) for k, t in spec.items()]
-    else:
-        raise ConfigError(f"index={spec!r} is neither 'FIELD:TYPE,...' nor a mapping",
-                          hint="write ?index=category:keyword,price:float")
-    out: dict[str, str] = {}
-    for name, kind in pairs:
-        kind = kind.strip().lower()
-        if kind not in _INDEX_TYPES:
-            close = difflib.get_close_matches(kind, _INDEX_TYPES, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"unknown payload index type {kind!r} for {name!r}",
-                              hint=f"{hint}types are: {', '.join(_INDEX_TYPES)}")
-        try:
-            check_key(name)
-        except InvalidInput as exc:
-            raise ConfigError(f"cannot index field {name!r}: {exc.message}",
-                              hint="index only your own payload fields") from exc
-        out[name] = kind
-    return out
+    must, must_not = check_filter(user)
+    return models.Filter(must=[_tenant_condition(tenant), *map(_condition, must)],
+                         must_not=[_condition(c) for c in must_not] or None)
 
 
 # --------------------------------------------------------------------------- state
@@ -219,8 +137,8 @@ class _Meta:
 
     @classmethod
     def initial(cls, name: str, dim: int, distance: str) -> _Meta:
-        seed = _SNAPSHOT_SEED + f"|{name}|{dim}|{distance}".encode()
-        return cls(collection=name, writes=0, digest=hashlib.sha256(seed).hexdigest())
+        return cls(collection=name, writes=0,
+                   digest=initial_digest(_SNAPSHOT_SEED, name, dim, distance))
 
     @classmethod
     def parse(cls, raw: object) -> _Meta | None:
@@ -242,7 +160,7 @@ class _Meta:
                 "digest": self.digest}
 
     def snapshot_id(self, asked: str) -> str:
-        sid = f"{self.writes}-{self.digest[:12]}"
+        sid = snapshot_label(self.writes, self.digest)
         return sid if self.collection == asked else f"{self.collection}:{sid}"
 
 
@@ -385,16 +303,10 @@ class QdrantRetrieval:
             raise ConfigError("QdrantRetrieval needs exactly one of url=, path= or memory=True",
                               hint="use from_url('qdrant://host:6333') or "
                                    "from_url('qdrant+local:///folder')")
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
-            raise ConfigError(f"dim={dim!r} is not a positive integer",
-                              hint="write ?dim=384 (or leave it out to take it from the first "
-                                   "upsert)")
-        if distance not in _DISTANCES:
-            raise ConfigError(f"unknown distance {distance!r}",
-                              hint=f"use one of {', '.join(_DISTANCES)}")
+        check_index_config(dim, distance)
         self.dim = dim
         self.distance = distance
-        self.indexes = _parse_indexes(index)
+        self.indexes = parse_indexes(index)
         self._explicit_distance = (_explicit_distance if _explicit_distance is not None
                                    else distance != "cosine")
         self._collections: dict[str, _Collection] = {}
@@ -445,30 +357,16 @@ class QdrantRetrieval:
         Keyword arguments win over the URL's query options. ``api_key`` may also be given as
         the URL's password (``qdrant://:KEY@host:6333``) or as a pydantic ``SecretStr``.
         """
-        merged: dict[str, Any] = {**url.options, **options}
         local = url.scheme == "qdrant+local"
-        allowed = _LOCAL_OPTIONS if local else _OPTIONS
-        where = _safe_url(url)
-        unknown = sorted(set(merged) - set(allowed))
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], allowed, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"unknown {url.scheme} option(s) {unknown} in {where}",
-                              hint=f"{hint}options are: {', '.join(allowed)}")
-        dim = _int_option(merged, "dim")
-        dist_opt = merged.get("distance")
-        distance = str(dist_opt).lower() if dist_opt not in (None, "") else "cosine"
-        if distance not in _DISTANCES:
-            close = difflib.get_close_matches(distance, _DISTANCES, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"unknown distance {dist_opt!r} in {where}",
-                              hint=f"{hint}use one of {', '.join(_DISTANCES)}")
-        common: dict[str, Any] = {"dim": dim, "distance": distance,
-                                  "index": merged.get("index"),
-                                  "_explicit_distance": dist_opt not in (None, "")}
+        url = url.with_options(options)
+        url.check_options(_LOCAL_OPTIONS if local else _OPTIONS, what=url.scheme)
+        opts = index_options(url)
+        common: dict[str, Any] = {"dim": opts.dim, "distance": opts.distance,
+                                  "index": opts.index,
+                                  "_explicit_distance": opts.explicit_distance}
         if local:
             if url.host and url.host != "localhost":
-                raise ConfigError(f"{where} names a host; local mode takes a folder",
+                raise ConfigError(f"{url.redacted()} names a host; local mode takes a folder",
                                   hint="write qdrant+local:///relative/folder, "
                                        "qdrant+local:////absolute/folder or "
                                        "qdrant+local:///:memory:")
@@ -476,24 +374,16 @@ class QdrantRetrieval:
                 return cls(memory=True, **common)
             return cls(path=url.resolve_path(base_dir), **common)
         if not url.host:
-            raise ConfigError(f"{where} names no host",
+            raise ConfigError(f"{url.redacted()} names no host",
                               hint="write qdrant://HOST:6333, e.g. qdrant://127.0.0.1:6333")
-        https = _flag(merged, "https", False)
+        https = url.flag("https", False)
         server = f"{'https' if https else 'http'}://{url.host}:{url.port or 6333}"
         if url.path.strip("/"):
             server += "/" + url.path.strip("/")
-        api_key = merged.get("api_key") or url.password
-        if api_key is not None and hasattr(api_key, "get_secret_value"):
-            api_key = api_key.get_secret_value()
-        timeout = merged.get("timeout")
-        try:
-            timeout_s = float(timeout) if timeout not in (None, "") else None
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"timeout={timeout!r} is not a number of seconds",
-                              hint="write ?timeout=10") from exc
-        return cls(url=server, api_key=str(api_key) if api_key else None,
-                   prefer_grpc=_flag(merged, "prefer_grpc", False),
-                   grpc_port=_int_option(merged, "grpc_port"), timeout=timeout_s, **common)
+        return cls(url=server, api_key=url.option("api_key") or url.password or None,
+                   prefer_grpc=url.flag("prefer_grpc", False),
+                   grpc_port=url.int_option("grpc_port", min=1, max=65535),
+                   timeout=url.seconds_option("timeout"), **common)
 
     @property
     def is_local(self) -> bool:
@@ -541,15 +431,7 @@ class QdrantRetrieval:
             "query", lambda c: c.query_points(collection, query=vec.tolist(),
                                               query_filter=scoped, limit=limit,
                                               with_payload=True, with_vectors=False))
-        out: list[ScoredPoint] = []
-        for hit in response.points:
-            payload = dict(hit.payload or {})
-            owner = payload.pop(TENANT_KEY, None)
-            public = payload.pop(ID_KEY, None)
-            if owner != tenant or public is None:  # defence in depth; the filter has it
-                continue
-            out.append(ScoredPoint(id=public, score=float(hit.score), payload=payload))
-        return out
+        return scored_points(response.points, tenant)
 
     async def delete(self, collection: str, ids: Sequence[int | str], *, tenant: str) -> None:
         """Delete ``tenant``'s points with these ids. Unknown ids/collections are a no-op."""
@@ -569,8 +451,7 @@ class QdrantRetrieval:
             "delete", lambda c: c.count(collection, count_filter=scope, exact=True))
         if counted.count == 0:
             return  # nothing of this tenant's to delete: contents and snapshot unchanged
-        op = hashlib.sha256(b"delete|" + tenant.encode() + b"|"
-                            + b"".join(u.bytes for u in internal)).digest()
+        op = delete_op(tenant, internal)
         selector = models.FilterSelector(filter=scope)
         await self._write(coll, op, "delete",
                           lambda c: c.delete(collection, points_selector=selector, wait=True))
@@ -679,14 +560,8 @@ class QdrantRetrieval:
         metadata = getattr(info.config, "metadata", None) or {}
         meta = _Meta.parse(metadata.get(META_KEY)) if isinstance(metadata, Mapping) else None
         coll = _Collection(name=name, dim=int(vectors.size), distance=distance, meta=meta)
-        if self.dim is not None and coll.dim != self.dim:
-            raise ConfigError(f"collection {name!r} has dim={coll.dim}, the adapter is "
-                              f"configured with dim={self.dim}",
-                              hint="fix ?dim= or use another collection")
-        if self._explicit_distance and coll.distance != self.distance:
-            raise ConfigError(f"collection {name!r} uses distance={coll.distance}, the "
-                              f"adapter is configured with distance={self.distance}",
-                              hint="fix ?distance= or use another collection")
+        check_config(name, dim=coll.dim, distance=coll.distance, want_dim=self.dim,
+                     want_distance=self.distance, explicit_distance=self._explicit_distance)
         return coll
 
     async def _open(self, name: str, *, missing_ok: bool = False) -> Any:
@@ -783,67 +658,11 @@ class QdrantRetrieval:
     @staticmethod
     def _prepare_upsert(tenant: str, batch: list[Any]) -> _Prepared:
         """Validate every point and build engine points; nothing is written here."""
-        digest = hashlib.sha256(b"upsert|")
-        engine_points: list[models.PointStruct] = []
-        dims: set[int] = set()
-        for n, point in enumerate(batch):
-            what = f"point #{n}"
-            if not all(hasattr(point, a) for a in ("id", "vector")):
-                raise InvalidInput(f"{what} is not a Point",
-                                   hint="pass aios_mesh.ports.retrieval.Point objects")
-            public = public_id(point.id)
-            row = as_vector(point.vector, f"vector of {what} (id {public!r})")
-            dims.add(row.shape[0])
-            payload = check_payload(getattr(point, "payload", None), f"{what} (id {public!r})")
-            payload[TENANT_KEY] = tenant
-            payload[ID_KEY] = public
-            uid = internal_id(tenant, public)
-            engine_points.append(models.PointStruct(id=str(uid), vector=row.tolist(),
-                                                    payload=payload))
-            digest.update(uid.bytes)
-            digest.update(row.tobytes())
-            digest.update(encode_payload(payload))
-        if len(dims) != 1:
-            raise InvalidInput(f"the batch mixes vector sizes {sorted(dims)}",
-                               hint="every vector of a collection has the same size")
-        return _Prepared(dim=dims.pop(), points=engine_points, digest=digest.digest())
+        prepared = prepare_points(tenant, batch)
+        return _Prepared(dim=prepared.dim, digest=prepared.digest, points=[
+            models.PointStruct(id=str(p.uid), vector=p.vector, payload=p.payload)
+            for p in prepared.points])
 
     def __repr__(self) -> str:
         kind = "local" if self.is_local else "server"
         return f"QdrantRetrieval({kind} {self.location!r})"
-
-
-def _safe_url(url: BackendURL) -> str:
-    """The URL for messages: password masked, api_key dropped from the query."""
-    text = url.redacted()
-    if "api_key=" in text:
-        head, _, query = text.partition("?")
-        kept = [p for p in query.split("&") if not p.startswith("api_key=")]
-        text = head + "?" + "&".join([*kept, "api_key=***"])
-    return text
-
-
-def _int_option(options: Mapping[str, Any], name: str) -> int | None:
-    value = options.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name}={value!r} is not an integer",
-                          hint=f"write ?{name}=<integer>") from exc
-
-
-def _flag(options: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = options.get(name)
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"option {name}={value!r} is not a boolean",
-                      hint=f"write {name}=true or {name}=false")

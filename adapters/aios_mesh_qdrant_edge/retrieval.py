@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
-import hashlib
 import json
-import math
 import os
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,17 +39,29 @@ from aios_mesh.errors import (
     NotFound,
 )
 from aios_mesh.ports.base import Feature
-from aios_mesh.ports.retrieval import Condition, Filter, ScoredPoint
-from aios_mesh.ports.retrieval_scope import ID_KEY, TENANT_KEY
-from aios_mesh.ports.retrieval_scope import as_vector as _as_vector
-from aios_mesh.ports.retrieval_scope import chain as _chain
-from aios_mesh.ports.retrieval_scope import check_collection as _check_collection
-from aios_mesh.ports.retrieval_scope import check_key as _check_key
-from aios_mesh.ports.retrieval_scope import check_limit as _check_limit
-from aios_mesh.ports.retrieval_scope import check_payload as _check_payload
-from aios_mesh.ports.retrieval_scope import check_tenant as _check_tenant
-from aios_mesh.ports.retrieval_scope import internal_id as _internal_id
-from aios_mesh.ports.retrieval_scope import public_id as _public_id
+from aios_mesh.ports.retrieval import Filter, ScoredPoint
+from aios_mesh.ports.retrieval_scope import (
+    ID_KEY,
+    TENANT_KEY,
+    CheckedCondition,
+    as_vector,
+    chain,
+    check_collection,
+    check_config,
+    check_filter,
+    check_index_config,
+    check_limit,
+    check_tenant,
+    delete_op,
+    index_options,
+    initial_digest,
+    internal_id,
+    parse_indexes,
+    prepare_points,
+    public_id,
+    scored_points,
+    snapshot_label,
+)
 
 __all__ = ["ID_KEY", "TENANT_KEY", "EdgeRetrieval"]
 
@@ -76,79 +84,29 @@ _SHARD_DIR: Final = "shard"
 _META_FORMAT: Final = 1
 #: Batches with more vector floats than this are prepared and written in a worker thread.
 _INLINE_FLOATS: Final = 32_768
-_INT64_MAX: Final = 2**63 - 1
 
 _T = TypeVar("_T")
 
 
-# --------------------------------------------------------------------------- validation
+# --------------------------------------------------------------------------- filters
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _match_value(value: object) -> qe.MatchValue:
-    if isinstance(value, bool):
-        # Trap: MatchValue(True) is read as the integer 1 by the binding and then matches
-        # payload 1 but not payload true; numpy's bool_ reaches the Bool variant.
-        return qe.MatchValue(cast(Any, np.bool_(value)))
-    if isinstance(value, int):
-        if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
-            raise InvalidInput(f"eq value {value} is outside the int64 range",
-                               hint="compare such numbers with op='range'")
-        return qe.MatchValue(value)
-    if isinstance(value, str):
-        return qe.MatchValue(value)
-    raise InvalidInput(f"eq value {value!r} is not a string, integer or bool",
-                       hint="use op='range' with gte=/lte= for floats")
-
-
-def _match_any(value: object) -> qe.MatchAny:
-    if isinstance(value, str | bytes) or not isinstance(value, list | tuple | set | frozenset):
-        raise InvalidInput(f"any value {value!r} is not a list",
-                           hint="pass value=[...] of strings or of integers")
-    items = list(value)
-    if all(isinstance(v, str) for v in items):
-        return qe.MatchAny(cast(list[str], items))
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-        return qe.MatchAny(cast(list[int], items))
-    raise InvalidInput(f"any value {value!r} mixes types or holds something other than "
-                       "strings or integers",
-                       hint="pass only strings or only integers; for bools use op='eq'")
-
-
-def _range(cond: Condition) -> qe.RangeFloat:
-    if cond.value is not None:
-        raise InvalidInput(f"range condition on {cond.key!r} takes gte=/lte=, not value=",
-                           hint="write Condition(key, 'range', gte=..., lte=...)")
-    if cond.gte is None and cond.lte is None:
-        raise InvalidInput(f"range condition on {cond.key!r} has neither gte nor lte",
-                           hint="set gte=, lte= or both")
-    for bound in (cond.gte, cond.lte):
-        if bound is not None and (not _is_number(bound) or not math.isfinite(bound)):
-            raise InvalidInput(f"range bound {bound!r} on {cond.key!r} is not a finite number",
-                               hint="use finite int or float bounds")
-    return qe.RangeFloat(gte=cond.gte, lte=cond.lte)
-
-
-def _condition(cond: object) -> qe.FieldCondition:
-    if not isinstance(cond, Condition):
-        raise InvalidInput(f"{cond!r} is not a Condition",
-                           hint="build filters from aios_mesh.ports.retrieval.Condition")
-    key = _check_key(cond.key)
+def _engine_condition(cond: CheckedCondition) -> qe.FieldCondition:
+    """A checked condition as the binding's class (see ``retrieval_scope.check_filter``)."""
     try:
         if cond.op == "eq":
-            return qe.FieldCondition(key=key, match=_match_value(cond.value))
+            if isinstance(cond.value, bool):
+                # Trap: MatchValue(True) is read as the integer 1 by the binding and then
+                # matches payload 1 but not payload true; numpy's bool_ reaches the Bool variant.
+                return qe.FieldCondition(key=cond.key,
+                                         match=qe.MatchValue(cast(Any, np.bool_(cond.value))))
+            return qe.FieldCondition(key=cond.key, match=qe.MatchValue(cast(Any, cond.value)))
         if cond.op == "any":
-            return qe.FieldCondition(key=key, match=_match_any(cond.value))
-        if cond.op == "range":
-            return qe.FieldCondition(key=key, range=_range(cond))
+            return qe.FieldCondition(key=cond.key, match=qe.MatchAny(cast(Any, cond.value)))
+        return qe.FieldCondition(key=cond.key, range=qe.RangeFloat(gte=cond.gte, lte=cond.lte))
     except (TypeError, ValueError, OverflowError) as exc:  # e.g. "invalid JSON path"
-        raise InvalidInput(f"condition {cond!r} is not valid: {exc}",
+        raise InvalidInput(f"condition on {cond.key!r} is not valid: {exc}",
                            hint="check the key path and the value types") from exc
-    raise InvalidInput(f"unknown condition op {cond.op!r}",
-                       hint="use op='eq', 'any' or 'range'")
 
 
 def _tenant_condition(tenant: str) -> qe.FieldCondition:
@@ -157,51 +115,9 @@ def _tenant_condition(tenant: str) -> qe.FieldCondition:
 
 def _engine_filter(tenant: str, user: Filter | None) -> qe.Filter:
     """The caller's filter ANDed with the tenant scope (no caller condition can widen it)."""
-    must: list[Any] = [_tenant_condition(tenant)]
-    must_not: list[Any] = []
-    if user is not None:
-        if not isinstance(user, Filter):
-            raise InvalidInput(f"{user!r} is not a Filter",
-                               hint="pass aios_mesh.ports.retrieval.Filter(must=..., "
-                                    "must_not=...)")
-        must += [_condition(c) for c in user.must]
-        must_not += [_condition(c) for c in user.must_not]
-    return qe.Filter(must=must, must_not=must_not or None)
-
-
-def _parse_indexes(spec: object) -> dict[str, str]:
-    """``"category:keyword,price:float"`` or ``{"category": "keyword"}`` → field → type."""
-    if spec is None or spec == "":
-        return {}
-    if isinstance(spec, str):
-        pairs = []
-        for item in spec.split(","):
-            name, sep, kind = item.strip().rpartition(":")
-            if not sep or not name:
-                raise ConfigError(f"index entry {item!r} is not FIELD:TYPE",
-                                  hint="write ?index=category:keyword,price:float")
-            pairs.append((name, kind))
-    elif isinstance(spec, Mapping):
-        pairs = [(str(k), str(t)) for k, t in spec.items()]
-    else:
-        raise ConfigError(f"index={spec!r} is neither 'FIELD:TYPE,...' nor a mapping",
-                          hint="write ?index=category:keyword,price:float")
-    out: dict[str, str] = {}
-    for name, kind in pairs:
-        kind = kind.strip().lower()
-        if kind not in _INDEX_TYPES:
-            close = difflib.get_close_matches(kind, _INDEX_TYPES, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"unknown payload index type {kind!r} for {name!r}",
-                              hint=f"{hint}types are: {', '.join(_INDEX_TYPES)} (use float "
-                                   "for any field holding non-integer numbers)")
-        try:
-            _check_key(name)
-        except InvalidInput as exc:
-            raise ConfigError(f"cannot index field {name!r}: {exc.message}",
-                              hint="index only your own payload fields") from exc
-        out[name] = kind
-    return out
+    must, must_not = check_filter(user)
+    return qe.Filter(must=[_tenant_condition(tenant), *map(_engine_condition, must)],
+                     must_not=[_engine_condition(c) for c in must_not] or None)
 
 
 # --------------------------------------------------------------------------- state
@@ -217,7 +133,7 @@ class _Meta:
     digest: str = ""
 
     def snapshot_id(self) -> str:
-        return f"{self.writes}-{self.digest[:12]}"
+        return snapshot_label(self.writes, self.digest)
 
     def to_json(self) -> bytes:
         return json.dumps({"format": _META_FORMAT, "dim": self.dim, "distance": self.distance,
@@ -247,6 +163,12 @@ class _Prepared:
     digest: bytes
 
 
+def _encode(payload: dict[str, Any]) -> bytes:
+    """The payload as the snapshot hash has always read it (orjson, sorted keys); raises for
+    what the engine cannot hold either (integers beyond 64 bits)."""
+    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+
+
 def _write_meta(path: Path, meta: _Meta) -> None:
     """Atomically replace ``mesh.json`` (write, fsync, rename)."""
     tmp = path.with_suffix(".json.tmp")
@@ -270,10 +192,6 @@ def _read_meta(path: Path) -> _Meta:
         raise IntegrityError(f"{path} holds an invalid dim/distance",
                              hint="restore the collection folder from a backup")
     return meta
-
-
-def _initial_digest(name: str, dim: int, distance: str) -> str:
-    return hashlib.sha256(_SNAPSHOT_SEED + f"|{name}|{dim}|{distance}".encode()).hexdigest()
 
 
 def _engine_error(exc: Exception, doing: str, *, write: bool) -> MeshError:
@@ -315,17 +233,11 @@ class EdgeRetrieval:
     def __init__(self, root: Path, *, dim: int | None = None, distance: str = "cosine",
                  index: str | Mapping[str, str] | None = None,
                  _explicit_distance: bool | None = None) -> None:
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
-            raise ConfigError(f"dim={dim!r} is not a positive integer",
-                              hint="write ?dim=384 (or leave it out to take it from the first "
-                                   "upsert)")
-        if distance not in _DISTANCES:
-            raise ConfigError(f"unknown distance {distance!r}",
-                              hint=f"use one of {', '.join(_DISTANCES)}")
+        check_index_config(dim, distance)
         self.root = Path(root)
         self.dim = dim
         self.distance = distance
-        self.indexes = _parse_indexes(index)
+        self.indexes = parse_indexes(index)
         self._explicit_distance = (_explicit_distance if _explicit_distance is not None
                                    else distance != "cosine")
         self._collections: dict[str, _Collection] = {}
@@ -338,38 +250,19 @@ class EdgeRetrieval:
 
         Keyword arguments win over the URL's query options.
         """
-        merged: dict[str, Any] = {**url.options, **options}
-        unknown = sorted(set(merged) - set(_OPTIONS))
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], _OPTIONS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"unknown qdrant-edge option(s) {unknown} in {url.redacted()}",
-                              hint=f"{hint}options are: {', '.join(_OPTIONS)}")
-        dim_opt = merged.get("dim")
-        dim: int | None = None
-        if dim_opt not in (None, ""):
-            try:
-                dim = int(dim_opt)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"dim={dim_opt!r} is not an integer",
-                                  hint="write ?dim=384") from exc
-        dist_opt = merged.get("distance")
-        distance = str(dist_opt).lower() if dist_opt not in (None, "") else "cosine"
-        if distance not in _DISTANCES:
-            close = difflib.get_close_matches(distance, _DISTANCES, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"unknown distance {dist_opt!r} in {url.redacted()}",
-                              hint=f"{hint}use one of {', '.join(_DISTANCES)}")
-        return cls(url.resolve_path(base_dir), dim=dim, distance=distance,
-                   index=merged.get("index"), _explicit_distance=dist_opt not in (None, ""))
+        url = url.with_options(options)
+        url.check_options(_OPTIONS, what="qdrant-edge")
+        opts = index_options(url)
+        return cls(url.resolve_path(base_dir), dim=opts.dim, distance=opts.distance,
+                   index=cast(Any, opts.index), _explicit_distance=opts.explicit_distance)
 
     # ----------------------------------------------------------------- port methods
 
     async def upsert(self, collection: str, points: Sequence[Any], *, tenant: str) -> None:
         """Insert or replace ``points`` of ``tenant``. Validates the whole batch first."""
         self._check_open()
-        _check_tenant(tenant)
-        _check_collection(collection)
+        check_tenant(tenant)
+        check_collection(collection)
         batch = list(points)
         if not batch:
             return
@@ -392,11 +285,11 @@ class EdgeRetrieval:
         Raises :class:`NotFound` for a collection that was never written to.
         """
         self._check_open()
-        _check_tenant(tenant)
-        _check_collection(collection)
-        _check_limit(limit)
+        check_tenant(tenant)
+        check_collection(collection)
+        check_limit(limit)
         engine_filter = _engine_filter(tenant, filter)
-        vec = _as_vector(vector, "query vector")
+        vec = as_vector(vector, "query vector")
         coll = await self._collection(collection, create_dim=None)
         if vec.shape[0] != coll.meta.dim:
             raise InvalidInput(f"query vector has {vec.shape[0]} dimensions, collection "
@@ -409,26 +302,18 @@ class EdgeRetrieval:
             hits = coll.shard.query(request)
         except Exception as exc:
             raise _engine_error(exc, "query", write=False) from exc
-        out: list[ScoredPoint] = []
-        for hit in hits:
-            payload = dict(hit.payload or {})
-            owner = payload.pop(TENANT_KEY, None)
-            public = payload.pop(ID_KEY, None)
-            if owner != tenant or public is None:  # defence in depth; the filter has it
-                continue
-            out.append(ScoredPoint(id=public, score=float(hit.score), payload=payload))
-        return out
+        return scored_points(hits, tenant)
 
     async def delete(self, collection: str, ids: Sequence[int | str], *, tenant: str) -> None:
         """Delete ``tenant``'s points with these ids. Unknown ids/collections are a no-op."""
         self._check_open()
-        _check_tenant(tenant)
-        _check_collection(collection)
-        publics = sorted({_public_id(i) for i in ids}, key=lambda p: (type(p).__name__, p))
+        check_tenant(tenant)
+        check_collection(collection)
+        publics = sorted({public_id(i) for i in ids}, key=lambda p: (type(p).__name__, p))
         if not publics or not self._exists(collection):
             return
         coll = await self._collection(collection, create_dim=None)
-        internal = {_internal_id(tenant, p) for p in publics}
+        internal = {internal_id(tenant, p) for p in publics}
         scope = qe.Filter(must=[_tenant_condition(tenant),
                                 qe.HasIdCondition(cast(Any, internal))])
         async with coll.lock:
@@ -439,14 +324,13 @@ class EdgeRetrieval:
                 raise _engine_error(exc, "delete", write=False) from exc
             if present == 0:
                 return  # nothing of this tenant's to delete: contents and snapshot unchanged
-            op = hashlib.sha256(b"delete|" + tenant.encode() + b"|"
-                                + b"".join(u.bytes for u in sorted(internal))).digest()
-            self._apply(coll, op, qe.UpdateOperation.delete_points_by_filter(scope), "delete")
+            self._apply(coll, delete_op(tenant, internal),
+                        qe.UpdateOperation.delete_points_by_filter(scope), "delete")
 
     async def snapshot(self, collection: str) -> str:
         """``"<writes>-<hash>"`` naming the collection's current contents."""
         self._check_open()
-        _check_collection(collection)
+        check_collection(collection)
         coll = await self._collection(collection, create_dim=None)
         return coll.meta.snapshot_id()
 
@@ -456,7 +340,7 @@ class EdgeRetrieval:
         Not part of the port; worth calling after a large bulk load. Runs in a thread.
         """
         self._check_open()
-        coll = await self._collection(_check_collection(collection), create_dim=None)
+        coll = await self._collection(check_collection(collection), create_dim=None)
         async with coll.lock:
             try:
                 return await asyncio.to_thread(coll.shard.optimize)
@@ -495,39 +379,16 @@ class EdgeRetrieval:
     @staticmethod
     def _prepare_upsert(tenant: str, batch: list[Any]) -> _Prepared:
         """Validate every point and build engine points; nothing is written here."""
-        rows: list[np.ndarray[Any, np.dtype[np.float32]]] = []
-        payloads: list[dict[str, Any]] = []
-        internal: list[uuid.UUID] = []
-        for n, point in enumerate(batch):
-            what = f"point #{n}"
-            if not all(hasattr(point, a) for a in ("id", "vector")):
-                raise InvalidInput(f"{what} is not a Point",
-                                   hint="pass aios_mesh.ports.retrieval.Point objects")
-            public = _public_id(point.id)
-            rows.append(_as_vector(point.vector, f"vector of {what} (id {public!r})"))
-            payload = _check_payload(getattr(point, "payload", None), f"{what} (id {public!r})")
-            payload[TENANT_KEY] = tenant
-            payload[ID_KEY] = public
-            payloads.append(payload)
-            internal.append(_internal_id(tenant, public))
-        dims = {r.shape[0] for r in rows}
-        if len(dims) != 1:
-            raise InvalidInput(f"the batch mixes vector sizes {sorted(dims)}",
-                               hint="every vector of a collection has the same size")
-        digest = hashlib.sha256(b"upsert|")
+        prepared = prepare_points(tenant, batch, encode=_encode)
         engine_points: list[qe.Point] = []
-        for uid, row, payload in zip(internal, rows, payloads, strict=True):
+        for point in prepared.points:
             try:
-                encoded = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-                engine_points.append(qe.Point(uid, row.tolist(), payload))
-            except (TypeError, ValueError, OverflowError, orjson.JSONEncodeError) as exc:
-                raise InvalidInput(f"payload of point {payload[ID_KEY]!r} is not JSON: {exc}",
-                                   hint="use str keys and JSON values (no NaN, no objects)"
-                                   ) from exc
-            digest.update(uid.bytes)
-            digest.update(row.tobytes())
-            digest.update(encoded)
-        return _Prepared(dim=dims.pop(), points=engine_points, digest=digest.digest())
+                engine_points.append(qe.Point(point.uid, point.vector, point.payload))
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise InvalidInput(f"payload of point {point.payload[ID_KEY]!r} is not JSON: "
+                                   f"{exc}", hint="use str keys and JSON values (no NaN, no "
+                                                  "objects)") from exc
+        return _Prepared(dim=prepared.dim, points=engine_points, digest=prepared.digest)
 
     def _apply(self, coll: _Collection, op_digest: bytes, op: qe.UpdateOperation,
                doing: str) -> None:
@@ -537,7 +398,7 @@ class EdgeRetrieval:
         but one id never names two different contents.
         """
         meta = _Meta(dim=coll.meta.dim, distance=coll.meta.distance,
-                     writes=coll.meta.writes + 1, digest=_chain(coll.meta.digest, op_digest))
+                     writes=coll.meta.writes + 1, digest=chain(coll.meta.digest, op_digest))
         try:
             _write_meta(coll.meta_path, meta)
         except OSError as exc:
@@ -581,7 +442,7 @@ class EdgeRetrieval:
                                    f"configured with dim={dim}",
                                    hint="embed with the configured model or change ?dim=")
             meta = _Meta(dim=dim, distance=self.distance,
-                         digest=_initial_digest(name, dim, self.distance))
+                         digest=initial_digest(_SNAPSHOT_SEED, name, dim, self.distance))
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 _write_meta(meta_path, meta)
@@ -621,14 +482,8 @@ class EdgeRetrieval:
                 shard.update(qe.UpdateOperation.create_field_index(name, wanted))
 
     def _check_config(self, name: str, meta: _Meta) -> None:
-        if self.dim is not None and meta.dim != self.dim:
-            raise ConfigError(f"collection {name!r} has dim={meta.dim}, the adapter is "
-                              f"configured with dim={self.dim}",
-                              hint="fix ?dim= or use another collection/folder")
-        if self._explicit_distance and meta.distance != self.distance:
-            raise ConfigError(f"collection {name!r} uses distance={meta.distance}, the "
-                              f"adapter is configured with distance={self.distance}",
-                              hint="fix ?distance= or use another collection/folder")
+        check_config(name, dim=meta.dim, distance=meta.distance, want_dim=self.dim,
+                     want_distance=self.distance, explicit_distance=self._explicit_distance)
 
     @staticmethod
     def _close_shard(coll: _Collection) -> None:
