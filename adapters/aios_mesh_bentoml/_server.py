@@ -28,7 +28,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,14 +41,12 @@ from aios_mesh.errors import (
     NotFound,
 )
 from aios_mesh.ports.registry import ModelRef, parse_model_spec
-from aios_mesh.ports.serving import Prediction
+from aios_mesh.ports.serving import BatchPredictor, Prediction, as_prediction
 from aios_mesh_bentoml._protocol import answer_error, answer_ok
 
 __all__ = ["DEFAULT_PYTHON_MODELS", "ServedModel", "ServedModels", "parse_python_models"]
 
 log = logging.getLogger("aios_mesh_bentoml.service")
-
-Predictor = Callable[[list[dict[str, Any]]], Sequence[Any]]
 
 #: What a bare ``bentoml serve aios_mesh_bentoml.service:MeshModelService`` serves.
 DEFAULT_PYTHON_MODELS = "echo-upper/1=aios_mesh_bentoml.testing:echo_upper"
@@ -59,7 +57,7 @@ class ServedModel:
     """One model version this service answers for."""
 
     ref: ModelRef
-    predict: Predictor
+    predict: BatchPredictor
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.ref.name, "version": self.ref.version, "alias": self.ref.alias,
@@ -202,8 +200,6 @@ class ServedModels:
 
     @staticmethod
     def _predict(model: ServedModel, batch: list[dict[str, Any]]) -> list[Prediction]:
-        from aios_mesh.embedded.serving import as_prediction
-
         label = f"{model.ref.name}/{model.ref.version}"
         try:
             raw = model.predict([dict(item) for item in batch])

@@ -39,20 +39,18 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from aios_mesh.errors import BackendUnavailable, InvalidInput, InvalidOutput, MeshError, NotFound
 from aios_mesh.ports.registry import ModelRef
-from aios_mesh.ports.serving import Prediction
+from aios_mesh.ports.serving import BatchPredictor, Prediction
 from aios_mesh_mlflow._common import TRACKING_URI_TAG, local_path, storage_location, translate
 from aios_mesh_mlflow._env import apply_env_defaults
 
 __all__ = ["BatchPredictor", "fetch_model_folder", "load_predictor", "to_predictions"]
-
-BatchPredictor = Callable[[list[dict[str, Any]]], list[Prediction]]
 
 
 def fetch_model_folder(ref: ModelRef) -> Path:

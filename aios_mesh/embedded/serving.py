@@ -23,28 +23,11 @@ from aios_mesh.ports.base import Feature
 from aios_mesh.ports.entry_points import MODEL_LOADERS_GROUP, find_entry_points, load_entry_point
 from aios_mesh.ports.model_loader import ANY_SCHEME, ModelLoader, source_scheme
 from aios_mesh.ports.registry import ModelRef
-from aios_mesh.ports.serving import Prediction, ServingBase
+from aios_mesh.ports.serving import BatchPredictor, Prediction, ServingBase, as_prediction
 
 __all__ = ["BatchPredictor", "InProcessServing", "as_prediction", "model_loader"]
 
-#: A batch predictor: a list of input documents in, one answer per input out.
-BatchPredictor = Callable[[list[dict[str, Any]]], Sequence[Prediction | Mapping[str, Any]]]
 StreamFn = Callable[[dict[str, Any]], Iterable[dict[str, Any]]]
-
-
-def as_prediction(value: Prediction | Mapping[str, Any] | Any) -> Prediction:
-    """Normalise a predictor's answer: a Prediction, a dict (``confidence`` key is lifted), or a
-    pydantic model."""
-    if isinstance(value, Prediction):
-        return value
-    if hasattr(value, "model_dump"):
-        value = value.model_dump(mode="json")
-    if not isinstance(value, Mapping):
-        raise InvalidOutput(f"model returned {type(value).__name__}, expected a mapping",
-                            hint="return a dict, a pydantic model or a Prediction")
-    doc = dict(value)
-    conf = doc.get("confidence")
-    return Prediction(doc, confidence=float(conf) if isinstance(conf, int | float) else None)
 
 
 def model_loader(source: str) -> ModelLoader:

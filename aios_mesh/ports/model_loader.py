@@ -21,12 +21,11 @@ answer per input, in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 from aios_mesh.ports.registry import ModelRef
-from aios_mesh.ports.serving import Prediction
+from aios_mesh.ports.serving import BatchPredictor
 
 __all__ = ["ANY_SCHEME", "ModelLoader", "source_scheme"]
 
@@ -41,8 +40,7 @@ class ModelLoader(Protocol):
     cannot be fetched or loaded.
     """
 
-    def __call__(self, ref: ModelRef, /) -> Callable[
-            [list[dict[str, Any]]], Sequence[Prediction | Mapping[str, Any]]]: ...
+    def __call__(self, ref: ModelRef, /) -> BatchPredictor: ...
 
 
 def source_scheme(source: str) -> str:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
-from aios_mesh.errors import FeatureNotSupported
+from aios_mesh.errors import FeatureNotSupported, InvalidOutput
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.registry import ModelRef
 
-__all__ = ["Prediction", "Serving", "ServingBase", "Usage"]
+__all__ = ["BatchPredictor", "Prediction", "Serving", "ServingBase", "Usage", "as_prediction"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,29 @@ class Prediction:
     output: dict[str, Any]
     confidence: float | None = None
     usage: Usage = field(default_factory=Usage)
+
+
+#: The prediction shape of in-process models (registered callables, model loaders, the
+#: BentoML and Triton model servers): a list of input documents in, one answer per input out,
+#: in order. An answer is a :class:`Prediction` or a mapping (a pydantic model is accepted at
+#: run time too); :func:`as_prediction` normalises it.
+BatchPredictor: TypeAlias = Callable[[list[dict[str, Any]]],
+                                     Sequence[Prediction | Mapping[str, Any]]]
+
+
+def as_prediction(value: Prediction | Mapping[str, Any] | Any) -> Prediction:
+    """Normalise a predictor's answer: a Prediction, a dict (``confidence`` key is lifted), or a
+    pydantic model."""
+    if isinstance(value, Prediction):
+        return value
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    if not isinstance(value, Mapping):
+        raise InvalidOutput(f"model returned {type(value).__name__}, expected a mapping",
+                            hint="return a dict, a pydantic model or a Prediction")
+    doc = dict(value)
+    conf = doc.get("confidence")
+    return Prediction(doc, confidence=float(conf) if isinstance(conf, int | float) else None)
 
 
 @runtime_checkable
