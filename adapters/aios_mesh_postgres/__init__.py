@@ -38,6 +38,9 @@ append-only for the application role (see docs/adapters/postgres.md)::
 
 Connections: psycopg 3 ``AsyncConnection``s in a small pool per running event loop (the mesh
 may call from several threads, each with its own loop).
+
+The package also holds :class:`PostgresState` (:mod:`aios_mesh_postgres.state`): the shared
+state (connections and schema migrations of the stores) on the same server.
 """
 
 from __future__ import annotations
@@ -64,8 +67,9 @@ from aios_mesh.errors import BackendUnavailable, ConfigError, IntegrityError
 from aios_mesh.ports.audit import AuditEntry, VerifyReport
 from aios_mesh.ports.audit_chain import GENESIS_HASH, canonical_record, chain_hash, verify_file
 from aios_mesh.ports.base import Feature
+from aios_mesh_postgres.state import PostgresState
 
-__all__ = ["PostgresAuditLog"]
+__all__ = ["PostgresAuditLog", "PostgresState"]
 
 _OPTIONS: Final = frozenset({"table", "pool_size", "connect_timeout_s", "create"})
 _IDENT: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
