@@ -1,14 +1,14 @@
 """The OPA adapter against a real OPA server: the whole Policy conformance suite.
 
-The server is ``OPA_URL`` when set, else an ``openpolicyagent/opa`` container started when a
-Docker engine answers; otherwise every test here skips ("needs a Docker engine"). The
+The server is ``OPA_URL`` when set, else an ``openpolicyagent/opa`` container started with
+testcontainers (tests/containers.py) when a Docker engine answers; otherwise every test here
+skips ("needs a Docker engine (OPA server)"). The
 protocol-level proof that runs everywhere is tests/integration/test_opa_protocol.py (a
 regopy-backed fake of OPA's REST API — explicitly not OPA).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +20,7 @@ import pytest
 from aios_mesh_opa import OpaPolicy
 
 from aios_mesh.testing.conformance.policy import PolicyBasic, PolicyErrors, PolicyObligations
+from tests.containers import http_container
 
 #: Pinned like compose/docker-compose.yml.
 OPA_IMAGE = "openpolicyagent/opa:1.4.2"
@@ -38,28 +39,6 @@ def _wait_ready(url: str, timeout: float = 60.0) -> None:
         time.sleep(0.3)
 
 
-@contextlib.contextmanager
-def _opa_container() -> Iterator[str]:
-    try:
-        import docker  # type: ignore[import-untyped]
-
-        engine = docker.from_env(timeout=5)
-        engine.ping()
-    except Exception as exc:  # no SDK, no socket, daemon down: all mean "no engine"
-        pytest.skip(f"needs a Docker engine (OPA server): {type(exc).__name__}")
-    container = engine.containers.run(
-        OPA_IMAGE, command=["run", "--server", "--addr", "0.0.0.0:8181"], detach=True,
-        remove=True, ports={"8181/tcp": ("127.0.0.1", None)})
-    try:
-        container.reload()
-        url = f"http://127.0.0.1:{container.ports['8181/tcp'][0]['HostPort']}"
-        _wait_ready(url)
-        yield url
-    finally:
-        with contextlib.suppress(Exception):
-            container.stop(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def opa_server() -> Iterator[str]:
     """``OPA_URL`` when set, else a container; skips only when no Docker engine answers."""
@@ -68,7 +47,8 @@ def opa_server() -> Iterator[str]:
         _wait_ready(given.rstrip("/"), timeout=10)
         yield given.rstrip("/")
         return
-    with _opa_container() as url:
+    with http_container(OPA_IMAGE, 8181, what="OPA server", health="/health",
+                        command=["run", "--server", "--addr", "0.0.0.0:8181"]) as url:
         yield url
 
 

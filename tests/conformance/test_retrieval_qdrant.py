@@ -3,7 +3,8 @@
 * ``TestQdrantLocalFolder`` / ``TestQdrantLocalMemory``: qdrant-client's local mode (runs
   everywhere, no server);
 * ``TestQdrantServer``: a real Qdrant server, reached at ``QDRANT_URL`` or started as a
-  container when a Docker engine answers; otherwise it skips ("needs a Docker engine").
+  container with testcontainers (tests/containers.py) when a Docker engine answers; otherwise
+  it skips ("needs a Docker engine (Qdrant server)").
 
 Plus the adapter's own promises: the folder lock is a ConfigError, aliases show in snapshot
 ids, the tenant scoping matches the Edge adapter's ids.
@@ -11,7 +12,6 @@ ids, the tenant scoping matches the Edge adapter's ids.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import uuid
@@ -36,6 +36,7 @@ from aios_mesh.testing.conformance.retrieval import (
     RetrievalPersistence,
     RetrievalTenancy,
 )
+from tests.containers import http_container
 
 #: Pinned like compose/docker-compose.yml.
 QDRANT_IMAGE = "qdrant/qdrant:v1.20.0"
@@ -82,29 +83,6 @@ def _wait_ready(url: str, timeout: float = 60.0) -> None:
         time.sleep(0.3)
 
 
-@contextlib.contextmanager
-def _qdrant_container() -> Iterator[str]:
-    """A Qdrant server in a container (testcontainers if installed, else the docker SDK)."""
-    try:
-        import docker  # type: ignore[import-untyped]
-
-        engine = docker.from_env(timeout=5)
-        engine.ping()
-    except Exception as exc:  # no SDK, no socket, daemon down: all mean "no engine"
-        pytest.skip(f"needs a Docker engine (Qdrant server): {type(exc).__name__}")
-    container = engine.containers.run(QDRANT_IMAGE, detach=True, remove=True,
-                                      ports={"6333/tcp": ("127.0.0.1", None)})
-    try:
-        container.reload()
-        port = container.ports["6333/tcp"][0]["HostPort"]
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url)
-        yield url
-    finally:
-        with contextlib.suppress(Exception):
-            container.stop(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def qdrant_server() -> Iterator[str]:
     """``QDRANT_URL`` when set, else a container; skips only when no Docker engine answers."""
@@ -113,7 +91,7 @@ def qdrant_server() -> Iterator[str]:
         _wait_ready(given.rstrip("/"), timeout=10)
         yield given.rstrip("/")
         return
-    with _qdrant_container() as url:
+    with http_container(QDRANT_IMAGE, 6333, what="Qdrant server", health="/readyz") as url:
         yield url
 
 

@@ -13,7 +13,6 @@ import pytest
 
 from aios_mesh.embedded.audit import verify_file
 from aios_mesh.testing.conformance.lineage import OpenLineageSchemas
-from tests.conftest import SHARED
 
 PII = [b"@example.com", b"4111 1111 1111 1111", b"DE89 3704", b"+49 30"]
 
@@ -70,7 +69,7 @@ def test_no_pii_value_reaches_any_log_record_or_event(demo: tuple[Path, str]) ->
 
 def test_lineage_events_are_valid_openlineage(demo: tuple[Path, str]) -> None:
     state, _ = demo
-    schemas = OpenLineageSchemas(SHARED / "schemas" / "openlineage")
+    schemas = OpenLineageSchemas()
     events = [orjson.loads(line)
               for line in (state / "lineage" / "events.jsonl").read_bytes().splitlines()]
     records = (state / "audit.jsonl").read_bytes().count(b"\n")

@@ -21,7 +21,7 @@ import pytest
 
 from aios_mesh.lineage import run_uuid
 from aios_mesh.testing.conformance.lineage import OpenLineageSchemas
-from tests.conftest import REPO_ROOT, SHARED
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +92,7 @@ def run_local(n: int = 20) -> Any:
 
 @pytest.fixture(scope="module")
 def schemas() -> OpenLineageSchemas:
-    return OpenLineageSchemas(SHARED / "schemas" / "openlineage")
+    return OpenLineageSchemas()
 
 
 def check_run_lineage(state: Path, run_id: str, workflow: str, calls: list[dict[str, Any]],

@@ -2,8 +2,9 @@
 127.0.0.1 only, pins its images and has healthchecks; the config profile loads and every port
 in it resolves to a known adapter scheme.
 
-The schema is the vendored copy at ``<repo>/../shared/schemas/compose-spec.json``; it is
-resolved through a ``referencing`` registry, so nothing is fetched from the network.
+The schema is the copy vendored at ``tests/data/compose-spec.json`` (upstream commit in
+``tests/data/README.md``); it is resolved through a ``referencing`` registry, so nothing is
+fetched from the network and nothing outside the repository is read.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from aios_mesh.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO_ROOT / "compose"
-SCHEMA_PATH = Path(REPO_ROOT).parent / "shared" / "schemas" / "compose-spec.json"
+SCHEMA_PATH = REPO_ROOT / "tests" / "data" / "compose-spec.json"
 PROFILE = COMPOSE_DIR / "aios-mesh.compose.toml"
 COMPOSE_FILES = sorted([*COMPOSE_DIR.glob("*.yml"), *COMPOSE_DIR.glob("*.yaml")])
 #: Services a full deployment needs (ARCHITECTURE.md, compose/ row).

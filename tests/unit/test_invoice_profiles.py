@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -12,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aios_mesh.config import load_config
-from aios_mesh.testing.processes import docker_engine_answers
 from examples.invoice_intake.run import PROFILES, _toml, effective_config
+from tests.conftest import REPO_ROOT
+from tests.containers import compose_stack
 
 PROFILE_FILES = sorted(PROFILES.glob("*.toml"))
 
@@ -65,17 +64,13 @@ def test_toml_writer_round_trips(doc: dict) -> None:
 
 @pytest.mark.docker
 def test_compose_profile_against_the_compose_stack(tmp_path: Path) -> None:
-    """Runs the example on the compose/ stack. Needs a Docker engine with compose."""
-    if not docker_engine_answers():
-        pytest.skip("no Docker engine on this machine: the compose stack cannot start")
+    """Runs the example on the compose/ stack (testcontainers' ``DockerCompose``: ``up --wait``,
+    then ``down --volumes``). Needs a Docker engine with the compose plugin."""
     from examples.invoice_intake.run import run
 
-    compose = ["docker", "compose", "-f", "compose/docker-compose.yml"]
-    env = {"AIOS_MESH_POLICIES": "../examples/invoice_intake/policies"}
-    subprocess.run([*compose, "up", "-d", "--wait"], check=True,
-                   env={**os.environ, **env})
-    try:
-        result = run(profile=PROFILES / "compose.toml", state=tmp_path, n=60)
+    state = tmp_path / "state"
+    with compose_stack(REPO_ROOT, "compose/docker-compose.yml", what="the compose/ stack",
+                       env={"AIOS_MESH_POLICIES": "../examples/invoice_intake/policies"},
+                       env_dir=tmp_path):
+        result = run(profile=PROFILES / "compose.toml", state=state, n=60)
         assert result.exit_code == 0
-    finally:
-        subprocess.run([*compose, "down", "-v"], check=False)

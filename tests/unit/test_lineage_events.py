@@ -1,4 +1,8 @@
-"""Decision records → OpenLineage events: schema-valid for every record shape."""
+"""Decision records → OpenLineage events: schema-valid for every record shape.
+
+The custom facets are also checked against the schema file their ``_schemaURL`` names
+(``docs/schemas/aios-mesh-facets-1-0-0.json``), with the facets of real decision records.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aios_mesh.lineage import (
+    CUSTOM_FACETS_SCHEMA,
     CUSTOM_FACETS_SCHEMA_URL,
+    FACET_PREFIX,
     run_events_for,
     run_uuid,
     workflow_run_events,
@@ -20,11 +26,11 @@ from aios_mesh.lineage import (
 from aios_mesh.testing.conformance.lineage import (
     POLICY_INPUT_SENTINEL,
     OpenLineageSchemas,
+    packaged_schema_dir,
     sample_record,
 )
 
-SCHEMAS = OpenLineageSchemas(Path(__file__).resolve().parents[2].parent / "shared" / "schemas"
-                             / "openlineage")
+SCHEMAS = OpenLineageSchemas()  # the copy packaged with the conformance kit
 
 names = st.text(min_size=1, max_size=20)
 maybe_text = st.none() | st.text(max_size=20)
@@ -162,3 +168,151 @@ def test_a_function_handler_is_not_an_input_dataset() -> None:
               "model": {"name": "function:route-invoice", "version": "1"}}
     start, _ = run_events_for(record)
     assert start["inputs"] == []
+
+
+# ------------------------------------------------------ the published custom-facet schema
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: ``raw.githubusercontent.com/<owner>/<repo>/<branch>/<path>`` → ``<path>`` in this repo.
+FACETS_FILE = REPO_ROOT / CUSTOM_FACETS_SCHEMA_URL.split("/", 6)[6]
+#: Fields every facet may carry (BaseFacet, and JobFacet's ``_deleted``).
+BASE_FIELDS = {"_producer", "_schemaURL", "_deleted"}
+
+
+def _published() -> dict[str, Any]:
+    return dict(json.loads(FACETS_FILE.read_text(encoding="utf-8")))
+
+
+def _published_validator(ref: str) -> Any:
+    from jsonschema import Draft202012Validator, FormatChecker  # type: ignore[import-untyped]
+    from referencing import Registry, Resource
+
+    root = json.loads((packaged_schema_dir() / "OpenLineage.json").read_text(encoding="utf-8"))
+    published = _published()
+    registry: Registry[Any] = Registry().with_resources([
+        (root["$id"], Resource.from_contents(root)),
+        (published["$id"], Resource.from_contents(published)),
+    ])
+    return Draft202012Validator({"$ref": ref}, registry=registry,
+                                format_checker=FormatChecker())
+
+
+def _def_properties(definition: dict[str, Any]) -> tuple[str, set[str], set[str]]:
+    base, own = definition["allOf"]
+    return base["$ref"], set(own["properties"]), set(own["required"])
+
+
+def check_custom_facets(events: list[dict[str, Any]]) -> set[str]:
+    """Validate every ``aiosMesh_*`` facet of ``events`` against the published file; return
+    the facet keys seen. Each field must be one the file declares (nothing undocumented)."""
+    published = _published()
+    by_key = _published_validator(CUSTOM_FACETS_SCHEMA_URL)
+    seen: set[str] = set()
+    for event in events:
+        for facets in (event["run"].get("facets") or {}, event["job"].get("facets") or {}):
+            for key, facet in facets.items():
+                if not key.startswith(f"{FACET_PREFIX}_"):
+                    continue
+                seen.add(key)
+                url = facet["_schemaURL"]
+                assert url.startswith(f"{published['$id']}#/$defs/"), url
+                _published_validator(url).validate(facet)
+                by_key.validate({key: facet})
+                definition = published["$defs"][url.rpartition("/")[2]]
+                assert published["properties"][key] == {"$ref": f"#/$defs/{url.rpartition('/')[2]}"}
+                _, declared, _ = _def_properties(definition)
+                undeclared = set(facet) - declared - BASE_FIELDS
+                assert not undeclared, f"{key}: fields the schema does not declare: {undeclared}"
+    return seen
+
+
+def test_the_schema_url_names_the_published_file() -> None:
+    assert CUSTOM_FACETS_SCHEMA_URL.startswith("https://raw.githubusercontent.com/")
+    assert FACETS_FILE.is_file(), f"{CUSTOM_FACETS_SCHEMA_URL} names no file of the repository"
+    assert FACETS_FILE.relative_to(REPO_ROOT).as_posix() == \
+        "docs/schemas/aios-mesh-facets-1-0-0.json"
+    published = _published()
+    assert published["$id"] == CUSTOM_FACETS_SCHEMA_URL == CUSTOM_FACETS_SCHEMA["$id"]
+    from jsonschema import Draft202012Validator
+
+    Draft202012Validator.check_schema(published)
+    assert published["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def test_the_published_file_and_the_packaged_schema_agree() -> None:
+    """Same facets, same fields, same required fields, same base facet: a facet change is
+    made in aios_mesh/lineage.py and in the published file (a new version of it) together."""
+    published = _published()["$defs"]
+    packaged = dict(CUSTOM_FACETS_SCHEMA["$defs"])
+    assert set(published) == set(packaged)
+    for name, definition in published.items():
+        assert _def_properties(definition) == _def_properties(packaged[name]), name
+    keys = set(_published()["properties"])
+    assert all(key.startswith(f"{FACET_PREFIX}_") for key in keys)
+    assert len(keys) == len(published)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record=records)
+def test_custom_facets_match_the_published_schema(record: dict[str, Any]) -> None:
+    check_custom_facets(run_events_for(record))
+
+
+def test_every_custom_facet_is_checked() -> None:
+    seen = check_custom_facets(run_events_for(sample_record()))
+    assert seen == set(_published()["properties"])
+
+
+async def test_facets_of_real_decision_records_match_the_published_schema(
+        tmp_path: Path) -> None:
+    """Records the mesh itself wrote to its audit log (an answered call, a failed one and a
+    denied one), not hand-made ones."""
+    from pydantic import BaseModel
+
+    from aios_mesh import CapabilitySpec, Mesh
+    from aios_mesh.capabilities import Price
+    from aios_mesh.config import config_from_mapping
+    from aios_mesh.embedded.serving import InProcessServing
+    from aios_mesh.errors import MeshError
+    from tests.unit.fakes import StaticPolicy, StaticRegistry
+
+    class Question(BaseModel):
+        text: str
+
+    class Answer(BaseModel):
+        text: str
+
+    def model(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if any(item["text"] == "fail" for item in batch):
+            raise RuntimeError("model failed")
+        return [{"text": item["text"].upper()} for item in batch]
+
+    serving = InProcessServing()
+    serving.register("m", "3", model)
+    config = config_from_mapping({"state_dir": str(tmp_path),
+                                  "tenants": {"acme": {}, "globex": {}},
+                                  "telemetry": {"lineage": False, "decision_events": False}})
+    mesh = Mesh(config, capabilities=[CapabilitySpec(
+        name="echo", input=Question, output=Answer, model="m@champion",
+        policy="mesh/echo", price=Price(per_call=0.01))],
+        adapters={"serving": serving, "registry": StaticRegistry({"m@champion": "3"}),
+                  "policy": StaticPolicy(deny={"globex"})})
+    try:
+        answered = await mesh.ainvoke("echo", {"text": "hello"}, tenant="acme")
+        with pytest.raises(MeshError):
+            await mesh.ainvoke("echo", {"text": "fail"}, tenant="acme")
+        with pytest.raises(MeshError):
+            await mesh.ainvoke("echo", {"text": "hello"}, tenant="globex")
+    finally:
+        await mesh.aclose()
+    entries = [json.loads(line) for line in
+               (tmp_path / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
+    records = [e["record"] for e in entries if "kind" not in e["record"]]
+    assert [r["outcome"] for r in records] == ["ok", "error", "denied"]
+    assert records[0]["record_id"] == answered.record.record_id
+    events = [event for record in records for event in run_events_for(record)]
+    assert [e["eventType"] for e in events] == ["START", "COMPLETE", "START", "FAIL",
+                                                "START", "FAIL"]
+    for event in events:
+        SCHEMAS.validate(event)
+    assert check_custom_facets(events) == set(_published()["properties"])

@@ -11,10 +11,12 @@ Mixins and the fixtures they ask for:
 Every received event is validated with ``jsonschema`` against the official OpenLineage JSON
 schemas (``OpenLineage.json`` plus ``facets/*.json``), resolving ``$ref`` to the local files
 (no network), and every facet against the schema its ``_schemaURL`` names (custom facets
-against :data:`aios_mesh.lineage.CUSTOM_FACETS_SCHEMA`). The schema folder comes from the
-``openlineage_schema_dir`` fixture: ``$AIOS_MESH_OPENLINEAGE_SCHEMAS`` or
-``<rootdir>/../shared/schemas/openlineage``; override it in your test class if yours lives
-elsewhere. Needs the ``jsonschema`` and ``referencing`` packages (``aios-mesh[dev]``).
+against :data:`aios_mesh.lineage.CUSTOM_FACETS_SCHEMA`). The schemas ship with this kit as
+package data (``schemas/openlineage/``, upstream commit in ``schemas/README.md``), found with
+:mod:`importlib.resources`: nothing outside the installed package is read. To validate against
+other copies (a newer spec), set ``$AIOS_MESH_OPENLINEAGE_SCHEMAS`` to a folder holding
+``OpenLineage.json`` and ``facets/``, or override the ``openlineage_schema_dir`` fixture in
+your test class. Needs the ``jsonschema`` and ``referencing`` packages (``aios-mesh[dev]``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import os
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,6 +44,7 @@ __all__ = [
     "LineageBasic",
     "LineageUnavailable",
     "OpenLineageSchemas",
+    "packaged_schema_dir",
     "sample_record",
 ]
 
@@ -85,30 +90,45 @@ def sample_record(**overrides: Any) -> dict[str, Any]:
     return record
 
 
-class OpenLineageSchemas:
-    """Validate OpenLineage events against a local copy of the official JSON schemas."""
+def packaged_schema_dir() -> Traversable:
+    """The OpenLineage schemas shipped with this kit (``OpenLineage.json`` and ``facets/``)."""
+    return files(__package__ or "aios_mesh.testing.conformance") / "schemas" / "openlineage"
 
-    def __init__(self, schema_dir: Path) -> None:
+
+class OpenLineageSchemas:
+    """Validate OpenLineage events against a local copy of the official JSON schemas.
+
+    Args:
+        schema_dir: a folder holding ``OpenLineage.json`` and ``facets/*.json``; by default
+            the copy packaged with this kit (:func:`packaged_schema_dir`).
+    """
+
+    def __init__(self, schema_dir: Path | Traversable | None = None) -> None:
         from referencing import Registry, Resource
 
-        main = schema_dir / "OpenLineage.json"
+        folder: Path | Traversable = packaged_schema_dir() if schema_dir is None else schema_dir
+        main = folder / "OpenLineage.json"
         if not main.is_file():
             raise FileNotFoundError(
-                f"no OpenLineage.json in {schema_dir}; set AIOS_MESH_OPENLINEAGE_SCHEMAS to the "
+                f"no OpenLineage.json in {folder}; set AIOS_MESH_OPENLINEAGE_SCHEMAS to the "
                 "folder holding OpenLineage.json and facets/")
+        facets = folder / "facets"
+        facet_files = sorted((p for p in facets.iterdir() if p.name.endswith(".json")),
+                             key=lambda p: p.name) if facets.is_dir() else []
         resources: list[tuple[str, Resource[Any]]] = []
         #: top-level facet key (``parent``, ``errorMessage`` ...) → facet file ``$id``
         self.facet_files: dict[str, str] = {}
-        for path in [main, *sorted((schema_dir / "facets").glob("*.json"))]:
-            document = json.loads(path.read_text())
+        root = json.loads(main.read_text(encoding="utf-8"))
+        resources.append((root["$id"], Resource.from_contents(root)))
+        for path in facet_files:
+            document = json.loads(path.read_text(encoding="utf-8"))
             resources.append((document["$id"], Resource.from_contents(document)))
-            if path != main:
-                for key in document.get("properties", {}):
-                    self.facet_files[key] = document["$id"]
+            for key in document.get("properties", {}):
+                self.facet_files[key] = document["$id"]
         resources.append((CUSTOM_FACETS_SCHEMA["$id"],
                           Resource.from_contents(dict(CUSTOM_FACETS_SCHEMA))))
         self.registry: Registry[Any] = Registry().with_resources(resources)
-        self.root_id: str = json.loads(main.read_text())["$id"]
+        self.root_id: str = root["$id"]
 
     def _validate(self, instance: Any, ref: str) -> None:
         from jsonschema import Draft202012Validator, FormatChecker  # type: ignore[import-untyped]
@@ -168,14 +188,16 @@ def _check_uri(value: str) -> None:
 
 class _SchemaFixtures:
     @pytest.fixture(scope="session")
-    def openlineage_schema_dir(self, request: pytest.FixtureRequest) -> Path:
+    def openlineage_schema_dir(self) -> Path | Traversable:
+        """``$AIOS_MESH_OPENLINEAGE_SCHEMAS`` when set, else the schemas packaged here."""
         env = os.environ.get("AIOS_MESH_OPENLINEAGE_SCHEMAS")
         if env:
             return Path(env)
-        return Path(request.config.rootpath).parent / "shared" / "schemas" / "openlineage"
+        return packaged_schema_dir()
 
     @pytest.fixture(scope="session")
-    def openlineage_schemas(self, openlineage_schema_dir: Path) -> OpenLineageSchemas:
+    def openlineage_schemas(self, openlineage_schema_dir: Path | Traversable
+                            ) -> OpenLineageSchemas:
         return OpenLineageSchemas(openlineage_schema_dir)
 
 
