@@ -106,27 +106,44 @@ class SqliteState:
         with self._lock:
             conn = self._open(store)
             try:
-                # BEGIN IMMEDIATE takes sqlite's write lock: another process migrating the
-                # same file waits, then sees the version this one wrote.
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
-                    if current > len(migrations):
-                        raise IntegrityError(
-                            f"store {store!r} is at schema version {current}, newer than "
-                            f"this aios-mesh knows ({len(migrations)})",
-                            hint="upgrade aios-mesh, or point it at another state folder")
-                    for migration in migrations[current:]:
-                        for statement in migration.statements:
-                            conn.execute(statement)
-                        conn.execute(f"PRAGMA user_version={migration.version}")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                return max(current, len(migrations))
+                version = 0
+                for migration in [Migration(0, ()), *migrations]:
+                    version = self._step(conn, store, migration, len(migrations))
+                return version
             finally:
                 conn.close()
+
+    @staticmethod
+    def _step(conn: sqlite3.Connection, store: str, migration: Migration, known: int) -> int:
+        """One migration in its own transaction (as PostgresState does): a failing step
+        leaves the steps before it applied. Migration 0 only checks the version."""
+        # BEGIN IMMEDIATE takes sqlite's write lock: another process migrating the same file
+        # waits, then sees the version this one wrote.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if current > known:
+                raise IntegrityError(
+                    f"store {store!r} is at schema version {current}, newer than this "
+                    f"aios-mesh knows ({known})",
+                    hint="upgrade aios-mesh, or point it at another state folder")
+            if migration.version > current:
+                for n, statement in enumerate(migration.statements, 1):
+                    try:
+                        conn.execute(statement)
+                    except sqlite3.Error as exc:
+                        raise IntegrityError(
+                            f"migration {migration.version} of store {store!r} failed at "
+                            f"statement {n}: {type(exc).__name__}",
+                            hint="fix the migration; the store stays at version "
+                                 f"{current}") from exc
+                conn.execute(f"PRAGMA user_version={migration.version}")
+                current = migration.version
+            conn.execute("COMMIT")
+            return current
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         return None

@@ -30,7 +30,3 @@ class TestSqliteState(StateBasic, StateFailures, StateConcurrency):
             with contextlib.closing(sqlite3.connect(adapter.path(store))) as db:
                 return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
         return count
-
-    @pytest.fixture
-    def migration_error(self) -> type[BaseException]:
-        return sqlite3.Error  # SqliteState lets sqlite's own error through

@@ -53,7 +53,7 @@ def test_a_failed_migration_leaves_the_previous_version(tmp_path: Path) -> None:
     state = SqliteState(tmp_path)
     broken = Migration(2, ("ALTER TABLE t ADD COLUMN name TEXT", "NOT SQL AT ALL"))
     state.migrate("jobs", [V1])
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(IntegrityError, match="statement 2"):
         state.migrate("jobs", [V1, broken])
     assert state.version("jobs") == 1
     assert state.migrate("jobs", [V1, V2]) == 2  # the fixed migration applies cleanly
