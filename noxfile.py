@@ -40,8 +40,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the core package."""
-    session.run(PY, "-m", "mypy", "aios_mesh")
+    """mypy --strict on the core package and the adapters (``files`` in pyproject.toml)."""
+    session.run(PY, "-m", "mypy")
 
 
 @nox.session

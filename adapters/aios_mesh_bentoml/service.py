@@ -82,6 +82,8 @@ class MeshModelService:
         _served = self.served
         log.info("aios-mesh BentoML service ready: %s", self.served.describe())
 
+    # bentoml.api is untyped where BentoML is installed (the serving environment) and missing
+    # where mypy runs (unused there): both codes
     @bentoml.api(route="/predict", batchable=True, max_batch_size=MAX_BATCH_SIZE,
                  max_latency_ms=MAX_LATENCY_MS)  # type: ignore[untyped-decorator, unused-ignore]
     def predict(self, inputs: list[Item]) -> list[dict[str, Any]]:

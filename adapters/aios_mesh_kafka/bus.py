@@ -483,6 +483,7 @@ class KafkaSubscription:
 
         sub = self
 
+        # kafka-python ships no types: its listener base class is Any to mypy
         class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             def on_partitions_revoked(self, revoked: Any) -> None:
                 sub._revoked([tp.partition for tp in revoked if tp.topic == sub.topic])
