@@ -377,6 +377,7 @@ def _pop(scope: _Scope) -> None:
             _SCOPES.remove(scope)
 
 
+# flytekit ships no types (ignore_missing_imports): its base classes are Any to mypy
 class MeshWorkflow(PythonFunctionWorkflow):  # type: ignore[misc]
     """A flytekit workflow whose local executions are workflow runs of their own.
 
@@ -506,6 +507,7 @@ def resolve_model_version(capability: str, *, mesh: Mesh | None = None) -> str:
     return f"{ref.name}/{ref.version}"
 
 
+# flytekit ships no types (ignore_missing_imports): its base classes are Any to mypy
 class CapabilityTaskResolver(TrackedInstance, TaskResolverMixin):  # type: ignore[misc]
     """Loads the tasks :func:`capability_task` and :func:`model_version_task` build.
 
@@ -626,6 +628,8 @@ def capability_task(capability: str | CapabilitySpec, *,
                       mesh=mesh)
 
     doc = f"Call the {spec.key} capability through aios-mesh (decision record + lineage)."
+    # bare ``dict``: flytekit's type engine reads these annotations and maps a bare dict to
+    # the task interface's JSON literal; dict[str, Any] would declare another interface
     if spec.model is not None:
         def with_model(payload: dict, tenant: str,  # type: ignore[type-arg]
                        model_version: str) -> dict:  # type: ignore[type-arg]
