@@ -628,8 +628,8 @@ def capability_task(capability: str | CapabilitySpec, *,
                       mesh=mesh)
 
     doc = f"Call the {spec.key} capability through aios-mesh (decision record + lineage)."
-    # bare ``dict``: flytekit's type engine reads these annotations and maps a bare dict to
-    # the task interface's JSON literal; dict[str, Any] would declare another interface
+    # bare ``dict``: flytekit's type engine reads these annotations at run time to build the
+    # task's interface (a bare dict is its untyped JSON object); keep them as they are
     if spec.model is not None:
         def with_model(payload: dict, tenant: str,  # type: ignore[type-arg]
                        model_version: str) -> dict:  # type: ignore[type-arg]
