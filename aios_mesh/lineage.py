@@ -4,6 +4,7 @@ One capability call is one OpenLineage *run* of the *job* named after the capabi
 
     run_events_for(record.to_dict())  →  [START, COMPLETE]   outcome ok | review
                                          [START, FAIL]       outcome denied | rejected | error
+                                         [START, ABORT]      outcome cancelled
 
 * ``run.runId`` is ``record["record_id"]`` (a UUID; any other string is mapped to a stable
   UUIDv5, see :func:`run_uuid`).
@@ -34,6 +35,8 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
+
+from aios_mesh.record import SUCCESSFUL_OUTCOMES, Outcome
 
 __all__ = [
     "CUSTOM_FACETS_SCHEMA",
@@ -73,7 +76,7 @@ _STANDARD_FACET_URLS: Final[Mapping[str, str]] = {
 }
 
 EventType = Literal["START", "RUNNING", "COMPLETE", "ABORT", "FAIL", "OTHER"]
-_OK_OUTCOMES: Final = frozenset({"ok", "review"})
+_OK_OUTCOMES: Final = frozenset(str(o) for o in SUCCESSFUL_OUTCOMES)
 
 
 def _facet_def(properties: Mapping[str, Any], required: list[str]) -> dict[str, Any]:
@@ -99,7 +102,7 @@ CUSTOM_FACETS_SCHEMA: Final[Mapping[str, Any]] = {
     "$defs": {
         "CallRunFacet": _facet_def({
             "tenant": _STR, "caller": _STR, "capabilityVersion": _STR,
-            "outcome": {"enum": ["ok", "review", "denied", "rejected", "error"]},
+            "outcome": {"enum": [str(o) for o in Outcome]},
             "latencyMs": _NUM, "attempts": {"type": "integer", "minimum": 0},
             "fallback": _OPT_STR, "serving": _OPT_STR,
             "redactionCounts": {"type": "object", "additionalProperties": {"type": "integer"}},
@@ -380,7 +383,10 @@ def run_events_for(record: Mapping[str, Any], *, producer: str = PRODUCER,
         },
     }
     inputs = _inputs(record, producer, model_namespace, index_namespace)
-    terminal: EventType = "COMPLETE" if str(record.get("outcome")) in _OK_OUTCOMES else "FAIL"
+    outcome = str(record.get("outcome"))
+    # OpenLineage's ABORT is a run stopped before it finished: a caller that went away
+    terminal: EventType = ("COMPLETE" if outcome in _OK_OUTCOMES
+                           else "ABORT" if outcome == Outcome.CANCELLED else "FAIL")
     start = _event("START", _time(record.get("started_at")),
                    {"runId": run_id, "facets": _run_facets(record, producer, terminal=False)},
                    job, inputs, producer)

@@ -39,6 +39,7 @@ from aios_mesh.config import config_from_mapping
 from aios_mesh.embedded.serving import InProcessServing
 from aios_mesh.recorder.relay import DECISION_TOPIC
 from aios_mesh.telemetry import Telemetry
+from aios_mesh.testing.conformance.lineage import OpenLineageSchemas
 from tests.unit.fakes import StaticPolicy, StaticRegistry
 
 
@@ -224,6 +225,12 @@ async def test_a_consumer_that_leaves_early_ends_the_call_as_cancelled(tmp_path:
     assert record["outcome"] == "cancelled" and record["mode"] == "stream"
     assert record["error"]["type"] == CallCancelled.__name__
     assert await drawn(obs) == (0, 0.0)
+    # OpenLineage says the run was aborted (not failed), and the event is valid
+    assert await asyncio.to_thread(obs.mesh.flush, 10.0)
+    events = [orjson.loads(line) for line in
+              (tmp_path / "lineage" / "events.jsonl").read_bytes().splitlines()]
+    assert [e["eventType"] for e in events] == ["START", "ABORT"]
+    OpenLineageSchemas().validate(events[1])
     await obs.mesh.aclose()
 
 
