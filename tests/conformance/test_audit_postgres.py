@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from aios_mesh.backends import load_adapter
-from aios_mesh.embedded.audit import verify_file
+from aios_mesh.ports.audit_chain import verify_file
 from aios_mesh.testing.conformance.audit import AuditBasic, AuditTamper
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aios_mesh.backends import parse_url
-from aios_mesh.embedded.audit import GENESIS_HASH, JsonlAuditLog, chain_hash, verify_file
+from aios_mesh.embedded.audit import JsonlAuditLog
 from aios_mesh.errors import ConfigError, IntegrityError, NotFound
+from aios_mesh.ports.audit_chain import GENESIS_HASH, chain_hash, verify_file
 from aios_mesh.ports.base import Feature
 
 ROOT = Path(__file__).resolve().parents[2]
