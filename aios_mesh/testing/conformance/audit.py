@@ -16,7 +16,7 @@ would (a file editor for JSONL, ``UPDATE``/``DELETE`` for a database table)::
         def tamper(self, adapter):
             return JsonlTamperer(adapter.path)
 
-The chain formula is shared by every adapter (:func:`aios_mesh.embedded.audit.chain_hash`),
+The chain formula is shared by every adapter (:func:`aios_mesh.ports.audit_chain.chain_hash`),
 so a chain exported from one backend verifies with another's tools.
 """
 
@@ -31,9 +31,9 @@ from typing import Any, Protocol
 import orjson
 import pytest
 
-from aios_mesh.embedded.audit import GENESIS_HASH, chain_hash
 from aios_mesh.errors import IntegrityError
 from aios_mesh.ports.audit import AuditLog
+from aios_mesh.ports.audit_chain import GENESIS_HASH, chain_hash
 
 __all__ = ["AuditBasic", "AuditTamper", "JsonlTamperer", "Tamperer"]
 
