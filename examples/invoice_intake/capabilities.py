@@ -138,7 +138,7 @@ async def match_vendor(query: VendorName, ctx: CallContext) -> VendorMatch:
     this tenant's master data. Confidence is the cosine score, lowered when the runner-up is
     nearly as close (near-duplicate vendor names are where mistakes happen)."""
     vector = (await ctx.invoke("embed-vendor-name", {"text": query.text})).output.vector
-    retrieval = ctx.mesh.port("retrieval")
+    retrieval = ctx.ports.retrieval
     hits = await retrieval.query(VENDOR_INDEX, vector, tenant=ctx.tenant, limit=2)
     ctx.note_index(VENDOR_INDEX, await retrieval.snapshot(VENDOR_INDEX))
     if not hits:
