@@ -338,7 +338,8 @@ _WRITER = textwrap.dedent("""
     from aios_mesh.embedded.audit import JsonlAuditLog
     path, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     log = JsonlAuditLog(path, durability=sys.argv[4])
-    deadline = time.monotonic() + 30
+    open(path + ".ready." + who, "w").close()
+    deadline = time.monotonic() + 60
     while not os.path.exists(path + ".go") and time.monotonic() < deadline:
         time.sleep(0.001)
     for i in range(n):
@@ -357,7 +358,12 @@ def test_processes_appending_to_one_file(tmp_path: Path, durability: str) -> Non
     procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), f"w{k}",
                                str(each), durability], env=env)
              for k in range(writers)]
-    time.sleep(0.3)  # let them all start, then release them together
+    # release them together once every writer is up (on a loaded host a fixed sleep let
+    # one writer finish before the next had even imported aios_mesh)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(
+            (tmp_path / f"shared.jsonl.ready.w{k}").exists() for k in range(writers)):
+        time.sleep(0.01)
     (tmp_path / "shared.jsonl.go").touch()
     for proc in procs:
         assert proc.wait(timeout=60) == 0

@@ -147,18 +147,6 @@ def test_an_unreadable_lock_is_a_config_error(tmp_path: Path,
     assert str(path) in info.value.message and "chmod" in str(info.value.hint)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads anything")
-def test_a_lock_without_read_permission_is_a_config_error(tmp_path: Path) -> None:
-    path = tmp_path / "aios-mesh.lock"
-    path.write_bytes(_doc())
-    path.chmod(0)
-    try:
-        with pytest.raises(ConfigError, match="permission denied"):
-            LockFile.read(path)
-    finally:
-        path.chmod(0o644)
-
-
 def test_a_path_through_a_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="cannot be read"):
