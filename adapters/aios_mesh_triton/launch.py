@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from aios_mesh.errors import BackendUnavailable, ConfigError
+from aios_mesh.processes import LocalProcess
 
 __all__ = ["CREATE_ENV_HINT", "TritonProcess", "server_env", "server_script",
            "start_triton_server", "triton_python", "wait_triton_ready"]
@@ -87,48 +86,8 @@ def server_env(python: str, **extra: str) -> dict[str, str]:
     return env
 
 
-@dataclass
-class TritonProcess:
-    """The running server (its own process group); ``log`` holds its stdout and stderr."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        """The server's process id (also its process group id)."""
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        """Whether the process is still running."""
-        return self.popen.poll() is None
-
-    def tail(self, n: int = 40) -> str:
-        """The last ``n`` lines of its log."""
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        return ""
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the whole process group (tritonserver included), then SIGKILL what is
-        left."""
-        if self.popen.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group at once (what a crash looks like)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(10)
+#: The running server (its own process group; ``stop`` ends tritonserver with it).
+TritonProcess = LocalProcess
 
 
 def _ready(http_port: int, models: Sequence[tuple[str, str | None]]) -> bool:

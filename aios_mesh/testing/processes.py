@@ -14,16 +14,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from aios_mesh.errors import BackendUnavailable
+from aios_mesh.processes import LocalProcess
 
 __all__ = ["LocalProcess", "docker_engine_answers", "free_port", "start_process",
            "wait_for_port", "wait_until"]
@@ -65,46 +64,6 @@ def wait_for_port(port: int, host: str = "127.0.0.1", *, timeout: float = 30.0) 
             return True
 
     wait_until(_open, timeout=timeout, what=f"{host}:{port}")
-
-
-@dataclass
-class LocalProcess:
-    """A started backend process; ``log`` holds its combined stdout/stderr."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, n: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        return ""
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the whole process group, then SIGKILL what is left."""
-        if self.popen.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL at once (for crash tests)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(10)
 
 
 @contextlib.contextmanager
