@@ -27,7 +27,7 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar, cast, overload
+from typing import Any, Self, TypeVar, cast
 
 from aios_mesh._sync import SyncRunner
 from aios_mesh.backends import PortName
@@ -50,12 +50,7 @@ from aios_mesh.ports.audit import AuditLog
 from aios_mesh.ports.container import Ports
 from aios_mesh.ports.events import Event, EventBus
 from aios_mesh.ports.lineage import Lineage
-from aios_mesh.ports.orchestrator import Orchestrator
-from aios_mesh.ports.policy import Policy
-from aios_mesh.ports.quota import QuotaStore
 from aios_mesh.ports.registry import ModelRef, ModelRegistry
-from aios_mesh.ports.retrieval import Retrieval
-from aios_mesh.ports.serving import Serving
 from aios_mesh.record import CallMode, new_record_id
 from aios_mesh.recorder import CallStart, Recorder, RecordProcessor
 from aios_mesh.recorder.processors import (
@@ -107,6 +102,9 @@ class Mesh:
         self.config = config or MeshConfig()
         state = self.config.state_path
         self.ports = Ports(self.config, adapters)
+        #: The adapter for a port, loaded on first use: ``mesh.port("audit")`` is
+        #: ``mesh.ports.get("audit")`` (typed per port name).
+        self.port = self.ports.get
         #: Where the mesh's own stores (review queue, ...) keep state and their schema.
         self.state = SqliteState(state)
         self.catalog = Catalog()
@@ -131,7 +129,6 @@ class Mesh:
             budget=RetryBudget(self.config.retry.budget_ratio,
                                self.config.retry.min_retries_per_s),
             admission=admission)
-        parts.batchers = parts.targets.batchers
         self.parts = parts
         self.pipeline = Pipeline(default_steps(parts) if steps is None else steps)
         self.sinks: list[RecordSink] = []
@@ -238,38 +235,12 @@ class Mesh:
     def backend_url(self, port: PortName) -> tuple[str, UrlSource]:
         return self.ports.url(port)
 
-    @overload
-    def port(self, name: Literal["serving"]) -> Serving: ...
-    @overload
-    def port(self, name: Literal["registry"]) -> ModelRegistry: ...
-    @overload
-    def port(self, name: Literal["retrieval"]) -> Retrieval: ...
-    @overload
-    def port(self, name: Literal["policy"]) -> Policy: ...
-    @overload
-    def port(self, name: Literal["events"]) -> EventBus: ...
-    @overload
-    def port(self, name: Literal["orchestrator"]) -> Orchestrator: ...
-    @overload
-    def port(self, name: Literal["lineage"]) -> Lineage: ...
-    @overload
-    def port(self, name: Literal["quota"]) -> QuotaStore: ...
-    @overload
-    def port(self, name: Literal["audit"]) -> AuditLog: ...
-    @overload
-    def port(self, name: PortName) -> object: ...
-
-    def port(self, name: PortName) -> object:
-        """The adapter for a port, loaded on first use (same as ``mesh.ports.get(name)``)."""
-        return self.ports.get(name)
-
     @property
     def response_cache(self) -> ResponseCache:
         return self.parts.response_cache
 
     @property
     def breakers(self) -> BreakerBoard:
-        assert self.parts.breakers is not None
         return self.parts.breakers
 
     # ------------------------------------------------------------------ calls

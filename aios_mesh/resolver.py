@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from aios_mesh.backends import load_adapter
 from aios_mesh.lockfile import LockFile
 from aios_mesh.ports.registry import ModelRef, ModelRegistry, parse_model_spec
 
-__all__ = ["AliasResolver"]
+__all__ = ["AliasResolver", "resolve_on"]
 
 
 class AliasResolver:
@@ -69,3 +72,25 @@ class AliasResolver:
             lock.write(self.lock_path)
         self.lock = lock
         return lock
+
+
+def resolve_on(registry_url: str, spec: str, *, base_dir: Path) -> ModelRef:
+    """Resolve ``spec`` (``name@alias``, ``name/version`` or ``name``) once on the registry at
+    ``registry_url``, for commands that hold no mesh (``aios-mesh serve ...``, a model
+    server's start-up). The adapter is opened for this one question and closed again. Sync;
+    also callable under a running event loop (it then resolves on a worker thread).
+    """
+
+    async def resolve() -> ModelRef:
+        registry: ModelRegistry = load_adapter("registry", registry_url, base_dir=base_dir)
+        try:
+            return await registry.resolve(spec)
+        finally:
+            await registry.aclose()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(resolve())
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, resolve()).result()

@@ -24,8 +24,6 @@ Environment (read by :meth:`ServedModels.from_env` when the service starts):
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -80,28 +78,6 @@ def parse_python_models(spec: str) -> dict[tuple[str, str], str]:
     return found
 
 
-def _run_async(coro: Any) -> Any:
-    """Run a coroutine to completion from sync code, even under a running event loop."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-def resolve_registry_model(spec: str, registry_url: str, base_dir: Path) -> ModelRef:
-    """Resolve ``spec`` (``name@alias`` / ``name/version``) on the registry at ``registry_url``."""
-    from aios_mesh.backends import load_adapter
-
-    async def resolve() -> ModelRef:
-        registry = load_adapter("registry", registry_url, base_dir=base_dir)
-        try:
-            ref: ModelRef = await registry.resolve(spec)
-            return ref
-        finally:
-            await registry.aclose()
-
-    ref: ModelRef = _run_async(resolve())
-    return ref
-
-
 class ServedModels:
     """The table of model versions one service process serves, and the batch function."""
 
@@ -153,8 +129,11 @@ class ServedModels:
         if spec:
             base = Path(env.get("AIOS_MESH_BASE_DIR") or Path.cwd() / ".aios-mesh")
             registry = env.get("AIOS_MESH_REGISTRY") or DEFAULT_URLS["registry"]
-            ref = resolve_registry_model(spec, registry, base)
             from aios_mesh_mlflow.loading import load_predictor
+
+            from aios_mesh.resolver import resolve_on
+
+            ref = resolve_on(registry, spec, base_dir=base)
 
             table.add(ServedModel(ref, load_predictor(ref)))
             log.info("serving %s/%s (%s) from %s", ref.name, ref.version, spec, ref.source)

@@ -17,7 +17,6 @@ Nothing here imports ``bentoml`` (it lives in its own environment, see
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import subprocess
@@ -30,26 +29,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from aios_mesh.backends import DEFAULT_URLS, load_adapter
+from aios_mesh.backends import DEFAULT_URLS
 from aios_mesh.errors import MeshError
-from aios_mesh.ports.registry import ModelRef
+from aios_mesh.resolver import resolve_on
 from aios_mesh_bentoml.launch import bentoml_command, bentoml_python, server_env
 
-__all__ = ["command", "main", "resolve_model", "serve_bentoml"]
-
-
-def resolve_model(spec: str, registry: str, base_dir: Path) -> ModelRef:
-    """Resolve ``spec`` (``name@alias``, ``name/version`` or ``name``) on ``registry``."""
-
-    async def run() -> ModelRef:
-        adapter = load_adapter("registry", registry, base_dir=base_dir)
-        try:
-            ref: ModelRef = await adapter.resolve(spec)
-            return ref
-        finally:
-            await adapter.aclose()
-
-    return asyncio.run(run())
+__all__ = ["command", "main", "serve_bentoml"]
 
 
 def serve_bentoml(spec: str, *, port: int, registry: str, python: str | None,
@@ -75,7 +60,7 @@ def serve_bentoml(spec: str, *, port: int, registry: str, python: str | None,
     base = (base_dir or Path(".aios-mesh")).absolute()
     registry = registry or DEFAULT_URLS["registry"]
     interpreter = bentoml_python(python)
-    ref = resolve_model(spec, registry, base)
+    ref = resolve_on(registry, spec, base_dir=base)
     pinned = f"{ref.name}/{ref.version}"
     print(f"model    {ref.name}", flush=True)
     print(f"version  {ref.version}" + (f"  (alias {ref.alias})" if ref.alias else ""),

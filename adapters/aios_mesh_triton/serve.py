@@ -16,7 +16,6 @@ the version's artifacts) are loaded on call.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import sys
@@ -26,8 +25,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from aios_mesh.backends import load_adapter
 from aios_mesh.errors import ConfigError, MeshError
+from aios_mesh.resolver import resolve_on
 from aios_mesh_triton.launch import TritonProcess, start_triton_server
 
 __all__ = ["command", "main", "serve_triton"]
@@ -51,15 +50,8 @@ def serve_triton(spec: str, *, http_port: int, grpc_port: int, registry: str,
     ``grpc_port``) and block until interrupted. Returns the exit code: 0 after Ctrl-C/SIGTERM,
     1 when resolution or start-up fails, the server's own code if it dies."""
 
-    async def resolve() -> Any:
-        adapter = load_adapter("registry", registry, base_dir=Path.cwd())
-        try:
-            return await adapter.resolve(spec)
-        finally:
-            await adapter.aclose()
-
     try:
-        ref = asyncio.run(resolve())
+        ref = resolve_on(registry, spec, base_dir=Path.cwd())
         folder = _artifact_folder(ref)
         print(f"model   {ref.name}\nversion {ref.version}"
               + (f" (alias {ref.alias})" if ref.alias else "")

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from aios_mesh.config import MeshConfig
 from aios_mesh.pipeline.admission import Admission, AdmissionStep
-from aios_mesh.pipeline.batching import BatcherPool
 from aios_mesh.pipeline.cache import CacheStep, ResponseCache
 from aios_mesh.pipeline.confidence import ConfidenceGate
 from aios_mesh.pipeline.invoke import BreakerBoard, InvokeStep, Targets
@@ -49,29 +48,24 @@ class StepParts:
     targets: Targets
     review: Callable[[], ReviewQueue]
     decision_cache: DecisionCache
+    breakers: BreakerBoard
+    budget: RetryBudget
     response_cache: ResponseCache = field(default_factory=ResponseCache)
-    breakers: BreakerBoard | None = None
-    budget: RetryBudget | None = None
-    batchers: BatcherPool = field(default_factory=BatcherPool)
     admission: Sequence[Admission] = ()
 
 
 def default_steps(parts: StepParts) -> list[Step]:
     """The default pipeline, built from ``parts``."""
-    config = parts.config
     ports = parts.ports
-    retry = config.retry
-    breakers = parts.breakers or BreakerBoard(config.breaker)
-    budget = parts.budget or RetryBudget(retry.budget_ratio, retry.min_retries_per_s)
     return [
-        ValidateInput(config.max_payload_bytes),
+        ValidateInput(parts.config.max_payload_bytes),
         PolicyStep(lambda: ports.policy, parts.decision_cache),
         QuotaStep(lambda: ports.quota),
         RedactStep(parts.redactor),
         ResolveModel(parts.resolver),
         CacheStep(parts.response_cache),
         AdmissionStep(parts.admission),
-        InvokeStep(target=parts.targets, resolver=parts.resolver, breakers=breakers,
-                   budget=budget, retry=retry, review=parts.review),
+        InvokeStep(target=parts.targets, resolver=parts.resolver, breakers=parts.breakers,
+                   budget=parts.budget, retry=parts.config.retry, review=parts.review),
         ConfidenceGate(parts.review),
     ]

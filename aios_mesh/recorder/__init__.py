@@ -84,7 +84,7 @@ class Recorder:
         there fails the call), then hand it to every processor (which never fail it)."""
         doc = record.to_dict()
         await self._audit().append(doc)
-        item = Recorded(record, doc, span, call, time.time_ns())
+        item = Recorded(record, doc, span, call)
         for processor in self.processors:
             try:
                 processor.process(item)

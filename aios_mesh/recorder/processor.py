@@ -53,7 +53,6 @@ class Recorded:
     doc: Mapping[str, Any]
     span: Span | None = None
     call: Call | None = None
-    end_ns: int = 0
 
 
 @runtime_checkable

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -136,7 +137,7 @@ class Deferred:
             self._wake.wait()
             self._wake.clear()
             if self.linger_s and not self._stop:
-                threading.Event().wait(self.linger_s)
+                time.sleep(self.linger_s)
             self._drain()
             if not self._items:
                 self._idle.set()
