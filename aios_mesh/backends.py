@@ -55,6 +55,7 @@ __all__ = [
     "is_secret_option",
     "known_schemes",
     "load_adapter",
+    "parse_port_url",
     "parse_url",
     "redact_url",
 ]
@@ -530,6 +531,15 @@ def _lookup(port: PortName, scheme: str) -> AdapterTarget:
                           hint=f"{hint}known {port} schemes: {', '.join(schemes)}",
                           port=port, scheme=scheme)
     return found
+
+
+def parse_port_url(port: PortName, raw: str) -> BackendURL:
+    """Parse ``raw`` as the URL of ``port``'s backend: like :func:`parse_url`, and its scheme
+    must name an adapter of that port (built-in or entry point), else a :class:`ConfigError`
+    with the closest known scheme. Nothing is imported."""
+    parsed = parse_url(raw)
+    _lookup(port, parsed.scheme)
+    return parsed
 
 
 def adapter_class(port: PortName, scheme: str) -> type[Any]:

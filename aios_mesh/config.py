@@ -27,15 +27,24 @@ embedded default (:data:`aios_mesh.backends.DEFAULT_URLS`).
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, cast, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
-from aios_mesh.backends import DEFAULT_URLS, PORTS, PortName, parse_url, redact_url
+from aios_mesh.backends import DEFAULT_URLS, PORTS, PortName, parse_port_url, redact_url
 from aios_mesh.errors import ConfigError
 from aios_mesh.ports.quota import QuotaLimits
 
@@ -136,12 +145,16 @@ class BackendsConfig(_Strict):
 
     @field_validator("*")
     @classmethod
-    def _valid_url(cls, value: Any) -> Any:
+    def _valid_url(cls, value: Any, info: ValidationInfo) -> Any:
+        # a scheme no adapter serves is an error now, for every port alike, not when the
+        # port is first used (then a background relay would only log it)
+        port = cast(PortName, "serving" if info.field_name == "serving_named"
+                    else info.field_name)
         urls = [value] if isinstance(value, str) else list(value.values()) \
             if isinstance(value, dict) else []
         for url in urls:
             try:
-                parse_url(url)
+                parse_port_url(port, url)
             except ConfigError as exc:  # pydantic reports ValueErrors with their location
                 raise ValueError(f"{exc.message} ({exc.hint})") from None
         return value
@@ -207,12 +220,12 @@ class MeshConfig(_Strict):
         if port not in PORTS:
             raise ConfigError(f"unknown port {port!r}", hint=f"ports are: {', '.join(PORTS)}")
         if explicit:
-            parse_url(explicit)
+            parse_port_url(port, explicit)
             return explicit, "argument"
         env = os.environ.get(f"AIOS_MESH_{port.upper()}_URL")
         if env:
             try:
-                parse_url(env)
+                parse_port_url(port, env)
             except ConfigError as exc:
                 raise ConfigError(f"AIOS_MESH_{port.upper()}_URL: {exc.message}",
                                   hint=exc.hint) from exc
@@ -223,13 +236,56 @@ class MeshConfig(_Strict):
         return DEFAULT_URLS[port], "default"
 
 
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The config model that holds the key at ``loc`` (``("tenants", "acme", "quota",
+    "cals")`` → :class:`LimitsConfig`), following dict values, tuple items and ``X | None``."""
+    current: Any = MeshConfig
+    for part in loc[:-1]:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        else:  # a dict key or a tuple index: step into the value type
+            args = [a for a in get_args(current) if a is not Ellipsis]
+            if not args:
+                return None
+            current = args[-1]
+        while get_origin(current) in (Union, types.UnionType):
+            current = next(a for a in get_args(current) if a is not type(None))
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> tuple[str, str | None, list[str]]:
+    """``(key, closest valid key or None, valid keys)`` for an ``extra_forbidden`` error."""
+    key = str(loc[-1])
+    model = _model_at(loc)
+    valid = sorted(n for n in (model.model_fields if model else {}) if n != "base_dir")
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    return key, (close[0] if close else None), valid
+
+
 def _format_validation(exc: ValidationError, source: str) -> ConfigError:
     lines = []
+    hints = []
+    first_unknown: dict[str, str] = {}
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {where}: {err['msg']}")
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            key, close, valid = _unknown_key(loc)
+            guess = f" (did you mean {close!r}?)" if close else ""
+            lines.append(f"  {where}: unknown key {key!r}{guess}")
+            if not first_unknown:
+                first_unknown = {"key": where, **({"suggestion": close} if close else {})}
+                hints.append(f"did you mean {close!r}? " if close
+                             else f"valid keys here: {', '.join(valid)}; " if valid else "")
+        else:
+            lines.append(f"  {where}: {err['msg']}")
     return ConfigError(f"invalid configuration in {source}:\n" + "\n".join(lines),
-                       hint="fix the keys above; `aios-mesh doctor --config FILE` re-checks")
+                       hint="".join(hints) + "fix the keys above; "
+                            "`aios-mesh doctor --config FILE` re-checks",
+                       source=source, **first_unknown)
 
 
 def config_from_mapping(doc: Mapping[str, Any], *, base_dir: Path | None = None,
