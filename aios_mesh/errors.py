@@ -33,6 +33,7 @@ release.
 from __future__ import annotations
 
 import warnings
+from datetime import datetime
 from typing import Any, ClassVar
 
 __all__ = [
@@ -122,10 +123,30 @@ class PolicyDenied(MeshError):
 
 
 class QuotaExceeded(MeshError):
-    """A tenant's budget (calls, tokens, cost, GPU-seconds) or rate limit is spent."""
+    """A tenant's budget (calls, tokens, cost, GPU-seconds; lifetime or per calendar window)
+    or rate limit is spent.
+
+    ``window`` names the window of the limit (``minute``, ``hour``, ``day``, ``month``;
+    ``None`` for a lifetime budget or the rate limit); ``retry_after_s`` is how long until
+    the limit admits the call again and ``resets_at`` when its window ends (UTC); both are
+    ``None`` when waiting does not help (a lifetime budget, or a call that alone asks more
+    than the limit), which is what an HTTP gateway turns into ``Retry-After``.
+    """
 
     code = "quota_exceeded"
     outcome = "rejected"
+
+    def __init__(self, message: str, *, hint: str | None = None, window: str | None = None,
+                 retry_after_s: float | None = None, resets_at: datetime | None = None,
+                 **details: Any) -> None:
+        self.window = window
+        self.retry_after_s = retry_after_s
+        self.resets_at = resets_at
+        extra: dict[str, Any] = {k: v for k, v in (
+            ("window", window), ("retry_after_s", retry_after_s),
+            ("resets_at", None if resets_at is None else resets_at.isoformat()))
+            if v is not None}
+        super().__init__(message, hint=hint, **details, **extra)
 
 
 class BackendUnavailable(MeshError):

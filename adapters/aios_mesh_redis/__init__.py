@@ -3,15 +3,19 @@
 URL::
 
     redis://[user:password@]host:port/db?prefix=aios-mesh:quota&fail=closed
-        &reservation_ttl_s=300&timeout_s=2&calls=1000&cost=25&rate_per_s=50&burst=100
+        &reservation_ttl_s=300&timeout_s=2&calls_per_minute=60&cost_per_month=25
+        &rate_per_s=50&burst=100
 
 Same contract as the embedded :class:`~aios_mesh.embedded.quota.InProcessQuota`: ``reserve``
 admits the *estimate* atomically against the tenant-wide limits (the tenant's own, else the
 default ones from the URL) and the ``(tenant, capability)`` limits, or raises
 ``QuotaExceeded``; ``settle`` replaces the estimate by the actual; ``refund`` gives it back;
-both are idempotent; ``used`` is settled plus outstanding. A token bucket on calls
+both are idempotent; ``used`` is settled plus outstanding; ``status`` reports the limits and
+every window; ``reset`` forgets settled usage. A token bucket on calls
 (``rate_per_s``/``burst``) uses the Redis server's clock, so clients whose clocks disagree
-share one bucket.
+share one bucket. The calendar windows (``calls_per_minute`` ... ``cost_per_month``, UTC)
+use the server's clock too, unless ``wall_clock=`` (a callable returning epoch seconds,
+e.g. a test's fake clock) is given; a window's counters expire a minute after it ends.
 
 Each operation is one Lua script (``EVALSHA``; loaded once, reloaded if the server lost it),
 so many processes and threads never over-admit. Limits set with :meth:`RedisQuota.set_limits`
@@ -43,7 +47,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Final, Self
 
@@ -54,7 +58,18 @@ from redis.exceptions import NoScriptError, RedisError
 from aios_mesh.backends import BackendURL, redact_url
 from aios_mesh.errors import BackendUnavailable, ConfigError, InvalidInput, QuotaExceeded
 from aios_mesh.ports.base import Feature
-from aios_mesh.ports.quota import LIMIT_FIELDS, QuotaLimits, Reservation
+from aios_mesh.ports.quota import (
+    LIMIT_FIELDS,
+    METRICS,
+    WINDOWS,
+    QuotaLimits,
+    QuotaStatus,
+    Reservation,
+    Window,
+    WindowUsage,
+    over_limit,
+    over_rate,
+)
 from aios_mesh.ports.serving import Usage
 
 from . import _lua
@@ -64,7 +79,6 @@ __all__ = ["RedisQuota"]
 log = logging.getLogger(__name__)
 
 _NANO: Final = 1_000_000_000
-_NAMES: Final = ("calls", "tokens", "gpu_seconds", "cost")
 _OPTIONS: Final = frozenset({"prefix", "fail", "reservation_ttl_s", "late_settle_s",
                              "timeout_s", "connect_timeout_s"})
 _UNRECORDED: Final = "unrecorded-"
@@ -93,25 +107,50 @@ _RESERVE: Final = _Script("reserve", _lua.RESERVE)
 _SETTLE: Final = _Script("settle", _lua.SETTLE)
 _REFUND: Final = _Script("refund", _lua.REFUND)
 _USED: Final = _Script("used", _lua.USED)
+_STATUS: Final = _Script("status", _lua.STATUS)
+_RESET: Final = _Script("reset", _lua.RESET)
 
 
 def _num(value: float) -> str:
     return repr(float(value))
 
 
+def _to_units(index: int, value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if index < 2 else str(round(value * _NANO))
+
+
+def _from_units(index: int, text: str) -> int | float | None:
+    if text == "":
+        return None
+    return int(text) if index < 2 else int(text) / _NANO
+
+
 def _encode_limits(limits: QuotaLimits) -> str:
-    """Validate ``limits`` and write them as ``calls,tokens,gpu_ns,cost_nano,rate,burst``."""
-    rate = limits.check().rate_per_s
-    parts = [
-        "" if limits.calls is None else str(int(limits.calls)),
-        "" if limits.tokens is None else str(int(limits.tokens)),
-        "" if limits.gpu_seconds is None else str(round(limits.gpu_seconds * _NANO)),
-        "" if limits.cost is None else str(round(limits.cost * _NANO)),
-        "" if rate is None else _num(rate),
-        "" if rate is None else _num(limits.burst if limits.burst is not None
-                                     else max(1, math.ceil(rate))),
-    ]
+    """Validate ``limits`` and write them as the 22 fields the scripts read: lifetime
+    ``calls,tokens,gpu_ns,cost_nano``, ``rate,burst``, then the four per window."""
+    limits.check()
+    rate, burst = limits.rate_per_s, limits.burst
+    parts = [_to_units(i, limits.cap(m)) for i, m in enumerate(METRICS)]
+    parts += ["" if rate is None else _num(rate), "" if burst is None else str(burst)]
+    parts += [_to_units(i, limits.cap(m, w)) for w in WINDOWS for i, m in enumerate(METRICS)]
     return ",".join(parts)
+
+
+def _decode_limits(text: str) -> QuotaLimits:
+    """The inverse of :func:`_encode_limits` (fewer fields: written before windows)."""
+    if not text:
+        return QuotaLimits()
+    parts = [*text.split(","), *[""] * 22][:22]
+    found: dict[str, Any] = {}
+    for i, m in enumerate(METRICS):
+        found[m] = _from_units(i, parts[i])
+        for j, w in enumerate(WINDOWS):
+            found[f"{m}_per_{w}"] = _from_units(i, parts[6 + j * 4 + i])
+    found["rate_per_s"] = float(parts[4]) if parts[4] else None
+    found["burst"] = int(float(parts[5])) if parts[4] and parts[5] else None
+    return QuotaLimits(**found)
 
 
 def _units(usage: Usage, cost: float, what: str) -> tuple[str, str, str, str]:
@@ -123,8 +162,13 @@ def _units(usage: Usage, cost: float, what: str) -> tuple[str, str, str, str]:
             str(round(cost * _NANO)))
 
 
-def _shown(index: int, units: int) -> str:
-    return str(units) if index < 2 else f"{units / _NANO:g}"
+def _human(index: int, units: int) -> int | float:
+    return units if index < 2 else units / _NANO
+
+
+def _usage(values: Sequence[Any]) -> tuple[Usage, float]:
+    c, t, g, m = (int(_text(v)) for v in values)
+    return Usage(calls=c, tokens=t, gpu_seconds=g / _NANO), m / _NANO
 
 
 def _text(value: Any) -> str:
@@ -158,6 +202,7 @@ class RedisQuota:
         limits: ``{"tenant": QuotaLimits | dict, "tenant/capability": ...}`` written to
             Redis on construction.
         timeout_s / connect_timeout_s: socket timeouts of every Redis command.
+        wall_clock: epoch seconds for the calendar windows; default: the server's clock.
     """
 
     features: ClassVar[frozenset[Feature]] = frozenset()
@@ -167,7 +212,8 @@ class RedisQuota:
                  reservation_ttl_s: float = 300.0, late_settle_s: float = 86400.0,
                  default_limits: QuotaLimits | None = None,
                  limits: Mapping[str, QuotaLimits | Mapping[str, Any]] | None = None,
-                 timeout_s: float = 2.0, connect_timeout_s: float = 1.0) -> None:
+                 timeout_s: float = 2.0, connect_timeout_s: float = 1.0,
+                 wall_clock: Callable[[], float] | None = None) -> None:
         if fail not in ("closed", "open"):
             raise ConfigError(f"quota option fail={fail!r} is not closed or open",
                               hint="write fail=closed (raise when Redis is down) or fail=open "
@@ -185,6 +231,7 @@ class RedisQuota:
         self._timeout_s = _seconds("timeout_s", timeout_s)
         self._connect_timeout_s = _seconds("connect_timeout_s", connect_timeout_s)
         self._default = "" if default_limits is None else _encode_limits(default_limits)
+        self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
             weakref.WeakKeyDictionary())
@@ -204,11 +251,12 @@ class RedisQuota:
 
         Query options and keywords (keywords win): ``prefix``, ``fail``,
         ``reservation_ttl_s``, ``late_settle_s``, ``timeout_s``, ``connect_timeout_s``, the
-        default tenant-wide limits (``calls``, ``tokens``, ``cost``, ``gpu_seconds``,
-        ``rate_per_s``, ``burst``), and keyword ``limits=``.
+        default tenant-wide limits (every name of :class:`QuotaLimits`, e.g. ``calls``,
+        ``cost_per_month``, ``rate_per_s``), and keywords ``limits=`` and ``wall_clock=``.
         """
         del base_dir  # nothing on disk
         limits = options.pop("limits", None)
+        wall_clock = options.pop("wall_clock", None)
         url = url.with_options(options)
         url.check_options({*_OPTIONS, *LIMIT_FIELDS, "limits"}, what="redis:// quota")
         if not url.host and not url.path.strip("/"):
@@ -224,7 +272,7 @@ class RedisQuota:
                 kwargs[name] = seconds
         return cls(server, prefix=url.option("prefix", "aios-mesh:quota") or "aios-mesh:quota",
                    fail=url.choice_option("fail", ("closed", "open"), "closed"),
-                   default_limits=default, limits=limits, **kwargs)
+                   default_limits=default, limits=limits, wall_clock=wall_clock, **kwargs)
 
     # -- clients -------------------------------------------------------------------------
 
@@ -255,7 +303,13 @@ class RedisQuota:
 
     def _keys(self, tenant: str) -> list[str]:
         base = f"{self.prefix}:{{{tenant}}}:"
-        return [base + "limits", base + "usage", base + "res", base + "exp", base + "buckets"]
+        return [base + "limits", base + "usage", base + "res", base + "exp", base + "buckets",
+                base + "w:"]
+
+    def _wall(self) -> str:
+        """The windows' time for a script: this client's clock if one was given, else the
+        server's (empty)."""
+        return "" if self._wall_clock is None else repr(float(self._wall_clock()))
 
     def _down(self, what: str, exc: BaseException) -> BackendUnavailable:
         return BackendUnavailable(
@@ -306,7 +360,8 @@ class RedisQuota:
         rid = secrets.token_hex(12)
         try:
             answer = await self._run(_RESERVE, tenant, [
-                capability, *est, rid, self._ttl_ms, self._keep_ms, self._default])
+                capability, *est, rid, self._ttl_ms, self._keep_ms, self._default,
+                self._wall()])
         except BackendUnavailable as exc:
             if not self.fail_open:
                 raise
@@ -322,29 +377,14 @@ class RedisQuota:
                   verdict: list[str]) -> QuotaExceeded:
         kind, scope = verdict[0], verdict[1]
         cap_name = None if scope == "*" else capability
-        where = f" for capability {capability!r}" if cap_name else ""
         if kind == "limit":
-            i, cap, drawn = int(verdict[2]) - 1, int(verdict[3]), int(verdict[4])
-            left = max(0, cap - drawn)
-            return QuotaExceeded(
-                f"tenant {tenant!r} is over its {_NAMES[i]} limit{where}: limit "
-                f"{_shown(i, cap)}, left {_shown(i, left)}, this call asks "
-                f"{_shown(i, int(est[i]))}",
-                hint="wait for running calls to settle, raise the limit (set_limits or the "
-                     "quota config), or lower the estimate",
-                tenant=tenant, capability=cap_name, limit=_NAMES[i],
-                left=left if i < 2 else left / _NANO)
-        tokens, rate, burst = float(verdict[2]), float(verdict[3]), float(verdict[4])
-        need = int(est[0])
-        wait = (need - tokens) / rate if need <= burst else math.inf
-        return QuotaExceeded(
-            f"tenant {tenant!r} is over its rate limit{where}: {rate:g} calls/s with burst "
-            f"{burst:g}, left {math.floor(tokens)} calls now",
-            hint=(f"retry in {wait:.3f} s" if math.isfinite(wait)
-                  else "this call asks for more calls than the burst allows")
-                 + ", or raise rate_per_s/burst",
-            tenant=tenant, capability=cap_name, limit="rate_per_s",
-            left=math.floor(tokens), retry_after_s=wait)
+            i, w = int(verdict[2]) - 1, int(verdict[5])
+            return over_limit(tenant, cap_name, METRICS[i], WINDOWS[w - 1] if w else None,
+                              cap=_human(i, int(verdict[3])), drawn=_human(i, int(verdict[4])),
+                              asks=_human(i, int(est[i])), now=float(verdict[7]),
+                              end=int(verdict[6]) if verdict[6] else None)
+        return over_rate(tenant, cap_name, rate=float(verdict[3]), burst=float(verdict[4]),
+                         tokens=float(verdict[2]), need=int(est[0]))
 
     async def _close(self, script: _Script, reservation: Reservation,
                      args: Sequence[str | int]) -> None:
@@ -361,18 +401,39 @@ class RedisQuota:
         """Replace the reserved estimate by the actual usage (idempotent; a settle after
         the reservation expired charges the actual)."""
         actual = _units(usage, cost, "actual usage")
-        await self._close(_SETTLE, reservation, [reservation.id, *actual, self._keep_ms])
+        await self._close(_SETTLE, reservation,
+                          [reservation.id, *actual, self._keep_ms, self._wall()])
 
     async def refund(self, reservation: Reservation) -> None:
         """Give the reserved estimate back (idempotent). Rate tokens are not returned."""
-        await self._close(_REFUND, reservation, [reservation.id, self._keep_ms])
+        await self._close(_REFUND, reservation, [reservation.id, self._keep_ms, self._wall()])
 
     async def used(self, tenant: str, capability: str | None = None) -> tuple[Usage, float]:
-        """Drawn now (settled plus outstanding): tenant-wide, or of one capability."""
+        """Drawn in total (settled plus outstanding): tenant-wide, or of one capability."""
         scope = "*" if capability is None else f"c|{capability}"
-        c, t, g, m = (int(_text(v)) for v in
-                      await self._run(_USED, tenant, [scope, self._keep_ms]))
-        return Usage(calls=c, tokens=t, gpu_seconds=g / _NANO), m / _NANO
+        return _usage(await self._run(_USED, tenant, [scope, self._keep_ms, self._wall()]))
+
+    async def status(self, tenant: str, capability: str | None = None) -> QuotaStatus:
+        """The limits in effect and the usage of every window now (one atomic read)."""
+        scope = "*" if capability is None else f"c|{capability}"
+        out = [_text(v) for v in await self._run(
+            _STATUS, tenant, [scope, self._keep_ms, self._wall(), self._default])]
+        windows = []
+        for w, name in enumerate((None, *WINDOWS)):
+            start, end, *counters = out[2 + w * 6: 8 + w * 6]
+            windows.append(WindowUsage(name, int(start) if start else None,
+                                       int(end) if end else None, *_usage(counters)))
+        return QuotaStatus(tenant, capability, float(out[1]), _decode_limits(out[0]),
+                           tuple(windows))
+
+    async def reset(self, tenant: str, *, window: Window | None = None) -> None:
+        """Forget the tenant's settled usage (every scope) in the current ``window``, or in
+        every window and the lifetime counters; outstanding reservations stay counted."""
+        if window is not None and window not in WINDOWS:
+            raise ConfigError(f"unknown quota window {window!r}",
+                              hint=f"windows are: {', '.join(WINDOWS)} (or none for all)")
+        which = 0 if window is None else WINDOWS.index(window) + 1
+        await self._run(_RESET, tenant, [self._keep_ms, self._wall(), which])
 
     async def health(self) -> None:
         """PING the server; raise ``BackendUnavailable`` (with a hint) when it does not

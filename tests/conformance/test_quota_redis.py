@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aios_mesh.backends import load_adapter
 from aios_mesh.errors import ConfigError, QuotaExceeded
-from aios_mesh.ports.quota import QuotaLimits
+from aios_mesh.ports.quota import WINDOWS, QuotaLimits, window_bounds
 from aios_mesh.ports.serving import Usage
 from aios_mesh.testing.conformance.quota import (
+    ManualClock,
     QuotaBasic,
     QuotaConcurrency,
     QuotaRateLimit,
     QuotaThreadConcurrency,
+    QuotaWindows,
 )
 from aios_mesh.testing.processes import free_port, start_process, wait_for_port
 
@@ -38,12 +43,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
 
 
-class TestRedisQuota(QuotaBasic, QuotaConcurrency, QuotaThreadConcurrency, QuotaRateLimit):
+class TestRedisQuota(QuotaBasic, QuotaConcurrency, QuotaThreadConcurrency, QuotaRateLimit,
+                     QuotaWindows):
     @pytest.fixture
-    async def adapter(self, redis_url: str, tmp_path: Path) -> AsyncIterator[object]:
+    async def adapter(self, redis_url: str, tmp_path: Path,
+                      quota_clock: ManualClock) -> AsyncIterator[object]:
         from aios_mesh_redis import RedisQuota
 
-        store = load_adapter("quota", f"{redis_url}?prefix=conf", base_dir=tmp_path)
+        store = load_adapter("quota", f"{redis_url}?prefix=conf", base_dir=tmp_path,
+                             wall_clock=quota_clock)
         assert isinstance(store, RedisQuota)
         yield store
         await store.aclose()
@@ -125,3 +133,44 @@ class TestRedisQuotaSpecifics:
             load_adapter("quota", f"{redis_url}?prefx=x", base_dir=tmp_path)
         with pytest.raises(ConfigError, match="burst"):
             make().set_limits("t", QuotaLimits(burst=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(now=st.floats(min_value=0, max_value=7_258_118_400, allow_nan=False))  # to 2200
+def test_the_scripts_windows_are_pythons(redis_url: str, now: float) -> None:
+    """The Lua calendar arithmetic gives the same windows as ``window_bounds``."""
+    import redis
+    from aios_mesh_redis import _lua
+
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        got = [int(v) for v in client.eval(_lua.WINDOWS_OF, 0, repr(now))]
+    want = [window_bounds(w, now) for w in WINDOWS]
+    assert got == [b[0] for b in want] + [b[1] for b in want]
+
+
+async def test_windows_use_the_servers_clock_and_expire(redis_url: str,
+                                                        tmp_path: Path) -> None:
+    import redis
+
+    store = load_adapter("quota", f"{redis_url}?prefix=srv&calls_per_hour=5",
+                         base_dir=tmp_path)
+    t = f"t-{uuid.uuid4().hex[:8]}"
+    try:
+        before = time.time()
+        await store.reserve(t, "cap", Usage(tokens=2), 0.0)
+        status = await store.status(t)
+        after = time.time()
+        assert before - 1 <= status.at <= after + 1  # the server's clock, not a fake one
+        assert status.limits == QuotaLimits(calls_per_hour=5)  # the URL's default limits
+        hour = status.window("hour")
+        assert (hour.start, hour.end) == window_bounds("hour", status.at)
+        assert hour.usage.calls == 1
+        with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+            keys = sorted(client.scan_iter(f"srv:{{{t}}}:w:*"))
+            assert [k.split(":")[-2] for k in keys] == ["day", "hour", "minute", "month"]
+            for key in keys:
+                kind = key.split(":")[-2]
+                left_s = window_bounds(kind, status.at)[1] - status.at  # type: ignore[arg-type]
+                assert 0 < client.pttl(key) / 1000 <= left_s + 61
+    finally:
+        await store.aclose()

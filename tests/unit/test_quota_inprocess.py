@@ -106,7 +106,7 @@ def test_reserve_refund_has_no_float_drift() -> None:
         q.settle_sync(r2, Usage(gpu_seconds=0.1), 0.1)
         q.settle_sync(r2, Usage(gpu_seconds=0.1), 0.1)
         assert q.used_sync("a")[1] == 0.1
-        q.reset("a")
+        q.reset_sync("a")
     assert q.used_sync("a") == (Usage(calls=0), 0.0)
     q.set_limits("a", QuotaLimits(cost=1.0))
     for _ in range(10):  # ten times 0.1 is 1.0 here (as floats it is 0.9999999999999999)
@@ -141,7 +141,7 @@ def test_reset_keeps_outstanding_reservations() -> None:
     q.settle_sync(done, Usage(tokens=5), 0.5)
     open_ = q.reserve_sync("a", "c", Usage(tokens=3), 0.25)
     q.reserve_sync("b", "c", Usage(), 1.0)
-    q.reset("a")
+    q.reset_sync("a")
     assert q.used_sync("a") == (Usage(calls=1, tokens=3), 0.25)
     assert q.used_sync("b")[1] == 1.0
     q.settle_sync(open_, Usage(tokens=1), 0.125)

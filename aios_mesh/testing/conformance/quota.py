@@ -13,6 +13,17 @@ test::
 Add :class:`QuotaThreadConcurrency` for stores that are safe to share between threads
 (each thread runs its own event loop against the one store). Costs in these tests are
 exact binary fractions (0.25, 0.5 ...), so a store may keep money as floats.
+
+:class:`QuotaWindows` checks the calendar windows at their boundaries without sleeping: it
+provides a fixture ``quota_clock`` (a :class:`ManualClock`, epoch seconds) that the
+``adapter`` fixture must hand to the store as the clock of its windows::
+
+    class TestRedisQuota(QuotaBasic, QuotaWindows, ...):
+        @pytest.fixture
+        async def adapter(self, redis_url, quota_clock):
+            store = load_adapter("quota", redis_url, base_dir=Path("."),
+                                 wall_clock=quota_clock)
+            ...
 """
 
 from __future__ import annotations
@@ -22,15 +33,40 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from aios_mesh.errors import InvalidInput, QuotaExceeded
-from aios_mesh.ports.quota import QuotaLimits, QuotaStore, Reservation
+from aios_mesh.ports.quota import QuotaLimits, QuotaStatus, QuotaStore, Reservation
 from aios_mesh.ports.serving import Usage
 
-__all__ = ["QuotaBasic", "QuotaConcurrency", "QuotaRateLimit", "QuotaThreadConcurrency"]
+__all__ = ["ManualClock", "QuotaBasic", "QuotaConcurrency", "QuotaRateLimit",
+           "QuotaThreadConcurrency", "QuotaWindows"]
+
+
+class ManualClock:
+    """Epoch seconds that move only when a test says so (``set``/``advance``)."""
+
+    def __init__(self, start: datetime = datetime(2028, 2, 28, 23, 59, 30, tzinfo=UTC)) -> None:
+        self.now = start.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def set(self, when: datetime) -> None:
+        """Jump to ``when`` (an aware datetime)."""
+        self.now = when.timestamp()
+
+    def advance(self, seconds: float) -> None:
+        """Move forward by ``seconds``."""
+        self.now += seconds
+
+
+def _utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0,
+         microsecond: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, microsecond, tzinfo=UTC)
 
 
 def _tenant() -> str:
@@ -316,3 +352,242 @@ class QuotaRateLimit:
         for _ in range(5):
             await adapter.reserve(t, "b", Usage(), 0.0)
         assert time.monotonic() - t0 < 1.0
+
+
+class QuotaWindows:
+    """Budgets per calendar window in UTC: the boundaries, the error's reset time, settle
+    and refund inside a window, per-capability windows, ``status`` and ``reset``."""
+
+    @pytest.fixture
+    def quota_clock(self) -> ManualClock:
+        return ManualClock()
+
+    async def test_minute_window_refuses_until_its_end(self, adapter: Any,
+                                                       quota_clock: ManualClock) -> None:
+        t = _tenant()
+        adapter.set_limits(t, QuotaLimits(calls_per_minute=2))
+        quota_clock.set(_utc(2028, 3, 1, 12, 0, 15))
+        await adapter.reserve(t, "cap", Usage(), 0.0)
+        await adapter.reserve(t, "cap", Usage(), 0.0)
+        with pytest.raises(QuotaExceeded) as info:
+            await adapter.reserve(t, "cap", Usage(), 0.0)
+        err = info.value
+        assert (err.window, err.retry_after_s) == ("minute", 45.0)
+        assert err.resets_at == _utc(2028, 3, 1, 12, 1)
+        assert err.details["limit"] == "calls_per_minute"
+        assert "minute" in err.message and "12:01:00" in err.message
+        assert "retry in 45 s" in (err.hint or "")
+        quota_clock.set(_utc(2028, 3, 1, 12, 0, 59, 999000))
+        with pytest.raises(QuotaExceeded) as info:
+            await adapter.reserve(t, "cap", Usage(), 0.0)
+        assert info.value.retry_after_s == pytest.approx(0.001, abs=1e-6)
+        quota_clock.set(_utc(2028, 3, 1, 12, 1))  # the end is the next window's start
+        await adapter.reserve(t, "cap", Usage(), 0.0)
+        await adapter.reserve(t, "cap", Usage(), 0.0)
+        with pytest.raises(QuotaExceeded):
+            await adapter.reserve(t, "cap", Usage(), 0.0)
+        assert (await adapter.used(t))[0].calls == 4  # lifetime counts on
+
+    async def test_month_window_follows_the_calendar(self, adapter: Any,
+                                                     quota_clock: ManualClock) -> None:
+        t = _tenant()
+        adapter.set_limits(t, QuotaLimits(cost_per_month=1.0))
+        quota_clock.set(_utc(2028, 2, 1))  # 2028 is a leap year: February has 29 days
+        await adapter.reserve(t, "cap", Usage(), 1.0)
+        quota_clock.set(_utc(2028, 2, 29, 23, 59, 59))
+        with pytest.raises(QuotaExceeded) as info:
+            await adapter.reserve(t, "cap", Usage(), 0.25)
+        assert info.value.window == "month"
+        assert info.value.resets_at == _utc(2028, 3, 1)
+        assert info.value.retry_after_s == 1.0
+        assert "cost_per_month" in str(info.value) and "left 0," in str(info.value)
+        quota_clock.set(_utc(2028, 3, 1))
+        await adapter.reserve(t, "cap", Usage(), 0.75)
+        await adapter.reserve(t, "cap", Usage(), 0.25)  # exactly up to the limit
+        with pytest.raises(QuotaExceeded):
+            await adapter.reserve(t, "cap", Usage(), 0.25)
+
+    async def test_day_and_hour_windows(self, adapter: Any, quota_clock: ManualClock) -> None:
+        t = _tenant()
+        adapter.set_limits(t, QuotaLimits(tokens_per_day=100, calls_per_hour=3))
+        quota_clock.set(_utc(2028, 3, 1, 22, 30))
+        await adapter.reserve(t, "cap", Usage(tokens=60), 0.0)
+        with pytest.raises(QuotaExceeded) as info:
+            await adapter.reserve(t, "cap", Usage(tokens=60), 0.0)
+        assert (info.value.window, info.value.details["limit"]) == ("day", "tokens_per_day")
+        assert info.value.retry_after_s == 5400.0
+        await adapter.reserve(t, "cap", Usage(tokens=40), 0.0)
+        await adapter.reserve(t, "cap", Usage(), 0.0)
+        with pytest.raises(QuotaExceeded) as info:
+            await adapter.reserve(t, "cap", Usage(), 0.0)
+        assert info.value.window == "hour"
+        quota_clock.set(_utc(2028, 3, 1, 23))  # a new hour, the same day
+        await adapter.reserve(t, "cap", Usage(), 0.0)
+        with pytest.raises(QuotaExceeded, match="tokens_per_day"):
+            await adapter.reserve(t, "cap", Usage(tokens=1), 0.0)
+        quota_clock.set(_utc(2028, 3, 2))
+        await adapter.reserve(t, "cap", Usage(tokens=100), 0.0)
+
+    async def test_the_longest_wait_is_reported(self, adapter: Any,
+                                                quota_clock: ManualClock) -> None:
+        t = _tenant()
+        adapter.set_limits(t, QuotaLimits(calls_per_minute=1, calls_per_month=1))
+        quota_clock.set(_utc(2028, 3, 31, 23, 0))
+        await adapter.reserve(t, "cap", Usage(), 0.0)
+        with pytest.raises(QuotaExceeded) as info:
+            await adapter.reserve(t, "cap", Usage(), 0.0)
+        assert info.value.window == "month"  # waiting for the minute would not be enough
+        assert info.value.retry_after_s == 3600.0
+        adapter.set_limits(t, QuotaLimits(calls=1, calls_per_minute=1))
+        with pytest.raises(QuotaExceeded) as info:
+            await adapter.reserve(t, "cap", Usage(), 0.0)
+        assert (info.value.window, info.value.retry_after_s) == (None, None)
+        assert info.value.details["limit"] == "calls"
+
+    async def test_a_call_bigger_than_the_window_cannot_wait(
+            self, adapter: Any, quota_clock: ManualClock) -> None:
+        t = _tenant()
+        adapter.set_limits(t, QuotaLimits(tokens_per_minute=100))
+        with pytest.raises(QuotaExceeded) as info:
+            await adapter.reserve(t, "cap", Usage(tokens=101), 0.0)
+        assert info.value.window == "minute"
+        assert info.value.retry_after_s is None
+        assert "alone asks more" in (info.value.hint or "")
+
+    async def test_settle_and_refund_inside_the_window(self, adapter: Any,
+                                                       quota_clock: ManualClock) -> None:
+        t = _tenant()
+        adapter.set_limits(t, QuotaLimits(cost_per_hour=1.0))
+        quota_clock.set(_utc(2028, 3, 1, 10, 5))
+        r = await adapter.reserve(t, "cap", Usage(), 1.0)
+        with pytest.raises(QuotaExceeded):
+            await adapter.reserve(t, "cap", Usage(), 0.25)
+        await adapter.settle(r, Usage(), 0.5)
+        r2 = await adapter.reserve(t, "cap", Usage(), 0.5)
+        with pytest.raises(QuotaExceeded):
+            await adapter.reserve(t, "cap", Usage(), 0.25)
+        await adapter.refund(r2)
+        await adapter.reserve(t, "cap", Usage(), 0.5)
+        status = await adapter.status(t)
+        assert status.window("hour").cost == 1.0
+
+    async def test_settle_after_the_window_ended_charges_only_the_lifetime(
+            self, adapter: Any, quota_clock: ManualClock) -> None:
+        t = _tenant()
+        adapter.set_limits(t, QuotaLimits(tokens_per_minute=100))
+        quota_clock.set(_utc(2028, 3, 1, 10, 5, 50))
+        r = await adapter.reserve(t, "cap", Usage(tokens=100), 0.0)
+        quota_clock.advance(20)  # the call ran across the minute boundary
+        await adapter.settle(r, Usage(tokens=30), 0.0)
+        await adapter.reserve(t, "cap", Usage(tokens=100), 0.0)  # the new minute is empty
+        assert (await adapter.used(t))[0].tokens == 130
+        r3 = await adapter.reserve(t, "other", Usage(), 0.0)
+        quota_clock.advance(60)
+        await adapter.refund(r3)  # a refund of an ended window changes no current window
+        assert (await adapter.status(t)).window("minute").usage.calls == 0
+        assert (await adapter.used(t))[0].calls == 2
+
+    async def test_windows_per_capability(self, adapter: Any,
+                                          quota_clock: ManualClock) -> None:
+        t = _tenant()
+        adapter.set_limits(t, QuotaLimits(calls_per_minute=1), capability="a")
+        adapter.set_limits(t, QuotaLimits(calls_per_minute=3))
+        await adapter.reserve(t, "a", Usage(), 0.0)
+        with pytest.raises(QuotaExceeded) as info:
+            await adapter.reserve(t, "a", Usage(), 0.0)
+        assert info.value.details["capability"] == "a"
+        await adapter.reserve(t, "b", Usage(), 0.0)
+        await adapter.reserve(t, "b", Usage(), 0.0)
+        with pytest.raises(QuotaExceeded) as info:
+            await adapter.reserve(t, "b", Usage(), 0.0)
+        assert info.value.details["capability"] is None  # the tenant-wide minute is spent
+
+    async def test_a_denied_window_draws_nothing(self, adapter: Any,
+                                                 quota_clock: ManualClock) -> None:
+        t = _tenant()
+        adapter.set_limits(t, QuotaLimits(cost=10.0, cost_per_day=1.0))
+        await adapter.reserve(t, "cap", Usage(tokens=3), 0.75)
+        before = await adapter.status(t)
+        with pytest.raises(QuotaExceeded):
+            await adapter.reserve(t, "cap", Usage(tokens=3), 0.5)
+        assert await adapter.status(t) == before
+
+    async def test_tasks_never_over_admit_a_window(self, adapter: Any,
+                                                   quota_clock: ManualClock) -> None:
+        t, budget = _tenant(), 30
+        adapter.set_limits(t, QuotaLimits(calls_per_hour=budget))
+
+        async def worker() -> int:
+            n = 0
+            for _ in range(10):
+                n += await _admit(adapter, t) is not None
+                await asyncio.sleep(0)
+            return n
+
+        assert sum(await asyncio.gather(*(worker() for _ in range(8)))) == budget
+        quota_clock.advance(3600)
+        assert sum(await asyncio.gather(*(worker() for _ in range(8)))) == budget
+
+    async def test_status_reports_limits_usage_and_window_bounds(
+            self, adapter: Any, quota_clock: ManualClock) -> None:
+        t = _tenant()
+        limits = QuotaLimits(calls=100, calls_per_minute=10, cost_per_month=2.0)
+        adapter.set_limits(t, limits)
+        adapter.set_limits(t, QuotaLimits(tokens_per_day=50), capability="a")
+        quota_clock.set(_utc(2028, 3, 15, 8, 30, 20))
+        await adapter.reserve(t, "a", Usage(tokens=20), 0.5)
+        status = await adapter.status(t)
+        assert isinstance(status, QuotaStatus)
+        assert (status.tenant, status.capability, status.limits) == (t, None, limits)
+        assert status.at == quota_clock.now
+        minute = status.window("minute")
+        assert (minute.start, minute.end) == (_utc(2028, 3, 15, 8, 30).timestamp(),
+                                              _utc(2028, 3, 15, 8, 31).timestamp())
+        assert (minute.usage.calls, minute.usage.tokens, minute.cost) == (1, 20, 0.5)
+        month = status.window("month")
+        assert (month.start, month.end) == (_utc(2028, 3, 1).timestamp(),
+                                            _utc(2028, 4, 1).timestamp())
+        lifetime = status.window(None)
+        assert (lifetime.start, lifetime.end, lifetime.usage.calls) == (None, None, 1)
+        rows = {(r["metric"], r["window"]): r for r in status.rows()}
+        assert set(rows) == {("calls", "total"), ("calls", "minute"), ("cost", "month")}
+        assert rows[("cost", "month")] == {"metric": "cost", "window": "month", "limit": 2.0,
+                                           "used": 0.5, "left": 1.5,
+                                           "resets_at": "2028-04-01T00:00:00+00:00"}
+        cap = await adapter.status(t, "a")
+        assert cap.limits == QuotaLimits(tokens_per_day=50)
+        assert cap.window("day").usage.tokens == 20
+        quota_clock.advance(60)
+        after = await adapter.status(t)
+        assert after.window("minute").usage.calls == 0
+        assert after.window("hour").usage.calls == 1
+        empty = await adapter.status(_tenant())
+        assert empty.limits == QuotaLimits()
+        assert all(w.usage.calls == 0 and w.cost == 0.0 for w in empty.windows)
+
+    async def test_reset_one_window_or_all(self, adapter: Any,
+                                           quota_clock: ManualClock) -> None:
+        t, other = _tenant(), _tenant()
+        adapter.set_limits(t, QuotaLimits(calls_per_day=2, calls_per_month=3))
+        done = await adapter.reserve(t, "cap", Usage(tokens=4), 0.25)
+        await adapter.settle(done, Usage(tokens=4), 0.25)
+        held = await adapter.reserve(t, "cap", Usage(tokens=2), 0.5)
+        await adapter.reserve(other, "cap", Usage(), 1.0)
+        with pytest.raises(QuotaExceeded):
+            await adapter.reserve(t, "cap", Usage(), 0.0)
+        await adapter.reset(t, window="day")
+        status = await adapter.status(t)
+        day = status.window("day")
+        assert (day.usage.calls, day.usage.tokens, day.cost) == (1, 2, 0.5)  # the open one
+        assert status.window("month").usage.calls == 2
+        assert (await adapter.status(t, "cap")).window("day").usage.calls == 1
+        extra = await adapter.reserve(t, "cap", Usage(), 0.0)  # the day has room again ...
+        with pytest.raises(QuotaExceeded, match="calls_per_month"):
+            await adapter.reserve(t, "cap", Usage(), 0.0)  # ... the month does not
+        await adapter.reset(t)
+        usage, cost = await adapter.used(t)
+        assert (usage.calls, usage.tokens, cost) == (2, 2, 0.5)  # the open ones are left
+        await adapter.refund(held)
+        await adapter.refund(extra)
+        assert all(w.usage.calls == 0 for w in (await adapter.status(t)).windows)
+        assert (await adapter.used(other))[1] == 1.0  # other tenants keep theirs
