@@ -6,7 +6,7 @@ A config file is TOML (``aios-mesh.toml``)::
     max_payload_bytes = 1048576
 
     [tenants.acme]
-    quota = { calls = 10000, cost = 50.0 }
+    quota = { calls_per_minute = 60, cost_per_month = 50.0 }
     [tenants.acme.capabilities.extract-invoice-fields]
     rate_per_s = 20
     burst = 40
@@ -33,7 +33,7 @@ import tomllib
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, Union, cast, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -67,17 +67,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LimitsConfig(_Strict):
-    """Budgets; omitted = unlimited. See :class:`aios_mesh.ports.quota.QuotaLimits`."""
+_Count = Annotated[int | None, Field(ge=0)]
+_Amount = Annotated[float | None, Field(ge=0, allow_inf_nan=False)]
 
-    calls: int | None = Field(None, ge=0)
-    tokens: int | None = Field(None, ge=0)
-    cost: float | None = Field(None, ge=0)
-    gpu_seconds: float | None = Field(None, ge=0)
-    rate_per_s: float | None = Field(None, gt=0)
+
+class LimitsConfig(_Strict):
+    """Budgets of a tenant (``[tenants.NAME.quota]``) or of one capability of it
+    (``[tenants.NAME.capabilities.CAP]``); omitted = unlimited. ``calls``, ``tokens``, ``cost``
+    and ``gpu_seconds`` are lifetime budgets; ``<metric>_per_<minute|hour|day|month>`` are
+    budgets per calendar window in UTC; ``rate_per_s``/``burst`` a token bucket on calls. The
+    same names as :class:`aios_mesh.ports.quota.QuotaLimits` (a test keeps them equal)."""
+
+    calls: _Count = None
+    tokens: _Count = None
+    cost: _Amount = None
+    gpu_seconds: _Amount = None
+    rate_per_s: float | None = Field(None, gt=0, allow_inf_nan=False)
     burst: int | None = Field(None, ge=1)
+    calls_per_minute: _Count = None
+    calls_per_hour: _Count = None
+    calls_per_day: _Count = None
+    calls_per_month: _Count = None
+    tokens_per_minute: _Count = None
+    tokens_per_hour: _Count = None
+    tokens_per_day: _Count = None
+    tokens_per_month: _Count = None
+    cost_per_minute: _Amount = None
+    cost_per_hour: _Amount = None
+    cost_per_day: _Amount = None
+    cost_per_month: _Amount = None
+    gpu_seconds_per_minute: _Amount = None
+    gpu_seconds_per_hour: _Amount = None
+    gpu_seconds_per_day: _Amount = None
+    gpu_seconds_per_month: _Amount = None
 
     def to_limits(self) -> QuotaLimits:
+        """The limits the quota store enforces."""
         return QuotaLimits(**self.model_dump())
 
 
