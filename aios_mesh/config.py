@@ -123,8 +123,15 @@ class RetryConfig(_Strict):
 
 
 class BreakerConfig(_Strict):
+    """A breaker per (serving backend, model) with a compartment per tenant: a tenant's
+    compartment opens after ``failure_threshold`` consecutive backend failures of its calls;
+    the backend's shared breaker opens for every tenant once ``min_failing_tenants`` tenants'
+    compartments opened with no successful call in between."""
+
     failure_threshold: int = Field(5, ge=1)
     reset_timeout_s: float = Field(10.0, gt=0)
+    min_failing_tenants: int = Field(2, ge=1, description="1: one tenant's failures open the "
+                                     "backend's breaker for every tenant")
 
 
 class CacheConfig(_Strict):

@@ -22,11 +22,12 @@ RECORD_SCHEMA_VERSION = "1"
 
 
 class Outcome(StrEnum):
-    """How a call ended. The set is open: a new way to end (``degraded``, ``partial``) is one
-    member here plus, if an error leads to it, that error class's ``outcome`` attribute.
-    Members compare equal to their strings (``record.outcome == "ok"``)."""
+    """How a call ended. The set is open: a new way to end (``partial``) is one member here
+    plus, if an error leads to it, that error class's ``outcome`` attribute. Members compare
+    equal to their strings (``record.outcome == "ok"``)."""
 
     OK = "ok"
+    DEGRADED = "degraded"  # answered by a fallback; ``error`` is why the primary did not
     REVIEW = "review"  # parked for a human; the answer comes later
     DENIED = "denied"  # the policy said no
     REJECTED = "rejected"  # the caller's own mistake or budget: bad input, quota, unknown
@@ -34,8 +35,9 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"  # the caller went away (a stream closed early, a task cancelled)
 
 
-#: Outcomes in which the call did what was asked (metrics count the rest as errors).
-SUCCESSFUL_OUTCOMES: Final = frozenset({Outcome.OK, Outcome.REVIEW})
+#: Outcomes in which the call did what was asked (metrics count the rest as errors; a
+#: degraded call was answered, by a fallback: its ``outcome`` label tells it apart).
+SUCCESSFUL_OUTCOMES: Final = frozenset({Outcome.OK, Outcome.DEGRADED, Outcome.REVIEW})
 
 #: How the call was made: one answer, a stream of chunks, or one row of a bulk run.
 CallMode = Literal["invoke", "stream", "bulk"]

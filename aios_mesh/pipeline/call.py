@@ -70,6 +70,7 @@ class Call:
     chunks: int = 0  # chunks streamed to the consumer
     admitted: list[Release] = field(default_factory=list)  # held until the call ends
     error: MeshError | None = None
+    primary_error: MeshError | None = None  # why the primary did not answer (fallback did)
     done: bool = False
 
     @property

@@ -1,12 +1,15 @@
 """Invoke the backend: per-attempt timeout, retries under a retry budget, a circuit breaker per
-backend and model, output validation, cost — then the ordered fallback chain."""
+backend and model with a compartment per tenant, output validation, cost — then the ordered
+fallback chain. Only backend failures count against a breaker; the caller's own mistakes (a
+handler rejecting its input) are neither retried nor counted. When a fallback answers, the
+primary's error stays on the call (``call.primary_error``) and the record says ``degraded``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import inspect
-import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,14 +17,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from aios_mesh.capabilities import Fallback, import_object
-from aios_mesh.config import BreakerConfig, RetryConfig
+from aios_mesh.config import RetryConfig
 from aios_mesh.embedded.serving import as_prediction
 from aios_mesh.errors import (
     BackendTimeout,
     BackendUnavailable,
-    CallCancelled,
     CircuitOpen,
     FeatureNotSupported,
+    InvalidInput,
     InvalidOutput,
     MeshError,
     NotFound,
@@ -33,11 +36,14 @@ from aios_mesh.pipeline.validate import digest, validation_message
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Prediction, Serving, Usage
-from aios_mesh.resilience import CircuitBreaker, RetryBudget, backoff_delay
+from aios_mesh.redaction import DEFAULT_RULES, RuleRedactor
+from aios_mesh.resilience import BreakerBoard, BreakerState, RetryBudget, backoff_delay
 from aios_mesh.resolver import AliasResolver
 from aios_mesh.review import ReviewQueue
 
-__all__ = ["BreakerBoard", "InvokeStep", "Target", "Targets"]
+# BreakerBoard lives in aios_mesh.resilience; named here too because the mesh builds it with
+# the steps' other parts.
+__all__ = ["BreakerBoard", "InvokeStep", "Target", "Targets", "describe"]
 
 #: What a failed primary may fall back from: backend trouble, not the caller's own mistakes.
 FALLBACK_ON = (BackendUnavailable, BackendTimeout, CircuitOpen, InvalidOutput)
@@ -84,10 +90,22 @@ class Target:
                 out = await out
         except MeshError:
             raise
+        except ValueError as exc:  # pydantic's ValidationError too: the input is the problem
+            raise InvalidInput(f"handler of {spec.name} rejected its input: {describe(exc)}",
+                               hint="fix the payload; a handler rejects an input by raising "
+                                    "InvalidInput or ValueError") from exc
         except Exception as exc:
-            raise BackendUnavailable(f"handler of {spec.name} raised {type(exc).__name__}: "
-                                     f"{exc}") from exc
+            raise BackendUnavailable(f"handler of {spec.name} raised {describe(exc)}",
+                                     hint="see the handler's exception; the call was retried "
+                                          "and the fallback chain taken") from exc
         return as_prediction(out)
+
+
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of a foreign exception, for a record: e-mails, IBANs, card and phone
+    numbers masked (the message may quote the payload) and cut at ``limit`` characters."""
+    text = RuleRedactor.redact_text(str(exc)[:limit], DEFAULT_RULES, Counter())
+    return f"{type(exc).__name__}: {text}"
 
 
 class Targets:
@@ -135,28 +153,6 @@ def _wants_context(fn: Callable[..., Any]) -> bool:
     return cached
 
 
-class BreakerBoard:
-    """One :class:`CircuitBreaker` per (backend, model name), created on first use."""
-
-    def __init__(self, config: BreakerConfig) -> None:
-        self.config = config
-        self._breakers: dict[str, CircuitBreaker] = {}
-        self._lock = threading.Lock()
-
-    def get(self, label: str, model: str) -> CircuitBreaker:
-        key = f"{label}/{model}"
-        breaker = self._breakers.get(key)
-        if breaker is None:
-            with self._lock:
-                breaker = self._breakers.setdefault(key, CircuitBreaker(
-                    key, failure_threshold=self.config.failure_threshold,
-                    reset_timeout_s=self.config.reset_timeout_s))
-        return breaker
-
-    def states(self) -> dict[str, str]:
-        return {k: b.state.value for k, b in self._breakers.items()}
-
-
 class InvokeStep(StepBase):
     name = "invoke"
 
@@ -183,14 +179,17 @@ class InvokeStep(StepBase):
         except FALLBACK_ON as exc:
             if not call.spec.fallbacks:
                 raise
-            last: MeshError = exc
+            primary: MeshError = exc
+        last = primary
         for fallback in call.spec.fallbacks:
             try:
                 await self._fallback(call, fallback)
-                call.fallback = str(fallback)
-                return
             except FALLBACK_ON as exc:
                 last = exc
+                continue
+            call.fallback = str(fallback)
+            call.primary_error = primary  # an answer came, but not the primary's
+            return
         raise last
 
     async def _fallback(self, call: Call, fallback: Fallback) -> None:
@@ -219,13 +218,13 @@ class InvokeStep(StepBase):
     async def _run(self, call: Call, target: Target) -> None:
         """Attempts with timeout, retries (bounded by max_attempts and the budget), breaker."""
         call.serving = target.label
-        breaker = self.breakers.get(target.label, target.model.name)
+        bulkhead = self.breakers.bulkhead(target.label, target.model.name, call.tenant)
         timeout = call.spec.slo.timeout_s
         keeps_deadline = target.keeps_deadline
         attempt = 0
         while True:
             attempt += 1
-            breaker.acquire()
+            probes = bulkhead.acquire()
             call.attempts += 1
             error: MeshError
             try:
@@ -242,15 +241,22 @@ class InvokeStep(StepBase):
             except MeshError as exc:
                 error = exc
             except Exception as exc:  # an adapter let a native error through: still typed
-                error = BackendUnavailable(f"{target.label} failed: {type(exc).__name__}: {exc}")
+                error = BackendUnavailable(f"{target.label} failed: {describe(exc)}")
                 error.__cause__ = exc
+            except BaseException:  # cancelled: nothing learnt about the backend
+                bulkhead.release(probes)
+                raise
             else:
-                breaker.record_success()
+                bulkhead.record_success()
                 return
-            if isinstance(error, FALLBACK_ON) and not isinstance(error, CircuitOpen):
-                breaker.record_failure()
+            if _backend_failed(error):
+                bulkhead.record_failure(probes, type(error).__name__)
+            else:  # the caller's mistake says nothing about the backend
+                bulkhead.release(probes)
+            # No retry into a breaker our own failures just opened: the record keeps saying
+            # what failed, not "circuit open".
             if (not error.retryable or attempt >= self.retry.max_attempts
-                    or not self.budget.try_spend()):
+                    or bulkhead.state is BreakerState.OPEN or not self.budget.try_spend()):
                 raise error
             await asyncio.sleep(backoff_delay(attempt, self.retry.backoff_s,
                                               self.retry.max_backoff_s))
@@ -263,8 +269,8 @@ class InvokeStep(StepBase):
                 f"{call.spec.name} is answered by a function, which does not stream",
                 hint="stream() needs a model on a streaming backend; use invoke()")
         call.serving = target.label
-        breaker = self.breakers.get(target.label, target.model.name)
-        breaker.acquire()
+        bulkhead = self.breakers.bulkhead(target.label, target.model.name, call.tenant)
+        probes = bulkhead.acquire()
         call.attempts += 1
         timeout = call.spec.slo.timeout_s
         stream: AsyncIterator[dict[str, Any]] = target.serving.stream(
@@ -278,17 +284,20 @@ class InvokeStep(StepBase):
                 close: Callable[[], Awaitable[None]] | None = getattr(stream, "aclose", None)
                 if close is not None:
                     await close()
-        except CallCancelled:
-            raise  # the consumer left: not the backend's failure
-        except MeshError as exc:
-            if isinstance(exc, FALLBACK_ON) and not isinstance(exc, CircuitOpen):
-                breaker.record_failure()
+        except MeshError as exc:  # CallCancelled too: the consumer left, not the backend
+            if _backend_failed(exc):
+                bulkhead.record_failure(probes, type(exc).__name__)
+            else:
+                bulkhead.release(probes)
             raise
         except Exception as exc:
-            breaker.record_failure()
+            bulkhead.record_failure(probes, type(exc).__name__)
             raise BackendUnavailable(f"{target.label} failed while streaming: "
                                      f"{type(exc).__name__}") from exc
-        breaker.record_success()
+        except BaseException:  # cancelled: nothing learnt about the backend
+            bulkhead.release(probes)
+            raise
+        bulkhead.record_success()
         call.usage = Usage(calls=1)
         call.cost = call.spec.price.cost(call.usage)
 
@@ -309,3 +318,7 @@ class InvokeStep(StepBase):
         call.cost = spec.price.cost(prediction.usage)
 
 
+def _backend_failed(error: MeshError) -> bool:
+    """Whether ``error`` counts against the backend's breaker: backend trouble, not the
+    caller's own mistakes nor a breaker that was already open."""
+    return isinstance(error, FALLBACK_ON) and not isinstance(error, CircuitOpen)

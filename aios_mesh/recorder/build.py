@@ -45,11 +45,15 @@ class CallStart:
         self.mode: CallMode = mode
 
 
-def outcome_of(error: MeshError | None, review_id: str | None) -> Outcome:
-    """The record's outcome: what the error class says it leads to, else ok or review."""
-    if error is None:
-        return Outcome.REVIEW if review_id else Outcome.OK
-    return Outcome(error.outcome)
+def outcome_of(error: MeshError | None, review_id: str | None,
+               primary_error: MeshError | None = None) -> Outcome:
+    """The record's outcome: what the error class says it leads to, else review (parked),
+    degraded (a fallback answered after ``primary_error``) or ok."""
+    if error is not None:
+        return Outcome(error.outcome)
+    if review_id:
+        return Outcome.REVIEW
+    return Outcome.OK if primary_error is None else Outcome.DEGRADED
 
 
 def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | None,
@@ -92,6 +96,9 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
     quota = None if res is None else {"reservation_id": res.id, "reserved_cost": res.cost}
     redaction = call.redaction
     usage = call.usage
+    # A call that failed says why; one the fallback chain answered (or parked for review)
+    # says why its primary did not: a failure is never hidden behind a fallback.
+    shown = error if error is not None else call.primary_error
     return DecisionRecord(
         record_id=start.record_id,
         started_at=start.started_at,
@@ -101,7 +108,7 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
         caller=start.caller,
         capability=start.capability,
         capability_version=call.spec.version,
-        outcome=outcome_of(error, call.review_id),
+        outcome=outcome_of(error, call.review_id, call.primary_error),
         mode=start.mode,
         trace_id=trace_id,
         span_id=span_id,
@@ -123,7 +130,7 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
         confidence=call.confidence,
         cache=call.cache,
         variant=call.variant,
-        error=error.to_dict() if error is not None else None,
+        error=shown.to_dict() if shown is not None else None,
         input_sha256=call.input_sha256,
         output_sha256=call.output_sha256,
     )

@@ -104,7 +104,7 @@ def test_an_unknown_key_with_nothing_close_lists_the_valid_ones(tmp_path: Path) 
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, "[breaker]\nzzz = 1\n"))
     assert "suggestion" not in err.value.details
-    assert "failure_threshold, reset_timeout_s" in (err.value.hint or "")
+    assert "failure_threshold, min_failing_tenants, reset_timeout_s" in (err.value.hint or "")
 
 
 _KEYS = sorted(set(MeshConfig.model_fields) - {"base_dir"})

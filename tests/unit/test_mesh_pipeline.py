@@ -240,10 +240,15 @@ def test_breaker_opens_then_fallback_chain_answers(tmp_path: Path) -> None:
     with make_mesh(tmp_path, down, caps=caps, config=cfg) as mesh:
         outs = [mesh.invoke("classify-ticket", {"text": "x"}, tenant="acme") for _ in range(4)]
         assert all(r.output == Triage(label="rules") for r in outs)
-        assert mesh.breakers.states() == {"ScriptedServing/clf": "open"}
+        # acme's compartment: one tenant alone never opens the backend's shared breaker
+        assert mesh.breakers.states() == {"ScriptedServing/clf": "closed",
+                                          "ScriptedServing/clf#acme": "open"}
+        assert mesh.breakers.state("ScriptedServing", "clf", "acme") == "open"
     assert down.calls == 2  # after two failures the breaker stopped calling the backend
     recs = records(tmp_path)
     assert [r["fallback"] for r in recs] == [f"function:{__name__}:rules_fallback"] * 4
+    assert {r["outcome"] for r in recs} == {"degraded"}  # answered, but not by the primary
+    assert [r["error"]["type"] for r in recs] == ["BackendUnavailable"] * 2 + ["CircuitOpen"] * 2
 
 
 def test_fallback_to_another_alias_then_human(tmp_path: Path) -> None:
