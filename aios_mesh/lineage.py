@@ -2,7 +2,7 @@
 
 One capability call is one OpenLineage *run* of the *job* named after the capability::
 
-    run_events_for(record.to_dict())  →  [START, COMPLETE]   outcome ok | review
+    run_events_for(record.to_dict())  →  [START, COMPLETE]   outcome ok | degraded | review
                                          [START, FAIL]       outcome denied | rejected | error
                                          [START, ABORT]      outcome cancelled
 
