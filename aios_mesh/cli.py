@@ -24,6 +24,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from aios_mesh.errors import MeshError
+from aios_mesh.quota_cli import quota_app
 
 __all__ = ["app", "main"]
 
@@ -316,6 +317,7 @@ def rollback(
 review_app = typer.Typer(help="The human-review queue: list, show, approve, reject.",
                          no_args_is_help=True)
 app.add_typer(review_app, name="review")
+app.add_typer(quota_app(_mesh, _fail, ConfigOpt), name="quota")
 
 
 @review_app.command("list")
