@@ -197,6 +197,6 @@ async def resolve_review(queue: ReviewQueue, catalog: Catalog, audit: AuditLog,
                       idempotency_key=f"{item.resume.get('idempotency_key', item.id)}:{cap}",
                       data={"output": item.final_output, "record_id": item.record_id,
                             "review_id": item.id, "reviewed_by": reviewer},
-                      headers={"causation_id": str(item.resume.get("causation_id", ""))})
+                      headers={"causationid": str(item.resume.get("causation_id", ""))})
         await publish(item.resume["topic"], event)
     return item

@@ -57,7 +57,7 @@ def result_event(route: Route, source: Event, kind: str, data: dict[str, Any]) -
     return Event(type=f"{route.capability}.{kind}", source="aios-mesh/worker",
                  tenant=source.tenant, subject=source.subject, key=source.key or source.id,
                  data=data, idempotency_key=f"{source.idempotency_key}:{route.capability}",
-                 headers={"causation_id": source.id})
+                 headers={"causationid": source.id})
 
 
 class Worker:

@@ -5,6 +5,7 @@ string or keyword, keyword wins):
 
 * ``bootstrap``: more brokers, comma-separated (``?bootstrap=h2:9092,h3:9092``),
 * ``client_id`` (``aios-mesh``), ``timeout`` (s, 10: delivery, metadata and commit waits),
+* ``connect_timeout`` (s, 2): how long finding a broker (bootstrap) may take,
 * ``session_timeout_ms`` (6000), ``heartbeat_interval_ms`` (session / 6),
 * ``max_attempts`` (5): deliveries of one message before it goes to ``<topic>.dlq``,
 * ``visibility_timeout`` (s, 30): how long a fetched, unacked message stays with its member,
@@ -12,10 +13,14 @@ string or keyword, keyword wins):
 * ``partitions`` (1) and ``replication`` (1): used when the bus creates a missing topic,
 * ``create_topics`` (true), ``idempotent`` (false: enable the idempotent producer).
 
-Publish: one keyed record per event (key = ``Event.key``, else ``Event.id``), value =
-``Event.to_bytes()`` (no record headers); ``acks=all``, one request in flight per
-connection (order per key holds through retries); ``publish`` returns once every record is
-acknowledged.
+Publish: one keyed record per event (key = ``Event.key``, else ``Event.id``) in the
+CloudEvents Kafka binding's *binary content mode*: every attribute a ``ce_<name>`` record
+header (``ce_specversion``, ``ce_id``, ``ce_source``, ``ce_type``, ``ce_time``, ``ce_tenant``,
+``ce_idempotencykey``, ``ce_partitionkey``, ...), ``content-type: application/json``, and the
+data as the record value; ``acks=all``, one request in flight per connection (order per key
+holds through retries); ``publish`` returns once every record is acknowledged.
+A consumer reads binary mode (a ``ce_specversion`` header) and structured mode (the
+CloudEvents JSON format as the value, or the envelope written before CloudEvents).
 
 Consume: one ``KafkaConsumer`` per subscription, in the consumer group, with manual commits.
 kafka-python is synchronous and not thread-safe, so each subscription owns one thread that
@@ -33,8 +38,8 @@ bus's headers (:data:`~aios_mesh.ports.event_codec.DEAD_LETTER_REASON`, ...). A 
 acked within ``visibility_timeout`` is rewound too; a member that stops calling ``fetch``
 while holding such messages leaves the group, so another member gets its partitions (the
 "crashed consumer" case), and rejoins on its next ``fetch``. Messages that cannot be parsed
-(bad JSON, missing fields, unknown ``schema_version``) are dead-lettered as poison and never
-reach the caller.
+(bad JSON, missing attributes, another ``specversion``) are dead-lettered as poison and
+never reach the caller.
 
 Delivery counts live in the bus object (shared by its subscriptions in one process): a
 message redelivered to another process after a crash starts again at ``attempt`` 1 (tansu
@@ -68,9 +73,9 @@ from aios_mesh.ports.base import Feature
 from aios_mesh.ports.event_codec import (
     dead_letter_event,
     dead_letter_topic,
-    decode_event,
-    encode_event,
+    decode_message,
     poison_event,
+    to_binary,
 )
 from aios_mesh.ports.events import Delivery, Event
 
@@ -82,7 +87,7 @@ _T = TypeVar("_T")
 _KNOWN: Final = frozenset({
     "client_id", "timeout", "session_timeout_ms", "heartbeat_interval_ms", "max_attempts",
     "visibility_timeout", "start", "partitions", "replication", "create_topics", "idempotent",
-    "bootstrap",
+    "bootstrap", "connect_timeout",
 })
 _HINT: Final = "check the broker is running and reachable (kafka://host:port)"
 
@@ -129,7 +134,7 @@ class KafkaEventBus:
                  session_timeout_ms: int = 6000, heartbeat_interval_ms: int | None = None,
                  timeout: float = 10.0, start: str = "earliest", partitions: int = 1,
                  replication: int = 1, create_topics: bool = True,
-                 idempotent: bool = False) -> None:
+                 idempotent: bool = False, connect_timeout: float = 2.0) -> None:
         if max_attempts < 1:
             raise ConfigError(f"max_attempts={max_attempts} must be at least 1",
                               hint="write max_attempts=5")
@@ -145,6 +150,7 @@ class KafkaEventBus:
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms or max(100, session_timeout_ms // 6)
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.start = start
         self.partitions = partitions
         self.replication = replication
@@ -178,6 +184,7 @@ class KafkaEventBus:
             session_timeout_ms=url.int_option("session_timeout_ms", 6000, min=100),
             heartbeat_interval_ms=url.int_option("heartbeat_interval_ms", min=10),
             timeout=url.seconds_option("timeout", 10.0, min=0.01),
+            connect_timeout=url.seconds_option("connect_timeout", 2.0, min=0.01),
             start=url.choice_option("start", ("earliest", "latest"), "earliest"),
             partitions=url.int_option("partitions", 1, min=1),
             replication=url.int_option("replication", 1, min=1),
@@ -195,7 +202,7 @@ class KafkaEventBus:
             raise InvalidInput("publish takes Event objects", hint="wrap payloads in Event(...)")
         if not events:
             return
-        rows = [((e.key or e.id).encode(), encode_event(e), _headers(e)) for e in events]
+        rows = [_record(e) for e in events]
         await asyncio.to_thread(self._send_sync, topic, rows)
 
     async def subscribe(self, topic: str, *, group: str) -> KafkaSubscription:
@@ -236,6 +243,11 @@ class KafkaEventBus:
         await asyncio.to_thread(self._send_sync, topic,
                                 [(key.encode() if key else None, bytes(raw), [])])
 
+    async def health(self) -> None:
+        """Find a broker (within ``connect_timeout``) and list the topics;
+        :class:`BackendUnavailable` with a hint when no broker answers."""
+        await asyncio.to_thread(self._probe_sync)
+
     # -- internals (blocking; run in worker threads) ---------------------------------------
 
     def _open(self) -> None:
@@ -247,8 +259,24 @@ class KafkaEventBus:
         return {"bootstrap_servers": self.bootstrap_servers.split(","),
                 "client_id": self.client_id,
                 "request_timeout_ms": max(int(self.timeout * 1000), 1000),
-                "bootstrap_timeout_ms": max(int(self.timeout * 1000), 1000),
+                "bootstrap_timeout_ms": max(int(self.connect_timeout * 1000), 10),
                 "reconnect_backoff_max_ms": 1000}
+
+    def _probe_sync(self) -> None:
+        from kafka.admin import KafkaAdminClient
+
+        try:
+            admin = KafkaAdminClient(**self._config())
+        except Exception as exc:  # no broker answered within connect_timeout
+            raise BackendUnavailable(f"kafka at {self.bootstrap_servers}: no broker answered "
+                                     f"within {self.connect_timeout:g}s ({type(exc).__name__})",
+                                     hint=_HINT) from exc
+        try:
+            admin.list_topics()
+        except Exception as exc:
+            raise _translate(exc, "list topics") from exc
+        finally:
+            _quiet_close(admin, None)
 
     def _producer_sync(self) -> Any:
         with self._lock:
@@ -329,10 +357,10 @@ class KafkaEventBus:
                     del counts[offset]
 
 
-def _headers(event: Event) -> list[tuple[str, bytes]]:
-    """Kafka record headers: none. The envelope in the value carries every field; record
-    headers cost ~1/3 of kafka-python's producer throughput (measured in benchmarks/events.py)."""
-    return []
+def _record(event: Event) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """``(key, value, headers)`` of the record of ``event`` (binary content mode)."""
+    headers, value = to_binary(event)
+    return (event.key or event.id).encode(), value, headers
 
 
 def _quiet_close(obj: Any, timeout: float | None) -> None:
@@ -341,6 +369,22 @@ def _quiet_close(obj: Any, timeout: float | None) -> None:
             obj.close()
         else:
             obj.close(timeout=timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """The value and headers of a consumed record."""
+
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+    def decode(self) -> Event:
+        """The event, in binary or structured content mode (:func:`decode_message`)."""
+        return decode_message(self.value, self.headers)
+
+    def poison(self, topic: str, reason: str) -> Event:
+        """The wrapper that carries this record to the dead-letter topic."""
+        return poison_event(self.value, topic=topic, reason=reason, wire_headers=self.headers)
 
 
 @dataclass(slots=True)
@@ -640,37 +684,35 @@ class KafkaSubscription:
             if lease is not None and lease > now:
                 return None  # still with this member (a rewind re-read it)
         attempt = self.bus._bump(key, offset)
-        value: bytes = record.value or b""
+        message = _Message(record.value or b"", list(record.headers or ()))
         if attempt > self.bus.max_attempts:
             reason = (f"not acked within {self.bus.visibility_timeout:g}s "
                       f"on {attempt - 1} deliveries")
-            self._dead_letter(partition, offset, value, reason, attempt - 1)
+            self._dead_letter(partition, offset, message, reason, attempt - 1)
             return None
         try:
-            event = decode_event(value)
+            event = message.decode()
         except InvalidInput as exc:
-            self._dead_letter(partition, offset, value, str(exc), attempt, poison=True)
+            self._dead_letter(partition, offset, message, str(exc), attempt, poison=True)
             return None
         with self._state:
             part.inflight[offset] = now + self.bus.visibility_timeout
         return Delivery(event=event, topic=self.topic, attempt=attempt,
                         token=(partition, offset))
 
-    def _dead_letter(self, partition: int, offset: int, value: bytes | Event, reason: str,
+    def _dead_letter(self, partition: int, offset: int, value: _Message | Event, reason: str,
                      attempts: int, *, poison: bool = False) -> None:
         if isinstance(value, Event):
             event = dead_letter_event(value, topic=self.topic, reason=reason, attempts=attempts)
         elif poison:
-            event = poison_event(value, topic=self.topic, reason=reason)
+            event = value.poison(self.topic, reason)
         else:
             try:
-                event = dead_letter_event(decode_event(value), topic=self.topic, reason=reason,
+                event = dead_letter_event(value.decode(), topic=self.topic, reason=reason,
                                           attempts=attempts)
             except InvalidInput:
-                event = poison_event(value, topic=self.topic, reason=reason)
-        self.bus._send_sync(dead_letter_topic(self.topic),
-                            [((event.key or event.id).encode(), encode_event(event),
-                              _headers(event))])
+                event = value.poison(self.topic, reason)
+        self.bus._send_sync(dead_letter_topic(self.topic), [_record(event)])
         _log.warning("kafka.dead_lettered", topic=self.topic, group=self.group,
                      partition=partition, offset=offset, reason=reason)
         with self._state:

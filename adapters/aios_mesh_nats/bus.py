@@ -7,11 +7,17 @@ or keyword, keyword wins):
   subjects ``<prefix>.>``; topic ``invoices.extracted`` is subject ``aios.invoices.extracted``,
 * ``prefix`` (``aios``), ``max_attempts`` (5), ``visibility_timeout`` (s, 30: the consumer's
   ``ack_wait``), ``retry_delay`` (s, 0: delay of a ``nack``), ``timeout`` (s, 5),
+* ``connect_timeout`` (s, 2): how long the first connection may take before the call fails
+  with ``BackendUnavailable`` (nats-py would otherwise retry a refused connection),
 * ``duplicate_window`` (s, 120): JetStream's de-duplication window for ``Nats-Msg-Id``,
 * ``start`` (``earliest`` | ``latest``), ``storage`` (``file`` | ``memory``).
 
-Publish: every event carries ``Nats-Msg-Id = Event.idempotency_key``, so a publish repeated
-inside the duplicate window (an outbox relay retrying after a lost ack) is stored once.
+Publish: the CloudEvents NATS binding's *structured content mode*: the payload is the event
+in the CloudEvents JSON format, with the header ``content-type:
+application/cloudevents+json``. Every event carries ``Nats-Msg-Id = Event.idempotency_key``,
+so a publish repeated inside the duplicate window (an outbox relay retrying after a lost ack)
+is stored once. A consumer reads the JSON event format and the envelope written before
+CloudEvents.
 Publishes are pipelined (``publish_async``) and ``publish`` returns once every PubAck arrived.
 
 Consume: one durable pull consumer per ``(topic, group)`` (explicit ack, ``ack_wait`` =
@@ -48,20 +54,22 @@ from aios_mesh.errors import (
 )
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.event_codec import (
+    DEAD_LETTER_REASON,
     dead_letter_event,
     dead_letter_topic,
     decode_event,
     encode_event,
     poison_event,
 )
-from aios_mesh.ports.events import Delivery, Event
+from aios_mesh.ports.events import CE_CONTENT_TYPE, Delivery, Event
 
 __all__ = ["NatsEventBus", "NatsSubscription"]
 
 _log = structlog.get_logger(__name__)
 
 _KNOWN: Final = frozenset({"stream", "prefix", "max_attempts", "visibility_timeout",
-                           "retry_delay", "timeout", "duplicate_window", "start", "storage"})
+                           "retry_delay", "timeout", "duplicate_window", "start", "storage",
+                           "connect_timeout"})
 _TOPIC: Final = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _HINT: Final = "check nats-server runs with JetStream (-js) and is reachable (nats://host:port)"
 
@@ -74,6 +82,11 @@ def _translate(exc: BaseException, what: str) -> MeshError:
         return BackendTimeout(f"nats {what} timed out: {name}: {exc}",
                               hint="the server is slow or down; retry, or raise timeout=")
     return BackendUnavailable(f"nats {what} failed: {name}: {exc}", hint=_HINT)
+
+
+def _headers(event: Event, *, msg_id: str | None = None) -> dict[str, str]:
+    """NATS headers of ``event`` in structured mode: the format, and JetStream's dedupe id."""
+    return {"content-type": CE_CONTENT_TYPE, "Nats-Msg-Id": msg_id or event.idempotency_key}
 
 
 def _check_topic(topic: str) -> None:
@@ -99,7 +112,8 @@ class NatsEventBus:
         max_attempts: deliveries of one message before it goes to ``<topic>.dlq``.
         visibility_timeout: the consumers' ``ack_wait`` in seconds.
         retry_delay: seconds a nacked message waits before redelivery.
-        timeout: seconds to wait for the server (connect, PubAcks, API calls).
+        timeout: seconds to wait for the server (PubAcks, API calls).
+        connect_timeout: seconds the first connection may take.
         duplicate_window: seconds JetStream remembers ``Nats-Msg-Id`` values.
         start: where a new group starts: ``"earliest"`` or ``"latest"``.
         storage: ``"file"`` (survives a server restart) or ``"memory"``.
@@ -112,7 +126,7 @@ class NatsEventBus:
                  max_attempts: int = 5, visibility_timeout: float = 30.0,
                  retry_delay: float = 0.0, timeout: float = 5.0,
                  duplicate_window: float = 120.0, start: str = "earliest",
-                 storage: str = "file") -> None:
+                 storage: str = "file", connect_timeout: float = 2.0) -> None:
         if max_attempts < 1:
             raise ConfigError(f"max_attempts={max_attempts} must be at least 1",
                               hint="write max_attempts=5")
@@ -133,6 +147,7 @@ class NatsEventBus:
         self.visibility_timeout = visibility_timeout
         self.retry_delay = retry_delay
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.duplicate_window = duplicate_window
         self.start = start
         self.storage = storage
@@ -158,6 +173,7 @@ class NatsEventBus:
             visibility_timeout=url.seconds_option("visibility_timeout", 30.0, min=0.05),
             retry_delay=url.seconds_option("retry_delay", 0.0),
             timeout=url.seconds_option("timeout", 5.0, min=0.05),
+            connect_timeout=url.seconds_option("connect_timeout", 2.0, min=0.05),
             duplicate_window=url.seconds_option("duplicate_window", 120.0),
             start=url.choice_option("start", ("earliest", "latest"), "earliest"),
             storage=url.choice_option("storage", ("file", "memory"), "file"),
@@ -178,8 +194,7 @@ class NatsEventBus:
         if not events:
             return
         await self._publish(self.subject(topic),
-                            [(encode_event(e), {"Nats-Msg-Id": e.idempotency_key})
-                             for e in events])
+                            [(encode_event(e), _headers(e)) for e in events])
 
     async def subscribe(self, topic: str, *, group: str) -> NatsSubscription:
         """Bind to the durable pull consumer of ``(topic, group)`` (created if missing)."""
@@ -220,6 +235,18 @@ class NatsEventBus:
                 with contextlib.suppress(Exception):
                     await conn.nc.close()  # not drain(): it may time out on 2.9 servers
 
+    async def health(self) -> None:
+        """Connect (within ``connect_timeout``) and ask JetStream for this account's info;
+        :class:`BackendUnavailable` with a hint when the server or JetStream does not answer."""
+        conn = await self._conn()
+        try:
+            await asyncio.wait_for(conn.js.account_info(), self.timeout)
+        except Exception as exc:
+            raise BackendUnavailable(f"nats at {','.join(self.servers)} answers but JetStream "
+                                     f"does not ({type(exc).__name__})",
+                                     hint="start nats-server with JetStream: nats-server -js"
+                                     ) from exc
+
     # -- extras ----------------------------------------------------------------------------
 
     async def publish_raw(self, topic: str, raw: bytes, *, key: str | None = None) -> None:
@@ -246,9 +273,9 @@ class NatsEventBus:
             # the first connect must fail fast (the relay retries); once connected, the
             # client reconnects for ever and replays its subscriptions
             nc = await asyncio.wait_for(nats.connect(
-                servers=self.servers, connect_timeout=self.timeout, allow_reconnect=True,
+                servers=self.servers, connect_timeout=self.connect_timeout, allow_reconnect=True,
                 max_reconnect_attempts=-1, reconnect_time_wait=0.25, error_cb=_quiet,
-                name="aios-mesh"), self.timeout)
+                name="aios-mesh"), self.connect_timeout)
         except Exception as exc:  # down or unreachable: retryable, never a timeout error
             raise BackendUnavailable(f"nats connect to {','.join(self.servers)} failed: "
                                      f"{type(exc).__name__}: {exc}", hint=_HINT) from exc
@@ -415,10 +442,10 @@ class NatsSubscription:
         dlq = dead_letter_topic(self.topic)
         msg_id = f"{event.idempotency_key}:dlq:{self.group}:{msg.metadata.sequence.stream}"
         await self.bus._publish(self.bus.subject(dlq), [(encode_event(event),
-                                                         {"Nats-Msg-Id": msg_id})])
+                                                         _headers(event, msg_id=msg_id))])
         _log.warning("nats.dead_lettered", topic=self.topic, group=self.group,
-                     seq=msg.metadata.sequence.stream, reason=event.headers.get(
-                         "x-dead-letter-reason"))
+                     seq=msg.metadata.sequence.stream,
+                     reason=event.headers.get(DEAD_LETTER_REASON))
         try:
             await msg.term()
         except Exception as exc:

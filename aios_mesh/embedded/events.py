@@ -9,7 +9,8 @@ URL: ``sqlite:///events.db`` (relative to the mesh's state folder) or
 Storage model (all in one file, WAL mode, so several processes may share it):
 
 * ``messages(topic, pos, key, body)`` — each topic is an append-only log; ``pos`` is the
-  topic's offset (1, 2, 3, ...). ``body`` is the envelope as JSON bytes.
+  topic's offset (1, 2, 3, ...). ``body`` is the event in the CloudEvents JSON format
+  (structured content mode); bodies written before CloudEvents still decode.
 * ``cursors(topic, grp, committed)`` — per consumer group, every offset ``<= committed`` is
   done (acked or dead-lettered).
 * ``leases(topic, grp, pos, attempt, lease_until, ...)`` — per group, the messages above the

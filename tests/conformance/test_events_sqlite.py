@@ -14,6 +14,7 @@ from aios_mesh.backends import load_adapter, parse_url
 from aios_mesh.embedded.events import POISON_EVENT_TYPE, SqliteEventBus
 from aios_mesh.errors import ConfigError, InvalidInput
 from aios_mesh.ports.base import Feature
+from aios_mesh.ports.event_codec import DEAD_LETTER_ATTEMPTS, DEAD_LETTER_REASON
 from aios_mesh.testing.conformance.events import (
     EventBusBasic,
     EventBusPoison,
@@ -136,8 +137,8 @@ async def test_expired_leases_count_towards_max_attempts(tmp_path: Path) -> None
         await asyncio.sleep(0.08)
     assert await sub.fetch(1, timeout=0.1) == []
     dead = await dlq.fetch(1, timeout=1)
-    assert "not acked" in dead[0].event.headers["x-dead-letter-reason"]
-    assert dead[0].event.headers["x-attempts"] == "2"
+    assert "not acked" in dead[0].event.headers[DEAD_LETTER_REASON]
+    assert dead[0].event.headers[DEAD_LETTER_ATTEMPTS] == "2"
     await bus.aclose()
 
 

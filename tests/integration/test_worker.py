@@ -14,6 +14,7 @@ from typing import Any
 
 from aios_mesh import Mesh
 from aios_mesh.config import config_from_mapping
+from aios_mesh.ports.event_codec import DEAD_LETTER_REASON
 from aios_mesh.ports.events import Event
 from aios_mesh.testing.conformance.events import receive
 from aios_mesh.worker import Worker
@@ -107,7 +108,7 @@ async def test_backend_outage_is_nacked_then_dead_lettered(tmp_path: Path) -> No
     await run_until(worker, lambda: worker.stats.retried >= 2, timeout=20)
     dlq = await bus.subscribe("jobs.dlq", group="test")
     [dead] = await receive(dlq, 1, timeout=10)
-    assert "BackendUnavailable" in dead.event.headers["x-dead-letter-reason"]
+    assert "BackendUnavailable" in dead.event.headers[DEAD_LETTER_REASON]
     worker.close()
     await mesh.aclose()
 
@@ -164,6 +165,6 @@ result_topic = "tickets.routed"
     second.send_signal(signal.SIGTERM)
     assert second.wait(30) == 0
     final = results()
-    causes = [e.headers["causation_id"] for e in final]
+    causes = [e.headers["causationid"] for e in final]
     assert len(causes) == n and len(set(causes)) == n  # every event once: none lost, no dupes
     mesh.close()

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from aios_mesh.embedded.events import SqliteEventBus
 from aios_mesh.errors import BackendUnavailable, InvalidInput
 from aios_mesh.outbox import IdempotentConsumer, Outbox, Relay, RelayResult
+from aios_mesh.ports.event_codec import DEAD_LETTER_REASON
 from aios_mesh.ports.events import Event
 from aios_mesh.testing.conformance.events import receive
 
@@ -387,6 +388,6 @@ async def test_idempotent_consumer_nacks_when_the_handler_fails(tmp_path: Path) 
         [delivery] = await sub.fetch(1, timeout=1)
         assert await dedupe.handle(sub, delivery, broken) is False
     [dead] = await dlq.fetch(1, timeout=1)
-    assert "ValueError: cannot parse vendor" in dead.event.headers["x-dead-letter-reason"]
+    assert "ValueError: cannot parse vendor" in dead.event.headers[DEAD_LETTER_REASON]
     dedupe.close()
     await bus.aclose()

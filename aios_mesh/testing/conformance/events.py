@@ -6,8 +6,10 @@ Mixins:
   order, two groups each get every event, members of one group share the events.
 * :class:`EventBusRedelivery` — ``nack`` redelivers with ``attempt + 1``, an unacked lease
   expires and is redelivered to the group, bounded retries end in ``<topic>.dlq``.
-* :class:`EventBusPoison` — a malformed message or an unknown ``schema_version`` is
-  dead-lettered with its reason and never reaches (or crashes) the consumer.
+* :class:`EventBusPoison` — a malformed message or another CloudEvents ``specversion`` is
+  dead-lettered with its reason and never reaches (or crashes) the consumer; a foreign
+  CloudEvent with only the required attributes, and an envelope written before CloudEvents,
+  are delivered with the documented defaults.
 
 The concrete class provides two fixtures and may tune the class attributes of
 :class:`EventBusFixtures`::
@@ -28,10 +30,10 @@ The concrete class provides two fixtures and may tune the class attributes of
             return adapter.publish_raw      # async (topic, raw_bytes) -> None
 
 Dead-letter contract: the DLQ event of a valid message is that event (same ``id`` and
-``idempotency_key``) with the headers ``x-dead-letter-reason``, ``x-original-topic`` (and
-``x-attempts``) added; a message that cannot be parsed is carried by a wrapper event of type
-``aios.mesh.poison`` whose ``data["raw"]`` holds the payload (see
-:func:`aios_mesh.embedded.events.poison_event`).
+``idempotency_key``) with the headers ``deadletterreason``, ``deadlettertopic`` (and
+``deadletterattempts``) added; a message that cannot be parsed is carried by a wrapper event
+of type ``aios.mesh.poison`` whose ``data["raw"]`` holds the payload (see
+:func:`aios_mesh.ports.event_codec.poison_event`).
 
 Tests poll with ``fetch`` until they have what they expect or ``receive_timeout`` passes, so
 brokers with asynchronous group joins and at-least-once delivery pass without sleeps.
@@ -49,6 +51,7 @@ from typing import Any, ClassVar
 import orjson
 import pytest
 
+from aios_mesh.ports.event_codec import DEAD_LETTER_REASON, ORIGINAL_TOPIC
 from aios_mesh.ports.events import Delivery, Event, EventBus, Subscription
 
 __all__ = [
@@ -62,8 +65,6 @@ __all__ = [
     "receive",
 ]
 
-DEAD_LETTER_REASON = "x-dead-letter-reason"
-ORIGINAL_TOPIC = "x-original-topic"
 
 PublishRaw = Callable[[str, bytes], Awaitable[Any]]
 
@@ -132,7 +133,7 @@ class EventBusBasic(EventBusFixtures):
                      subject="inv-42", key="vendor-7",
                      data={"total": 12.5, "lines": [{"sku": "a", "qty": 2}], "ok": True,
                            "note": None, "text": "Grüße ✓"},
-                     headers={"traceparent": "00-abc-def-01", "x-custom": "yes"},
+                     headers={"traceparent": "00-abc-def-01", "custom": "yes"},
                      idempotency_key="inv-42:extract")
         await adapter.publish(topic, [sent])
         got = await receive(sub, 1, timeout=self.receive_timeout, ack=False)
@@ -141,7 +142,7 @@ class EventBusBasic(EventBusFixtures):
         assert delivery.topic == topic
         assert delivery.attempt == 1
         for name in ("type", "source", "tenant", "subject", "key", "id", "time",
-                     "schema_version", "idempotency_key", "data"):
+                     "idempotency_key", "data"):
             assert getattr(delivery.event, name) == getattr(sent, name), name
         assert delivery.event.headers.items() >= sent.headers.items()
         await sub.ack(delivery)
@@ -383,13 +384,45 @@ class EventBusPoison(EventBusFixtures):
         await self._assert_dead_lettered(adapter, publish_raw, topic, group,
                                          b'{"type": "x", "data": {}}', "lacks")
 
-    async def test_unknown_schema_version_is_dead_lettered(self, adapter: EventBus,
-                                                           publish_raw: PublishRaw,
-                                                           topic: str, group: str) -> None:
+    async def test_unknown_specversion_is_dead_lettered(self, adapter: EventBus,
+                                                        publish_raw: PublishRaw,
+                                                        topic: str, group: str) -> None:
         doc = orjson.loads(make_events(1)[0].to_bytes())
-        doc["schema_version"] = "99"
+        doc["specversion"] = "0.3"
         await self._assert_dead_lettered(adapter, publish_raw, topic, group,
-                                         orjson.dumps(doc), "schema_version")
+                                         orjson.dumps(doc), "specversion")
+
+    async def _receive_raw(self, adapter: EventBus, publish_raw: PublishRaw, topic: str,
+                           group: str, raw: bytes) -> Event:
+        dlq = await adapter.subscribe(f"{topic}.dlq", group=group)
+        sub = await adapter.subscribe(topic, group=group)
+        await publish_raw(topic, raw)
+        got = await receive(sub, 1, timeout=self.receive_timeout)
+        assert len(got) == 1, "a valid foreign event must be delivered, not dead-lettered"
+        assert await _nothing(dlq, self.quiet_period) == []
+        for s in (sub, dlq):
+            await s.aclose()
+        return got[0].event
+
+    async def test_minimal_cloudevent_is_delivered_with_defaults(
+            self, adapter: EventBus, publish_raw: PublishRaw, topic: str, group: str) -> None:
+        raw = orjson.dumps({"specversion": "1.0", "id": "ext-1", "source": "/billing",
+                            "type": "com.example.paid", "tenant": "acme"})
+        event = await self._receive_raw(adapter, publish_raw, topic, group, raw)
+        assert (event.id, event.source, event.type, event.tenant) == (
+            "ext-1", "/billing", "com.example.paid", "acme")
+        assert event.idempotency_key == "ext-1"
+        assert event.data == {}
+        assert event.time  # filled on receipt
+
+    async def test_envelope_written_before_cloudevents_is_delivered(
+            self, adapter: EventBus, publish_raw: PublishRaw, topic: str, group: str) -> None:
+        raw = orjson.dumps({"type": "invoice.paid", "source": "legacy", "tenant": "acme",
+                            "data": {"n": 1}, "headers": {"x-custom": "yes"}})
+        event = await self._receive_raw(adapter, publish_raw, topic, group, raw)
+        assert (event.type, event.tenant, event.data) == ("invoice.paid", "acme", {"n": 1})
+        assert event.idempotency_key == event.id  # id: a hash of the message
+        assert event.headers == {"xcustom": "yes"}
 
     async def test_poison_storm_does_not_stop_the_consumer(self, adapter: EventBus,
                                                            publish_raw: PublishRaw,
