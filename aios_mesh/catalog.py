@@ -7,9 +7,9 @@ import threading
 from collections.abc import Iterable, Iterator
 
 from aios_mesh.capabilities import CapabilitySpec
-from aios_mesh.errors import UnknownCapability
+from aios_mesh.errors import ConfigError, UnknownCapability
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "declared"]
 
 
 class Catalog:
@@ -55,3 +55,30 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self._specs)
+
+
+def declared(config: Iterable[CapabilitySpec], code: Iterable[CapabilitySpec]
+             ) -> list[CapabilitySpec]:
+    """The capabilities a mesh starts with: those of its config file and those given in
+    code, in that order. A name declared twice (in either place, or once in each) is a
+    :class:`ConfigError`: the catalog holds one spec per name, and letting one silently win
+    would serve a capability its author did not write."""
+    found: dict[str, tuple[CapabilitySpec, str]] = {}
+    for where, specs in (("the config file", config), ("code", code)):
+        for spec in specs:
+            seen = found.get(spec.name)
+            if seen is not None:
+                first, first_where = seen
+                same = ("with the same version" if first.version == spec.version
+                        else f"as {first.key} and {spec.key}")
+                places = (f"twice in {where}" if first_where == where
+                          else f"in {first_where} and in {where}")
+                raise ConfigError(
+                    f"capability {spec.name!r} is declared {places}, {same}",
+                    hint="declare it once: remove its [[capabilities]] table from the config "
+                         "or stop passing it in code (to serve a new version, change the "
+                         "one declaration)" if first_where != where
+                    else "remove one of the two declarations",
+                    capability=spec.name)
+            found[spec.name] = (spec, where)
+    return [spec for spec, _ in found.values()]

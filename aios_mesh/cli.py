@@ -6,9 +6,15 @@
     aios-mesh lock                                   # pin every model alias to a version
     aios-mesh audit verify                           # check the audit hash chain
     aios-mesh doctor                                 # check every configured backend
+    aios-mesh capabilities --app myapp.caps:mesh     # capabilities declared in Python
 
 The config file comes from ``--config``, else ``$AIOS_MESH_CONFIG``, else ``./aios-mesh.toml``
-when it exists, else the embedded defaults under ``./.aios-mesh``.
+when it exists, else the embedded defaults under ``./.aios-mesh``. ``--app module:attr`` (or
+``$AIOS_MESH_APP``) names capabilities declared in Python: a :class:`~aios_mesh.Mesh`, a
+capability spec or a list of them; the current directory is on the import path.
+
+Every text the CLI prints that it did not write itself (messages, hints, names, URLs) goes
+through :func:`rich.markup.escape`, so ``[tenants.acme]`` in a hint is printed as written.
 """
 
 import os
@@ -47,36 +53,70 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045 - typer needs
     "--config", "-c", help="Mesh config file (TOML). Default: $AIOS_MESH_CONFIG or "
                            "./aios-mesh.toml, else the embedded defaults.",
     envvar="AIOS_MESH_CONFIG", show_default=False)]
+AppOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045 - typer needs Optional
+    "--app", "-a", help="Capabilities declared in Python: 'module:attr' naming a Mesh, a "
+                        "capability or a list of capabilities (the current directory is on "
+                        "the import path).", envvar="AIOS_MESH_APP", show_default=False)]
 
 
-def _mesh(config: Path | None) -> Any:
+def _mesh(config: Path | None, app_ref: str | None = None) -> Any:
     from aios_mesh.mesh import Mesh
 
+    # like `python -m`: modules next to the user's config are importable by name
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
     if config is None and Path("aios-mesh.toml").exists():
         config = Path("aios-mesh.toml")
+    declared = _app(app_ref) if app_ref else []
+    if isinstance(declared, Mesh):
+        if config is not None:
+            raise MeshError(f"--app {app_ref} names a Mesh, which has its own config",
+                            hint="drop --config, or point --app at its capabilities")
+        return declared
     if config is not None:
-        return Mesh.from_config(config)
-    return Mesh.local(".aios-mesh")
+        return Mesh.from_config(config, capabilities=declared)
+    return Mesh.local(".aios-mesh", capabilities=declared)
+
+
+def _app(ref: str) -> Any:
+    """What ``--app module:attr`` names: a Mesh, or the capability specs it holds."""
+    from aios_mesh.capabilities import CapabilitySpec, import_object
+    from aios_mesh.errors import ConfigError
+    from aios_mesh.mesh import Mesh
+
+    found = import_object(ref)
+    if isinstance(found, Mesh):
+        return found
+    if isinstance(found, CapabilitySpec):
+        return [found]
+    if isinstance(found, list | tuple) and all(isinstance(s, CapabilitySpec) for s in found):
+        return list(found)
+    raise ConfigError(f"--app {ref} is a {type(found).__name__}, not a Mesh or capabilities",
+                      hint="point it at a Mesh, a @capability function or a list of them, "
+                           "e.g. --app myapp.caps:mesh")
 
 
 def _fail(exc: MeshError) -> None:
     # escape: messages and hints hold brackets (pip install "aios-mesh[mlflow]")
-    err_console.print(f"[bold red]error[/] [red]{type(exc).__name__}[/]: {escape(exc.message)}")
+    err_console.print(f"[bold red]error[/] [red]{type(exc).__name__}[/]: {escape(exc.message)}",
+                      soft_wrap=True)
     if exc.hint:
-        err_console.print(f"[yellow]hint[/]: {escape(exc.hint)}")
+        err_console.print(f"[yellow]hint[/]: {escape(exc.hint)}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
 @app.command()
 def capabilities(
     config: ConfigOpt = None,
+    app_ref: AppOpt = None,
     schema: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Print the input and output JSON schema of this capability.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List the registered capabilities (name, version, model, policy, SLO, price)."""
     try:
-        mesh = _mesh(config)
+        mesh = _mesh(config, app_ref)
         specs = mesh.capabilities
         if schema is not None:
             spec = mesh.capability(schema)
@@ -94,12 +134,14 @@ def capabilities(
         for col in ("name", "version", "model", "policy", "timeout", "fallbacks", "review <"):
             table.add_column(col)
         for s in specs.values():
-            table.add_row(s.name, s.version, s.model or "(function)", s.policy or "-",
-                          f"{s.slo.timeout_s}s", ", ".join(str(f) for f in s.fallbacks) or "-",
-                          "-" if s.review_threshold is None else str(s.review_threshold))
+            table.add_row(*map(escape, (
+                s.name, s.version, s.model or "(function)", s.policy or "-",
+                f"{s.slo.timeout_s}s", ", ".join(str(f) for f in s.fallbacks) or "-",
+                "-" if s.review_threshold is None else str(s.review_threshold))))
         console.print(table)
         if not specs:
-            console.print("no capabilities registered — declare [[capabilities]] in the config")
+            console.print(escape("no capabilities registered — declare [[capabilities]] in "
+                                 "the config, or pass --app module:attr"))
     except MeshError as exc:
         _fail(exc)
 
@@ -113,11 +155,12 @@ def invoke(
     caller: Annotated[str, typer.Option(help="Caller identity recorded in the audit log.")
                       ] = "cli",
     config: ConfigOpt = None,
+    app_ref: AppOpt = None,
 ) -> None:
     """Invoke a capability once and print its output and decision record."""
     raw = sys.stdin.read() if payload in (None, "-") else payload
     try:
-        with _mesh(config) as mesh:
+        with _mesh(config, app_ref) as mesh:
             result = mesh.invoke(name, raw, tenant=tenant, caller=caller)
             out = None if result.output is None else result.output.model_dump(mode="json")
             console.print_json(orjson.dumps({"output": out,
@@ -127,17 +170,17 @@ def invoke(
 
 
 @app.command()
-def lock(config: ConfigOpt = None) -> None:
+def lock(config: ConfigOpt = None, app_ref: AppOpt = None) -> None:
     """Pin every capability's model alias to its current registry version (the lock file)."""
     try:
-        with _mesh(config) as mesh:
+        with _mesh(config, app_ref) as mesh:
             path = mesh.lock()
             lockfile = mesh.resolver.lock
-            table = Table(title=f"locked → {path}")
+            table = Table(title=escape(f"locked → {path}"))
             table.add_column("alias")
             table.add_column("version")
             for spec, ref in (lockfile.models.items() if lockfile else []):
-                table.add_row(spec, ref.version)
+                table.add_row(escape(spec), escape(ref.version))
             console.print(table)
     except MeshError as exc:
         _fail(exc)
@@ -149,18 +192,37 @@ def audit_verify(
         help="Audit JSONL file. Default: the configured mesh's audit log.")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Check the hash chain: report every changed, deleted, inserted or reordered record."""
+    """Check the hash chain: report every changed, deleted, inserted or reordered record.
+
+    A log that does not exist or holds no record fails (exit 1): there is nothing to vouch for.
+    """
+    from aios_mesh.backends import redact_url
+    from aios_mesh.errors import NotFound
+
     try:
         if path is not None:
             from aios_mesh.embedded.audit import verify_file
 
+            if not path.is_file():
+                raise NotFound(f"no audit log at {path}",
+                               hint="pass the audit.jsonl of a mesh's state folder, or "
+                                    "--config FILE to verify that mesh's log")
+            where = str(path)
             report = verify_file(path)
         else:
             with _mesh(config) as mesh:
+                where = redact_url(mesh.backend_url("audit")[0])
                 report = mesh.run_sync(mesh.port("audit").verify())
     except MeshError as exc:
         _fail(exc)
         return
+    if report.ok and report.records == 0:
+        err_console.print(f"[bold red]error[/]: no audit records in {escape(where)}: nothing "
+                          "to verify", soft_wrap=True)
+        err_console.print("[yellow]hint[/]: check --config (or the file) names the mesh whose "
+                          "calls you want to verify; a mesh writes its log on its first call",
+                          soft_wrap=True)
+        raise typer.Exit(code=1)
     if report.ok:
         console.print(f"[green]ok[/]: {report.records} records, chain intact")
         return
@@ -169,7 +231,7 @@ def audit_verify(
     table.add_column("problem")
     table.add_column("detail")
     for p in report.problems:
-        table.add_row(str(p.seq), p.kind, p.message)
+        table.add_row(str(p.seq), escape(p.kind), escape(p.message))
     console.print(table)
     raise typer.Exit(code=1)
 
@@ -253,33 +315,34 @@ app.add_typer(serve_app, name="serve")
 def compare(
     capability: Annotated[str, typer.Argument(help="Capability with a canary or shadow.")],
     config: ConfigOpt = None,
+    app_ref: AppOpt = None,
 ) -> None:
     """Candidate vs primary: shadow agreement, latency and cost; canary outcomes."""
     from aios_mesh.rollout import compare as run_compare
 
     try:
-        with _mesh(config) as mesh:
+        with _mesh(config, app_ref) as mesh:
             report = mesh.run_sync(run_compare(mesh, capability))
     except MeshError as exc:
         _fail(exc)
         return
-    table = Table(title=f"{capability}: {report['candidate']} vs {report['primary']}")
+    table = Table(title=escape(f"{capability}: {report['candidate']} vs {report['primary']}"))
     table.add_column("measure")
     table.add_column("value")
     for key, value in report["shadow"].items():
-        table.add_row(f"shadow {key}", "-" if value is None else str(value))
+        table.add_row(escape(f"shadow {key}"), escape("-" if value is None else str(value)))
     for variant, stats in report["canary"].items():
         for key, value in stats.items():
-            table.add_row(f"{variant} {key}", str(value))
+            table.add_row(escape(f"{variant} {key}"), escape(str(value)))
     console.print(table)
 
 
 def _alias_change(action: str, capability: str, version: str | None, actor: str,
-                  config: Path | None) -> None:
+                  config: Path | None, app_ref: str | None) -> None:
     from aios_mesh import rollout
 
     try:
-        with _mesh(config) as mesh:
+        with _mesh(config, app_ref) as mesh:
             if action == "promote":
                 change = mesh.run_sync(rollout.promote(mesh, capability, version=version,
                                                         actor=actor))
@@ -288,8 +351,9 @@ def _alias_change(action: str, capability: str, version: str | None, actor: str,
     except MeshError as exc:
         _fail(exc)
         return
-    console.print(f"[green]{action}[/]: {change.model}@{change.alias} "
-                  f"v{change.from_version} → v{change.to_version} (recorded in the audit log)")
+    console.print(f"[green]{action}[/]: " + escape(
+        f"{change.model}@{change.alias} v{change.from_version} → v{change.to_version} "
+        "(recorded in the audit log)"))
 
 
 @app.command()
@@ -299,9 +363,10 @@ def promote(
         help="Version to promote. Default: the capability's canary/shadow candidate.")] = None,
     actor: Annotated[str, typer.Option(help="Who is promoting (recorded).")] = "cli",
     config: ConfigOpt = None,
+    app_ref: AppOpt = None,
 ) -> None:
     """Move the capability's MLflow alias to the candidate version (recorded)."""
-    _alias_change("promote", capability, version, actor, config)
+    _alias_change("promote", capability, version, actor, config, app_ref)
 
 
 @app.command()
@@ -309,9 +374,10 @@ def rollback(
     capability: Annotated[str, typer.Argument(help="Capability to roll back.")],
     actor: Annotated[str, typer.Option(help="Who is rolling back (recorded).")] = "cli",
     config: ConfigOpt = None,
+    app_ref: AppOpt = None,
 ) -> None:
     """Move the alias back to where the last promote found it (recorded)."""
-    _alias_change("rollback", capability, None, actor, config)
+    _alias_change("rollback", capability, None, actor, config, app_ref)
 
 
 review_app = typer.Typer(help="The human-review queue: list, show, approve, reject.",
@@ -331,12 +397,12 @@ def review_list(
     with _mesh(config) as mesh:
         items = mesh.review_queue().list(None if status == "all" else status,
                                          tenant=tenant)
-    table = Table(title=f"review queue ({status})")
+    table = Table(title=escape(f"review queue ({status})"))
     for col in ("id", "tenant", "capability", "reason", "status", "created"):
         table.add_column(col)
     for it in items:
-        table.add_row(it.id, it.tenant, it.capability, it.reason, it.status,
-                      it.created_at[:19])
+        table.add_row(*map(escape, (it.id, it.tenant, it.capability, it.reason, it.status,
+                                    it.created_at[:19])))
     console.print(table)
 
 
@@ -370,7 +436,7 @@ def _decide(item_id: str, approve: bool, reviewer: str, output: str | None, note
         _fail(exc)
         return
     resumed = f" → published to {item.resume['topic']}" if item.resume else ""
-    console.print(f"[green]{item.status}[/] {item.id} by {reviewer}{resumed}")
+    console.print(f"[green]{escape(item.status)}[/] " + escape(f"{item.id} by {reviewer}{resumed}"))
 
 
 @review_app.command("approve")
@@ -401,6 +467,7 @@ def review_reject(
 def worker(
     config: ConfigOpt = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Calls in flight at most.")] = 8,
+    app_ref: AppOpt = None,
 ) -> None:
     """Consume the config's [[routes]] events, invoke capabilities, publish results.
 
@@ -412,7 +479,7 @@ def worker(
     from aios_mesh.worker import Worker
 
     async def main() -> None:
-        mesh = _mesh(config)
+        mesh = _mesh(config, app_ref)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -420,13 +487,13 @@ def worker(
         runner = Worker(mesh, concurrency=concurrency)
         await mesh.flush_outbox()  # ship what an earlier run left pending
         routes = ", ".join(f"{r.topic}→{r.capability}" for r in runner.routes)
-        err_console.print(f"worker: {routes} (concurrency {concurrency})")
+        err_console.print(escape(f"worker: {routes} (concurrency {concurrency})"))
         try:
             stats = await runner.run(stop)
         finally:
             runner.close()
             await mesh.aclose()
-        err_console.print(f"worker stopped: {stats}")
+        err_console.print(escape(f"worker stopped: {stats}"))
 
     try:
         asyncio.run(main())
@@ -435,30 +502,37 @@ def worker(
 
 
 @app.command()
-def doctor(config: ConfigOpt = None) -> None:
-    """Check each configured backend: reachable, installed, configured — and how to fix it."""
+def doctor(
+    config: ConfigOpt = None,
+    app_ref: AppOpt = None,
+    timeout: Annotated[float, typer.Option(
+        min=0.1, max=60, help="Seconds each backend may take to answer.")] = 3.0,
+) -> None:
+    """Probe each configured backend for real (a connection or request, under --timeout);
+    say how to fix each one that is down, and exit 1 if any is."""
     from aios_mesh.doctor import run_checks
 
     try:
-        mesh = _mesh(config)
+        mesh = _mesh(config, app_ref)
     except MeshError as exc:
         _fail(exc)
         return
     with mesh:
-        checks = run_checks(mesh)
+        checks = run_checks(mesh, timeout=timeout)
     table = Table(title="aios-mesh doctor")
-    for col in ("port", "url", "from", "status", "detail / fix"):
+    for col in ("port", "url", "from", "status", "detail"):
         table.add_column(col)
-    bad = 0
     for c in checks:
-        bad += not c.ok
-        table.add_row(c.port, c.url, c.source, "[green]ok[/]" if c.ok else "[red]fail[/]",
-                      c.detail if c.ok else "see below")
+        table.add_row(escape(c.port), escape(c.url), escape(c.source),
+                      "[green]ok[/]" if c.ok else "[red]down[/]",
+                      escape(c.detail) if c.ok else "see below")
     console.print(table)
     for c in checks:  # the full text, unwrapped: hints are meant to be copied
         if not c.ok:
-            console.print(f"[red]{c.port}[/]: {c.detail}", soft_wrap=True)
-    if bad:
+            console.print(f"[red]{escape(c.port)}[/]: {escape(c.detail)}", soft_wrap=True)
+            if c.hint:
+                console.print(f"  [yellow]fix[/]: {escape(c.hint)}", soft_wrap=True)
+    if any(not c.ok for c in checks):
         raise typer.Exit(code=1)
 
 

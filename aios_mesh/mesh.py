@@ -32,7 +32,7 @@ from typing import Any, Self, TypeVar, cast
 from aios_mesh._sync import SyncRunner
 from aios_mesh.backends import PortName
 from aios_mesh.capabilities import CapabilitySpec
-from aios_mesh.catalog import Catalog
+from aios_mesh.catalog import Catalog, declared
 from aios_mesh.config import MeshConfig, UrlSource, config_from_mapping, load_config
 from aios_mesh.context import CallContext
 from aios_mesh.embedded.serving import InProcessServing
@@ -137,8 +137,8 @@ class Mesh:
         self.recorder = Recorder(lambda: self.ports.audit,
                                  self._default_processors() if processors is None
                                  else processors, lock=lambda: self.resolver.lock)
-        for spec in (*(CapabilitySpec.from_config(d) for d in self.config.capabilities),
-                     *capabilities):
+        for spec in declared([CapabilitySpec.from_config(d) for d in self.config.capabilities],
+                             capabilities):  # a name declared twice is a ConfigError
             self.register(spec)
 
     def _default_redactor(self) -> Redactor:

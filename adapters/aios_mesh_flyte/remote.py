@@ -19,6 +19,7 @@ from typing import Any, Literal, Self
 from aios_mesh.backends import BackendURL
 from aios_mesh.errors import BackendTimeout, BackendUnavailable, InvalidInput, MeshError, NotFound
 from aios_mesh.ports.base import Feature
+from aios_mesh.ports.health import tcp_probe
 from aios_mesh.ports.orchestrator import Execution, ExecutionStatus
 from aios_mesh_flyte._common import flyte_name, split_ref
 
@@ -76,6 +77,14 @@ class FlyteRemoteOrchestrator:
     async def status(self, execution_id: str) -> Execution:
         """Fetch the execution from FlyteAdmin and map its phase."""
         return await asyncio.to_thread(self._status, execution_id, None)
+
+    async def health(self) -> None:
+        """Open a connection to FlyteAdmin's endpoint (within 5 s);
+        :class:`BackendUnavailable` with a hint when nothing listens there."""
+        host, _, port = self.endpoint.rpartition(":")
+        await tcp_probe(host or self.endpoint, int(port or 443), timeout=5.0, what="FlyteAdmin",
+                        hint="start a cluster (flytectl demo start) or fix the endpoint "
+                             "(flyte://host:port)")
 
     async def aclose(self) -> None:
         """Drop the client (FlyteRemote holds no resources that need closing)."""

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from aios_mesh.backends import BackendURL
 from aios_mesh.errors import ConfigError, InvalidInput, MeshError, NotFound
 from aios_mesh.ports.base import Feature
+from aios_mesh.ports.health import http_probe
 from aios_mesh.ports.registry import ModelRef, parse_model_spec
 from aios_mesh_mlflow._common import (
     TRACKING_URI_TAG,
@@ -233,6 +234,15 @@ class MlflowRegistry:
 
         await self._run(f"set alias {name}@{alias} → {version}", call,
                         not_found_hint=f"register model {name!r} version {version} first")
+
+    async def health(self) -> None:
+        """``GET /health`` of a tracking server (a sqlite registry has nothing to reach);
+        :class:`~aios_mesh.errors.BackendUnavailable` with a hint when it does not answer."""
+        if self._is_sqlite:
+            return
+        await http_probe(f"{self.tracking_uri}/health", timeout=5.0, what="MLflow server",
+                         hint="start it (mlflow server --host HOST --port PORT) or fix "
+                              "the registry URL (mlflow+http://host:port)")
 
     async def aclose(self) -> None:
         """Drop the client; later calls raise :class:`ConfigError`."""

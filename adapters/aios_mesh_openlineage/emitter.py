@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Self
 
@@ -40,6 +40,7 @@ import orjson
 from aios_mesh.backends import BackendURL
 from aios_mesh.errors import BackendUnavailable, ConfigError, InvalidInput
 from aios_mesh.ports.base import Feature
+from aios_mesh.ports.health import http_probe, tcp_probe
 
 __all__ = ["OpenLineageEmitter"]
 
@@ -107,8 +108,10 @@ class OpenLineageEmitter:
     #: the JSON Lines file of a file emitter (``None`` for http and kafka)
     path: Path | None = None
 
-    def __init__(self, kind: str, *, target: str, factory: Callable[[], Any]) -> None:
+    def __init__(self, kind: str, *, target: str, factory: Callable[[], Any],
+                 probe: Callable[[], Awaitable[None]] | None = None) -> None:
         self.kind = kind
+        self._probe = probe
         self.target = target  # where events go, for messages (never holds a secret)
         self._factory = factory
         self._transport: Any = None
@@ -177,7 +180,12 @@ class OpenLineageEmitter:
             )
             return HttpTransport(config)
 
-        return cls("http", target=f"{base}{endpoint}", factory=factory)
+        async def probe() -> None:
+            # any HTTP answer proves the server is up; a lineage POST would be recorded
+            await http_probe(base, timeout=timeout, what="OpenLineage endpoint",
+                             hint=_HINTS["http"], healthy=None)
+
+        return cls("http", target=f"{base}{endpoint}", factory=factory, probe=probe)
 
     @classmethod
     def _kafka(cls, url: BackendURL) -> Self:
@@ -189,7 +197,13 @@ class OpenLineageEmitter:
         def factory() -> Any:
             return _KafkaSender(address, topic, timeout_ms=timeout_ms, client_id=client_id)
 
-        return cls("kafka", target=f"kafka://{address}/{topic}", factory=factory)
+        host, _, port = address.rpartition(":")
+
+        async def probe() -> None:
+            await tcp_probe(host or address, int(port or 9092), timeout=timeout_ms / 1000,
+                            what="OpenLineage Kafka broker", hint=_HINTS["kafka"])
+
+        return cls("kafka", target=f"kafka://{address}/{topic}", factory=factory, probe=probe)
 
     # ----------------------------------------------------------------- the port
     async def emit(self, event: Mapping[str, Any]) -> None:
@@ -227,6 +241,12 @@ class OpenLineageEmitter:
                     f"{type(exc).__name__}: {exc}",
                     hint=_HINTS[self.kind], transport=self.kind,
                 ) from exc
+
+    async def health(self) -> None:
+        """Reach the HTTP endpoint or the Kafka broker (a file emitter has nothing to
+        reach); :class:`BackendUnavailable` with a hint when it does not answer."""
+        if self._probe is not None:
+            await self._probe()
 
     async def aclose(self) -> None:
         """Flush and close the transport; safe to call twice."""
