@@ -119,3 +119,133 @@ def test_doctor_says_how_to_fix_a_missing_policy_folder(config: Path) -> None:
     result = runner.invoke(app, ["doctor", "--config", str(config)])
     assert result.exit_code == 1
     assert "policy" in result.output and "mkdir -p" in result.output
+
+
+APP_MODULE = '''
+from pydantic import BaseModel
+
+from aios_mesh import capability
+
+
+class Text(BaseModel):
+    text: str
+
+
+class Shout(BaseModel):
+    text: str
+
+
+@capability("shout")
+def shout(payload: Text) -> Shout:
+    return Shout(text=payload.text.upper() + " [ok]")
+
+
+capabilities = [shout]
+'''
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder with capabilities declared in Python (``shoutapp.py``), as cwd."""
+    (tmp_path / "shoutapp.py").write_text(APP_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(__import__("sys").modules, "shoutapp", raising=False)
+    return tmp_path
+
+
+def test_app_option_makes_python_capabilities_visible(app_dir: Path) -> None:
+    listed = runner.invoke(app, ["capabilities", "--app", "shoutapp:capabilities", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [c["name"] for c in json.loads(listed.output)] == ["shout"]
+    done = runner.invoke(app, ["invoke", "shout", "--tenant", "default", "--app",
+                               "shoutapp:shout", "--json", '{"text": "hi"}'])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["output"] == {"text": "HI [ok]"}
+
+
+def test_app_from_the_environment_through_the_real_entry_point(app_dir: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    cli = Path(sys.executable).parent / "aios-mesh"
+    done = subprocess.run([str(cli), "capabilities", "--json"], cwd=app_dir, text=True,
+                          capture_output=True, timeout=120,
+                          env={**os.environ, "AIOS_MESH_APP": "shoutapp:capabilities"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["name"] == "shout"
+
+
+def test_app_that_names_something_else_is_a_typed_error(app_dir: Path) -> None:
+    result = runner.invoke(app, ["capabilities", "--app", "shoutapp:Text"])
+    assert result.exit_code == 2
+    assert "ConfigError" in result.output and "not a Mesh or capabilities" in result.output
+    missing = runner.invoke(app, ["capabilities", "--app", "nosuchmodule:x"])
+    assert missing.exit_code == 2 and "cannot import module" in missing.output
+
+
+def test_a_capability_in_code_and_in_config_is_an_error(app_dir: Path) -> None:
+    config = app_dir / "aios-mesh.toml"
+    config.write_text("""
+state_dir = "state"
+[[capabilities]]
+name = "shout"
+input = "shoutapp:Text"
+output = "shoutapp:Shout"
+handler = "shoutapp:shout"
+""")
+    result = runner.invoke(app, ["capabilities", "--app", "shoutapp:capabilities"])
+    assert result.exit_code == 2
+    assert "ConfigError" in result.output
+    assert "'shout' is declared in the config file and in code" in result.output
+
+
+def test_the_same_name_twice_in_config_is_an_error(app_dir: Path) -> None:
+    from aios_mesh.config import config_from_mapping
+    from aios_mesh.errors import ConfigError
+    from aios_mesh.mesh import Mesh
+
+    table = {"name": "shout", "input": "shoutapp:Text", "output": "shoutapp:Shout",
+             "handler": "shoutapp:shout"}
+    with pytest.raises(ConfigError, match="declared twice in the config file") as err:
+        Mesh(config_from_mapping({"state_dir": str(app_dir / "s"),
+                                  "capabilities": [table, {**table, "version": "2"}]}))
+    assert err.value.hint
+
+
+def test_brackets_in_messages_survive(config: Path) -> None:
+    result = runner.invoke(app, ["invoke", "route-ticket", "--tenant", "nobody", "--config",
+                                 str(config), "--json", '{"text": "x"}'])
+    assert "[tenants]" in result.output
+
+
+def test_fail_prints_square_brackets_verbatim(capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from aios_mesh.cli import _fail
+    from aios_mesh.errors import UnknownTenant
+
+    with pytest.raises(typer.Exit):
+        _fail(UnknownTenant("tenant 'x' [bold]is[/bold] unknown",
+                            hint="add it under [tenants.x] in the config"))
+    err = capsys.readouterr().err
+    assert "add it under [tenants.x] in the config" in err
+    assert "[bold]is[/bold]" in err
+
+
+def test_audit_verify_without_a_log_fails(tmp_path: Path, config: Path) -> None:
+    missing = runner.invoke(app, ["audit", "verify", str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 2
+    assert "no audit log at" in missing.output
+    fresh = runner.invoke(app, ["audit", "verify", "--config", str(config)])
+    assert fresh.exit_code == 1, fresh.output
+    assert "no audit records" in fresh.output
+
+
+def test_doctor_prints_a_misspelled_key_with_its_suggestion(tmp_path: Path) -> None:
+    bad = tmp_path / "aios-mesh.toml"
+    bad.write_text("[telemetri]\nlog = false\n")
+    result = runner.invoke(app, ["doctor", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "did you mean 'telemetry'" in result.output
+    assert str(bad) in result.output.replace("\n", "")
