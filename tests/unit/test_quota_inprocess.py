@@ -298,3 +298,58 @@ def test_random_sequences_keep_the_books(ops: list[tuple[Any, ...]], tenant_call
             assert cost <= limit_cost
             assert q.used_sync("t", "x")[0].tokens <= x_tokens
     assert q.outstanding == len(ledger)
+
+
+# -- windows under random operation sequences -------------------------------------------
+
+_window_ops = st.lists(st.one_of(
+    st.tuples(st.just("reserve"), st.integers(0, 40)),
+    st.tuples(st.just("settle"), st.integers(0, 30), st.integers(0, 40)),
+    st.tuples(st.just("refund"), st.integers(0, 30)),
+    st.tuples(st.just("wait"), st.floats(0, 90)),
+), max_size=50)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_window_ops, limit=st.integers(0, 100), start=st.floats(0, 120))
+def test_random_sequences_keep_the_minute_books(ops: list[tuple[Any, ...]], limit: int,
+                                                start: float) -> None:
+    """A reference ledger per minute: a call counts in the minute it was reserved in; its
+    settle or refund changes that minute only; admission follows the current minute."""
+    from aios_mesh.ports.quota import window_bounds
+
+    clock = [1_800_000_000.0 + start]
+    q = InProcessQuota(wall_clock=lambda: clock[0])
+    q.set_limits("t", QuotaLimits(tokens_per_minute=limit))
+    minutes: dict[int, int] = {}  # minute start -> tokens drawn in it
+    open_: dict[str, tuple[int, int]] = {}  # reservation id -> (minute, tokens)
+    reservations: list[Reservation] = []
+    for op in ops:
+        minute = window_bounds("minute", clock[0])[0]
+        if op[0] == "wait":
+            clock[0] += op[1]
+        elif op[0] == "reserve":
+            if minutes.get(minute, 0) + op[1] > limit:
+                with pytest.raises(QuotaExceeded) as info:
+                    q.reserve_sync("t", "c", Usage(tokens=op[1]), 0.0)
+                resets = info.value.resets_at
+                assert info.value.window == "minute"
+                assert resets is not None and resets.timestamp() == minute + 60
+                continue
+            r = q.reserve_sync("t", "c", Usage(tokens=op[1]), 0.0)
+            reservations.append(r)
+            open_[r.id] = (minute, op[1])
+            minutes[minute] = minutes.get(minute, 0) + op[1]
+        elif reservations:
+            r = reservations[op[1] % len(reservations)]
+            held = open_.pop(r.id, None)
+            actual = op[2] if op[0] == "settle" else 0
+            if op[0] == "settle":
+                q.settle_sync(r, Usage(tokens=actual), 0.0)
+            else:
+                q.refund_sync(r)
+            if held is not None:
+                minutes[held[0]] += actual - held[1]
+        now_minute = window_bounds("minute", clock[0])[0]
+        assert q.status_sync("t").window("minute").usage.tokens == minutes.get(now_minute, 0)
+    assert q.used_sync("t")[0].tokens == sum(minutes.values())
