@@ -4,6 +4,7 @@ with a fix-it hint and a non-zero exit, within about one probe timeout; real run
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -131,3 +132,18 @@ audit = "{servers['postgres']}"
     assert all(c.ok for c in checks.values()), checks
     assert "answered" in checks["events"].detail
     assert "answered" in checks["quota"].detail
+
+
+SERVER_SCHEMES = [("serving", "bentoml+http"), ("serving", "triton+grpc"),
+                  ("registry", "mlflow+http"), ("retrieval", "qdrant"), ("policy", "opa+http"),
+                  ("events", "kafka"), ("events", "nats"), ("orchestrator", "flyte"),
+                  ("lineage", "openlineage+http"), ("lineage", "openlineage+kafka"),
+                  ("quota", "redis"), ("audit", "postgresql")]
+
+
+@pytest.mark.parametrize(("port", "scheme"), SERVER_SCHEMES)
+def test_every_server_adapter_offers_the_health_seam(port: str, scheme: str) -> None:
+    from aios_mesh.backends import adapter_class
+
+    cls = adapter_class(port, scheme)  # type: ignore[arg-type]
+    assert asyncio.iscoroutinefunction(getattr(cls, "health", None)), cls
