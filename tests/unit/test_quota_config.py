@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import calendar
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ def test_windows_tile_the_time_line(now: float, window: Any) -> None:
 @given(now=_moments)
 def test_windows_nest(now: float) -> None:
     bounds = [window_bounds(w, now) for w in WINDOWS]
-    for (s1, e1), (s2, e2) in zip(bounds, bounds[1:], strict=False):
+    for (s1, e1), (s2, e2) in itertools.pairwise(bounds):
         assert s2 <= s1 and e1 <= e2
 
 
