@@ -155,10 +155,29 @@ class TelemetryConfig(_Strict):
     otel: bool = True
     lineage: bool = True
     decision_events: bool = True
-    relay_interval_s: float = Field(0.5, gt=0)
-    #: after a call wakes the relay, wait this long so a burst ships as one batch
-    relay_linger_s: float = Field(0.05, ge=0, le=5)
+    #: deprecated: use ``[relay] interval_s`` (kept for one release; wins when set)
+    relay_interval_s: float | None = Field(None, gt=0)
+    #: deprecated: use ``[relay] linger_s`` (kept for one release; wins when set)
+    relay_linger_s: float | None = Field(None, ge=0, le=5)
     service_name: str = "aios-mesh"
+
+
+class RelayConfig(_Strict):
+    """The background relay that ships the outboxes (decision records to lineage and the
+    bus, ``mesh.publish`` events to the bus); see :mod:`aios_mesh.relay`.
+
+    ``mode``: ``process`` runs it in a child process (off the caller's GIL), ``thread`` on a
+    thread of this process, ``auto`` (default) picks ``process`` unless the audit, lineage
+    or events adapter was given as a Python object (a child process cannot share it).
+    """
+
+    mode: Literal["auto", "process", "thread"] = "auto"
+    #: how often an idle relay looks anyway (records written by other processes)
+    interval_s: float = Field(0.5, gt=0, le=60)
+    #: after a call wakes the relay, wait this long so a burst ships as one batch
+    linger_s: float = Field(0.05, ge=0, le=5)
+    #: a sink that keeps failing is retried at most this far apart
+    max_backoff_s: float = Field(10.0, gt=0, le=600)
 
 
 class BackendsConfig(_Strict):
@@ -225,6 +244,7 @@ class MeshConfig(_Strict):
     breaker: BreakerConfig = BreakerConfig()
     cache: CacheConfig = CacheConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    relay: RelayConfig = RelayConfig()
     redaction: RedactionConfig = RedactionConfig()
     lock_file: Path | None = Path("aios-mesh.lock")
     invoke_many_concurrency: int = Field(16, ge=1, le=4096)

@@ -25,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self, TypeVar, cast
+from typing import Any, Self, TypeVar
 
 from aios_mesh._sync import SyncRunner
 from aios_mesh.backends import PortName
@@ -37,7 +38,7 @@ from aios_mesh.config import MeshConfig, UrlSource, config_from_mapping, load_co
 from aios_mesh.context import CallContext
 from aios_mesh.embedded.serving import InProcessServing
 from aios_mesh.errors import CallCancelled, MeshError, UnknownTenant
-from aios_mesh.outbox import Outbox, Relay
+from aios_mesh.outbox import Outbox
 from aios_mesh.pipeline import Call, Pipeline
 from aios_mesh.pipeline.admission import Admission
 from aios_mesh.pipeline.batching import BatcherPool
@@ -46,10 +47,8 @@ from aios_mesh.pipeline.default import StepParts, default_steps
 from aios_mesh.pipeline.invoke import BreakerBoard, Targets
 from aios_mesh.pipeline.policy import DecisionCache
 from aios_mesh.pipeline.runner import Step
-from aios_mesh.ports.audit import AuditLog
 from aios_mesh.ports.container import Ports
-from aios_mesh.ports.events import Event, EventBus
-from aios_mesh.ports.lineage import Lineage
+from aios_mesh.ports.events import Event
 from aios_mesh.ports.registry import ModelRef, ModelRegistry
 from aios_mesh.record import CallMode, new_record_id
 from aios_mesh.recorder import CallStart, Recorder, RecordProcessor
@@ -59,10 +58,11 @@ from aios_mesh.recorder.processors import (
     SinkProcessor,
     TelemetryProcessor,
 )
-from aios_mesh.recorder.relay import RecordRelay
+from aios_mesh.recorder.relay import Factory
 from aios_mesh.recorder.shadow import ShadowProcessor, ShadowRunner
 from aios_mesh.redaction import Redactor, RuleRedactor, TokenizingRedactor
 from aios_mesh.redaction.tokens import load_or_create_key
+from aios_mesh.relay import ProcessRunner, RelayRunner, RelaySpec, ThreadRunner, relay_loop
 from aios_mesh.resilience import RetryBudget
 from aios_mesh.resolver import AliasResolver
 from aios_mesh.result import Result
@@ -140,6 +140,8 @@ class Mesh:
         for spec in declared([CapabilitySpec.from_config(d) for d in self.config.capabilities],
                              capabilities):  # a name declared twice is a ConfigError
             self.register(spec)
+        # The relay starts with the mesh: a backlog left by a crash ships without any call.
+        self.relay.start()
 
     def _default_redactor(self) -> Redactor:
         if self.config.redaction.mode == "tokenize":
@@ -147,33 +149,32 @@ class Mesh:
                 self.config.state_path / "redaction.key"))
         return RuleRedactor()
 
-    def _make_relay(self) -> RecordRelay | None:
-        tel = self.config.telemetry
-        if not (tel.lineage or tel.decision_events):
-            return None
-        ports = self.ports
+    def _make_relay(self) -> RelayRunner:
+        """The background relay of this mesh's state folder (see :mod:`aios_mesh.relay`)."""
+        tel, conf, ports = self.config.telemetry, self.config.relay, self.ports
+        spec = RelaySpec(
+            state_dir=str(self.config.state_path), audit=ports.url("audit")[0],
+            events=ports.url("events")[0],
+            lineage=ports.url("lineage")[0] if tel.lineage else None,
+            decision_events=tel.decision_events,
+            interval_s=tel.relay_interval_s or conf.interval_s,
+            linger_s=conf.linger_s if tel.relay_linger_s is None else tel.relay_linger_s,
+            max_backoff_s=conf.max_backoff_s)
+        given = any(ports.given(p) is not None for p in ("audit", "lineage", "events"))
+        if conf.mode == "process" or (conf.mode == "auto" and not given):
+            return ProcessRunner(spec)
 
-        def audit() -> tuple[AuditLog, bool]:
-            adapter, owned = ports.fresh("audit")
-            return cast(AuditLog, adapter), owned
+        def fresh(port: PortName) -> Factory[Any]:
+            return lambda: ports.fresh(port)
 
-        def lineage() -> tuple[Lineage, bool]:
-            adapter, owned = ports.fresh("lineage")
-            return cast(Lineage, adapter), owned
-
-        def bus() -> tuple[EventBus, bool]:
-            adapter, owned = ports.fresh("events")
-            return cast(EventBus, adapter), owned
-
-        return RecordRelay(audit=audit, lineage=lineage if tel.lineage else None,
-                           bus=bus if tel.decision_events else None,
-                           cursor_path=self.config.state_path / "signals.cursor",
-                           interval_s=tel.relay_interval_s, linger_s=tel.relay_linger_s)
+        return ThreadRunner(spec, lambda: relay_loop(
+            spec, audit=fresh("audit"), lineage=fresh("lineage") if tel.lineage else None,
+            bus=fresh("events")))
 
     def _default_processors(self) -> list[RecordProcessor]:
         chain: list[RecordProcessor] = [TelemetryProcessor(self.telemetry),
                                         ShadowProcessor(self.shadow)]
-        if self.relay is not None:
+        if self.config.telemetry.lineage or self.config.telemetry.decision_events:
             chain.append(RelayProcessor(self.relay))
         chain.append(SinkProcessor(self.sinks))
         return chain
@@ -421,21 +422,24 @@ class Mesh:
         return self._outbox
 
     async def publish(self, topic: str, event: Event) -> None:
-        """Publish an application event durably: it lands in the outbox first and is relayed
-        to the bus now, or later if the bus is down (``flush_outbox`` / the worker retry)."""
+        """Publish an application event durably: it is committed to the outbox and this
+        returns; the background relay ships it to the bus (retrying with backoff while the
+        bus is down). ``flush()`` waits until it is out."""
         self.outbox().put(topic, event)
-        await self.flush_outbox()
+        self.relay.poke()
 
     def publish_many(self, items: Iterable[tuple[str, Event]]) -> int:
-        """Sync: put ``(topic, event)`` pairs in the outbox in one transaction (all or none),
-        then relay what the bus takes now; returns how many were sent now. Whatever the bus
-        does not take stays in the outbox for the next flush."""
-        self.outbox().put_many(items)
-        return self.run_sync(self.flush_outbox())
+        """Sync: put ``(topic, event)`` pairs in the outbox in one transaction (all or none)
+        and return how many; the background relay ships them (``flush()`` waits)."""
+        batch = list(items)
+        self.outbox().put_many(batch)
+        self.relay.poke()
+        return len(batch)
 
-    async def flush_outbox(self) -> int:
-        """Ship pending outbox rows to the bus; returns how many were sent."""
-        return (await Relay(self.outbox(), self.ports.events).run_once()).sent
+    async def flush_outbox(self, timeout: float = 10.0) -> bool:
+        """Wait until the relay has shipped every pending outbox row and decision record;
+        False when something is still pending at ``timeout`` (it stays durable)."""
+        return await asyncio.to_thread(self.relay.drain, timeout)
 
     # ------------------------------------------------------------------ lifecycle
     async def aprepare(self, *capabilities: str) -> dict[str, ModelRef]:
@@ -488,11 +492,15 @@ class Mesh:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every record processor has shipped what past calls produced
-        (telemetry, shadow calls, lineage and decision events)."""
-        return self.recorder.flush(timeout)
+        (telemetry, shadow calls) and the relay has shipped every decision record and
+        published event; True only when nothing is left pending."""
+        deadline = time.monotonic() + timeout
+        done = self.recorder.flush(timeout)
+        return self.relay.drain(max(0.0, deadline - time.monotonic())) and done
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.recorder.close)
+        await asyncio.to_thread(self.relay.stop)
         await self.ports.aclose(lambda what: self.telemetry.failed(what))
         if self._review is not None:
             self._review.close()

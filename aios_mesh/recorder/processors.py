@@ -3,7 +3,7 @@ caller's path.
 
 * :class:`TelemetryProcessor` — structlog line, OpenTelemetry span and metrics (exported off
   the caller's path by :class:`~aios_mesh.telemetry.Telemetry`; fail soft, flushed at close).
-* :class:`RelayProcessor` — wakes the :class:`~aios_mesh.recorder.relay.RecordRelay`, which
+* :class:`RelayProcessor` — wakes the background relay (:mod:`aios_mesh.relay`), which
   ships OpenLineage events and decision events from the audit log (the outbox: lossless
   across crashes, at least once).
 * :class:`SinkProcessor` — the mesh's ``sinks``: plain callables ``(record, doc)``.
@@ -18,12 +18,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aios_mesh.record import DecisionRecord
 from aios_mesh.recorder.processor import Recorded, RecordProcessor
-from aios_mesh.recorder.relay import RecordRelay
 from aios_mesh.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from aios_mesh.relay import RelayRunner
 
 __all__ = ["Deferred", "RecordSink", "RelayProcessor", "SinkProcessor", "TelemetryProcessor"]
 
@@ -53,22 +55,22 @@ class TelemetryProcessor:
 
 class RelayProcessor:
     """Wakes the relay that ships lineage and decision events from the audit log. Nothing is
-    handed over in memory: the relay reads the durable log, so a crash loses nothing."""
+    handed over in memory: the relay reads the durable log, so a crash loses nothing. The
+    mesh owns the relay (it also ships ``mesh.publish`` events): it drains and stops it."""
 
     name = "relay"
 
-    def __init__(self, relay: RecordRelay) -> None:
+    def __init__(self, relay: RelayRunner) -> None:
         self.relay = relay
 
     def process(self, item: Recorded) -> None:
-        self.relay.start()
         self.relay.poke()
 
     def flush(self, timeout: float) -> bool:
-        return self.relay.drain(timeout)
+        return True  # the mesh drains the relay itself (after the other processors)
 
     def close(self) -> None:
-        self.relay.stop()
+        return None
 
 
 class SinkProcessor:
