@@ -24,6 +24,7 @@ from aios_mesh.ports.entry_points import MODEL_LOADERS_GROUP, find_entry_points,
 from aios_mesh.ports.model_loader import ANY_SCHEME, ModelLoader, source_scheme
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import BatchPredictor, Prediction, ServingBase, as_prediction
+from aios_mesh.redaction import describe_exception
 
 __all__ = ["BatchPredictor", "InProcessServing", "as_prediction", "model_loader"]
 
@@ -148,7 +149,7 @@ class InProcessServing(ServingBase):
             raise
         except Exception as exc:  # the model itself failed: a backend failure, retryable
             raise BackendUnavailable(f"model {model.name}/{model.version} raised "
-                                     f"{type(exc).__name__}: {exc}",
+                                     f"{describe_exception(exc)}",
                                      hint="see the chained exception for the model's "
                                           "traceback") from exc
         if isinstance(raw, Mapping | str | bytes) or not isinstance(raw, Iterable):
@@ -181,6 +182,6 @@ class InProcessServing(ServingBase):
         except MeshError:
             raise
         except Exception as exc:  # the model failed mid-stream
-            raise BackendUnavailable(f"model {label} raised {type(exc).__name__}: {exc}",
+            raise BackendUnavailable(f"model {label} raised {describe_exception(exc)}",
                                      hint="see the chained exception for the model's "
                                           "traceback") from exc

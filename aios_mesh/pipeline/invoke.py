@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,14 +35,14 @@ from aios_mesh.pipeline.validate import digest, validation_message
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Prediction, Serving, Usage
-from aios_mesh.redaction import DEFAULT_RULES, RuleRedactor
+from aios_mesh.redaction import describe_exception
 from aios_mesh.resilience import BreakerBoard, BreakerState, RetryBudget, backoff_delay
 from aios_mesh.resolver import AliasResolver
 from aios_mesh.review import ReviewQueue
 
 # BreakerBoard lives in aios_mesh.resilience; named here too because the mesh builds it with
 # the steps' other parts.
-__all__ = ["BreakerBoard", "InvokeStep", "Target", "Targets", "describe"]
+__all__ = ["BreakerBoard", "InvokeStep", "Target", "Targets"]
 
 #: What a failed primary may fall back from: backend trouble, not the caller's own mistakes.
 FALLBACK_ON = (BackendUnavailable, BackendTimeout, CircuitOpen, InvalidOutput)
@@ -60,6 +59,13 @@ class Target:
     handler: Callable[..., Any] | None = None
     context: Any = None
     batcher: MicroBatcher | None = None
+
+    @property
+    def breaker_model(self) -> str:
+        """The model part of the breaker's key: ``name/version`` (a broken version must not
+        be closed again by a fallback to another version of the same model)."""
+        return f"{self.model.name}/{self.model.version}" if self.model.version \
+            else self.model.name
 
     @property
     def keeps_deadline(self) -> bool:
@@ -91,21 +97,16 @@ class Target:
         except MeshError:
             raise
         except ValueError as exc:  # pydantic's ValidationError too: the input is the problem
-            raise InvalidInput(f"handler of {spec.name} rejected its input: {describe(exc)}",
+            raise InvalidInput(f"handler of {spec.name} rejected its input: "
+                               f"{describe_exception(exc)}",
                                hint="fix the payload; a handler rejects an input by raising "
                                     "InvalidInput or ValueError") from exc
         except Exception as exc:
-            raise BackendUnavailable(f"handler of {spec.name} raised {describe(exc)}",
+            raise BackendUnavailable(f"handler of {spec.name} raised "
+                                     f"{describe_exception(exc)}",
                                      hint="see the handler's exception; the call was retried "
                                           "and the fallback chain taken") from exc
         return as_prediction(out)
-
-
-def describe(exc: BaseException, limit: int = 300) -> str:
-    """``Type: message`` of a foreign exception, for a record: e-mails, IBANs, card and phone
-    numbers masked (the message may quote the payload) and cut at ``limit`` characters."""
-    text = RuleRedactor.redact_text(str(exc)[:limit], DEFAULT_RULES, Counter())
-    return f"{type(exc).__name__}: {text}"
 
 
 class Targets:
@@ -218,7 +219,7 @@ class InvokeStep(StepBase):
     async def _run(self, call: Call, target: Target) -> None:
         """Attempts with timeout, retries (bounded by max_attempts and the budget), breaker."""
         call.serving = target.label
-        bulkhead = self.breakers.bulkhead(target.label, target.model.name, call.tenant)
+        bulkhead = self.breakers.bulkhead(target.label, target.breaker_model, call.tenant)
         timeout = call.spec.slo.timeout_s
         keeps_deadline = target.keeps_deadline
         attempt = 0
@@ -241,7 +242,8 @@ class InvokeStep(StepBase):
             except MeshError as exc:
                 error = exc
             except Exception as exc:  # an adapter let a native error through: still typed
-                error = BackendUnavailable(f"{target.label} failed: {describe(exc)}")
+                error = BackendUnavailable(
+                    f"{target.label} failed: {describe_exception(exc)}")
                 error.__cause__ = exc
             except BaseException:  # cancelled: nothing learnt about the backend
                 bulkhead.release(probes)
@@ -269,7 +271,7 @@ class InvokeStep(StepBase):
                 f"{call.spec.name} is answered by a function, which does not stream",
                 hint="stream() needs a model on a streaming backend; use invoke()")
         call.serving = target.label
-        bulkhead = self.breakers.bulkhead(target.label, target.model.name, call.tenant)
+        bulkhead = self.breakers.bulkhead(target.label, target.breaker_model, call.tenant)
         probes = bulkhead.acquire()
         call.attempts += 1
         timeout = call.spec.slo.timeout_s

@@ -1,5 +1,5 @@
-"""Breakers per (backend, model) with a compartment per tenant, so one tenant's failures cannot
-cut another tenant off.
+"""Breakers per (backend, model version) with a compartment per tenant, so one tenant's
+failures cannot cut another tenant off.
 
 A tenant's calls pass two breakers: the tenant's own compartment, which opens after
 ``failure_threshold`` consecutive backend failures *of that tenant*, and the backend's shared

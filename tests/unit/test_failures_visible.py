@@ -14,6 +14,9 @@ import pytest
 from pydantic import BaseModel
 
 from aios_mesh import CapabilitySpec, InvalidInput, Mesh
+from aios_mesh.config import config_from_mapping
+from aios_mesh.embedded.registry import MemoryRegistry
+from aios_mesh.embedded.serving import InProcessServing
 from aios_mesh.lineage import run_events_for
 from aios_mesh.recorder.relay import DECISION_TOPIC
 
@@ -59,7 +62,7 @@ def records(tmp_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line)["record"] for line in lines]
 
 
-KEY = "function/function:triage"
+KEY = "function/function:triage/1"
 
 
 def test_one_tenants_failures_do_not_degrade_another(tmp_path: Path) -> None:
@@ -73,13 +76,13 @@ def test_one_tenants_failures_do_not_degrade_another(tmp_path: Path) -> None:
             assert bad.record.outcome == "degraded" and bad.record.attempts == attempts
             assert bad.record.error is not None
             assert bad.record.error["type"] == "BackendUnavailable"  # not CircuitOpen
-        assert mesh.breakers.state("function", "function:triage", "acme") == "open"
+        assert mesh.breakers.state("function", "function:triage/1", "acme") == "open"
         # another tenant still reaches the primary
         other = mesh.invoke("triage", {"text": "hello"}, tenant="globex")
         assert other.output == Triage(label="primary")
         assert other.record.outcome == "ok" and other.record.error is None
         assert other.record.fallback is None and other.record.serving == "function"
-        assert mesh.breakers.state("function", "function:triage", "globex") == "closed"
+        assert mesh.breakers.state("function", "function:triage/1", "globex") == "closed"
         # the failing tenant is answered by the fallback, and the record says so
         cut_off = mesh.invoke("triage", {"text": "hello"}, tenant="acme")
         assert cut_off.output == Triage(label="rules")
@@ -166,3 +169,51 @@ async def test_a_degraded_call_is_signalled_as_degraded(tmp_path: Path) -> None:
     assert "errorMessage" not in end["run"]["facets"]  # the run did not fail
     assert [e["eventType"] for e in run_events_for(result.record.to_dict())] == \
         ["START", "COMPLETE"]
+
+
+def champion(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if any(row["text"] in POISON for row in batch):
+        raise RuntimeError("tokenizer overflow for alice@example.org")
+    return [{"label": "champion"} for _ in batch]
+
+
+def previous(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"label": "previous"} for _ in batch]
+
+
+async def test_in_process_serving_bulkheads_per_tenant(tmp_path: Path) -> None:
+    """The same on a model served by the in-process serving adapter, resolved through the
+    memory registry, falling back to the previous alias."""
+    serving, registry = InProcessServing(), MemoryRegistry()
+    for version, predict in (("1", previous), ("2", champion)):
+        serving.register("clf", version, predict)
+        await registry.register("clf", f"inprocess:clf/{version}")
+    await registry.set_alias("clf", "previous", "1")
+    await registry.set_alias("clf", "champion", "2")
+    spec = CapabilitySpec(name="triage", input=Ticket, output=Triage, model="clf@champion",
+                          fallbacks=("model:clf@previous",))
+    config = config_from_mapping({"state_dir": str(tmp_path), "retry": {"backoff_s": 0.0},
+                                  "tenants": {"acme": {}, "globex": {}}})
+    async with Mesh(config, capabilities=[spec],
+                    adapters={"serving": serving, "registry": registry}) as mesh:
+        for text in POISON:
+            bad = await mesh.ainvoke("triage", {"text": text}, tenant="acme")
+            assert bad.output == Triage(label="previous")
+            assert bad.record.outcome == "degraded" and bad.record.fallback == \
+                "model:clf@previous"
+            assert bad.record.model is not None and bad.record.model["version"] == "1"
+        # the champion's compartment for acme, not the previous version's
+        assert mesh.breakers.states() == {
+            "InProcessServing/clf/2": "closed", "InProcessServing/clf/2#acme": "open",
+            "InProcessServing/clf/1": "closed", "InProcessServing/clf/1#acme": "closed"}
+        good = await mesh.ainvoke("triage", {"text": "hello"}, tenant="globex")
+        assert good.output == Triage(label="champion") and good.record.outcome == "ok"
+        cut_off = await mesh.ainvoke("triage", {"text": "hello"}, tenant="acme")
+        assert cut_off.output == Triage(label="previous")
+        assert cut_off.record.error is not None
+        assert cut_off.record.error["type"] == "CircuitOpen"
+    recs = records(tmp_path)
+    assert [r["outcome"] for r in recs] == ["degraded", "degraded", "ok", "degraded"]
+    assert recs[0]["error"]["message"] == \
+        "model clf/2 raised RuntimeError: tokenizer overflow for [EMAIL]"
+    assert "alice@example.org" not in (tmp_path / "audit.jsonl").read_text()

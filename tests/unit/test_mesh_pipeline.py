@@ -241,9 +241,9 @@ def test_breaker_opens_then_fallback_chain_answers(tmp_path: Path) -> None:
         outs = [mesh.invoke("classify-ticket", {"text": "x"}, tenant="acme") for _ in range(4)]
         assert all(r.output == Triage(label="rules") for r in outs)
         # acme's compartment: one tenant alone never opens the backend's shared breaker
-        assert mesh.breakers.states() == {"ScriptedServing/clf": "closed",
-                                          "ScriptedServing/clf#acme": "open"}
-        assert mesh.breakers.state("ScriptedServing", "clf", "acme") == "open"
+        assert mesh.breakers.states() == {"ScriptedServing/clf/3": "closed",
+                                          "ScriptedServing/clf/3#acme": "open"}
+        assert mesh.breakers.state("ScriptedServing", "clf/3", "acme") == "open"
     assert down.calls == 2  # after two failures the breaker stopped calling the backend
     recs = records(tmp_path)
     assert [r["fallback"] for r in recs] == [f"function:{__name__}:rules_fallback"] * 4
