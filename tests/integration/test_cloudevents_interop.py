@@ -21,6 +21,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from dateutil.parser import isoparse
 
+from aios_mesh.ports.event_codec import DEAD_LETTER_REASON, POISON_EVENT_TYPE
 from aios_mesh.ports.events import Delivery, Event, EventBus
 from aios_mesh.testing import launcher
 from aios_mesh.testing.conformance.events import receive
@@ -167,6 +168,26 @@ async def test_kafka_our_producer_their_consumer(tansu: str, kafka_bus: KafkaEve
     assert isinstance(ce, CloudEvent)  # the SDK validated it as a v1.0 event
     _assert_is(ce, event)
 
+
+
+async def test_kafka_binary_message_without_tenant_is_dead_lettered_with_its_headers(
+        tansu: str, kafka_bus: KafkaEventBus) -> None:
+    topic = f"interop.poison.{uuid.uuid4().hex[:8]}"
+    tenantless = CloudEvent({"type": "com.example.paid", "source": "/billing"}, {"total": 3})
+    await asyncio.to_thread(_create_topic, tansu, topic)
+    await asyncio.to_thread(_produce, tansu, topic,
+                            [ce_kafka.to_binary(tenantless, JSONFormat())])
+    sub = await kafka_bus.subscribe(topic, group="billing")
+    # the consumer never sees it: its fetch dead-letters it
+    assert await receive(sub, 1, timeout=10) == []
+    dlq = await kafka_bus.subscribe(f"{topic}.dlq", group="billing")
+    [dead] = await receive(dlq, 1, timeout=30)
+    for s in (sub, dlq):
+        await s.aclose()
+    assert dead.event.type == POISON_EVENT_TYPE
+    assert "lacks tenant" in dead.event.headers[DEAD_LETTER_REASON]
+    assert dead.event.data["wire_headers"]["ce_id"] == tenantless.get_id()
+    assert orjson.loads(dead.event.data["raw"]) == {"total": 3}
 
 # -- NATS ------------------------------------------------------------------------------------
 
