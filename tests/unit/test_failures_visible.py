@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from aios_mesh import CapabilitySpec, InvalidInput, Mesh
+from aios_mesh import CapabilitySpec, ConfigError, InvalidInput, Mesh
 from aios_mesh.config import config_from_mapping
 from aios_mesh.embedded.registry import MemoryRegistry
 from aios_mesh.embedded.serving import InProcessServing
@@ -217,3 +217,9 @@ async def test_in_process_serving_bulkheads_per_tenant(tmp_path: Path) -> None:
     assert recs[0]["error"]["message"] == \
         "model clf/2 raised RuntimeError: tokenizer overflow for [EMAIL]"
     assert "alice@example.org" not in (tmp_path / "audit.jsonl").read_text()
+
+
+def test_min_failing_tenants_below_one_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="min_failing_tenants") as info:
+        Mesh.local(tmp_path, breaker={"min_failing_tenants": 0})
+    assert info.value.hint
