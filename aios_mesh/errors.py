@@ -71,6 +71,9 @@ class MeshError(Exception):
     #: The decision record's ``outcome`` for a call that ends with this error (a value of
     #: :class:`aios_mesh.record.Outcome`): a new error class picks how it is counted here.
     outcome: ClassVar[str] = "error"
+    #: The decision record of the call that ended with this error (set by the mesh once the
+    #: record is in the audit log; None for errors raised outside a call).
+    record_id: str | None = None
 
     def __init__(self, message: str, *, hint: str | None = None, **details: Any) -> None:
         self.message = message

@@ -38,6 +38,7 @@ from aios_mesh.config import MeshConfig, UrlSource, config_from_mapping, load_co
 from aios_mesh.context import CallContext
 from aios_mesh.embedded.serving import InProcessServing
 from aios_mesh.errors import CallCancelled, MeshError, UnknownTenant
+from aios_mesh.lineage_naming import DatasetNames
 from aios_mesh.outbox import Outbox
 from aios_mesh.pipeline import Call, Pipeline
 from aios_mesh.pipeline.admission import Admission
@@ -58,7 +59,7 @@ from aios_mesh.recorder.processors import (
     SinkProcessor,
     TelemetryProcessor,
 )
-from aios_mesh.recorder.relay import Factory
+from aios_mesh.recorder.relay import DECISION_TOPIC, Factory
 from aios_mesh.recorder.shadow import ShadowProcessor, ShadowRunner
 from aios_mesh.redaction import Redactor, RuleRedactor, TokenizingRedactor
 from aios_mesh.redaction.tokens import load_or_create_key
@@ -136,7 +137,10 @@ class Mesh:
         self.relay = self._make_relay()
         self.recorder = Recorder(lambda: self.ports.audit,
                                  self._default_processors() if processors is None
-                                 else processors, lock=lambda: self.resolver.lock)
+                                 else processors, lock=lambda: self.resolver.lock,
+                                 datasets=DatasetNames(self.ports, decision_topic=DECISION_TOPIC
+                                                       if self.config.telemetry.decision_events
+                                                       else None))
         for spec in declared([CapabilitySpec.from_config(d) for d in self.config.capabilities],
                              capabilities):  # a name declared twice is a ConfigError
             self.register(spec)
@@ -185,7 +189,8 @@ class Mesh:
     def _context(self, call: Call) -> CallContext:
         return CallContext(call.tenant, call.caller, call.record_id, self,
                            call.index_snapshots, call.attributes, parent=call.parent,
-                           trace_headers=call.trace_headers)
+                           trace_headers=call.trace_headers, capability=call.spec.name,
+                           index_writes=call.index_writes)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -282,6 +287,7 @@ class Mesh:
         if cancelled is not None:
             raise cancelled
         if error is not None:
+            error.record_id = record.record_id  # the caller can find the call's record
             raise error
         assert call is not None
         return Result(call.output, record)

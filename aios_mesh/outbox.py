@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, TypeAlias, runtime_checkable
 
-import orjson
 import structlog
 
 from aios_mesh.errors import BackendUnavailable, IntegrityError, InvalidInput, MeshError
@@ -144,8 +143,8 @@ class Outbox:
             raise InvalidInput("outbox.put needs a non-empty topic")
         if not isinstance(event, Event):
             raise InvalidInput(f"outbox.put takes an Event, got {type(event).__name__}")
-        # orjson serialises the dataclass natively: same bytes as Event.to_bytes, ~15x faster.
-        row = (topic, event.key, orjson.dumps(event), time.time())
+        # The row is the event as a structured-mode CloudEvent (what every bus decodes).
+        row = (topic, event.key, event.to_bytes(), time.time())
         with self._lock:
             conn = self._connection()
             try:
@@ -159,7 +158,7 @@ class Outbox:
         for topic, event in items:
             if not topic or not isinstance(topic, str) or not isinstance(event, Event):
                 raise InvalidInput("outbox.put_many takes (topic, Event) pairs")
-            rows.append((topic, event.key, orjson.dumps(event), time.time()))
+            rows.append((topic, event.key, event.to_bytes(), time.time()))
         with self._tx() as conn:
             conn.executemany(_INSERT, rows)
 

@@ -1,0 +1,88 @@
+"""Errors as HTTP: every :class:`~aios_mesh.errors.MeshError` becomes an RFC 9457
+problem-details body (``application/problem+json``) with a fitting status code.
+
+The body carries the error's ``code`` (its ``type`` is ``urn:aios-mesh:error:<code>``), its
+message (``detail``), the ``hint`` that says what to do, and the decision record id when the
+call was recorded. ``QuotaExceeded`` with a known reset gives ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from aios_mesh.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    CallCancelled,
+    CircuitOpen,
+    ConfigError,
+    FeatureNotSupported,
+    IntegrityError,
+    InvalidInput,
+    InvalidOutput,
+    MeshError,
+    NotFound,
+    PayloadTooLarge,
+    PolicyDenied,
+    QuotaExceeded,
+    StepFailed,
+)
+from aios_mesh.gateway.identity import Forbidden, Unauthenticated
+
+__all__ = ["PROBLEM_JSON", "problem", "status_for"]
+
+PROBLEM_JSON = "application/problem+json"
+
+# Most specific first: the first class the error is an instance of decides.
+_STATUS: tuple[tuple[type[MeshError], int], ...] = (
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (PayloadTooLarge, 413),
+    (InvalidInput, 422),
+    (PolicyDenied, 403),
+    (QuotaExceeded, 429),
+    (CircuitOpen, 503),
+    (BackendTimeout, 504),
+    (BackendUnavailable, 502),
+    (InvalidOutput, 502),
+    (NotFound, 404),
+    (FeatureNotSupported, 501),
+    (CallCancelled, 499),
+    (ConfigError, 500),
+    (IntegrityError, 500),
+    (StepFailed, 500),
+)
+
+
+def status_for(error: MeshError) -> int:
+    """The HTTP status for ``error`` (500 for an error class not listed)."""
+    for cls, status in _STATUS:
+        if isinstance(error, cls):
+            return status
+    return 500
+
+
+def problem(error: MeshError, *, status: int | None = None, record_id: str | None = None,
+            instance: str | None = None, **extra: Any) -> Response:
+    """The problem-details response for ``error``."""
+    code = status or status_for(error)
+    body: dict[str, Any] = {"type": f"urn:aios-mesh:error:{error.code}",
+                            "title": type(error).__name__, "status": code,
+                            "detail": error.message, "code": error.code}
+    if error.hint:
+        body["hint"] = error.hint
+    if record_id:
+        body["record_id"] = record_id
+    if instance:
+        body["instance"] = instance
+    body.update(extra)
+    headers: dict[str, str] = {}
+    retry_after = getattr(error, "retry_after_s", None)
+    if isinstance(error, QuotaExceeded) and isinstance(retry_after, int | float):
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return Response(orjson.dumps(body), status_code=code, media_type=PROBLEM_JSON,
+                    headers=headers)

@@ -1,0 +1,1 @@
+"""The gateway's API areas, one module each; each exposes ``routes(gateway)``."""
