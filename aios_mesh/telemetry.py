@@ -287,7 +287,7 @@ class Telemetry:
                     "aios_mesh.cost": record.cost,
                     "aios_mesh.attempts": record.attempts,
                 })
-                if record.error is not None:
+                if record.error is not None and not record.ok:  # degraded: answered
                     span.set_status(Status(StatusCode.ERROR, record.error["message"]))
                 span.end(end_time=end_ns)
             except Exception:

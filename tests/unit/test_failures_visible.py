@@ -223,3 +223,27 @@ def test_min_failing_tenants_below_one_is_a_config_error(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="min_failing_tenants") as info:
         Mesh.local(tmp_path, breaker={"min_failing_tenants": 0})
     assert info.value.hint
+
+
+def test_a_degraded_call_is_an_ok_span_that_keeps_the_primary_error(tmp_path: Path) -> None:
+    """The trace agrees with the record: an answered call is not an errored span."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from aios_mesh.telemetry import Telemetry
+
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    doc = {"state_dir": str(tmp_path), "tenants": {"acme": {}}, "retry": {"backoff_s": 0.0}}
+    mesh = Mesh(config_from_mapping(doc), capabilities=[triage()],
+                telemetry=Telemetry(log=None, tracer_provider=provider))
+    with mesh:
+        result = mesh.invoke("triage", {"text": POISON[0]}, tenant="acme")
+        assert mesh.flush(10)
+    assert result.record.outcome == "degraded"
+    (span,) = spans.get_finished_spans()
+    assert span.status.status_code is not StatusCode.ERROR
+    assert span.attributes is not None and span.attributes["aios_mesh.outcome"] == "degraded"
