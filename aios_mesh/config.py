@@ -33,7 +33,7 @@ import tomllib
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
+from typing import Annotated, Any, Final, Literal, Union, cast, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -49,9 +49,13 @@ from aios_mesh.errors import ConfigError
 from aios_mesh.ports.quota import QuotaLimits
 
 __all__ = [
+    "JWT_ALGORITHMS",
+    "AuthConfig",
     "BackendsConfig",
     "BreakerConfig",
     "CacheConfig",
+    "GatewayConfig",
+    "JwtConfig",
     "LimitsConfig",
     "MeshConfig",
     "RetryConfig",
@@ -221,6 +225,71 @@ class BackendsConfig(_Strict):
                 yield name, value
 
 
+#: JWT algorithms a JWKS may sign with: asymmetric only. ``none`` and the HMAC family
+#: (``HS*``) are refused, so a public key can never be used as an HMAC secret.
+JWT_ALGORITHMS: Final = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                         "ES256", "ES384", "ES512", "EdDSA")
+
+
+class JwtConfig(_Strict):
+    """JWT bearer tokens (``[gateway.auth.jwt]``): signed by a key of the JWKS at ``jwks``
+    (a file path, relative to the config's folder, or an ``http(s)://`` URL), issued by
+    ``issuer`` for ``audience``. Claims are named by dotted paths (``org.id``)."""
+
+    jwks: str = Field(min_length=1)
+    issuer: str = Field(min_length=1)
+    audience: tuple[str, ...] = Field(min_length=1)
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    #: the claim that names the tenant; ``tenants`` maps its values to tenant names
+    #: (empty: the value is the tenant name)
+    tenant_claim: str = "tenant"
+    tenants: dict[str, str] = Field(default_factory=dict)
+    caller_claim: str = "sub"
+    #: a list or a space-separated string; ``roles`` maps its values to mesh roles
+    #: (empty: the values are the role names)
+    roles_claim: str | None = "roles"
+    roles: dict[str, str] = Field(default_factory=dict)
+    #: the capabilities the token may call (a list or a space-separated string);
+    #: ``None``: every capability of the tenant
+    scopes_claim: str | None = None
+    leeway_s: float = Field(30.0, ge=0, le=300)
+    #: how long a fetched JWKS is used before it is fetched again
+    jwks_ttl_s: float = Field(300.0, gt=0, le=86400)
+    jwks_timeout_s: float = Field(5.0, gt=0, le=60)
+
+    @field_validator("audience", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [a for a in value if a not in JWT_ALGORITHMS]
+        if bad or not value:
+            raise ValueError(f"algorithm {bad[0] if bad else 'list'!r} is not allowed: use "
+                             f"some of {', '.join(JWT_ALGORITHMS)} (a JWKS holds public "
+                             "keys; none and HS* are refused)")
+        return value
+
+
+class AuthConfig(_Strict):
+    """Who may call the gateway (``[gateway.auth]``); see docs/guides/identity.md."""
+
+    #: accept API keys (``aios-mesh keys create``) from the shared state
+    api_keys: bool = True
+    #: a verified key is trusted this long before it is read again (so a revocation
+    #: reaches every replica within this time); 0 reads the store on every request
+    key_cache_s: float = Field(5.0, ge=0, le=300)
+    jwt: JwtConfig | None = None
+
+
+class GatewayConfig(_Strict):
+    """The HTTP gateway (``aios-mesh gateway``)."""
+
+    auth: AuthConfig = AuthConfig()
+
+
 class RouteConfig(_Strict):
     """An event route for ``aios-mesh worker``: events on ``topic`` → ``capability``."""
 
@@ -249,6 +318,7 @@ class MeshConfig(_Strict):
     lock_file: Path | None = Path("aios-mesh.lock")
     invoke_many_concurrency: int = Field(16, ge=1, le=4096)
     routes: tuple[RouteConfig, ...] = ()
+    gateway: GatewayConfig = GatewayConfig()
 
     @field_validator("tenants")
     @classmethod
