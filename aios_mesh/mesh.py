@@ -26,7 +26,15 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -51,7 +59,7 @@ from aios_mesh.pipeline.runner import Step
 from aios_mesh.ports.container import Ports
 from aios_mesh.ports.events import Event
 from aios_mesh.ports.registry import ModelRef, ModelRegistry
-from aios_mesh.record import CallMode, new_record_id
+from aios_mesh.record import CallMode, DecisionRecord, new_record_id
 from aios_mesh.recorder import CallStart, Recorder, RecordProcessor
 from aios_mesh.recorder.processors import (
     RecordSink,
@@ -72,10 +80,14 @@ from aios_mesh.routes import Route
 from aios_mesh.state import SqliteState
 from aios_mesh.telemetry import Telemetry
 
-__all__ = ["Mesh", "RecordSink", "Result"]
+__all__ = ["BeforeRecord", "Mesh", "RecordSink", "Result"]
 
 T = TypeVar("T")
 _END = object()  # the end of a stream's chunks
+
+#: ``Mesh.ainvoke_row``'s hook: ``(record, output or None, error or None)``, awaited before
+#: the record is appended.
+BeforeRecord = Callable[[DecisionRecord, Any, MeshError | None], Awaitable[None]]
 
 
 class Mesh:
@@ -253,10 +265,11 @@ class Mesh:
     async def _call(self, capability: str, payload: Any, *, tenant: str, caller: str,
                     attributes: Mapping[str, Any] | None, parent: Mapping[str, Any] | None,
                     traceparent: Mapping[str, str] | None, resume: Mapping[str, Any] | None,
-                    mode: CallMode, emit: Callable[[dict[str, Any]], Any] | None = None
+                    mode: CallMode, emit: Callable[[dict[str, Any]], Any] | None = None,
+                    record_id: str | None = None, before_record: BeforeRecord | None = None
                     ) -> Result[Any]:
         """Every mode's one path: the pipeline, then the record (always, whatever happens)."""
-        start = CallStart(new_record_id(), capability, tenant, caller, parent, mode)
+        start = CallStart(record_id or new_record_id(), capability, tenant, caller, parent, mode)
         span = self.telemetry.start_span(capability, tenant, traceparent)
         token = self.telemetry.activate(span)
         spec: CapabilitySpec | None = None
@@ -283,7 +296,12 @@ class Mesh:
         finally:
             self.telemetry.deactivate(token)
         record = self.recorder.build(start, spec, call, error, span)
-        await self.recorder.commit(record, span=span, call=call)  # no answer unrecorded
+        try:
+            if before_record is not None and cancelled is None:
+                await before_record(record, None if call is None or error else call.output,
+                                    error)
+        finally:
+            await self.recorder.commit(record, span=span, call=call)  # no answer unrecorded
         if cancelled is not None:
             raise cancelled
         if error is not None:
@@ -340,6 +358,22 @@ class Mesh:
                     raise
 
         return list(await asyncio.gather(*(one(p) for p in payloads)))
+
+    async def ainvoke_row(self, capability: str, payload: Any, *, tenant: str, record_id: str,
+                          caller: str = "anonymous", parent: Mapping[str, Any] | None = None,
+                          before_record: BeforeRecord | None = None) -> Result[Any]:
+        """One bulk-mode call whose decision record gets ``record_id`` (a durable bulk job
+        derives it from the job and the row, so after a crash it can look the row up in the
+        audit log instead of running it twice).
+
+        ``before_record(record, output, error)`` is awaited after the pipeline and before the
+        record is appended to the audit log (it is appended even if the hook raises): a
+        ledger writes the answer ahead there, since the record holds no payload. Raises the
+        call's :class:`MeshError` after its record is in the audit log, as :meth:`ainvoke`.
+        """
+        return await self._call(capability, payload, tenant=tenant, caller=caller,
+                                attributes=None, parent=parent, traceparent=None, resume=None,
+                                mode="bulk", record_id=record_id, before_record=before_record)
 
     def invoke_many(self, capability: str, payloads: Iterable[Any], *, tenant: str,
                     caller: str = "anonymous", concurrency: int | None = None,

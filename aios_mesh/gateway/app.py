@@ -15,7 +15,8 @@ import contextlib
 import importlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from starlette.applications import Starlette
@@ -26,11 +27,13 @@ from starlette.routing import BaseRoute
 from aios_mesh.errors import InvalidInput, MeshError, PayloadTooLarge
 from aios_mesh.gateway.identity import Authenticator, Principal
 from aios_mesh.gateway.problems import problem
+from aios_mesh.state import Migration
 
 if TYPE_CHECKING:
     from aios_mesh.mesh import Mesh
 
-__all__ = ["ROUTE_MODULES", "Gateway", "GatewaySettings", "RouteModule", "create_app"]
+__all__ = ["ROUTE_MODULES", "Gateway", "GatewaySettings", "RouteModule", "StateConnector",
+           "create_app"]
 
 #: Builds one area's routes.
 RouteModule = Callable[["Gateway"], Sequence[BaseRoute]]
@@ -48,20 +51,38 @@ class GatewaySettings:
         max_body_bytes: a request body above this is refused with 413 before it is read
             whole (defaults to the mesh's ``max_payload_bytes``).
         max_bulk_bytes: the limit for a bulk job's JSONL upload.
+        job_files: the folder under which a bulk job may name its input file (a file
+            reference); ``None`` refuses file references. Never an arbitrary path.
     """
 
     max_body_bytes: int = 1 << 20
     max_bulk_bytes: int = 256 << 20
+    job_files: Path | None = None
+
+
+class StateConnector(Protocol):
+    """A shared state that hands out connections (:class:`~aios_mesh.state.SqliteState`,
+    ``aios_mesh_postgres.PostgresState``)."""
+
+    def connect(self, store: str, migrations: Sequence[Migration]) -> Any:
+        """A DB-API connection (autocommit) with ``store``'s schema migrated."""
+        ...
 
 
 class Gateway:
     """What every route module gets: the mesh, the authenticator and the request helpers."""
 
     def __init__(self, mesh: Mesh, authenticator: Authenticator,
-                 settings: GatewaySettings) -> None:
+                 settings: GatewaySettings, state: StateConnector | None = None) -> None:
         self.mesh = mesh
         self.authenticator = authenticator
         self.settings = settings
+        #: Where the gateway's stores (bulk jobs, keys, ...) keep state: the mesh's sqlite
+        #: state by default, a PostgreSQL one so replicas share it.
+        self.state: StateConnector = state or mesh.state
+        #: What runs while the app is up (a bulk job runner ...): each is entered when the
+        #: app starts and exited, in reverse order, when it stops.
+        self.background: list[Callable[[], contextlib.AbstractAsyncContextManager[object]]] = []
 
     async def principal(self, request: HTTPConnection) -> Principal:
         """Who sent ``request`` (raises ``Unauthenticated``, answered as 401)."""
@@ -114,7 +135,7 @@ def _route_module(name: str) -> RouteModule:
 def create_app(mesh: Mesh, *, authenticator: Authenticator,
                settings: GatewaySettings | None = None,
                modules: Sequence[RouteModule] | None = None,
-               close_mesh: bool = True) -> Starlette:
+               close_mesh: bool = True, state: StateConnector | None = None) -> Starlette:
     """The gateway app for ``mesh``.
 
     Args:
@@ -122,9 +143,11 @@ def create_app(mesh: Mesh, *, authenticator: Authenticator,
         modules: route modules to serve (default: every area in :data:`ROUTE_MODULES`).
         close_mesh: flush and close the mesh when the app shuts down (graceful shutdown:
             the server finishes in-flight requests first, then the outbox is flushed).
+        state: the shared state of the gateway's stores (default: the mesh's sqlite state;
+            ``aios_mesh_postgres.PostgresState`` for replicas).
     """
     settings = settings or GatewaySettings(max_body_bytes=mesh.config.max_payload_bytes)
-    gateway = Gateway(mesh, authenticator, settings)
+    gateway = Gateway(mesh, authenticator, settings, state)
     chosen = modules if modules is not None else [_route_module(n) for n in ROUTE_MODULES]
     routes = [route for module in chosen for route in module(gateway)]
 
@@ -138,7 +161,10 @@ def create_app(mesh: Mesh, *, authenticator: Authenticator,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
+        async with contextlib.AsyncExitStack() as running:
+            for start in gateway.background:
+                await running.enter_async_context(start())
+            yield
         if close_mesh:
             await mesh.aclose()  # flushes telemetry and stops the relay after a last pass
 

@@ -33,7 +33,7 @@ from aios_mesh.errors import (
 )
 from aios_mesh.gateway.identity import Forbidden, Unauthenticated
 
-__all__ = ["PROBLEM_JSON", "problem", "status_for"]
+__all__ = ["PROBLEM_JSON", "problem", "problem_body", "status_for"]
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -69,6 +69,20 @@ def status_for(error: MeshError) -> int:
 def problem(error: MeshError, *, status: int | None = None, record_id: str | None = None,
             instance: str | None = None, **extra: Any) -> Response:
     """The problem-details response for ``error``."""
+    body = problem_body(error, status=status, record_id=record_id, instance=instance, **extra)
+    code = body["status"]
+    headers: dict[str, str] = {}
+    retry_after = getattr(error, "retry_after_s", None)
+    if isinstance(error, QuotaExceeded) and isinstance(retry_after, int | float):
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return Response(orjson.dumps(body), status_code=code, media_type=PROBLEM_JSON,
+                    headers=headers)
+
+
+def problem_body(error: MeshError, *, status: int | None = None, record_id: str | None = None,
+                 instance: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The problem-details document for ``error`` (what :func:`problem` sends; a bulk job's
+    failed row carries it in its result line)."""
     code = status or status_for(error)
     body: dict[str, Any] = {"type": f"urn:aios-mesh:error:{error.code}",
                             "title": type(error).__name__, "status": code,
@@ -80,9 +94,4 @@ def problem(error: MeshError, *, status: int | None = None, record_id: str | Non
     if instance:
         body["instance"] = instance
     body.update(extra)
-    headers: dict[str, str] = {}
-    retry_after = getattr(error, "retry_after_s", None)
-    if isinstance(error, QuotaExceeded) and isinstance(retry_after, int | float):
-        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    return Response(orjson.dumps(body), status_code=code, media_type=PROBLEM_JSON,
-                    headers=headers)
+    return body
