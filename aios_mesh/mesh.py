@@ -280,7 +280,7 @@ class Mesh:
             spec = self.catalog.get(capability)
             call = Call(spec=spec, tenant=tenant, caller=caller, raw=payload,
                         record_id=start.record_id, attributes=dict(attributes or {}),
-                        trace_headers=self.telemetry.inject(span),
+                        span=span,
                         resume=dict(resume) if resume else None, parent=start.parent,
                         mode=mode, emit=emit)
             if tenant not in self.config.tenants:

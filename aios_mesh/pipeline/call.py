@@ -39,9 +39,9 @@ class Call:
     raw: Any
     record_id: str
     attributes: dict[str, Any] = field(default_factory=dict)
-    trace_headers: dict[str, str] = field(default_factory=dict)
+    span: Any = None  # the call's OpenTelemetry span (None when tracing is off)
     resume: dict[str, Any] | None = None  # where a reviewer's answer is published
-    parent: dict[str, Any] | None = None  # the workflow run this call belongs to
+    parent: dict[str, Any] | None = None  # the run that made this call (workflow, capability)
     mode: CallMode = "invoke"
     emit: Emit | None = None  # set in stream mode
     # filled by the steps
@@ -65,6 +65,9 @@ class Call:
     review_id: str | None = None
     review_reason: str | None = None
     index_snapshots: dict[str, str] = field(default_factory=dict)
+    index_writes: dict[str, str | None] = field(default_factory=dict)  # collection → snapshot
+    # the live alias's version of each model spec the lock file pinned (model_drift)
+    live_versions: dict[str, str] = field(default_factory=dict)
     cache: str | None = None  # "hit" / "miss" when the capability caches answers
     variant: str | None = None  # "primary" / "canary" when a canary is configured
     chunks: int = 0  # chunks streamed to the consumer
@@ -72,6 +75,14 @@ class Call:
     error: MeshError | None = None
     primary_error: MeshError | None = None  # why the primary did not answer (fallback did)
     done: bool = False
+
+    @property
+    def trace_headers(self) -> dict[str, str]:
+        """W3C trace headers for the call's span, built on first use (most calls never send
+        them anywhere: the span is also the active context while the call runs)."""
+        from aios_mesh.telemetry import Telemetry
+
+        return Telemetry.inject(self.span)
 
     @property
     def confidence(self) -> float | None:
