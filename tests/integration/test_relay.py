@@ -138,18 +138,35 @@ def test_a_new_mesh_ships_a_crashed_backlog_within_5s_without_any_call(tmp_path:
         assert len(asyncio.run(app_events())) == 7
 
 
-def test_flush_is_false_while_the_bus_is_down_and_true_once_shipped(tmp_path: Path) -> None:
+def _broker(kind: str, tmp_path: Path, port: int) -> Any:
+    if kind == "nats":
+        return nats_server(tmp_path / "js", port=port)
+    from aios_mesh_kafka.testing import tansu_broker
+
+    return tansu_broker(port=port)
+
+
+BROKER_URLS = {"nats": "nats://127.0.0.1:{port}?stream=RELAYDOWN&connect_timeout=0.5",
+               "kafka": "kafka://127.0.0.1:{port}?connect_timeout=0.5"}
+
+
+@pytest.mark.parametrize("kind", ["nats", "kafka"])
+def test_flush_is_false_while_the_bus_is_down_and_true_once_shipped(tmp_path: Path,
+                                                                    kind: str) -> None:
     port = free_port()
-    url = f"nats://127.0.0.1:{port}?stream=RELAYDOWN&timeout=0.5"
+    url = BROKER_URLS[kind].format(port=port)
     mesh = mesh_on(tmp_path, backends={"events": url}, relay={"max_backoff_s": 0.5})
     with mesh:
+        for i in range(3):
+            mesh.invoke("label-ticket", {"text": f"invoice {i}"}, tenant="acme")
         mesh.publish_many(("app.t", Event(type="app.t", source="test", tenant="acme",
                                           data={"n": i})) for i in range(5))
         assert mesh.flush(1.5) is False  # the broker is not there: nothing was lost either
         assert mesh.outbox().pending() == 5
-        with nats_server(tmp_path / "js", port=port):
-            assert mesh.flush(30) is True
+        with _broker(kind, tmp_path, port):
+            assert mesh.flush(60) is True
             assert mesh.outbox().pending() == 0
+            assert mesh.relay.stats.decision_events == 3
 
 
 def test_publishing_never_waits_for_a_broker_that_is_down(tmp_path: Path) -> None:
@@ -291,3 +308,55 @@ def test_a_cursor_in_the_old_format_is_read(tmp_path: Path) -> None:
     relay = _relay(tmp_path)
     assert asyncio.run(relay.ship()).shipped == 2
     asyncio.run(relay.aclose())
+
+
+def test_a_cut_postgres_audit_log_is_noticed_and_reshipped(tmp_path: Path) -> None:
+    """The same check on the PostgreSQL audit log (the machine's server): rows deleted from
+    the table's tail are noticed by hash, not by counting."""
+    import uuid
+
+    import psycopg
+    from aios_mesh_postgres import PostgresAuditLog
+
+    server = "postgresql://postgres@127.0.0.1:5432"
+    name = f"aios_mesh_relay_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    table = "audit_relay"
+    try:
+        def open_log() -> PostgresAuditLog:
+            return PostgresAuditLog(f"{server}/{name}", table=table)
+
+        async def append(start: int, n: int) -> None:
+            log = open_log()
+            for i in range(start, start + n):
+                await log.append({"kind": "decision", "record_id": f"r{i}", "tenant": "acme",
+                                  "capability": {"name": "label-ticket"}, "outcome": "ok",
+                                  "n": i})
+            await log.aclose()
+
+        bus = SqliteEventBus(tmp_path / "events.db")
+
+        def relay() -> RecordRelay:
+            return RecordRelay(audit=lambda: (open_log(), True), lineage=None,
+                               bus=lambda: (bus, False), cursor_path=tmp_path / "cursor")
+
+        asyncio.run(append(0, 20))
+        first = relay()
+        assert asyncio.run(first.ship()).shipped == 20
+        asyncio.run(first.aclose())
+        with psycopg.connect(f"{server}/{name}", autocommit=True) as conn:
+            conn.execute(f"DELETE FROM {table} WHERE seq > 5")  # the tail is cut
+        asyncio.run(append(100, 3))
+        second = relay()
+        result = asyncio.run(second.ship())
+        asyncio.run(second.aclose())
+        assert second.stats.rewinds == 1 and result.caught_up
+        alarms = asyncio.run(_topic(tmp_path, ALARM_TOPIC, 1))
+        resumed = alarms[0].data["resumed_after_seq"]
+        assert 2 <= resumed <= 5
+        assert result.shipped == 5 - resumed + 3
+        asyncio.run(bus.aclose())
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
