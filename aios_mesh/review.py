@@ -1,8 +1,10 @@
-"""The human-review queue: durable (sqlite), so an escalated call survives a restart.
+"""The human-review queue: durable (on the shared-state seam: a sqlite file embedded,
+PostgreSQL for replicas), so an escalated call survives a restart.
 
 Calls land here when their confidence is below the capability's ``review_threshold``, when a
 policy obligation says ``require_human``, or when the fallback chain ends in ``human``. A
-reviewer approves (optionally correcting the output) or rejects; each decision is kept.
+reviewer approves (optionally correcting the output) or rejects; each decision is kept,
+and kept again as a :class:`Label` (approved, corrected or rejected) for quality tracking.
 """
 
 from __future__ import annotations
@@ -15,39 +17,76 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 from pydantic import ValidationError
 
 from aios_mesh.catalog import Catalog
-from aios_mesh.errors import InvalidInput, NotFound
+from aios_mesh.errors import ConfigError, InvalidInput, NotFound
 from aios_mesh.pipeline.validate import digest, validation_message
 from aios_mesh.ports.audit import AuditLog
 from aios_mesh.ports.events import Event
 from aios_mesh.state import Migration, SqliteState
 
-__all__ = ["ReviewItem", "ReviewQueue", "ReviewStatus", "resolve_review"]
+__all__ = ["MIGRATIONS", "POSTGRES_MIGRATIONS", "Label", "ReviewItem", "ReviewQueue",
+           "ReviewState", "ReviewStatus", "Verdict", "resolve_review"]
 
 ReviewStatus = Literal["pending", "approved", "rejected"]
 
-#: The review store's schema, as migrations of the shared-state seam (version 1 is the table
-#: as it first shipped, so a review.db made before the seam existed migrates cleanly).
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, (
-        """CREATE TABLE IF NOT EXISTS review (
+_V1_TABLE = """CREATE TABLE IF NOT EXISTS review (
           id TEXT PRIMARY KEY, record_id TEXT NOT NULL, tenant TEXT NOT NULL,
           capability TEXT NOT NULL, reason TEXT NOT NULL, status TEXT NOT NULL,
           created_at TEXT NOT NULL, payload BLOB NOT NULL, proposed BLOB,
           decided_by TEXT, decided_at TEXT, final_output BLOB, note TEXT, resume BLOB
+        )"""
+_V1_INDEX = "CREATE INDEX IF NOT EXISTS review_status ON review(status, created_at)"
+# Version 2 is written in the SQL both backends share (TEXT, DOUBLE PRECISION).
+_V2 = Migration(2, (
+    "ALTER TABLE review ADD COLUMN confidence DOUBLE PRECISION",
+    "CREATE INDEX IF NOT EXISTS review_tenant ON review(tenant, status, created_at)",
+    """CREATE TABLE IF NOT EXISTS review_labels (
+          id TEXT PRIMARY KEY, review_id TEXT NOT NULL, record_id TEXT NOT NULL,
+          tenant TEXT NOT NULL, capability TEXT NOT NULL, verdict TEXT NOT NULL,
+          proposed TEXT, output TEXT, labelled_by TEXT NOT NULL, created_at TEXT NOT NULL
         )""",
-        "CREATE INDEX IF NOT EXISTS review_status ON review(status, created_at)",
-    )),
-)
+    "CREATE INDEX IF NOT EXISTS review_labels_cap ON review_labels(tenant, capability, "
+    "created_at)",
+))
+
+#: The review store's schema, as migrations of the shared-state seam (version 1 is the table
+#: as it first shipped, so a review.db made before the seam existed migrates cleanly;
+#: version 2 adds the model's confidence and the ``review_labels`` table).
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, (_V1_TABLE, _V1_INDEX)), _V2)
+
+#: The same schema on PostgreSQL (the blobs are ``BYTEA``; a released migration never
+#: changes, so version 1 keeps its sqlite text above and gets its own text here).
+POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, (_V1_TABLE.replace(" BLOB", " BYTEA"), _V1_INDEX)), _V2)
+
+#: The schema of a store per SQL dialect of the shared state (``state.dialect``).
+_SCHEMAS: Mapping[str, tuple[Migration, ...]] = {"sqlite": MIGRATIONS,
+                                                 "postgresql": POSTGRES_MIGRATIONS}
+
+#: How a human labelled a proposed output: kept as it was, replaced, or thrown out.
+Verdict = Literal["approved", "corrected", "rejected"]
+
+
+class ReviewState(Protocol):
+    """What the review store needs from the shared state: its dialect and a connection
+    (:class:`~aios_mesh.state.SqliteState`, ``aios_mesh_postgres.PostgresState``)."""
+
+    dialect: str
+
+    def connect(self, store: str, migrations: Sequence[Migration]) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
 class ReviewItem:
+    """One parked call: its (redacted) input, the model's proposal and why a human sees it
+    (``reason``: a policy obligation, a confidence below the threshold, or a fallback chain
+    that ended in human review); after the decision, who decided what."""
+
     id: str
     record_id: str
     tenant: str
@@ -62,76 +101,186 @@ class ReviewItem:
     final_output: dict[str, Any] | None = None
     note: str | None = None
     resume: dict[str, Any] | None = None
+    confidence: float | None = None
 
 
-def _load(blob: bytes | None) -> Any:
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A human's verdict on a proposed output, kept for quality tracking: ``output`` is
+    what the answer should have been (the proposal when approved, the correction when
+    corrected, ``None`` when rejected)."""
+
+    id: str
+    review_id: str
+    record_id: str
+    tenant: str
+    capability: str
+    verdict: Verdict
+    proposed: dict[str, Any] | None
+    output: dict[str, Any] | None
+    labelled_by: str
+    created_at: str
+
+
+def _load(blob: bytes | str | None) -> Any:
     return None if blob is None else orjson.loads(blob)
 
 
-class ReviewQueue:
-    """A durable queue of calls awaiting a human decision."""
+def _like(capability: str) -> str:
+    # ``name@%`` matches every version; LIKE's own wildcards in a name match only themselves
+    escaped = capability.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "@%"
 
-    def __init__(self, path: Path, *, state: SqliteState | None = None) -> None:
+
+_COLUMNS = ("id, record_id, tenant, capability, reason, status, created_at, payload, "
+            "proposed, decided_by, decided_at, final_output, note, resume, confidence")
+_LABEL_COLUMNS = ("id, review_id, record_id, tenant, capability, verdict, proposed, output, "
+                  "labelled_by, created_at")
+_CAPABILITY = " AND (capability = ? OR capability LIKE ? ESCAPE '\\')"
+
+
+class ReviewQueue:
+    """A durable queue of calls awaiting a human decision, on the shared-state seam: a
+    sqlite file by default (``path``), or the database of ``state`` (PostgreSQL), so every
+    gateway replica sees one queue.
+
+    Example::
+
+        queue = ReviewQueue(state=PostgresState("postgresql://app@db:5432/mesh"))
+        for item in queue.list(tenant="acme", capability="extract_invoice"):
+            print(item.id, item.reason, item.confidence)
+    """
+
+    def __init__(self, path: Path | None = None, *, state: ReviewState | None = None,
+                 store: str | None = None) -> None:
+        if path is None and state is None:
+            raise ConfigError("the review queue needs a path or a shared state",
+                              hint="pass ReviewQueue(path) or ReviewQueue(state=...)")
         self.path = path
         self._lock = threading.Lock()
-        store = state or SqliteState(path.parent)
-        self._db = store.connect(path.stem, MIGRATIONS)
+        backend: ReviewState = state if state is not None else SqliteState(
+            path.parent if path is not None else Path("."))
+        self.dialect = backend.dialect
+        if self.dialect not in _SCHEMAS:
+            raise ConfigError(f"the review store has no schema for SQL dialect "
+                              f"{self.dialect!r}",
+                              hint=f"use a state of one of: {', '.join(sorted(_SCHEMAS))}")
+        name = store or (path.stem if path is not None else "review")
+        self._db = backend.connect(name, _SCHEMAS[self.dialect])
+
+    def _sql(self, statement: str) -> str:
+        # statements are written with sqlite's ``?``; psycopg takes ``%s``
+        return statement if self.dialect == "sqlite" else statement.replace("?", "%s")
+
+    def _run(self, statement: str, args: Sequence[Any] = ()) -> Any:
+        with self._lock:
+            return self._db.execute(self._sql(statement), tuple(args))
 
     def enqueue(self, *, record_id: str, tenant: str, capability: str, reason: str,
                 payload: dict[str, Any], proposed: dict[str, Any] | None,
-                resume: dict[str, Any] | None = None) -> str:
+                resume: dict[str, Any] | None = None,
+                confidence: float | None = None) -> str:
         """Park a call; ``resume`` says where the final answer is to be published."""
         item_id = uuid.uuid4().hex[:12]
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO review (id, record_id, tenant, capability, reason, status, "
-                "created_at, payload, proposed, resume) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (item_id, record_id, tenant, capability, reason, "pending",
-                 datetime.now(UTC).isoformat(), orjson.dumps(payload),
-                 None if proposed is None else orjson.dumps(proposed),
-                 None if resume is None else orjson.dumps(resume)))
+        self._run(
+            "INSERT INTO review (id, record_id, tenant, capability, reason, status, "
+            "created_at, payload, proposed, resume, confidence) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (item_id, record_id, tenant, capability, reason, "pending",
+             datetime.now(UTC).isoformat(), orjson.dumps(payload), _blob(proposed),
+             _blob(resume), confidence))
         return item_id
 
-    def _row(self, row: tuple[Any, ...]) -> ReviewItem:
+    @staticmethod
+    def _row(row: Sequence[Any]) -> ReviewItem:
         return ReviewItem(row[0], row[1], row[2], row[3], row[4], row[5], row[6],
                           _load(row[7]), _load(row[8]), row[9], row[10], _load(row[11]),
-                          row[12], _load(row[13]))
+                          row[12], _load(row[13]),
+                          None if row[14] is None else float(row[14]))
 
     def get(self, item_id: str) -> ReviewItem:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM review WHERE id = ?", (item_id,)).fetchone()
+        row = self._run(f"SELECT {_COLUMNS} FROM review WHERE id = ?", (item_id,)).fetchone()
         if row is None:
             raise NotFound(f"no review item {item_id!r}",
                            hint="`aios-mesh review list` shows the open ones")
         return self._row(row)
 
-    def list(self, status: ReviewStatus | None = "pending", tenant: str | None = None
-             ) -> list[ReviewItem]:
-        sql, args = "SELECT * FROM review WHERE 1=1", list[str]()
+    def list(self, status: ReviewStatus | None = "pending", tenant: str | None = None,
+             capability: str | None = None, *, limit: int | None = None
+             ) -> builtins.list[ReviewItem]:
+        """Items, oldest first; ``capability`` matches ``name`` or ``name@version``."""
+        sql, args = f"SELECT {_COLUMNS} FROM review WHERE 1=1", builtins.list[Any]()
         if status is not None:
             sql += " AND status = ?"
             args.append(str(status))
         if tenant is not None:
             sql += " AND tenant = ?"
             args.append(tenant)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY created_at, id", args).fetchall()
-        return [self._row(r) for r in rows]
+        if capability:
+            sql += _CAPABILITY
+            args += [capability, _like(capability)]
+        sql += " ORDER BY created_at, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        return [self._row(r) for r in self._run(sql, args).fetchall()]
 
     def resolve(self, item_id: str, *, approve: bool, reviewer: str,
                 output: dict[str, Any] | None = None, note: str = "") -> ReviewItem:
-        """Record the human decision; approving without ``output`` accepts the proposal."""
+        """Record the human decision; approving without ``output`` accepts the proposal.
+
+        The decision and its :class:`Label` are written in one transaction, and only while
+        the item is still pending: of two reviewers (or replicas) deciding at once, one
+        wins and the other gets ``InvalidInput``."""
         item = self.get(item_id)
         if item.status != "pending":
-            raise InvalidInput(f"review item {item_id} is already {item.status}")
+            raise InvalidInput(f"review item {item_id} is already {item.status}",
+                               hint="reload the queue; someone decided it first")
         final = (output if output is not None else item.proposed) if approve else None
+        verdict: Verdict = ("rejected" if not approve else
+                            "corrected" if output is not None and output != item.proposed
+                            else "approved")
+        now = datetime.now(UTC).isoformat()
         with self._lock:
-            self._db.execute(
-                "UPDATE review SET status=?, decided_by=?, decided_at=?, final_output=?, note=? "
-                "WHERE id=? AND status='pending'",
-                ("approved" if approve else "rejected", reviewer, datetime.now(UTC).isoformat(),
-                 None if final is None else orjson.dumps(final), note, item_id))
+            self._db.execute("BEGIN")
+            try:
+                cursor = self._db.execute(self._sql(
+                    "UPDATE review SET status=?, decided_by=?, decided_at=?, final_output=?, "
+                    "note=? WHERE id=? AND status='pending'"),
+                    ("approved" if approve else "rejected", reviewer, now, _blob(final),
+                     note, item_id))
+                if cursor.rowcount != 1:
+                    raise InvalidInput(f"review item {item_id} was decided meanwhile",
+                                       hint="reload the queue; someone decided it first")
+                self._db.execute(self._sql(
+                    f"INSERT INTO review_labels ({_LABEL_COLUMNS}) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?)"),
+                    (uuid.uuid4().hex[:12], item.id, item.record_id, item.tenant,
+                     item.capability, verdict, _text(item.proposed), _text(final), reviewer,
+                     now))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
         return self.get(item_id)
+
+    def labels(self, *, tenant: str | None = None, capability: str | None = None,
+               since: str | None = None) -> builtins.list[Label]:
+        """The human verdicts, oldest first (what quality tracking reads), by tenant,
+        capability (``name`` or ``name@version``) and from ``since`` (an ISO time)."""
+        sql, args = f"SELECT {_LABEL_COLUMNS} FROM review_labels WHERE 1=1", builtins.list[Any]()
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            args.append(tenant)
+        if capability:
+            sql += _CAPABILITY
+            args += [capability, _like(capability)]
+        if since is not None:
+            sql += " AND created_at >= ?"
+            args.append(since)
+        rows = self._run(sql + " ORDER BY created_at, id", args).fetchall()
+        return [Label(r[0], r[1], r[2], r[3], r[4], r[5], _load(r[6]), _load(r[7]), r[8],
+                      r[9]) for r in rows]
 
     def wait(self, item_ids: Sequence[str], *, timeout: float,
              poll_s: float = 0.25) -> builtins.list[ReviewItem]:
@@ -157,6 +306,14 @@ class ReviewQueue:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _blob(value: Any) -> bytes | None:
+    return None if value is None else orjson.dumps(value)
 
 
 async def resolve_review(queue: ReviewQueue, catalog: Catalog, audit: AuditLog,

@@ -68,6 +68,10 @@ class SqliteState:
     """The embedded shared state: one sqlite file per store in ``folder`` (shared by the
     processes of one machine, WAL mode), the applied version in ``PRAGMA user_version``."""
 
+    #: The SQL dialect of its connections (``?`` placeholders, ``BLOB``): a store meant for
+    #: several backends picks its statements by it.
+    dialect = "sqlite"
+
     def __init__(self, folder: Path, *, busy_timeout_s: float = 5.0) -> None:
         self.folder = folder
         self.busy_timeout_s = busy_timeout_s

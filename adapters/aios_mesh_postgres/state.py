@@ -111,6 +111,10 @@ class PostgresState:
     It may be shared between threads (they take turns on that connection).
     """
 
+    #: The SQL dialect of its connections (``%s`` placeholders, ``BYTEA``): a store meant
+    #: for several backends picks its statements by it.
+    dialect = "postgresql"
+
     def __init__(self, url: str, *, connect_timeout_s: float = 5.0) -> None:
         if not isinstance(url, str) or not url.startswith(_SCHEMES):
             shown = redact_url(url) if isinstance(url, str) and "://" in url else "it"

@@ -40,4 +40,4 @@ class ConfidenceGate(StepBase):
         call.review_id = self._review().enqueue(
             record_id=call.record_id, tenant=call.tenant, capability=call.spec.key,
             reason=reason, payload=call.payload or {}, resume=call.resume,
-            proposed=call.output.model_dump(mode="json"))
+            proposed=call.output.model_dump(mode="json"), confidence=call.confidence)
