@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute
 
 from aios_mesh.errors import InvalidInput, MeshError, PayloadTooLarge
 from aios_mesh.gateway.identity import Authenticator, Principal
+from aios_mesh.gateway.metrics import GatewayMetrics
 from aios_mesh.gateway.problems import problem
 from aios_mesh.state import Migration
 
@@ -53,11 +54,14 @@ class GatewaySettings:
         max_bulk_bytes: the limit for a bulk job's JSONL upload.
         job_files: the folder under which a bulk job may name its input file (a file
             reference); ``None`` refuses file references. Never an arbitrary path.
+        job_lease_s: how long a replica's runner holds a bulk job without renewing it; after
+            a crash another replica (or the restarted one) resumes the job this much later.
     """
 
     max_body_bytes: int = 1 << 20
     max_bulk_bytes: int = 256 << 20
     job_files: Path | None = None
+    job_lease_s: float = 30.0
 
 
 class StateConnector(Protocol):
@@ -83,6 +87,8 @@ class Gateway:
         #: What runs while the app is up (a bulk job runner ...): each is entered when the
         #: app starts and exited, in reverse order, when it stops.
         self.background: list[Callable[[], contextlib.AbstractAsyncContextManager[object]]] = []
+        #: Calls, errors, latency and cost, for ``/metrics``: a route counts each call here.
+        self.metrics = GatewayMetrics()
 
     async def principal(self, request: HTTPConnection) -> Principal:
         """Who sent ``request`` (raises ``Unauthenticated``, answered as 401)."""
