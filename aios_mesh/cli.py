@@ -30,6 +30,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from aios_mesh.errors import MeshError
+from aios_mesh.gateway_cli import gateway_command
 from aios_mesh.quota_cli import quota_app
 
 __all__ = ["app", "main"]
@@ -60,41 +61,9 @@ AppOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045 - typer needs Opt
 
 
 def _mesh(config: Path | None, app_ref: str | None = None) -> Any:
-    from aios_mesh.mesh import Mesh
+    from aios_mesh.apps import load_mesh
 
-    # like `python -m`: modules next to the user's config are importable by name
-    here = os.getcwd()
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    if config is None and Path("aios-mesh.toml").exists():
-        config = Path("aios-mesh.toml")
-    declared = _app(app_ref) if app_ref else []
-    if isinstance(declared, Mesh):
-        if config is not None:
-            raise MeshError(f"--app {app_ref} names a Mesh, which has its own config",
-                            hint="drop --config, or point --app at its capabilities")
-        return declared
-    if config is not None:
-        return Mesh.from_config(config, capabilities=declared)
-    return Mesh.local(".aios-mesh", capabilities=declared)
-
-
-def _app(ref: str) -> Any:
-    """What ``--app module:attr`` names: a Mesh, or the capability specs it holds."""
-    from aios_mesh.capabilities import CapabilitySpec, import_object
-    from aios_mesh.errors import ConfigError
-    from aios_mesh.mesh import Mesh
-
-    found = import_object(ref)
-    if isinstance(found, Mesh):
-        return found
-    if isinstance(found, CapabilitySpec):
-        return [found]
-    if isinstance(found, list | tuple) and all(isinstance(s, CapabilitySpec) for s in found):
-        return list(found)
-    raise ConfigError(f"--app {ref} is a {type(found).__name__}, not a Mesh or capabilities",
-                      hint="point it at a Mesh, a @capability function or a list of them, "
-                           "e.g. --app myapp.caps:mesh")
+    return load_mesh(config, app_ref)
 
 
 def _fail(exc: MeshError) -> None:
@@ -384,6 +353,7 @@ review_app = typer.Typer(help="The human-review queue: list, show, approve, reje
                          no_args_is_help=True)
 app.add_typer(review_app, name="review")
 app.add_typer(quota_app(_mesh, _fail, ConfigOpt), name="quota")
+app.command("gateway")(gateway_command(_fail, ConfigOpt, AppOpt))
 
 
 @review_app.command("list")

@@ -389,14 +389,17 @@ class Mesh:
                      caller: str = "anonymous", attributes: Mapping[str, Any] | None = None,
                      parent: Mapping[str, Any] | None = None,
                      traceparent: Mapping[str, str] | None = None,
-                     buffer: int = 16) -> AsyncIterator[dict[str, Any]]:
+                     buffer: int = 16,
+                     on_result: Callable[[Result[Any]], None] | None = None
+                     ) -> AsyncIterator[dict[str, Any]]:
         """Yield output chunks as a streaming backend makes them.
 
         The call runs the same pipeline as :meth:`ainvoke` (stream mode) and gets the same
         decision record, span, metrics, lineage and decision event when it ends. At most
         ``buffer`` chunks wait for a slow consumer (then the backend waits). A consumer that
         stops early (``break``, ``aclose()``) ends the call as ``cancelled``, and whatever it
-        reserved is given back.
+        reserved is given back. ``on_result`` gets the call's :class:`Result` (its record)
+        after the last chunk, before the iteration ends (the gateway's closing SSE event).
         """
         chunks: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, buffer))
         gone = False
@@ -420,7 +423,9 @@ class Mesh:
         try:
             while (chunk := await chunks.get()) is not _END:
                 yield chunk
-            await task  # raises the call's MeshError, after its record is written
+            result = await task  # raises the call's MeshError, after its record is written
+            if on_result is not None:
+                on_result(result)
         finally:
             if not task.done():
                 gone = True

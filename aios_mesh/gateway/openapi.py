@@ -1,0 +1,157 @@
+"""The gateway's OpenAPI 3.1 document, generated from the capability specs.
+
+Every capability gets its own ``invoke`` and ``stream`` paths whose request body is the
+capability's input schema and whose answer carries its output schema, so a client generator
+sees each capability as a typed operation. Schemas are pydantic's JSON Schema (2020-12, the
+dialect of OpenAPI 3.1), shared under ``components/schemas``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from aios_mesh import __version__
+from aios_mesh.capabilities import CapabilitySpec
+
+__all__ = ["describe", "openapi_document"]
+
+_REF = "#/components/schemas/{model}"
+_PROBLEM = {"$ref": "#/components/schemas/Problem"}
+
+
+def describe(spec: CapabilitySpec) -> dict[str, Any]:
+    """What the catalog says about one capability: version, schemas, SLO and price."""
+    return {"name": spec.name, "version": spec.version, "description": spec.description,
+            "input_schema": spec.input.model_json_schema(),
+            "output_schema": spec.output.model_json_schema(),
+            "slo": spec.slo.model_dump(), "price": spec.price.model_dump(),
+            "streams": spec.model is not None, "review_threshold": spec.review_threshold,
+            "data_classification": spec.data_classification}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    content = {"application/problem+json": {"schema": _PROBLEM}}
+    return {str(s): {"description": _REASONS[s], "content": content} for s in statuses}
+
+
+_REASONS = {400: "Bad request", 401: "No or bad credential", 403: "Not allowed",
+            404: "Not found (or another tenant's)", 413: "Body over the size limit",
+            415: "Body is not JSON", 422: "Malformed JSON or input not valid",
+            429: "Quota exhausted (see Retry-After)", 502: "Backend failed",
+            503: "Circuit open: the backend is cut off for now",
+            504: "Backend did not answer in time"}
+_CALL_ERRORS = (401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
+
+
+def _components(specs: Iterable[CapabilitySpec]) -> tuple[dict[Any, Any], dict[str, Any]]:
+    models: list[type[BaseModel]] = []
+    for spec in specs:
+        for model in (spec.input, spec.output):
+            if model not in models:
+                models.append(model)
+    refs, defs = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
+    return dict(refs), dict(defs.get("$defs", {}))
+
+
+def _answer(output: Any) -> dict[str, Any]:
+    return {"type": "object", "required": ["record_id", "outcome"], "properties": {
+        "output": {"anyOf": [output, {"type": "null"}],
+                   "description": "the answer (null while a human reviews it)"},
+        "record_id": {"type": "string", "description": "the call's decision record"},
+        "trace_id": {"type": ["string", "null"]},
+        "outcome": {"type": "string"}, "cost": {"type": "number"},
+        "currency": {"type": "string"}, "review_id": {"type": ["string", "null"]}}}
+
+
+def _operations(spec: CapabilitySpec, refs: dict[Any, Any]) -> dict[str, Any]:
+    body = {"required": True, "content": {"application/json": {
+        "schema": refs[(spec.input, "validation")]}}}
+    output = refs[(spec.output, "validation")]
+    base = f"/v1/capabilities/{spec.name}"
+    invoke = {"operationId": f"invoke_{spec.name.replace('-', '_')}",
+              "summary": spec.description or f"Call {spec.name}", "tags": ["calls"],
+              "requestBody": body, "responses": {
+                  "200": {"description": "The answer and its decision record id",
+                          "content": {"application/json": {"schema": _answer(output)}}},
+                  "202": {"description": "Sent to human review: the answer comes later",
+                          "content": {"application/json": {"schema": _answer(output)}}},
+                  **_problems(*_CALL_ERRORS)}}
+    paths: dict[str, Any] = {f"{base}/invoke": {"post": invoke}}
+    if spec.model is not None:
+        paths[f"{base}/stream"] = {"post": {
+            "operationId": f"stream_{spec.name.replace('-', '_')}",
+            "summary": f"Stream {spec.name}'s answer as Server-Sent Events", "tags": ["calls"],
+            "requestBody": body, "responses": {
+                "200": {"description": "`chunk` events, then one `done` (record id, cost) "
+                                       "or `error` (a problem document) event",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                **_problems(*_CALL_ERRORS)}}}
+    return paths
+
+
+def _fixed_paths() -> dict[str, Any]:
+    any_object = {"type": "object"}
+    return {
+        "/v1/capabilities": {"get": {
+            "operationId": "list_capabilities", "tags": ["catalog"],
+            "summary": "The capabilities this credential may call",
+            "responses": {"200": {"description": "version, schemas, SLO and price of each",
+                                  "content": {"application/json": {"schema": {
+                                      "type": "array", "items": any_object}}}},
+                          **_problems(401)}}},
+        "/v1/records/{record_id}": {"get": {
+            "operationId": "get_record", "tags": ["records"],
+            "summary": "One decision record of the credential's tenant",
+            "parameters": [{"name": "record_id", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The decision record",
+                                  "content": {"application/json": {"schema": any_object}}},
+                          **_problems(401, 404)}}},
+        "/healthz": {"get": {"operationId": "healthz", "tags": ["health"],
+                             "summary": "The process answers",
+                             "responses": {"200": {"description": "alive"}}}},
+        "/readyz": {"get": {"operationId": "readyz", "tags": ["health"],
+                            "summary": "Every configured backend answers",
+                            "responses": {"200": {"description": "ready"},
+                                          "503": {"description": "a backend is down"}}}},
+        "/metrics": {"get": {"operationId": "metrics", "tags": ["health"],
+                             "summary": "Prometheus text format, every worker",
+                             "responses": {"200": {"description": "metrics"}}}},
+    }
+
+
+_PROBLEM_SCHEMA = {"type": "object", "description": "RFC 9457 problem details",
+                   "required": ["type", "title", "status", "code"], "properties": {
+                       "type": {"type": "string"}, "title": {"type": "string"},
+                       "status": {"type": "integer"}, "detail": {"type": "string"},
+                       "code": {"type": "string"}, "hint": {"type": "string"},
+                       "record_id": {"type": "string"}, "instance": {"type": "string"}}}
+
+
+def openapi_document(specs: Iterable[CapabilitySpec], *, server_url: str | None = None,
+                     extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for a gateway serving ``specs``."""
+    chosen = list(specs)
+    refs, schemas = _components(chosen)
+    paths = _fixed_paths()
+    for spec in chosen:
+        paths.update(_operations(spec, refs))
+    paths.update(extra_paths or {})
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "aios-mesh gateway", "version": __version__},
+        "paths": paths,
+        "components": {"schemas": {**schemas, "Problem": _PROBLEM_SCHEMA},
+                       "securitySchemes": {
+                           "apiKey": {"type": "http", "scheme": "bearer",
+                                      "description": "an API key (aios-mesh keys create) or "
+                                                     "a JWT bearer token"}}},
+        "security": [{"apiKey": []}],
+    }
+    if server_url:
+        doc["servers"] = [{"url": server_url}]
+    return doc

@@ -1,0 +1,137 @@
+"""Calls: ``POST /v1/capabilities/{name}/invoke`` (one answer) and
+``POST /v1/capabilities/{name}/stream`` (Server-Sent Events).
+
+The body is the capability's input as JSON. The tenant and the caller come from the
+credential; a W3C ``traceparent`` header joins the caller's trace. An invoke answers
+``{"output", "record_id", "trace_id", "outcome", "cost", "currency", "review_id"}``: 200, or
+202 when the call went to human review (``output`` is then null).
+
+A stream answers ``text/event-stream``: one ``chunk`` event per chunk, then ``done`` (the same
+fields as an invoke, without the output) or ``error`` (a problem document). A call that fails
+before its first chunk is answered like a failed invoke, with its problem status. A client
+that goes away mid-stream ends the call as ``cancelled``: it is recorded and its quota
+reservation is given back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, cast
+
+import orjson
+from pydantic import BaseModel
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from aios_mesh.errors import MeshError
+from aios_mesh.gateway.app import Gateway
+from aios_mesh.gateway.problems import problem
+from aios_mesh.record import DecisionRecord
+from aios_mesh.result import Result
+
+__all__ = ["routes"]
+
+
+def _plain(output: Any) -> Any:
+    if isinstance(output, BaseModel):
+        return output.model_dump(mode="json")
+    return output
+
+
+def _summary(record: DecisionRecord) -> dict[str, Any]:
+    return {"record_id": record.record_id, "trace_id": record.trace_id,
+            "outcome": record.outcome, "cost": record.cost, "currency": record.currency,
+            "review_id": record.review_id}
+
+
+def _traceparent(request: Request) -> Mapping[str, str] | None:
+    value = request.headers.get("traceparent")
+    return {"traceparent": value} if value else None
+
+
+def _sse(event: str, data: bytes) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def routes(gateway: Gateway) -> Sequence[BaseRoute]:
+    """The invoke and stream routes."""
+    mesh = gateway.mesh
+    metrics = gateway.metrics
+
+    def failed(name: str, tenant: str, mode: str, started: float, exc: MeshError) -> None:
+        metrics.observe(capability=name, tenant=tenant, mode=mode, outcome=exc.outcome,
+                        seconds=time.perf_counter() - started, error_code=exc.code)
+
+    def ended(name: str, mode: str, started: float, record: DecisionRecord) -> None:
+        metrics.observe(capability=name, tenant=record.tenant, mode=mode,
+                        outcome=record.outcome, seconds=time.perf_counter() - started,
+                        cost=record.cost)
+
+    async def invoke(request: Request) -> Response:
+        principal = await gateway.principal(request)
+        name = request.path_params["name"]
+        principal.require_call(name)
+        payload = await gateway.json_body(request)
+        started = time.perf_counter()
+        try:
+            result = await mesh.ainvoke(name, payload, tenant=principal.tenant,
+                                        caller=principal.caller,
+                                        traceparent=_traceparent(request))
+        except MeshError as exc:
+            failed(name, principal.tenant, "invoke", started, exc)
+            raise
+        ended(name, "invoke", started, result.record)
+        body = {"output": _plain(result.output), **_summary(result.record)}
+        return Response(orjson.dumps(body), status_code=202 if result.needs_review else 200,
+                        media_type="application/json")
+
+    async def stream(request: Request) -> Response:
+        principal = await gateway.principal(request)
+        name = request.path_params["name"]
+        principal.require_call(name)
+        payload = await gateway.json_body(request)
+        started = time.perf_counter()
+        results: list[Result[Any]] = []
+        # Mesh.stream is an async generator (typed as an iterator); the route closes it.
+        chunks = cast(AsyncGenerator[dict[str, Any], None], mesh.stream(
+            name, payload, tenant=principal.tenant, caller=principal.caller,
+            traceparent=_traceparent(request), on_result=results.append))
+        # The first chunk decides the status: a call refused before it answers gets its
+        # problem status, not a 200 with an error event.
+        try:
+            first: dict[str, Any] | None = await anext(chunks)
+        except StopAsyncIteration:
+            first = None
+        except MeshError as exc:
+            failed(name, principal.tenant, "stream", started, exc)
+            raise
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                if first is not None:
+                    yield _sse("chunk", orjson.dumps(first))
+                    async for chunk in chunks:
+                        yield _sse("chunk", orjson.dumps(chunk))
+            except MeshError as exc:
+                failed(name, principal.tenant, "stream", started, exc)
+                body = problem(exc, record_id=exc.record_id, instance=request.url.path).body
+                yield _sse("error", bytes(body))
+                return
+            finally:  # the client left: closing the stream ends the call as cancelled
+                await chunks.aclose()
+            record = results[0].record
+            ended(name, "stream", started, record)
+            yield _sse("done", orjson.dumps(_summary(record)))
+
+        # background: a client gone before the first event never starts events(); closing
+        # the stream then still ends the call (closing a finished one does nothing)
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store",
+                                          "X-Accel-Buffering": "no"},
+                                 background=BackgroundTask(chunks.aclose))
+
+    return [Route("/v1/capabilities/{name}/invoke", invoke, methods=["POST"]),
+            Route("/v1/capabilities/{name}/stream", stream, methods=["POST"])]
