@@ -114,14 +114,14 @@ def test_list_revoke_expire(store: KeyStore, clock: Clock) -> None:
     b, _ = store.create("acme", "b", expires_at=clock.now + 60)
     clock.now += 1
     c, _ = store.create("globex", "c")
-    assert [r.id for r in store.keys()] == [a.id, b.id, c.id]
-    assert [r.id for r in store.keys("acme")] == [a.id, b.id]
+    assert [r.id for r in store.find()] == [a.id, b.id, c.id]
+    assert [r.id for r in store.find("acme")] == [a.id, b.id]
     revoked = store.revoke(f"amk_{a.id}")
     assert revoked.status(clock.now) == "revoked" and revoked.revoked_at == clock.now
     clock.now += 100  # b expired
     assert store.get(b.id).status(clock.now) == "expired"  # type: ignore[union-attr]
-    assert [r.id for r in store.keys()] == [c.id]
-    assert [r.id for r in store.keys(include_inactive=True)] == [a.id, b.id, c.id]
+    assert [r.id for r in store.find()] == [c.id]
+    assert [r.id for r in store.find(include_inactive=True)] == [a.id, b.id, c.id]
     # revoking again keeps the first time
     assert store.revoke(a.id).revoked_at == revoked.revoked_at
 
@@ -139,7 +139,7 @@ def test_bad_input_is_typed(store: KeyStore, clock: Clock) -> None:
         store.create("acme", "x", expires_at=clock.now - 1)
     with pytest.raises(ConfigError):
         store.create("acme", "x", limits=QuotaLimits(calls_per_minute=-1))
-    assert store.keys(include_inactive=True) == []
+    assert store.find(include_inactive=True) == []
 
 
 def test_replicas_see_each_others_keys(backend: tuple[Any, Any], clock: Clock) -> None:
@@ -157,7 +157,7 @@ def test_replicas_see_each_others_keys(backend: tuple[Any, Any], clock: Clock) -
         t.start()
     for t in threads:
         t.join()
-    assert sorted(r.id for r in one.keys()) == sorted(made) == sorted(r.id for r in two.keys())
+    assert sorted(r.id for r in one.find()) == sorted(made) == sorted(r.id for r in two.find())
     one.revoke(made[0])
     assert two.get(made[0]).revoked_at is not None  # type: ignore[union-attr]
     one.close()

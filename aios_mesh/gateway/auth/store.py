@@ -212,7 +212,7 @@ class KeyStore:
         rows = self._run(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
         return _record(rows[0]) if rows else None
 
-    def keys(self, tenant: str | None = None, *, include_inactive: bool = False
+    def find(self, tenant: str | None = None, *, include_inactive: bool = False
              ) -> list[KeyRecord]:
         """Keys, oldest first: of ``tenant`` or every tenant; active ones only unless
         ``include_inactive``."""
