@@ -131,13 +131,14 @@ def test_two_replicas_share_the_queue_and_one_decision_wins(open_queue: Opener) 
         outcomes: list[str] = []
         barrier = threading.Barrier(2)
 
-        def decide(queue: ReviewQueue, approve: bool, cid: str = contested) -> None:
-            barrier.wait()
+        def decide(queue: ReviewQueue, approve: bool, cid: str = contested,
+                   gate: threading.Barrier = barrier, seen: list[str] = outcomes) -> None:
+            gate.wait()
             try:
                 queue.resolve(cid, approve=approve, reviewer="x")
-                outcomes.append("won")
+                seen.append("won")
             except InvalidInput:
-                outcomes.append("lost")
+                seen.append("lost")
 
         threads = [threading.Thread(target=decide, args=(q, a))
                    for q, a in ((first, True), (second, False))]
