@@ -10,6 +10,9 @@ STAMP  := $(VENV)/.installed
 # Model servers live in their own environments (their dependency pins clash with the main one).
 BENTO  := .nox/bentoml/.installed
 TRITON := .nox/triton/.installed
+# Debian's chromium for the review console's browser tests (Playwright drives it; it never
+# downloads a browser of its own). A file target: skipped when /usr/bin/chromium exists.
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: demo test servers lint typecheck bench docs clean
 
@@ -41,7 +44,11 @@ $(TRITON): serving/triton/requirements.txt
 demo: $(STAMP)
 	@$(BIN)/nox --no-install --reuse-existing-virtualenvs -s demo
 
-test: $(STAMP) $(BENTO) $(TRITON)
+$(CHROMIUM):
+	@echo "==> installing Debian's chromium for the browser tests: apt-get install -y --no-install-recommends chromium"
+	@apt-get install -y --no-install-recommends chromium
+
+test: $(STAMP) $(BENTO) $(TRITON) $(CHROMIUM)
 	@$(BIN)/nox --no-install --reuse-existing-virtualenvs -s lint typecheck docs tests
 
 servers: $(BENTO) $(TRITON)
