@@ -68,6 +68,10 @@ class StateConnector(Protocol):
     """A shared state that hands out connections (:class:`~aios_mesh.state.SqliteState`,
     ``aios_mesh_postgres.PostgresState``)."""
 
+    #: The SQL dialect of its connections: ``sqlite`` (``?`` placeholders) or
+    #: ``postgresql`` (``%s``).
+    dialect: str
+
     def connect(self, store: str, migrations: Sequence[Migration]) -> Any:
         """A DB-API connection (autocommit) with ``store``'s schema migrated."""
         ...

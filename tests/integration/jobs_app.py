@@ -54,19 +54,21 @@ class BearerTenant:
         return Principal(tenant=tenant, caller=caller, scopes=scopes)
 
 
-def make_mesh(state_dir: Path) -> Mesh:
-    """The embedded mesh the gateway serves."""
+def make_mesh(state_dir: Path, *, audit: str | None = None) -> Mesh:
+    """The embedded mesh the gateway serves (``audit``: a shared audit log's URL, so
+    replicas find each other's records)."""
+    backends = {"audit": audit} if audit else {}
     return Mesh.local(state_dir, capabilities=[double], tenants=TENANTS,
-                      invoke_many_concurrency=4)
+                      invoke_many_concurrency=4, backends=backends)
 
 
-def make_app(state_dir: Path, *, state: Any = None, job_files: Path | None = None,
-             lease_s: float = 30.0) -> Starlette:
+def make_app(state_dir: Path, *, state: Any = None, audit: str | None = None,
+             job_files: Path | None = None, lease_s: float = 30.0) -> Starlette:
     """The jobs routes of a gateway over :func:`make_mesh`."""
     settings = GatewaySettings(job_files=job_files, job_lease_s=lease_s,
                                max_bulk_bytes=64 << 10)
-    return create_app(make_mesh(state_dir), authenticator=BearerTenant(), settings=settings,
-                      modules=[jobs.routes], state=state)
+    return create_app(make_mesh(state_dir, audit=audit), authenticator=BearerTenant(),
+                      settings=settings, modules=[jobs.routes], state=state)
 
 
 def app() -> Starlette:
@@ -77,6 +79,6 @@ def app() -> Starlette:
 
         state = PostgresState(pg)
     files = os.environ.get("JOBS_FILES")
-    return make_app(Path(os.environ["JOBS_STATE"]), state=state,
+    return make_app(Path(os.environ["JOBS_STATE"]), state=state, audit=pg or None,
                     job_files=Path(files) if files else None,
                     lease_s=float(os.environ.get("JOBS_LEASE_S", "30")))

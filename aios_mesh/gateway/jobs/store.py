@@ -19,7 +19,6 @@ run by the one runner holding its lease, so two replicas never run the same row 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 import time
 import uuid
@@ -160,7 +159,7 @@ class _Db:
     def _connection(self) -> Any:
         if self._conn is None:
             self._conn = self._state.connect("jobs", JOBS_MIGRATIONS)
-            self._pg = not isinstance(self._conn, sqlite3.Connection)
+            self._pg = self._state.dialect != "sqlite"
         return self._conn
 
     def _sql(self, query: str) -> str:
