@@ -31,6 +31,7 @@ from typer.core import TyperGroup
 
 from aios_mesh.errors import MeshError
 from aios_mesh.gateway_cli import gateway_command
+from aios_mesh.keys_cli import keys_app
 from aios_mesh.quota_cli import quota_app
 
 __all__ = ["app", "main"]
@@ -353,6 +354,7 @@ review_app = typer.Typer(help="The human-review queue: list, show, approve, reje
                          no_args_is_help=True)
 app.add_typer(review_app, name="review")
 app.add_typer(quota_app(_mesh, _fail, ConfigOpt), name="quota")
+app.add_typer(keys_app(_mesh, _fail, ConfigOpt), name="keys")
 app.command("gateway")(gateway_command(_fail, ConfigOpt, AppOpt))
 
 
