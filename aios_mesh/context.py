@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from aios_mesh.lineage import DEFAULT_NAMESPACE
 from aios_mesh.ports.container import Ports
 from aios_mesh.result import Result
 
@@ -37,8 +38,10 @@ class CallContext:
             ...
 
     A handler that needs another capability calls :meth:`invoke`: the nested call runs the
-    whole pipeline (policy, quota, its own decision record) for the same tenant, caller,
-    workflow run and trace.
+    whole pipeline (policy, quota, its own decision record) for the same tenant, caller and
+    trace, and its record names this call's run as its ``parent`` (the workflow run, if any,
+    as the ``root``). A handler that writes an index says so with :meth:`note_index_write`
+    (the index becomes an output of the call's lineage run).
     """
 
     tenant: str
@@ -47,8 +50,12 @@ class CallContext:
     mesh: Invoker
     index_snapshots: dict[str, str] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)
+    #: the run that made this call (a workflow run, or the capability run of a nested call)
     parent: dict[str, Any] | None = None
     trace_headers: dict[str, str] = field(default_factory=dict)
+    #: the capability this call serves (names this run as a nested call's parent)
+    capability: str = ""
+    index_writes: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def ports(self) -> Ports:
@@ -59,11 +66,29 @@ class CallContext:
         """Record which index version answered (it goes into the decision record)."""
         self.index_snapshots[collection] = snapshot
 
+    def note_index_write(self, collection: str, snapshot: str | None = None) -> None:
+        """Record that this call wrote ``collection`` (and the snapshot it left, if known):
+        the decision record lists it among the call's output datasets."""
+        self.index_writes[collection] = snapshot
+
+    def as_parent(self) -> dict[str, Any]:
+        """This call's run as the ``parent`` of a call it makes: ``run_id``, ``namespace``,
+        ``name`` (the capability) and ``root``, the run at the top of the chain (the
+        workflow run, else the outermost capability run)."""
+        me = {"run_id": self.record_id, "namespace": DEFAULT_NAMESPACE,
+              "name": self.capability}
+        parent = self.parent
+        if not parent:
+            return {**me, "root": me}
+        root = parent.get("root") or {k: parent.get(k) for k in ("run_id", "namespace", "name")}
+        return {**me, "root": dict(root)}
+
     async def invoke(self, capability: str, payload: Any, *,
                      attributes: Mapping[str, Any] | None = None) -> Result[Any]:
-        """Call another capability on behalf of this call (same tenant, caller, parent run
-        and trace). Raises its :class:`~aios_mesh.errors.MeshError` like
-        :meth:`Mesh.ainvoke <aios_mesh.mesh.Mesh.ainvoke>`.
+        """Call another capability on behalf of this call (same tenant, caller and trace;
+        this call's run is its parent, see :meth:`as_parent`). Raises its
+        :class:`~aios_mesh.errors.MeshError` like :meth:`Mesh.ainvoke
+        <aios_mesh.mesh.Mesh.ainvoke>`.
 
         Example::
 
@@ -71,5 +96,5 @@ class CallContext:
         """
         return await self.mesh.ainvoke(capability, payload, tenant=self.tenant,
                                        caller=self.caller, attributes=attributes,
-                                       parent=self.parent,
+                                       parent=self.as_parent(),
                                        traceparent=self.trace_headers or None)

@@ -12,11 +12,17 @@ One capability call is one OpenLineage *run* of the *job* named after the capabi
   tenant: a capability is the same job whoever calls it, so its history stays in one place;
   the tenant and caller travel in the ``aiosMesh_call`` run facet.
 * ``job.name`` is the capability name; its version is in the ``aiosMesh_capability`` job facet.
-* inputs: the model version (``namespace="mlflow"``, ``name="<model>/<version>"``) and every
-  index snapshot (``namespace="qdrant"``, ``name=<collection>``, ``version`` facet = snapshot id).
-* run facets: ``parent`` (from ``record["parent"]``), ``processing_engine``, and the custom
-  facets ``aiosMesh_call``, ``aiosMesh_modelVersion``, ``aiosMesh_policyDecision`` (allow,
-  reason, bundle hash — never the policy *input*), ``aiosMesh_cost`` and ``aiosMesh_usage``;
+* inputs and outputs: the record's ``datasets``, named by OpenLineage's naming spec when the
+  record was built (:mod:`aios_mesh.lineage_naming`: ``namespace`` the datasource, e.g.
+  ``mlflow://host:5000``, ``qdrant://host:6333``, ``kafka://host:9092``, ``file``). Inputs:
+  the registered model (``version`` facet = the model version, ``datasetType`` MODEL) and
+  every index (``version`` facet = snapshot id); outputs (terminal event): the audit log the
+  record went to, the topic its decision event goes to, the indexes the handler wrote.
+* run facets: ``parent`` (from ``record["parent"]``: the workflow run, or for a nested call
+  the capability run that made it, with the workflow as ``root``), ``processing_engine``,
+  and the custom facets ``aiosMesh_call``, ``aiosMesh_modelVersion``,
+  ``aiosMesh_policyDecision`` (allow, reason, bundle hash — never the policy *input*),
+  ``aiosMesh_cost`` and ``aiosMesh_usage``;
   a FAIL event also carries the standard ``errorMessage`` facet.
 
 Custom facets follow the spec's rules: a ``<prefix>_<name>`` key, and ``_producer`` plus a
@@ -217,27 +223,48 @@ def _error_message(record: Mapping[str, Any]) -> str:
     return f"capability call ended with outcome {outcome!r}"
 
 
-def _inputs(record: Mapping[str, Any], producer: str,
-            model_namespace: str, index_namespace: str) -> list[dict[str, Any]]:
+def _dataset(entry: Mapping[str, Any], producer: str) -> dict[str, Any]:
+    facets: dict[str, Any] = {}
+    if entry.get("type"):
+        facets["datasetType"] = _standard("datasetType", producer,
+                                          datasetType=str(entry["type"]))
+    if entry.get("version") is not None:
+        facets["version"] = _standard("version", producer, datasetVersion=str(entry["version"]))
+    return {"namespace": str(entry["namespace"]), "name": str(entry["name"]), "facets": facets}
+
+
+def _legacy_inputs(record: Mapping[str, Any], model_namespace: str,
+                   index_namespace: str) -> list[dict[str, Any]]:
+    # Records written before ``datasets`` existed name no backend: the namespaces given, and
+    # the names their events always had (a re-shipped old record names what it named then).
     inputs: list[dict[str, Any]] = []
     model = record.get("model")
     # a handler (``function:<capability>``) is code, not a dataset the call read
     if isinstance(model, Mapping) and model.get("name") and \
             not str(model["name"]).startswith("function:"):
         version = _opt_str(model.get("version"))
-        facets: dict[str, Any] = {"datasetType": _standard("datasetType", producer,
-                                                           datasetType="MODEL")}
-        if version is not None:
-            facets["version"] = _standard("version", producer, datasetVersion=version)
         name = f"{model['name']}/{version}" if version is not None else str(model["name"])
-        inputs.append({"namespace": model_namespace, "name": name, "facets": facets})
+        inputs.append({"namespace": model_namespace, "name": name, "type": "MODEL",
+                       "version": version})
     snapshots = record.get("index_snapshots") or {}
-    for collection, snapshot in sorted(snapshots.items()):
-        facets = {}
-        if snapshot is not None:
-            facets["version"] = _standard("version", producer, datasetVersion=str(snapshot))
-        inputs.append({"namespace": index_namespace, "name": str(collection), "facets": facets})
+    inputs.extend({"namespace": index_namespace, "name": str(collection), "type": "TABLE",
+                   "version": None if snapshot is None else str(snapshot)}
+                  for collection, snapshot in sorted(snapshots.items()))
     return inputs
+
+
+def _datasets(record: Mapping[str, Any], producer: str, model_namespace: str,
+              index_namespace: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The run's input and output datasets: the record's ``datasets`` (named by the naming
+    spec when the record was built, see :mod:`aios_mesh.lineage_naming`)."""
+    datasets = record.get("datasets")
+    if not isinstance(datasets, Mapping):
+        inputs: Any = _legacy_inputs(record, model_namespace, index_namespace)
+        outputs: Any = []
+    else:
+        inputs, outputs = datasets.get("inputs") or [], datasets.get("outputs") or []
+    return ([_dataset(d, producer) for d in inputs if isinstance(d, Mapping)],
+            [_dataset(d, producer) for d in outputs if isinstance(d, Mapping)])
 
 
 def _call_facet(record: Mapping[str, Any], producer: str) -> dict[str, Any]:
@@ -335,7 +362,8 @@ def _engine_version(distribution: str = "aios-mesh") -> str:
 
 
 def _event(event_type: EventType, event_time: str, run: dict[str, Any], job: dict[str, Any],
-           inputs: list[dict[str, Any]], producer: str) -> dict[str, Any]:
+           inputs: list[dict[str, Any]], producer: str,
+           outputs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {
         "eventType": event_type,
         "eventTime": event_time,
@@ -344,7 +372,7 @@ def _event(event_type: EventType, event_time: str, run: dict[str, Any], job: dic
         "run": run,
         "job": job,
         "inputs": inputs,
-        "outputs": [],
+        "outputs": outputs or [],
     }
 
 
@@ -357,13 +385,17 @@ def run_events_for(record: Mapping[str, Any], *, producer: str = PRODUCER,
         record: a decision record document (``DecisionRecord.to_dict()``, docs/dev/RECORD.md).
         producer: URI of the producer, written into ``producer`` and every ``_producer``.
         namespace: the job namespace (one for the whole mesh by default).
-        model_namespace: dataset namespace of model versions (the registry).
-        index_namespace: dataset namespace of index collections (the vector store).
+        model_namespace, index_namespace: only for records written before the record had
+            ``datasets``: the namespace to give their model and their indexes (such a
+            record does not say which backend it used).
 
     Returns:
         Two JSON-ready dicts that validate against OpenLineage.json and its facet schemas.
-        START (at ``started_at``) carries the parent, call, model and policy facets; the
-        terminal event (at ``ended_at``) adds cost, usage and, on FAIL, ``errorMessage``.
+        Both carry the input datasets (the record's ``datasets.inputs``: the model, with its
+        version as the ``version`` facet, and the index snapshots); START (at
+        ``started_at``) carries the parent, call, model and policy facets; the terminal
+        event (at ``ended_at``) adds the outputs (``datasets.outputs``: the audit log, the
+        decision topic, indexes written), cost, usage and, on FAIL, ``errorMessage``.
     """
     capability = record.get("capability") or {}
     job_name = str(capability.get("name") or "unknown-capability")
@@ -382,7 +414,7 @@ def run_events_for(record: Mapping[str, Any], *, producer: str = PRODUCER,
             },
         },
     }
-    inputs = _inputs(record, producer, model_namespace, index_namespace)
+    inputs, outputs = _datasets(record, producer, model_namespace, index_namespace)
     outcome = str(record.get("outcome"))
     # OpenLineage's ABORT is a run stopped before it finished: a caller that went away
     terminal: EventType = ("COMPLETE" if outcome in _OK_OUTCOMES
@@ -392,7 +424,7 @@ def run_events_for(record: Mapping[str, Any], *, producer: str = PRODUCER,
                    job, inputs, producer)
     end = _event(terminal, _time(record.get("ended_at") or record.get("started_at")),
                  {"runId": run_id, "facets": _run_facets(record, producer, terminal=True)},
-                 job, inputs, producer)
+                 job, inputs, producer, outputs)
     return [start, end]
 
 

@@ -121,6 +121,7 @@ class DecisionRecord:
     serving: str | None = None
     index_snapshots: dict[str, str] = field(default_factory=dict)
     index_drift: dict[str, dict[str, str]] | None = None
+    model_drift: dict[str, dict[str, str]] | None = None
     attempts: int = 0
     fallback: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
@@ -134,6 +135,7 @@ class DecisionRecord:
     error: dict[str, Any] | None = None
     input_sha256: str | None = None
     output_sha256: str | None = None
+    datasets: dict[str, list[dict[str, Any]]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -158,6 +160,7 @@ class DecisionRecord:
             "serving": self.serving,
             "index_snapshots": self.index_snapshots,
             "index_drift": self.index_drift,
+            "model_drift": self.model_drift,
             "attempts": self.attempts,
             "fallback": self.fallback,
             "usage": self.usage,
@@ -173,4 +176,5 @@ class DecisionRecord:
             "error": self.error,
             "input_sha256": self.input_sha256,
             "output_sha256": self.output_sha256,
+            "datasets": self.datasets,
         }

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aios_mesh.backends import load_adapter
+from aios_mesh.errors import MeshError
 from aios_mesh.lockfile import LockFile
 from aios_mesh.ports.registry import ModelRef, ModelRegistry, parse_model_spec
 
@@ -20,15 +21,19 @@ class AliasResolver:
 
     Order: the lock file (if it pins the spec) → the TTL cache → the registry. A moved alias
     is seen after at most ``ttl_s``; :meth:`invalidate` forgets at once (``promote`` uses it).
+    Where the lock pins a spec, :meth:`live` still says what its alias names in the registry
+    now (the record's ``model_drift``).
     """
 
     def __init__(self, registry: Callable[[], Awaitable[ModelRegistry]], *, ttl_s: float = 30.0,
-                 lock_path: Path | None = None, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 lock_path: Path | None = None, clock: Callable[[], float] = time.monotonic,
+                 live_timeout_s: float = 2.0) -> None:
         self._registry = registry
         self.ttl_s = ttl_s
+        self.live_timeout_s = live_timeout_s
         self._clock = clock
         self._cache: dict[str, tuple[float, ModelRef]] = {}
+        self._unreachable: dict[str, float] = {}  # spec → when the registry could not tell
         self.lock_path = lock_path
         self.lock = LockFile.read(lock_path) if lock_path is not None else None
 
@@ -52,13 +57,42 @@ class AliasResolver:
         self._cache[spec] = (now, ref)
         return ref
 
+    def pinned(self, spec: str) -> bool:
+        """Whether the lock file pins ``spec``."""
+        return self.lock is not None and spec in self.lock.models
+
+    async def live(self, spec: str) -> str | None:
+        """The version ``spec`` names in the registry now, whatever the lock file pins (TTL
+        cached like :meth:`resolve`). Never raises: None when the registry cannot tell
+        (down, slower than ``live_timeout_s``, the alias gone), asked again after ``ttl_s``
+        — a pinned call never fails or waits long because the registry moved or is away."""
+        now = self._clock()
+        hit = self._cache.get(spec)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1].version
+        failed = self._unreachable.get(spec)
+        if failed is not None and now - failed < self.ttl_s:
+            return None
+        try:
+            registry = await self._registry()
+            ref = await asyncio.wait_for(registry.resolve(spec), timeout=self.live_timeout_s)
+        except (MeshError, TimeoutError):
+            self._unreachable[spec] = now
+            return None
+        self._unreachable.pop(spec, None)
+        self._cache[spec] = (now, ref)
+        return ref.version
+
     def invalidate(self, spec: str | None = None) -> None:
         if spec is None:
             self._cache.clear()
+            self._unreachable.clear()
         else:
             name = parse_model_spec(spec)[0]
             for key in [k for k in self._cache if parse_model_spec(k)[0] == name]:
                 del self._cache[key]
+            for key in [k for k in self._unreachable if parse_model_spec(k)[0] == name]:
+                del self._unreachable[key]
 
     async def lock_all(self, specs: list[str], indexes: dict[str, str] | None = None
                        ) -> LockFile:

@@ -21,6 +21,7 @@ __all__ = [
     "TRACKING_URI_TAG",
     "local_path",
     "read_signature",
+    "run_artifact_location",
     "storage_location",
     "translate",
 ]
@@ -113,6 +114,18 @@ def read_signature(source: str) -> dict[str, Any] | None:
         except ValueError:
             out[key] = value
     return out
+
+
+def run_artifact_location(client: Any, source: str) -> str:
+    """Where the files of a ``runs:/<run>/<path>`` URI are: the run's artifact URI plus
+    ``<path>`` (``file:///…`` on sqlite, ``mlflow-artifacts:/…`` on a server); any other
+    source unchanged. Asks ``client`` (never the process-global tracking URI)."""
+    parts = urlsplit(source)
+    if parts.scheme != "runs":
+        return source
+    run_id, _, path = f"{parts.netloc}{parts.path}".lstrip("/").partition("/")
+    base = str(client.get_run(run_id).info.artifact_uri).rstrip("/")
+    return f"{base}/{path.strip('/')}" if path.strip("/") else base
 
 
 def storage_location(client: Any, source: str, *,

@@ -32,6 +32,7 @@ from aios_mesh.ports.registry import ModelRef, parse_model_spec
 from aios_mesh_mlflow._common import (
     TRACKING_URI_TAG,
     read_signature,
+    run_artifact_location,
     storage_location,
     translate,
 )
@@ -159,6 +160,8 @@ class MlflowRegistry:
             # the registry knows where a logged model's files are; ask it once here so the
             # ref (and the lock file) names the artifacts, not an indirection
             source = str(client.get_model_version_download_uri(mv.name, version))
+            # the sqlite store hands a run's files back as the runs:/ URI itself
+            source = run_artifact_location(client, source)
         tags = {str(k): str(v) for k, v in (mv.tags or {}).items()}
         tags[TRACKING_URI_TAG] = self.tracking_uri
         return ModelRef(name=str(mv.name), version=version, source=source,

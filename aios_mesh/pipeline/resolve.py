@@ -34,8 +34,19 @@ class ResolveModel(StepBase):
             if bucket < canary.percent * 100:
                 call.variant = "canary"
                 call.model_ref = await self.resolver.resolve(canary.model)
+                await self._note_live(call, canary.model)
                 return
             call.variant = "primary"
         # Most calls find the model in the cache: no coroutine for them (~8 µs cold each).
         call.model_ref = self.resolver.cached(spec.model) or await self.resolver.resolve(
             spec.model)
+        if self.resolver.lock is not None:
+            await self._note_live(call, spec.model)
+
+    async def _note_live(self, call: Call, model: str) -> None:
+        # A pinned model answers at its pinned version; the record says whether the
+        # registry's alias has moved on since (model_drift).
+        if self.resolver.pinned(model):
+            live = await self.resolver.live(model)
+            if live is not None:
+                call.live_versions[model] = live

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from aios_mesh.errors import MeshError
+from aios_mesh.lineage_naming import DatasetNames
 from aios_mesh.lockfile import LockFile
 from aios_mesh.ports.audit import AuditLog
 from aios_mesh.record import DecisionRecord
@@ -43,14 +44,19 @@ class Recorder:
     Args:
         audit: the audit log (called once per record, so a port loads on first use).
         processors: the chain, in order; change it later with :meth:`add`/:meth:`remove`.
-        lock: the lock file in force, if any (the record notes index drift against it).
+        lock: the lock file in force, if any (the record notes index and model drift
+            against it).
+        datasets: names what each call read and wrote (the record's ``datasets``, by the
+            OpenLineage naming spec); None leaves ``datasets`` out.
     """
 
     def __init__(self, audit: Callable[[], AuditLog],
                  processors: Iterable[RecordProcessor] = (), *,
-                 lock: Callable[[], LockFile | None] = lambda: None) -> None:
+                 lock: Callable[[], LockFile | None] = lambda: None,
+                 datasets: DatasetNames | None = None) -> None:
         self._audit = audit
         self._lock = lock
+        self.datasets = datasets
         self.processors: list[RecordProcessor] = list(processors)
         self.failures = 0
 
@@ -76,7 +82,7 @@ class Recorder:
     def build(self, start: CallStart, spec: CapabilitySpec | None, call: Call | None,
               error: MeshError | None, span: Span | None) -> DecisionRecord:
         """The call's immutable decision record."""
-        return build_record(start, spec, call, error, span, self._lock())
+        return build_record(start, spec, call, error, span, self._lock(), self.datasets)
 
     async def commit(self, record: DecisionRecord, *, span: Span | None = None,
                      call: Call | None = None) -> None:

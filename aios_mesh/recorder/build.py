@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aios_mesh.errors import MeshError
+from aios_mesh.lineage_naming import DatasetNames
 from aios_mesh.lockfile import LockFile
 from aios_mesh.record import CallMode, DecisionRecord, Outcome, utc_now_iso
 
@@ -58,9 +59,11 @@ def outcome_of(error: MeshError | None, review_id: str | None,
 
 def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | None,
                  error: MeshError | None, span: Span | None,
-                 lock: LockFile | None) -> DecisionRecord:
+                 lock: LockFile | None, datasets: DatasetNames | None = None
+                 ) -> DecisionRecord:
     """The immutable decision record of one call (``call`` is None when the call never got a
-    pipeline state, e.g. an unknown capability)."""
+    pipeline state, e.g. an unknown capability; ``datasets`` names what it read and
+    wrote)."""
     # On every call's path: the call-less case is handled apart so the common one reads each
     # field once.
     latency_ms = round((time.perf_counter() - start.started) * 1000.0, 4)
@@ -120,6 +123,8 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
         serving=call.serving,
         index_snapshots=dict(call.index_snapshots),
         index_drift=_index_drift(call, lock) if call.index_snapshots else None,
+        model_drift=_model_drift(call, lock) if call.live_versions else None,
+        datasets=datasets.of(call) if datasets is not None else None,
         attempts=call.attempts,
         fallback=call.fallback,
         usage={"calls": usage.calls, "tokens": usage.tokens, "gpu_seconds": usage.gpu_seconds},
@@ -144,4 +149,15 @@ def _index_drift(call: Call, lock: LockFile | None) -> dict[str, dict[str, str]]
     drift = {c: {"pinned": lock.indexes[c], "answered": snap}
              for c, snap in call.index_snapshots.items()
              if c in lock.indexes and lock.indexes[c] != snap}
+    return drift or None
+
+
+def _model_drift(call: Call, lock: LockFile | None) -> dict[str, dict[str, str]] | None:
+    """Model specs the lock file pins to another version than their alias names now (the
+    pinned version answered; the record says the registry has moved on)."""
+    if lock is None or not lock.models:
+        return None
+    drift = {spec: {"pinned": lock.models[spec].version, "live": live}
+             for spec, live in call.live_versions.items()
+             if spec in lock.models and lock.models[spec].version != live}
     return drift or None

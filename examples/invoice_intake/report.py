@@ -262,6 +262,7 @@ class _Run:
     run_id: str
     job: str
     parent: str | None = None
+    root: str | None = None  # the workflow run of a nested call (its parent is a capability)
     types: list[str] = field(default_factory=list)
     first_time: str = ""
     inputs: dict[tuple[str, str], None] = field(default_factory=dict)
@@ -296,6 +297,9 @@ def _collect_runs(events: Sequence[Mapping[str, Any]]) -> dict[str, _Run]:
         parent = ((run.get("facets") or {}).get("parent") or {}).get("run") or {}
         if parent.get("runId") and entry.parent is None:
             entry.parent = str(parent["runId"])
+        root = ((run.get("facets") or {}).get("parent") or {}).get("root") or {}
+        if (root.get("run") or {}).get("runId") and entry.root is None:
+            entry.root = str(root["run"]["runId"])
         for key in _datasets(event.get("inputs")):
             entry.inputs[key] = None
         for key in _datasets(event.get("outputs")):
@@ -342,7 +346,8 @@ def _lineage_section(events: Sequence[Mapping[str, Any]]) -> str:
     if not runs:
         return _empty("no lineage events")
     workflow = _pick_workflow(runs)
-    all_calls = sorted((r for r in runs.values() if r.parent == workflow.run_id),
+    all_calls = sorted((r for r in runs.values()
+                        if workflow.run_id in (r.parent, r.root)),
                        key=lambda r: (r.first_time, r.job, r.run_id))
     # One node per capability: a run of 30 invoices makes ~120 calls of 4 capabilities.
     jobs: dict[str, _Job] = {}

@@ -230,7 +230,7 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
             for chunk in _batches(payloads, batch):
                 seen = len(records)
                 items.extend(invoice_intake(invoices=chunk))
-                parents = {str((r.parent or {}).get("run_id")) for r in records[seen:]}
+                parents = {str(_workflow_run(r)) for r in records[seen:]}
                 runs.extend(sorted(parents - {"None"}))
                 progress.advance(task, len(chunk))
         timings["intake"] = time.perf_counter() - t0
@@ -347,6 +347,14 @@ def _summarise(items: list[dict[str, Any]], records: list[DecisionRecord],
             "cost_per_tenant": dict(cost_tenant), "timings": timings}
 
 
+def _workflow_run(record: DecisionRecord) -> str | None:
+    """The workflow run a call belongs to: its parent, or for a nested call (whose parent is
+    the capability run that made it) the root of its chain."""
+    parent = record.parent or {}
+    run_id = (parent.get("root") or parent).get("run_id")
+    return None if run_id is None else str(run_id)
+
+
 def _lineage(state: Path, records: list[DecisionRecord], run_id: str | None
              ) -> list[dict[str, Any]]:
     """The OpenLineage events of one workflow run: read back from the file transport when the
@@ -355,14 +363,15 @@ def _lineage(state: Path, records: list[DecisionRecord], run_id: str | None
 
     if run_id is None:
         return []
-    mine = [r for r in records if (r.parent or {}).get("run_id") == run_id]
+    mine = [r for r in records if _workflow_run(r) == run_id]
     wanted = run_uuid(run_id, namespace="flyte")
     path = state / "lineage" / "events.jsonl"
     if path.exists():
         events = [json.loads(line) for line in path.read_text().splitlines() if line]
-        return [e for e in events if e["run"]["runId"] == wanted or
-                e["run"].get("facets", {}).get("parent", {}).get("run", {}).get("runId")
-                == wanted]
+        return [e for e in events if e["run"]["runId"] == wanted or wanted in (
+                e["run"].get("facets", {}).get("parent", {}).get("run", {}).get("runId"),
+                e["run"].get("facets", {}).get("parent", {}).get("root", {}).get("run", {})
+                .get("runId"))]
     events = workflow_run_events(run_id, WORKFLOW, status="succeeded",
                                  started_at=mine[0].started_at if mine else None,
                                  ended_at=mine[-1].ended_at if mine else None)

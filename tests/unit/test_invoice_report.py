@@ -42,6 +42,7 @@ def _call(capability: str, outcome: str = "ok", *, parent: str = WORKFLOW_RUN,
         parent={"run_id": parent, "namespace": "flyte", "name": "invoice_intake"},
         model={"name": model, "version": "3"},
         index_snapshots={index: "snap-1"} if index else {},
+        datasets=None,  # datasets named from model/index_snapshots (a record before datasets)
     )
     return run_events_for(record)
 

@@ -58,8 +58,17 @@ errors = st.none() | st.fixed_dictionaries({
     "type": st.sampled_from(["PolicyDenied", "BackendTimeout", "InvalidOutput"]),
     "code": st.text(max_size=10), "message": st.text(max_size=40), "retryable": st.booleans(),
 })
+dataset_entries = st.fixed_dictionaries(
+    {"namespace": st.sampled_from(["file", "kafka://h:9092", "mlflow://h:5000",
+                                   "inmemory://"]),
+     "name": names, "type": st.sampled_from(["MODEL", "TABLE", "TOPIC", "FILE"])},
+    optional={"version": st.text(min_size=1, max_size=8)})
+datasets = st.none() | st.fixed_dictionaries({
+    "inputs": st.lists(dataset_entries, max_size=3),
+    "outputs": st.lists(dataset_entries, max_size=3)})
 records = st.builds(
     sample_record,
+    datasets=datasets,
     record_id=uuids,
     outcome=st.sampled_from(["ok", "review", "denied", "rejected", "error"]),
     tenant=names, caller=names,
@@ -91,8 +100,15 @@ def test_every_record_gives_valid_start_and_terminal_events(record: dict[str, An
     assert end["job"]["namespace"] == "aios-mesh"
     assert ("errorMessage" in end["run"]["facets"]) == (end["eventType"] == "FAIL")
     assert "errorMessage" not in start["run"]["facets"]
-    expected_inputs = (record["model"] is not None) + len(record["index_snapshots"])
-    assert len(end["inputs"]) == expected_inputs
+    if record["datasets"] is None:  # a record written before ``datasets``
+        expected_inputs = (record["model"] is not None) + len(record["index_snapshots"])
+        assert end["outputs"] == []
+    else:
+        expected_inputs = len(record["datasets"]["inputs"])
+        assert [(d["namespace"], d["name"]) for d in end["outputs"]] == \
+            [(d["namespace"], d["name"]) for d in record["datasets"]["outputs"]]
+    assert len(end["inputs"]) == len(start["inputs"]) == expected_inputs
+    assert start["outputs"] == []  # written once the call ended
     assert ("parent" in end["run"]["facets"]) == (record["parent"] is not None)
     assert POLICY_INPUT_SENTINEL not in json.dumps(events)
     assert run_events_for(record) == events  # deterministic

@@ -74,7 +74,7 @@ def sample_record(**overrides: Any) -> dict[str, Any]:
                    "input": {"payload_kind": POLICY_INPUT_SENTINEL}},
         "redaction": {"applied": True, "counts": {"email": 1, "iban": 1}},
         "model": {"name": "invoice-extractor", "version": "3", "alias": "champion",
-                  "source": "models:/m-abc", "run_id": "d1e2f3"},
+                  "source": "mlflow-artifacts:/1/models/m-abc/artifacts", "run_id": "d1e2f3"},
         "serving": "inprocess",
         "index_snapshots": {"vendors": "snap-2026-11-21"},
         "attempts": 1, "fallback": None,
@@ -85,6 +85,21 @@ def sample_record(**overrides: Any) -> dict[str, Any]:
         "review_id": None, "confidence": 0.93,
         "error": None,
         "input_sha256": "0" * 64, "output_sha256": "1" * 64,
+        "model_drift": None,
+        "datasets": {
+            "inputs": [
+                {"namespace": "mlflow://127.0.0.1:5000", "name": "invoice-extractor",
+                 "type": "MODEL", "version": "3"},
+                {"namespace": "qdrant://127.0.0.1:6333", "name": "vendors", "type": "TABLE",
+                 "version": "snap-2026-11-21"},
+            ],
+            "outputs": [
+                {"namespace": "postgres://127.0.0.1:5432", "name": "mesh.public.audit_log",
+                 "type": "TABLE"},
+                {"namespace": "kafka://127.0.0.1:9092", "name": "aios.mesh.decisions",
+                 "type": "TOPIC"},
+            ],
+        },
     }
     record.update(overrides)
     return record
