@@ -50,7 +50,7 @@ class BearerTenant:
         tenant, _, caller = token.partition(":")
         if scheme.lower() != "bearer" or tenant not in TENANTS or not caller:
             raise Unauthenticated("no valid credential", hint="send Bearer TENANT:CALLER")
-        scopes = frozenset({"double"}) if caller != "unscoped" else frozenset()
+        scopes = {"unscoped": frozenset[str](), "all": None}.get(caller, frozenset({"double"}))
         return Principal(tenant=tenant, caller=caller, scopes=scopes)
 
 
