@@ -259,10 +259,14 @@ class LineageBasic(_SchemaFixtures):
         await self._emit_all(adapter, run_events_for(record))
         end = [e for e in lineage_received() if e["run"]["runId"] == record["record_id"]][-1]
         inputs = {(d["namespace"], d["name"]): d for d in end["inputs"]}
-        model = inputs[("mlflow", "invoice-extractor/3")]
+        model = inputs[("mlflow://127.0.0.1:5000", "invoice-extractor")]
         assert model["facets"]["version"]["datasetVersion"] == "3"
-        index = inputs[("qdrant", "vendors")]
+        assert model["facets"]["datasetType"]["datasetType"] == "MODEL"
+        index = inputs[("qdrant://127.0.0.1:6333", "vendors")]
         assert index["facets"]["version"]["datasetVersion"] == "snap-2026-11-21"
+        outputs = [(d["namespace"], d["name"]) for d in end["outputs"]]
+        assert outputs == [("postgres://127.0.0.1:5432", "mesh.public.audit_log"),
+                           ("kafka://127.0.0.1:9092", "aios.mesh.decisions")]
         parent = end["run"]["facets"]["parent"]
         assert parent["run"]["runId"] == record["parent"]["run_id"]
         assert parent["job"] == {"namespace": "flyte", "name": "invoice_batch"}
