@@ -126,17 +126,17 @@ def _load(blob: bytes | str | None) -> Any:
     return None if blob is None else orjson.loads(blob)
 
 
-def _like(capability: str) -> str:
-    # ``name@%`` matches every version; LIKE's own wildcards in a name match only themselves
-    escaped = capability.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "@%"
+def _versions(capability: str) -> list[Any]:
+    # ``name`` or any ``name@version``; a prefix compare, not LIKE, which sqlite runs
+    # case-insensitively and which would need its wildcards escaped
+    return [capability, len(capability) + 1, f"{capability}@"]
 
 
 _COLUMNS = ("id, record_id, tenant, capability, reason, status, created_at, payload, "
             "proposed, decided_by, decided_at, final_output, note, resume, confidence")
 _LABEL_COLUMNS = ("id, review_id, record_id, tenant, capability, verdict, proposed, output, "
                   "labelled_by, created_at")
-_CAPABILITY = " AND (capability = ? OR capability LIKE ? ESCAPE '\\')"
+_CAPABILITY = " AND (capability = ? OR substr(capability, 1, ?) = ?)"
 
 
 class ReviewQueue:
@@ -218,7 +218,7 @@ class ReviewQueue:
             args.append(tenant)
         if capability:
             sql += _CAPABILITY
-            args += [capability, _like(capability)]
+            args += _versions(capability)
         sql += " ORDER BY created_at, id"
         if limit is not None:
             sql += " LIMIT ?"
@@ -274,7 +274,7 @@ class ReviewQueue:
             args.append(tenant)
         if capability:
             sql += _CAPABILITY
-            args += [capability, _like(capability)]
+            args += _versions(capability)
         if since is not None:
             sql += " AND created_at >= ?"
             args.append(since)

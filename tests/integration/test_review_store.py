@@ -184,7 +184,7 @@ def test_any_payload_and_capability_name_round_trip(tmp_path: Path, payload: dic
         item_id = queue.enqueue(record_id="r", tenant="t", capability=f"{capability}@1",
                                 reason="why", payload=payload, proposed=None)
         assert queue.get(item_id).payload == payload
-        # a name with LIKE's wildcards in it matches itself only
+        # a name matches itself only (not another case, nor a wildcard's matches)
         assert item_id in [i.id for i in queue.list(None, capability=capability)]
         assert all(i.capability.split("@")[0] == capability
                    for i in queue.list(None, capability=capability))
