@@ -75,6 +75,8 @@ def problem(error: MeshError, *, status: int | None = None, record_id: str | Non
     retry_after = getattr(error, "retry_after_s", None)
     if isinstance(error, QuotaExceeded) and isinstance(retry_after, int | float):
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if isinstance(error, Unauthenticated):  # RFC 9110: a 401 names the scheme to use
+        headers["WWW-Authenticate"] = 'Bearer realm="aios-mesh"'
     return Response(orjson.dumps(body), status_code=code, media_type=PROBLEM_JSON,
                     headers=headers)
 

@@ -91,7 +91,9 @@ def test_api_keys_end_to_end(setup: tuple[RunningGateway, Path]) -> None:
     assert listed.returncode == 0 and key not in listed.stdout  # the secret is never listed
     assert [k["id"] for k in json.loads(listed.stdout)] == [made["id"]]
 
-    problem(call(gw, {}), 401, "unauthenticated")
+    anonymous = call(gw, {})
+    problem(anonymous, 401, "unauthenticated")
+    assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
     problem(call(gw, {"X-API-Key": key[:-1] + "x"}), 401, "unauthenticated")
     for header in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"}):
         ok = call(gw, header)
