@@ -15,16 +15,18 @@ reservation is given back.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, cast
 
 import orjson
 from pydantic import BaseModel
-from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from aios_mesh.errors import MeshError
 from aios_mesh.gateway.app import Gateway
@@ -32,7 +34,7 @@ from aios_mesh.gateway.problems import problem
 from aios_mesh.record import DecisionRecord
 from aios_mesh.result import Result
 
-__all__ = ["routes"]
+__all__ = ["EventStream", "routes"]
 
 
 def _plain(output: Any) -> Any:
@@ -54,6 +56,51 @@ def _traceparent(request: Request) -> Mapping[str, str] | None:
 
 def _sse(event: str, data: bytes) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+class EventStream(Response):
+    """A ``text/event-stream`` answer that stops as soon as the client goes away.
+
+    Each next event is awaited against the client's disconnect, so a client that leaves
+    while the call is still producing ends it at once (the event source is closed, which
+    ends the call as ``cancelled``), not when the call would have finished.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncGenerator[bytes, None]) -> None:
+        super().__init__(headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        # chunked: the length of a stream is not known up front
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self.events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def client_gone() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                continue
+
+        gone = asyncio.ensure_future(client_gone())
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            while not gone.done():
+                step = asyncio.ensure_future(anext(self.events))
+                await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():  # the client left while the call was producing
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await step
+                    break
+                try:
+                    data = step.result()
+                except StopAsyncIteration:
+                    await send({"type": "http.response.body", "body": b"",
+                                "more_body": False})
+                    break
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        finally:
+            gone.cancel()
+            await self.events.aclose()
 
 
 def routes(gateway: Gateway) -> Sequence[BaseRoute]:
@@ -109,7 +156,7 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
             failed(name, principal.tenant, "stream", started, exc)
             raise
 
-        async def events() -> AsyncIterator[bytes]:
+        async def events() -> AsyncGenerator[bytes, None]:
             try:
                 if first is not None:
                     yield _sse("chunk", orjson.dumps(first))
@@ -120,18 +167,18 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
                 body = problem(exc, record_id=exc.record_id, instance=request.url.path).body
                 yield _sse("error", bytes(body))
                 return
-            finally:  # the client left: closing the stream ends the call as cancelled
+            except BaseException:  # cancelled or closed: the client went away
+                metrics.observe(capability=name, tenant=principal.tenant, mode="stream",
+                                outcome="cancelled", seconds=time.perf_counter() - started,
+                                error_code="call_cancelled")
+                raise
+            finally:  # if the client left, closing the stream ends the call as cancelled
                 await chunks.aclose()
             record = results[0].record
             ended(name, "stream", started, record)
             yield _sse("done", orjson.dumps(_summary(record)))
 
-        # background: a client gone before the first event never starts events(); closing
-        # the stream then still ends the call (closing a finished one does nothing)
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store",
-                                          "X-Accel-Buffering": "no"},
-                                 background=BackgroundTask(chunks.aclose))
+        return EventStream(events())
 
     return [Route("/v1/capabilities/{name}/invoke", invoke, methods=["POST"]),
             Route("/v1/capabilities/{name}/stream", stream, methods=["POST"])]
