@@ -20,7 +20,9 @@ code never catches a backend SDK's exception type::
     ├── FeatureNotSupported          the adapter lacks a declared feature (streaming ...)
     ├── IntegrityError               tampered audit chain, failed durable write
     ├── StepFailed                   a pipeline step raised a non-mesh exception
-    └── CallCancelled                the caller went away (stream closed early)
+    ├── CallCancelled                the caller went away (stream closed early)
+    ├── Unauthenticated              no or bad credential (gateway, HTTP 401)
+    └── Forbidden                    the credential does not allow this (HTTP 403)
 
 ``retryable`` says whether the retry step may try again; every error carries a ``hint``
 telling the reader what to do next.
@@ -43,6 +45,7 @@ __all__ = [
     "CircuitOpen",
     "ConfigError",
     "FeatureNotSupported",
+    "Forbidden",
     "IntegrityError",
     "InvalidInput",
     "InvalidOutput",
@@ -52,6 +55,7 @@ __all__ = [
     "PolicyDenied",
     "QuotaExceeded",
     "StepFailed",
+    "Unauthenticated",
     "UnknownCapability",
     "UnknownTenant",
 ]
@@ -223,6 +227,22 @@ class CallCancelled(MeshError):
 
     code = "call_cancelled"
     outcome = "cancelled"
+
+
+class Unauthenticated(MeshError):
+    """No credential, or one that is unknown, revoked, expired or badly signed (the gateway
+    answers 401)."""
+
+    code = "unauthenticated"
+    outcome = "denied"
+
+
+class Forbidden(MeshError):
+    """The credential is good but does not allow this: a capability outside its scopes, a
+    page without the reviewer role, a ``tenant=`` that is not the credential's (403)."""
+
+    code = "forbidden"
+    outcome = "denied"
 
 
 # Deprecated names → (current class, release that removes them).

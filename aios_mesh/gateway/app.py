@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from aios_mesh.errors import InvalidInput, MeshError, PayloadTooLarge
-from aios_mesh.gateway.identity import Authenticator, Principal
+from aios_mesh.gateway.identity import Authenticator, Forbidden, Principal
 from aios_mesh.gateway.metrics import GatewayMetrics
 from aios_mesh.gateway.problems import problem
 from aios_mesh.state import Migration
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ROUTE_MODULES", "Gateway", "GatewaySettings", "RouteModule", "StateConnector",
            "create_app"]
+
+#: The header a client names its expected tenant in (checked against the credential).
+TENANT_HEADER = "x-tenant"
 
 #: Builds one area's routes.
 RouteModule = Callable[["Gateway"], Sequence[BaseRoute]]
@@ -95,8 +98,18 @@ class Gateway:
         self.metrics = GatewayMetrics()
 
     async def principal(self, request: HTTPConnection) -> Principal:
-        """Who sent ``request`` (raises ``Unauthenticated``, answered as 401)."""
-        return await self.authenticator.authenticate(request)
+        """Who sent ``request`` (raises ``Unauthenticated``, answered as 401).
+
+        The tenant is the credential's. A client that names a tenant (``X-Tenant``, sent by
+        :class:`aios_mesh.client.MeshClient` for a ``tenant=`` argument) must name that one:
+        anything else is ``Forbidden`` (403), never an override."""
+        principal = await self.authenticator.authenticate(request)
+        asked = request.headers.get(TENANT_HEADER)
+        if asked is not None and asked != principal.tenant:
+            raise Forbidden(f"this credential is for tenant {principal.tenant!r}, not "
+                            f"{asked!r}", hint="use a credential issued for that tenant, or "
+                                               "drop tenant= (the credential decides)")
+        return principal
 
     async def json_body(self, request: Request, *, limit: int | None = None) -> Any:
         """The request's JSON body: 415 unless it says JSON, 413 above ``limit`` (checked

@@ -13,27 +13,12 @@ from typing import Protocol, runtime_checkable
 
 from starlette.requests import HTTPConnection
 
-from aios_mesh.errors import MeshError
+from aios_mesh.errors import Forbidden, Unauthenticated
 
 __all__ = ["ADMIN", "REVIEWER", "Authenticator", "Forbidden", "Principal", "Unauthenticated"]
 
 REVIEWER = "reviewer"
 ADMIN = "admin"
-
-
-class Unauthenticated(MeshError):
-    """No credential, or one that is unknown, revoked, expired or badly signed (HTTP 401)."""
-
-    code = "unauthenticated"
-    outcome = "denied"
-
-
-class Forbidden(MeshError):
-    """The credential is good but does not allow this (a capability outside its scopes, a
-    console page without the reviewer role) (HTTP 403)."""
-
-    code = "forbidden"
-    outcome = "denied"
 
 
 @dataclass(frozen=True, slots=True)
