@@ -12,13 +12,14 @@ is read from the shared stores at scrape time, so it is right whichever worker a
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 __all__ = ["CONTENT_TYPE", "MULTIPROC_ENV", "GatewayMetrics", "Live"]
 
@@ -67,6 +68,20 @@ class GatewayMetrics:
         self.cost = Counter("aios_mesh_gateway_cost", "Cost of the calls made, in the "
                             "capability's currency.", ["tenant", "capability"],
                             registry=self._registry)
+        self.workers = Gauge("aios_mesh_gateway_workers", "Worker processes serving now.",
+                             multiprocess_mode="livesum", registry=self._registry)
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """While the app is up: this worker counts in ``aios_mesh_gateway_workers``; when it
+        stops, its live gauges are dropped (its counters stay in the sums)."""
+        self.workers.set(1)
+        try:
+            yield
+        finally:
+            self.workers.set(0)
+            if os.environ.get(MULTIPROC_ENV):
+                mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]  # untyped
 
     def observe(self, *, capability: str, tenant: str, mode: str, outcome: str,
                 seconds: float, cost: float = 0.0, error_code: str | None = None) -> None:

@@ -110,9 +110,18 @@ def app_from_env() -> Starlette:
 
 @contextlib.contextmanager
 def _metrics_dir(config: Path | None) -> Iterator[Path]:
-    """A fresh folder for the workers' metric files, under the state folder when the config
-    names one; removed when the server stops (a restart starts the counters from zero, as a
-    single process would)."""
+    """The folder for the workers' metric files: ``$PROMETHEUS_MULTIPROC_DIR`` when the
+    operator set it (emptied first, as prometheus_client asks), else a fresh folder under
+    the state folder (when the config names one) that is removed when the server stops. A
+    restart starts the counters from zero, as a single process would."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+        yield folder
+        return
     parent = load_config(config).state_path / "gateway" if config is not None else None
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)

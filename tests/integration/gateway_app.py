@@ -15,14 +15,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import orjson
 from pydantic import BaseModel
-from starlette.requests import HTTPConnection
 
 from aios_mesh import Mesh
 from aios_mesh.capabilities import SLO, Price, capability
 from aios_mesh.errors import BackendUnavailable
-from aios_mesh.gateway.identity import Principal, Unauthenticated
+from aios_mesh.ports.events import Event
 
 
 class Text(BaseModel):
@@ -44,7 +42,10 @@ def echo(payload: Text) -> Echo:
 
 @capability("slow", slo=SLO(timeout_s=60))
 async def slow(payload: Text) -> Echo:
+    """Sleep, then publish an event (the outbox must be shipped at shutdown) and answer."""
     await asyncio.sleep(payload.seconds)
+    await mesh.publish("slow.done", Event(type="slow.done", source="gateway-test",
+                                          tenant="acme", data={"text": payload.text}))
     return Echo(text=payload.text)
 
 
@@ -84,30 +85,6 @@ def _build() -> Mesh:
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, publish()).result()
     return built
-
-
-class TokenAuthenticator:
-    """Bearer tokens from ``$GATEWAY_TEST_TOKENS`` (``{"token": {"tenant": ..., ...}}``)."""
-
-    def __init__(self) -> None:
-        table = orjson.loads(os.environ.get("GATEWAY_TEST_TOKENS", "{}"))
-        self.tokens = {token: Principal(tenant=p["tenant"], caller=p.get("caller", "test"),
-                                        scopes=frozenset(p["scopes"]) if "scopes" in p
-                                        else None, roles=frozenset(p.get("roles", ())),
-                                        credential=f"t-{i}")
-                       for i, (token, p) in enumerate(table.items())}
-
-    async def authenticate(self, request: HTTPConnection) -> Principal:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        principal = self.tokens.get(token) if scheme.lower() == "bearer" else None
-        if principal is None:
-            raise Unauthenticated("no valid bearer token", hint="send Authorization: Bearer …")
-        return principal
-
-
-def tokens(mesh: Mesh) -> TokenAuthenticator:
-    """The ``--authenticator`` factory."""
-    return TokenAuthenticator()
 
 
 mesh = _build()

@@ -3,8 +3,7 @@ endpoint of the core (health, catalog, OpenAPI, invoke, stream, records, metrics
 bad input with its documented status and problem body.
 
 The mesh it serves is ``tests/integration/gateway_app.py`` on the embedded backends; the
-credentials are bearer tokens of a small test authenticator (the API keys have their own
-tests in ``test_gateway_keys*``).
+credentials are real API keys (``[gateway.auth]``, stored hashed in the state folder).
 """
 
 from __future__ import annotations
@@ -22,15 +21,17 @@ import orjson
 import pytest
 from openapi_spec_validator import validate
 
+from aios_mesh.gateway.auth import KeyStore
 from aios_mesh.gateway.testing import RunningGateway, running_gateway
+from aios_mesh.state import SqliteState
 
 REPO = Path(__file__).resolve().parents[2]
 APP = "tests.integration.gateway_app:mesh"
-AUTH = "tests.integration.gateway_app:tokens"
-TOKENS = {"acme": {"tenant": "acme", "caller": "acme-app"},
-          "acme-echo": {"tenant": "acme", "scopes": ["echo"]},
-          "globex": {"tenant": "globex"},
-          "initech": {"tenant": "initech"}}
+#: name -> (tenant, caller, scopes); each becomes a real API key
+KEYS: dict[str, tuple[str, str, list[str] | None]] = {
+    "acme": ("acme", "acme-app", None), "acme-echo": ("acme", "echo-only", ["echo"]),
+    "globex": ("globex", "globex-app", None), "initech": ("initech", "initech-app", None)}
+TOKENS: dict[str, str] = {}
 CONFIG = """
 state_dir = "state"
 max_payload_bytes = 4096
@@ -51,14 +52,19 @@ calls_per_day = 100
 
 
 def gateway_env(tmp: Path, config: str = CONFIG) -> tuple[Path, dict[str, str]]:
-    """A config under ``tmp`` and the environment the test app reads."""
+    """A config under ``tmp``, API keys in its state folder (into :data:`TOKENS`) and the
+    environment the test app reads."""
     path = tmp / "mesh.toml"
     path.write_text(config)
     policies = tmp / "state" / "policies" / "gateway"
     policies.mkdir(parents=True, exist_ok=True)
     (policies / "open.rego").write_text("package gateway.open\n\nimport rego.v1\n\n"
                                          "default allow := true\n")
-    return path, {"GATEWAY_TEST_CONFIG": str(path), "GATEWAY_TEST_TOKENS": json.dumps(TOKENS)}
+    store = KeyStore(SqliteState(tmp / "state"))
+    for name, (tenant, caller, scopes) in KEYS.items():
+        TOKENS[name] = store.create(tenant, caller, scopes=scopes)[1]
+    store.close()
+    return path, {"GATEWAY_TEST_CONFIG": str(path)}
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +75,13 @@ def gw_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def gw(gw_dir: Path) -> Iterator[RunningGateway]:
     _, env = gateway_env(gw_dir)
-    with running_gateway(None, app=APP, authenticator=AUTH, env=env, cwd=REPO,
+    with running_gateway(None, app=APP, env=env, cwd=REPO,
                          args=["--head-timeout", "1"]) as running:
         yield running
 
 
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+def auth(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS.get(name, name)}"}
 
 
 def post(gw: RunningGateway, capability: str, body: Any, token: str = "acme",

@@ -66,6 +66,7 @@ async def _live(gateway: Gateway) -> Live:
 def routes(gateway: Gateway) -> Sequence[BaseRoute]:
     """The health and metrics routes."""
     readiness = _Readiness(gateway)
+    gateway.background.append(gateway.metrics.serving)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
