@@ -42,7 +42,7 @@ from aios_mesh.gateway.metrics import MULTIPROC_ENV
 from aios_mesh.gateway.protocol import HeadDeadlineH11Protocol
 
 __all__ = ["AUTHENTICATOR_ENV", "DEFAULT_AUTHENTICATOR", "ServerSettings", "app_from_env",
-           "serve"]
+           "run_app", "serve"]
 
 #: The variables a worker builds its app from (the first two are the CLI's own).
 CONFIG_ENV = "AIOS_MESH_CONFIG"
@@ -152,15 +152,20 @@ def serve(settings: ServerSettings, *, config: Path | None = None, app_ref: str 
     with _metrics_dir(config) as metrics:
         if settings.workers > 1:  # set before the workers start, so before they import it
             os.environ[MULTIPROC_ENV] = str(metrics)
-        protocol = functools.partial(HeadDeadlineH11Protocol,
-                                     head_timeout_s=settings.head_timeout_s)
-        uvicorn.run("aios_mesh.gateway.server:app_from_env", factory=True,
-                    host=settings.host, port=settings.port, workers=settings.workers,
-                    http=protocol,  # type: ignore[arg-type]  # uvicorn accepts a factory
-                    lifespan="on",
-                    timeout_keep_alive=settings.keep_alive_s,
-                    timeout_graceful_shutdown=settings.graceful_s,
-                    h11_max_incomplete_event_size=settings.max_head_bytes,
-                    limit_concurrency=settings.limit_concurrency,
-                    access_log=settings.access_log, proxy_headers=settings.proxy_headers,
-                    forwarded_allow_ips=settings.forwarded_allow_ips, server_header=False)
+        run_app("aios_mesh.gateway.server:app_from_env", settings, factory=True)
+
+
+def run_app(target: str, settings: ServerSettings, *, factory: bool = False) -> None:
+    """Serve the ASGI app ``target`` (``module:attr``; with ``factory``, a callable making
+    it) with the gateway's server stack and settings: what :func:`serve` runs, and what the
+    gateway benchmark's bare echo app runs on, so both pay for the same HTTP hop."""
+    protocol = functools.partial(HeadDeadlineH11Protocol, head_timeout_s=settings.head_timeout_s)
+    uvicorn.run(target, factory=factory, host=settings.host, port=settings.port,
+                workers=settings.workers,
+                http=protocol,  # type: ignore[arg-type]  # uvicorn accepts a factory
+                lifespan="on", timeout_keep_alive=settings.keep_alive_s,
+                timeout_graceful_shutdown=settings.graceful_s,
+                h11_max_incomplete_event_size=settings.max_head_bytes,
+                limit_concurrency=settings.limit_concurrency, access_log=settings.access_log,
+                proxy_headers=settings.proxy_headers,
+                forwarded_allow_ips=settings.forwarded_allow_ips, server_header=False)
