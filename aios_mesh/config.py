@@ -47,6 +47,7 @@ from pydantic import (
 from aios_mesh.backends import DEFAULT_URLS, PORTS, PortName, parse_port_url, redact_url
 from aios_mesh.errors import ConfigError
 from aios_mesh.ports.quota import QuotaLimits
+from aios_mesh.state import check_state_url
 
 __all__ = [
     "JWT_ALGORITHMS",
@@ -196,11 +197,26 @@ class BackendsConfig(_Strict):
     lineage: str | None = None
     quota: str | None = None
     audit: str | None = None
+    #: where the mesh's stores (review queue, API keys, bulk jobs, ...) keep state: the
+    #: state folder by default (``sqlite://``), or ``postgresql://...`` shared by replicas
+    state: str | None = None
     serving_named: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("state")
+    @classmethod
+    def _valid_state(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                check_state_url(value)
+            except ConfigError as exc:
+                raise ValueError(f"{exc.message} ({exc.hint})") from None
+        return value
 
     @field_validator("*")
     @classmethod
     def _valid_url(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name == "state":
+            return value  # not a port: checked above
         # a scheme no adapter serves is an error now, for every port alike, not when the
         # port is first used (then a background relay would only log it)
         port = cast(PortName, "serving" if info.field_name == "serving_named"

@@ -77,7 +77,7 @@ from aios_mesh.resolver import AliasResolver
 from aios_mesh.result import Result
 from aios_mesh.review import ReviewItem, ReviewQueue, resolve_review
 from aios_mesh.routes import Route
-from aios_mesh.state import SqliteState
+from aios_mesh.state import open_state
 from aios_mesh.telemetry import Telemetry
 
 __all__ = ["BeforeRecord", "Mesh", "RecordSink", "Result"]
@@ -119,7 +119,7 @@ class Mesh:
         #: ``mesh.ports.get("audit")`` (typed per port name).
         self.port = self.ports.get
         #: Where the mesh's own stores (review queue, ...) keep state and their schema.
-        self.state = SqliteState(state)
+        self.state = open_state(self.config.backends.state, folder=state)
         self.catalog = Catalog()
         self.routes: list[Route] = [Route(**r.model_dump()) for r in self.config.routes]
         self._sync = SyncRunner()

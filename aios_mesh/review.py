@@ -10,14 +10,13 @@ and kept again as a :class:`Label` (approved, corrected or rejected) for quality
 from __future__ import annotations
 
 import builtins
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import orjson
 from pydantic import ValidationError
@@ -27,10 +26,10 @@ from aios_mesh.errors import ConfigError, InvalidInput, NotFound
 from aios_mesh.pipeline.validate import digest, validation_message
 from aios_mesh.ports.audit import AuditLog
 from aios_mesh.ports.events import Event
-from aios_mesh.state import Migration, SqliteState
+from aios_mesh.state import Database, Migration, SharedState, SqliteState
 
 __all__ = ["MIGRATIONS", "POSTGRES_MIGRATIONS", "Label", "ReviewItem", "ReviewQueue",
-           "ReviewState", "ReviewStatus", "Verdict", "resolve_review"]
+           "ReviewStatus", "Verdict", "resolve_review"]
 
 ReviewStatus = Literal["pending", "approved", "rejected"]
 
@@ -70,15 +69,6 @@ _SCHEMAS: Mapping[str, tuple[Migration, ...]] = {"sqlite": MIGRATIONS,
 
 #: How a human labelled a proposed output: kept as it was, replaced, or thrown out.
 Verdict = Literal["approved", "corrected", "rejected"]
-
-
-class ReviewState(Protocol):
-    """What the review store needs from the shared state: its dialect and a connection
-    (:class:`~aios_mesh.state.SqliteState`, ``aios_mesh_postgres.PostgresState``)."""
-
-    dialect: str
-
-    def connect(self, store: str, migrations: Sequence[Migration]) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,30 +141,18 @@ class ReviewQueue:
             print(item.id, item.reason, item.confidence)
     """
 
-    def __init__(self, path: Path | None = None, *, state: ReviewState | None = None,
+    def __init__(self, path: Path | None = None, *, state: SharedState | None = None,
                  store: str | None = None) -> None:
         if path is None and state is None:
             raise ConfigError("the review queue needs a path or a shared state",
                               hint="pass ReviewQueue(path) or ReviewQueue(state=...)")
         self.path = path
-        self._lock = threading.Lock()
-        backend: ReviewState = state if state is not None else SqliteState(
+        backend: SharedState = state if state is not None else SqliteState(
             path.parent if path is not None else Path("."))
         self.dialect = backend.dialect
-        if self.dialect not in _SCHEMAS:
-            raise ConfigError(f"the review store has no schema for SQL dialect "
-                              f"{self.dialect!r}",
-                              hint=f"use a state of one of: {', '.join(sorted(_SCHEMAS))}")
         name = store or (path.stem if path is not None else "review")
-        self._db = backend.connect(name, _SCHEMAS[self.dialect])
-
-    def _sql(self, statement: str) -> str:
-        # statements are written with sqlite's ``?``; psycopg takes ``%s``
-        return statement if self.dialect == "sqlite" else statement.replace("?", "%s")
-
-    def _run(self, statement: str, args: Sequence[Any] = ()) -> Any:
-        with self._lock:
-            return self._db.execute(self._sql(statement), tuple(args))
+        self._db = Database(backend, name, _SCHEMAS, what="the review queue")
+        self._db.execute("SELECT 1")  # open and migrate now: a bad state fails here
 
     def enqueue(self, *, record_id: str, tenant: str, capability: str, reason: str,
                 payload: dict[str, Any], proposed: dict[str, Any] | None,
@@ -182,7 +160,7 @@ class ReviewQueue:
                 confidence: float | None = None) -> str:
         """Park a call; ``resume`` says where the final answer is to be published."""
         item_id = uuid.uuid4().hex[:12]
-        self._run(
+        self._db.execute(
             "INSERT INTO review (id, record_id, tenant, capability, reason, status, "
             "created_at, payload, proposed, resume, confidence) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -199,7 +177,8 @@ class ReviewQueue:
                           None if row[14] is None else float(row[14]))
 
     def get(self, item_id: str) -> ReviewItem:
-        row = self._run(f"SELECT {_COLUMNS} FROM review WHERE id = ?", (item_id,)).fetchone()
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM review WHERE id = ?", (item_id,))
+        row = rows[0] if rows else None
         if row is None:
             raise NotFound(f"no review item {item_id!r}",
                            hint="`aios-mesh review list` shows the open ones")
@@ -223,7 +202,7 @@ class ReviewQueue:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))
-        return [self._row(r) for r in self._run(sql, args).fetchall()]
+        return [self._row(r) for r in self._db.execute(sql, args)]
 
     def resolve(self, item_id: str, *, approve: bool, reviewer: str,
                 output: dict[str, Any] | None = None, note: str = "") -> ReviewItem:
@@ -241,27 +220,20 @@ class ReviewQueue:
                             "corrected" if output is not None and output != item.proposed
                             else "approved")
         now = datetime.now(UTC).isoformat()
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                cursor = self._db.execute(self._sql(
-                    "UPDATE review SET status=?, decided_by=?, decided_at=?, final_output=?, "
-                    "note=? WHERE id=? AND status='pending'"),
-                    ("approved" if approve else "rejected", reviewer, now, _blob(final),
-                     note, item_id))
-                if cursor.rowcount != 1:
-                    raise InvalidInput(f"review item {item_id} was decided meanwhile",
-                                       hint="reload the queue; someone decided it first")
-                self._db.execute(self._sql(
-                    f"INSERT INTO review_labels ({_LABEL_COLUMNS}) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?)"),
-                    (uuid.uuid4().hex[:12], item.id, item.record_id, item.tenant,
-                     item.capability, verdict, _text(item.proposed), _text(final), reviewer,
-                     now))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._db.transaction() as db:
+            changed = db.execute(
+                "UPDATE review SET status=?, decided_by=?, decided_at=?, final_output=?, "
+                "note=? WHERE id=? AND status='pending'",
+                ("approved" if approve else "rejected", reviewer, now, _blob(final),
+                 note, item_id)).rowcount
+            if changed != 1:
+                raise InvalidInput(f"review item {item_id} was decided meanwhile",
+                                   hint="reload the queue; someone decided it first")
+            db.execute(f"INSERT INTO review_labels ({_LABEL_COLUMNS}) "
+                       "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (uuid.uuid4().hex[:12], item.id, item.record_id, item.tenant,
+                        item.capability, verdict, _text(item.proposed), _text(final),
+                        reviewer, now))
         return self.get(item_id)
 
     def labels(self, *, tenant: str | None = None, capability: str | None = None,
@@ -278,7 +250,7 @@ class ReviewQueue:
         if since is not None:
             sql += " AND created_at >= ?"
             args.append(since)
-        rows = self._run(sql + " ORDER BY created_at, id", args).fetchall()
+        rows = self._db.execute(sql + " ORDER BY created_at, id", args)
         return [Label(r[0], r[1], r[2], r[3], r[4], r[5], _load(r[6]), _load(r[7]), r[8],
                       r[9]) for r in rows]
 
@@ -304,8 +276,7 @@ class ReviewQueue:
             time.sleep(min(poll_s, left))
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
 
 def _text(value: Any) -> str | None:

@@ -16,7 +16,7 @@ import importlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.applications import Starlette
@@ -28,12 +28,12 @@ from aios_mesh.errors import InvalidInput, MeshError, PayloadTooLarge
 from aios_mesh.gateway.identity import Authenticator, Forbidden, Principal
 from aios_mesh.gateway.metrics import GatewayMetrics
 from aios_mesh.gateway.problems import problem
-from aios_mesh.state import Migration
+from aios_mesh.state import SharedState
 
 if TYPE_CHECKING:
     from aios_mesh.mesh import Mesh
 
-__all__ = ["ROUTE_MODULES", "Gateway", "GatewaySettings", "RouteModule", "StateConnector",
+__all__ = ["ROUTE_MODULES", "Gateway", "GatewaySettings", "RouteModule",
            "create_app"]
 
 #: The header a client names its expected tenant in (checked against the credential).
@@ -67,30 +67,17 @@ class GatewaySettings:
     job_lease_s: float = 30.0
 
 
-class StateConnector(Protocol):
-    """A shared state that hands out connections (:class:`~aios_mesh.state.SqliteState`,
-    ``aios_mesh_postgres.PostgresState``)."""
-
-    #: The SQL dialect of its connections: ``sqlite`` (``?`` placeholders) or
-    #: ``postgresql`` (``%s``).
-    dialect: str
-
-    def connect(self, store: str, migrations: Sequence[Migration]) -> Any:
-        """A DB-API connection (autocommit) with ``store``'s schema migrated."""
-        ...
-
-
 class Gateway:
     """What every route module gets: the mesh, the authenticator and the request helpers."""
 
     def __init__(self, mesh: Mesh, authenticator: Authenticator,
-                 settings: GatewaySettings, state: StateConnector | None = None) -> None:
+                 settings: GatewaySettings, state: SharedState | None = None) -> None:
         self.mesh = mesh
         self.authenticator = authenticator
         self.settings = settings
         #: Where the gateway's stores (bulk jobs, keys, ...) keep state: the mesh's sqlite
         #: state by default, a PostgreSQL one so replicas share it.
-        self.state: StateConnector = state or mesh.state
+        self.state: SharedState = state or mesh.state
         #: What runs while the app is up (a bulk job runner ...): each is entered when the
         #: app starts and exited, in reverse order, when it stops.
         self.background: list[Callable[[], contextlib.AbstractAsyncContextManager[object]]] = []
@@ -158,7 +145,7 @@ def _route_module(name: str) -> RouteModule:
 def create_app(mesh: Mesh, *, authenticator: Authenticator,
                settings: GatewaySettings | None = None,
                modules: Sequence[RouteModule] | None = None,
-               close_mesh: bool = True, state: StateConnector | None = None) -> Starlette:
+               close_mesh: bool = True, state: SharedState | None = None) -> Starlette:
     """The gateway app for ``mesh``.
 
     Args:

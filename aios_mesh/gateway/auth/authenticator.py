@@ -20,9 +20,10 @@ from starlette.requests import HTTPConnection
 from aios_mesh.errors import ConfigError
 from aios_mesh.gateway.auth.api_keys import ApiKeyAuthenticator
 from aios_mesh.gateway.auth.keys import KEY_PREFIX
-from aios_mesh.gateway.auth.store import KeyState, KeyStore
+from aios_mesh.gateway.auth.store import KeyStore
 from aios_mesh.gateway.auth.tokens import JwtAuthenticator
 from aios_mesh.gateway.identity import Principal, Unauthenticated
+from aios_mesh.state import SharedState
 
 if TYPE_CHECKING:
     from aios_mesh.mesh import Mesh
@@ -90,7 +91,7 @@ class GatewayAuthenticator:
             await self.tokens.aclose()
 
 
-def authenticator_from_config(mesh: Mesh, *, state: KeyState | None = None,
+def authenticator_from_config(mesh: Mesh, *, state: SharedState | None = None,
                               store: KeyStore | None = None) -> GatewayAuthenticator:
     """The authenticator ``[gateway.auth]`` of ``mesh.config`` describes: API keys from
     ``store`` (default: the ``api_keys`` store on ``state``, itself by default

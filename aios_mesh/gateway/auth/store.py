@@ -9,23 +9,20 @@ and when it was created, expires and was revoked. Revoking keeps the row (``keys
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal
 
 import orjson
 
-from aios_mesh.errors import BackendUnavailable, ConfigError, NotFound
-from aios_mesh.gateway.app import StateConnector
+from aios_mesh.errors import ConfigError, NotFound
 from aios_mesh.gateway.auth.keys import KEY_PREFIX, digest, key_id_of, new_key
 from aios_mesh.gateway.identity import ADMIN, REVIEWER, Principal
 from aios_mesh.ports.quota import LIMIT_FIELDS, QuotaLimits
-from aios_mesh.redaction import describe_exception
-from aios_mesh.state import Migration
+from aios_mesh.state import Database, Migration, SharedState
 
-__all__ = ["KEYS_STORE", "MIGRATIONS", "ROLES", "KeyRecord", "KeyState", "KeyStore"]
+__all__ = ["KEYS_STORE", "MIGRATIONS", "ROLES", "KeyRecord", "KeyStore"]
 
 #: The store's name on the shared state (and its table's name).
 KEYS_STORE: Final = "api_keys"
@@ -52,8 +49,6 @@ MIGRATIONS: Final = (
 
 _COLUMNS: Final = ("id, digest, tenant, caller, scopes, roles, limits, created_at, expires_at, "
                    "revoked_at")
-_HINT_DOWN: Final = ("check that the shared state (the state folder, or PostgreSQL) is "
-                     "reachable (`aios-mesh doctor`), then try again")
 
 KeyStatus = Literal["active", "expired", "revoked"]
 
@@ -100,13 +95,6 @@ class KeyRecord:
                 "revoked_at": self.revoked_at}
 
 
-class KeyState(StateConnector, Protocol):
-    """What the key store needs from the shared state: its SQL dialect (``sqlite``:
-    ``?`` placeholders; ``postgresql``: ``%s``) and connections."""
-
-    dialect: str
-
-
 def _limits_dict(limits: QuotaLimits | None) -> dict[str, Any] | None:
     if limits is None:
         return None
@@ -133,43 +121,17 @@ class KeyStore:
     connection is kept (and reopened after a failure); threads take turns on it.
     """
 
-    def __init__(self, state: KeyState, *, clock: Callable[[], float] = time.time) -> None:
-        self._state = state
+    def __init__(self, state: SharedState, *, clock: Callable[[], float] = time.time
+                 ) -> None:
+        self._db = Database(state, KEYS_STORE, MIGRATIONS, what="the API key store")
         self._clock = clock
-        self._lock = threading.Lock()
-        self._conn: Any = None
-        # every statement is written with '?'; psycopg's placeholder is '%s' (no statement
-        # here holds a literal '?')
-        self._qmark = state.dialect == "sqlite"
-
-    # -- database ----------------------------------------------------------------------
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            if self._conn is None:
-                self._conn = self._state.connect(KEYS_STORE, MIGRATIONS)
-            text = sql if self._qmark else sql.replace("?", "%s")
-            try:
-                cursor = self._conn.execute(text, tuple(params))
-                return list(cursor.fetchall()) if cursor.description else []
-            except Exception as exc:  # the driver's own errors (sqlite3, psycopg) end here
-                self._drop()
-                raise BackendUnavailable(
-                    f"the API key store is not available ({describe_exception(exc)})",
-                    hint=_HINT_DOWN) from exc
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # already broken: nothing left to release
-                pass
+        return self._db.execute(sql, params)
 
     def close(self) -> None:
         """Release the connection (the store reconnects if used again)."""
-        with self._lock:
-            self._drop()
+        self._db.close()
 
     # -- keys ----------------------------------------------------------------------------
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from aios_mesh.gateway.identity import Forbidden, Principal
-from aios_mesh.state import Migration
+from aios_mesh.state import Database, Migration, SharedState
 
 __all__ = ["COOKIE", "MIGRATIONS", "SECRET_ENV", "Session", "SessionCodec", "console_secret"]
 
@@ -39,23 +38,17 @@ MIGRATIONS: Final = (Migration(1, (
 )),)
 
 
-class _State(Protocol):
-    def connect(self, store: str, migrations: Sequence[Migration]) -> Any: ...
-
-
-def console_secret(state: _State) -> str:
+def console_secret(state: SharedState) -> str:
     """The console's signing secret (see the module docstring)."""
     configured = os.environ.get(SECRET_ENV)
     if configured:
         return configured
-    db = state.connect("console", MIGRATIONS)
+    db = Database(state, "console", MIGRATIONS, what="the console store")
     try:
-        mark = "?" if getattr(state, "dialect", "sqlite") == "sqlite" else "%s"
         # the first replica's insert wins; the others read the row it wrote
-        db.execute(f"INSERT INTO console_secret (id, secret) VALUES (1, {mark}) "
+        db.execute("INSERT INTO console_secret (id, secret) VALUES (1, ?) "
                    "ON CONFLICT (id) DO NOTHING", (secrets.token_urlsafe(32),))
-        row = db.execute("SELECT secret FROM console_secret WHERE id = 1").fetchone()
-        return str(row[0])
+        return str(db.execute("SELECT secret FROM console_secret WHERE id = 1")[0][0])
     finally:
         db.close()
 

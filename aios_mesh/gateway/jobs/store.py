@@ -18,20 +18,17 @@ run by the one runner holding its lease, so two replicas never run the same row 
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import orjson
 
-from aios_mesh.errors import BackendUnavailable, NotFound
-from aios_mesh.gateway.app import StateConnector
+from aios_mesh.errors import NotFound
 from aios_mesh.record import utc_now_iso
-from aios_mesh.state import Migration
+from aios_mesh.state import Database, Migration, SharedState
 
 __all__ = ["JOBS_MIGRATIONS", "Job", "JobNotFound", "JobStore", "NewRow", "RowResult",
            "RowState", "row_record_id"]
@@ -146,82 +143,6 @@ class RowResult:
         return doc
 
 
-class _Db:
-    """One connection, used by one thread at a time, with the two dialects' differences
-    (placeholders, transactions) in one place."""
-
-    def __init__(self, state: StateConnector) -> None:
-        self._state = state
-        self._lock = threading.RLock()
-        self._conn: Any = None
-        self._pg = False
-
-    def _connection(self) -> Any:
-        if self._conn is None:
-            self._conn = self._state.connect("jobs", JOBS_MIGRATIONS)
-            self._pg = self._state.dialect != "sqlite"
-        return self._conn
-
-    def _sql(self, query: str) -> str:
-        return query.replace("?", "%s") if self._pg else query
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[_Db]:
-        """Run the block in one transaction (sqlite: ``BEGIN IMMEDIATE``, the write lock)."""
-        with self._lock, self._failures():
-            conn = self._connection()
-            if self._pg:
-                with conn.transaction():
-                    yield self
-                return
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    @contextlib.contextmanager
-    def _failures(self) -> Iterator[None]:
-        try:
-            yield
-        except (NotFound, BackendUnavailable):
-            raise
-        except Exception as exc:
-            # sqlite3.Error or psycopg.Error (not importable here): drop the connection so
-            # the next operation reconnects, and say which store failed (no SQL values).
-            if type(exc).__module__.split(".")[0] not in ("sqlite3", "psycopg"):
-                raise
-            conn, self._conn = self._conn, None
-            with contextlib.suppress(Exception):
-                if conn is not None:
-                    conn.close()
-            raise BackendUnavailable(f"the bulk job store failed: {type(exc).__name__}",
-                                     hint="check the gateway's shared state (sqlite file "
-                                          "or PostgreSQL); then try again") from exc
-
-    def execute(self, query: str, params: Sequence[Any] = ()) -> Any:
-        with self._lock, self._failures():
-            return self._connection().execute(self._sql(query), tuple(params))
-
-    def executemany(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self._lock, self._failures():
-            conn = self._connection()
-            if self._pg:
-                with conn.cursor() as cur:
-                    cur.executemany(self._sql(query), rows)
-            else:
-                conn.executemany(query, rows)
-
-    def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.close()
-
-
 _JOB_COLUMNS: Final = ("id, tenant, caller, capability, status, total, created_at, "
                        "started_at, finished_at")
 
@@ -230,8 +151,8 @@ class JobStore:
     """The ledger of bulk jobs on a shared state (sqlite or PostgreSQL); thread-safe, sync
     (the runner and routes call it through ``asyncio.to_thread``)."""
 
-    def __init__(self, state: StateConnector) -> None:
-        self._db = _Db(state)
+    def __init__(self, state: SharedState) -> None:
+        self._db = Database(state, "jobs", JOBS_MIGRATIONS, what="the bulk job store")
         self._db.execute("SELECT 1 FROM jobs WHERE 1 = 0").fetchall()  # migrate now
 
     def close(self) -> None:
@@ -398,7 +319,7 @@ class JobStore:
     def _finish_if_idle(self, job_id: str) -> bool:
         busy = self._db.execute(
             "SELECT COUNT(*) FROM jobs_rows WHERE job_id = ? AND state IN "
-            "('pending', 'running', 'answered')", (job_id,)).fetchone()[0]
+            "('pending', 'running', 'answered')", (job_id,))[0][0]
         if busy:
             return False
         self._db.execute(
