@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from aios_mesh.errors import MeshError
 
-__all__ = ["SyncRunner"]
+__all__ = ["SyncFacade", "SyncRunner"]
 
 T = TypeVar("T")
 
@@ -51,3 +51,39 @@ class SyncRunner:
             if not loop.is_running() and not loop.is_closed():
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
+
+
+class SyncFacade:
+    """The sync half of an object with an async core (the mesh, the gateway client):
+    :meth:`run_sync`, :meth:`close` and both context managers, over the subclass's
+    ``aclose``. One loop per thread, from a :class:`SyncRunner` the subclass sets up."""
+
+    _sync: SyncRunner
+
+    async def aclose(self) -> None:
+        """Release what the object holds (the subclass says what)."""
+        raise NotImplementedError
+
+    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` to completion on this thread's event loop (the sync facade every sync
+        method uses; for scripts and CLIs that hold an async call)::
+
+            report = mesh.run_sync(mesh.ports.audit.verify())
+        """
+        return self._sync.run(coro)
+
+    def close(self) -> None:
+        self.run_sync(self.aclose())
+        self._sync.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

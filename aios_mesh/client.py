@@ -23,9 +23,10 @@ strategy as the mesh: one event loop per thread).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
@@ -34,7 +35,7 @@ import orjson
 from pydantic import BaseModel
 
 from aios_mesh import errors
-from aios_mesh._sync import SyncRunner
+from aios_mesh._sync import SyncFacade, SyncRunner
 from aios_mesh.capabilities import CapabilitySpec
 from aios_mesh.errors import BackendUnavailable, ConfigError, MeshError
 
@@ -42,6 +43,8 @@ __all__ = ["CallResult", "MeshClient", "error_from_problem"]
 
 T = TypeVar("T")
 _TENANT_HEADER = "X-Tenant"
+_ATTRIBUTES_HEADER = "X-Mesh-Attributes"
+_PARENT_HEADER = "X-Mesh-Parent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +101,7 @@ def error_from_problem(status: int, body: bytes, headers: Mapping[str, str]) -> 
     return error
 
 
-class MeshClient:
+class MeshClient(SyncFacade):
     """Calls capabilities through an aios-mesh gateway.
 
     Args:
@@ -155,11 +158,17 @@ class MeshClient:
                     timeout=self._timeout, transport=self._transport)
             return client
 
-    def _request_headers(self, tenant: str | None,
-                         traceparent: Mapping[str, str] | None) -> dict[str, str]:
+    def _request_headers(self, tenant: str | None, traceparent: Mapping[str, str] | None,
+                         attributes: Mapping[str, Any] | None = None,
+                         parent: Mapping[str, Any] | None = None) -> dict[str, str]:
         headers = dict(traceparent or {})
         if tenant is not None:
             headers[_TENANT_HEADER] = tenant
+        # ASCII JSON: header values are not UTF-8 on the wire
+        if attributes is not None:
+            headers[_ATTRIBUTES_HEADER] = json.dumps(dict(attributes), ensure_ascii=True)
+        if parent is not None:
+            headers[_PARENT_HEADER] = json.dumps(dict(parent), ensure_ascii=True)
         return headers
 
     def _payload(self, payload: Any) -> bytes:
@@ -192,15 +201,17 @@ class MeshClient:
 
     # -- the calls -----------------------------------------------------------------------
     async def ainvoke(self, capability: str, payload: Any, *, tenant: str | None = None,
-                      caller: str | None = None,
+                      caller: str | None = None, attributes: Mapping[str, Any] | None = None,
+                      parent: Mapping[str, Any] | None = None,
                       traceparent: Mapping[str, str] | None = None) -> CallResult:
         """One call. ``caller`` is accepted for parity with the mesh and ignored: over HTTP
-        the credential names the caller."""
+        the credential names the caller. ``attributes`` (policy input) and ``parent`` (the
+        workflow run, for lineage) mean what they mean in process; both must be JSON."""
         del caller
         response = await self._send(
             "POST", f"/v1/capabilities/{capability}/invoke", content=self._payload(payload),
             headers={"Content-Type": "application/json",
-                     **self._request_headers(tenant, traceparent)})
+                     **self._request_headers(tenant, traceparent, attributes, parent)})
         doc = orjson.loads(response.content)
         return CallResult(output=self._output(capability, doc.get("output")),
                           record_id=doc["record_id"], trace_id=doc.get("trace_id"),
@@ -228,7 +239,8 @@ class MeshClient:
         return list(await asyncio.gather(*(one(p) for p in payloads)))
 
     async def stream(self, capability: str, payload: Any, *, tenant: str | None = None,
-                     caller: str | None = None,
+                     caller: str | None = None, attributes: Mapping[str, Any] | None = None,
+                     parent: Mapping[str, Any] | None = None,
                      traceparent: Mapping[str, str] | None = None
                      ) -> AsyncIterator[dict[str, Any]]:
         """The capability's chunks as the gateway streams them (Server-Sent Events). An
@@ -236,7 +248,7 @@ class MeshClient:
         connection, and the gateway records the call as cancelled."""
         del caller
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
-                   **self._request_headers(tenant, traceparent)}
+                   **self._request_headers(tenant, traceparent, attributes, parent)}
         request = self._client().build_request(
             "POST", f"/v1/capabilities/{capability}/stream", content=self._payload(payload),
             headers=headers)
@@ -275,15 +287,13 @@ class MeshClient:
         return doc
 
     # -- sync facade ---------------------------------------------------------------------
-    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on this thread's event loop (what every sync method uses)."""
-        return self._sync.run(coro)
-
     def invoke(self, capability: str, payload: Any, *, tenant: str | None = None,
-               caller: str | None = None,
+               caller: str | None = None, attributes: Mapping[str, Any] | None = None,
+               parent: Mapping[str, Any] | None = None,
                traceparent: Mapping[str, str] | None = None) -> CallResult:
         """Sync facade of :meth:`ainvoke`."""
         return self.run_sync(self.ainvoke(capability, payload, tenant=tenant, caller=caller,
+                                          attributes=attributes, parent=parent,
                                           traceparent=traceparent))
 
     def invoke_many(self, capability: str, payloads: Iterable[Any], *,
@@ -303,19 +313,3 @@ class MeshClient:
             client = self._clients.pop(key, None)
         if client is not None:
             await client.aclose()
-
-    def close(self) -> None:
-        self.run_sync(self.aclose())
-        self._sync.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()

@@ -30,7 +30,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
     Iterable,
     Mapping,
     Sequence,
@@ -38,7 +37,7 @@ from collections.abc import (
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from aios_mesh._sync import SyncRunner
+from aios_mesh._sync import SyncFacade, SyncRunner
 from aios_mesh.backends import PortName
 from aios_mesh.capabilities import CapabilitySpec
 from aios_mesh.catalog import Catalog, declared
@@ -90,7 +89,7 @@ _END = object()  # the end of a stream's chunks
 BeforeRecord = Callable[[DecisionRecord, Any, MeshError | None], Awaitable[None]]
 
 
-class Mesh:
+class Mesh(SyncFacade):
     """The capability mesh. Build it with :meth:`local`, :meth:`from_config` or directly.
 
     Args:
@@ -527,14 +526,6 @@ class Mesh:
         self.run_sync(pin())
         return path
 
-    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` to completion on this thread's event loop (the sync facade every sync
-        method uses; for scripts and CLIs that hold a mesh and an async port call)::
-
-            report = mesh.run_sync(mesh.ports.audit.verify())
-        """
-        return self._sync.run(coro)
-
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every record processor has shipped what past calls produced
         (telemetry, shadow calls) and the relay has shipped every decision record and
@@ -553,19 +544,3 @@ class Mesh:
         if self._outbox is not None:
             self._outbox.close()
             self._outbox = None
-
-    def close(self) -> None:
-        self.run_sync(self.aclose())
-        self._sync.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
