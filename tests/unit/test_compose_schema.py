@@ -30,7 +30,7 @@ PROFILE = COMPOSE_DIR / "aios-mesh.compose.toml"
 COMPOSE_FILES = sorted([*COMPOSE_DIR.glob("*.yml"), *COMPOSE_DIR.glob("*.yaml")])
 #: Services a full deployment needs (ARCHITECTURE.md, compose/ row).
 REQUIRED_SERVICES = {"kafka", "qdrant", "opa", "mlflow", "mlflow-db", "triton", "marquez",
-                     "marquez-db", "redis", "postgres"}
+                     "marquez-db", "redis", "postgres", "gateway"}
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +106,29 @@ def test_profile_points_at_the_published_ports() -> None:
         if parsed.host is not None:
             assert parsed.host == "127.0.0.1", port
             assert parsed.port in published, f"{port}: nothing publishes {parsed.port}"
+
+
+def test_gateway_service_serves_the_stack() -> None:
+    """The gateway starts once Redis and PostgreSQL are healthy, is healthy when /healthz
+    answers, and its config names the stack's servers by their service names."""
+    services: dict[str, Any] = _load(COMPOSE_DIR / "docker-compose.yml")["services"]
+    gateway = services["gateway"]
+    healthy = {name for name, dep in gateway["depends_on"].items()
+               if dep["condition"] == "service_healthy"}
+    assert healthy >= {"redis", "postgres"}
+    assert "http://127.0.0.1:8080/healthz" in " ".join(gateway["healthcheck"]["test"])
+    assert gateway["command"][:2] == ["aios-mesh", "gateway"]
+    assert "--port=8080" in gateway["command"] and "--host=0.0.0.0" in gateway["command"]
+    mounts = dict(reversed(v.split(":")[:2]) for v in gateway["volumes"])
+    flag = next(a for a in gateway["command"] if a.startswith("--config="))
+    config = load_config(COMPOSE_DIR / mounts[flag.split("=", 1)[1]])
+    for port in PORTS:
+        parsed = parse_url(getattr(config.backends, port))
+        assert parsed.scheme in known_schemes(port), port
+        assert parsed.host is None or parsed.host in services, f"{port}: {parsed.host}"
+    assert config.backends.state is not None
+    state = parse_url(config.backends.state)
+    assert state.host == "postgres" and state.host in services
+    # the host profile keeps keys in the same database the gateway reads them from
+    host_state = load_config(PROFILE).backends.state
+    assert host_state is not None and parse_url(host_state).path == state.path
