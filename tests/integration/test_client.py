@@ -145,3 +145,27 @@ def test_from_env(gateway: tuple[RunningGateway, str, Path],
     with MeshClient.from_env(capabilities=[echo]) as client:
         assert client.invoke("echo", {"text": "env"}).output.text == "ENV"
     assert os.environ["AIOS_MESH_GATEWAY_URL"] == gw.url
+
+
+def test_attributes_and_parent_reach_the_call(
+        gateway: tuple[RunningGateway, str, Path]) -> None:
+    """``attributes`` (policy input) and ``parent`` (lineage) cross HTTP as JSON headers; a
+    header that is not a JSON object is refused before the call, with a hint."""
+    import httpx
+
+    from aios_mesh import InvalidInput
+
+    gw, key, _ = gateway
+    parent = {"namespace": "flyte", "name": "invoice_intake", "run_id": "run-é-1"}
+    with MeshClient(gw.url, api_key=key, capabilities=[echo]) as client:
+        result = client.invoke("echo", {"text": "x"}, attributes={"amount_usd": 12.5},
+                               parent=parent)
+        assert client.run_sync(client.record(result.record_id))["parent"] == parent
+    for name, value in (("X-Mesh-Attributes", "[1, 2]"), ("X-Mesh-Parent", "{not json")):
+        answer = httpx.post(f"{gw.url}/v1/capabilities/echo/invoke", json={"text": "x"},
+                            headers={"Authorization": f"Bearer {key}", name: value})
+        assert answer.status_code == 422, answer.text
+        problem = answer.json()
+        assert problem["code"] == InvalidInput.code and name in problem["detail"]
+        assert problem["hint"]
+        assert not problem.get("record_id")  # refused before it was a call

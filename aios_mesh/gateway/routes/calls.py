@@ -2,7 +2,10 @@
 ``POST /v1/capabilities/{name}/stream`` (Server-Sent Events).
 
 The body is the capability's input as JSON. The tenant and the caller come from the
-credential; a W3C ``traceparent`` header joins the caller's trace. An invoke answers
+credential; a W3C ``traceparent`` header joins the caller's trace. Two optional headers carry
+what the in-process call takes besides the input, each a JSON object: ``X-Mesh-Attributes``
+(facts for the policy, e.g. an amount; the caller's claims, as in process) and
+``X-Mesh-Parent`` (the workflow run the call belongs to, for lineage). An invoke answers
 ``{"output", "record_id", "trace_id", "outcome", "cost", "currency", "review_id"}``: 200, or
 202 when the call went to human review (``output`` is then null).
 
@@ -28,13 +31,18 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from aios_mesh.errors import MeshError
+from aios_mesh.errors import InvalidInput, MeshError
 from aios_mesh.gateway.app import Gateway
 from aios_mesh.gateway.problems import problem
 from aios_mesh.record import DecisionRecord
 from aios_mesh.result import Result
 
-__all__ = ["EventStream", "routes"]
+__all__ = ["ATTRIBUTES_HEADER", "PARENT_HEADER", "EventStream", "routes"]
+
+#: A JSON object of policy attributes (``Mesh.invoke(attributes=...)``).
+ATTRIBUTES_HEADER = "X-Mesh-Attributes"
+#: A JSON object naming the workflow run a call belongs to (``Mesh.invoke(parent=...)``).
+PARENT_HEADER = "X-Mesh-Parent"
 
 
 def _plain(output: Any) -> Any:
@@ -52,6 +60,29 @@ def _summary(record: DecisionRecord) -> dict[str, Any]:
 def _traceparent(request: Request) -> Mapping[str, str] | None:
     value = request.headers.get("traceparent")
     return {"traceparent": value} if value else None
+
+
+def _json_header(request: Request, name: str) -> dict[str, Any] | None:
+    """The JSON object in header ``name``; None when it is absent."""
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidInput(f"the {name} header is not valid JSON",
+                           hint=f"send {name} as one JSON object") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"the {name} header must be a JSON object, not "
+                           f"{type(value).__name__}", hint=f'e.g. {name}: {{"key": "value"}}')
+    return value
+
+
+def _call_options(request: Request) -> dict[str, Any]:
+    """The call's options besides the input: trace, policy attributes, lineage parent."""
+    return {"traceparent": _traceparent(request),
+            "attributes": _json_header(request, ATTRIBUTES_HEADER),
+            "parent": _json_header(request, PARENT_HEADER)}
 
 
 def _sse(event: str, data: bytes) -> bytes:
@@ -121,12 +152,12 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
         principal = await gateway.principal(request)
         name = request.path_params["name"]
         principal.require_call(name)
+        options = _call_options(request)
         payload = await gateway.json_body(request)
         started = time.perf_counter()
         try:
             result = await mesh.ainvoke(name, payload, tenant=principal.tenant,
-                                        caller=principal.caller,
-                                        traceparent=_traceparent(request))
+                                        caller=principal.caller, **options)
         except MeshError as exc:
             failed(name, principal.tenant, "invoke", started, exc)
             raise
@@ -139,13 +170,14 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
         principal = await gateway.principal(request)
         name = request.path_params["name"]
         principal.require_call(name)
+        options = _call_options(request)
         payload = await gateway.json_body(request)
         started = time.perf_counter()
         results: list[Result[Any]] = []
         # Mesh.stream is an async generator (typed as an iterator); the route closes it.
         chunks = cast(AsyncGenerator[dict[str, Any], None], mesh.stream(
             name, payload, tenant=principal.tenant, caller=principal.caller,
-            traceparent=_traceparent(request), on_result=results.append))
+            on_result=results.append, **options))
         # The first chunk decides the status: a call refused before it answers gets its
         # problem status, not a 200 with an error event.
         try:
