@@ -13,6 +13,7 @@ examples:
   python -m examples.invoice_intake                     embedded defaults, 540 invoices
   python -m examples.invoice_intake --n 60              a quick run
   python -m examples.invoice_intake --profile servers   the same job on real servers
+  python -m examples.invoice_intake --profile gateway   the same job through the gateway
   python -m examples.invoice_intake --config my.toml    your own profile
 
 afterwards:

@@ -1,5 +1,6 @@
 """The intake steps — the business code. It names capabilities, never models or servers, so it
-runs unchanged on the embedded defaults and on real servers.
+runs unchanged on the embedded defaults, on real servers and through the gateway (where each
+call goes is configuration: :mod:`examples.invoice_intake.calls`).
 
 Each step takes and returns a list of JSON-safe dicts (one per invoice), so the same functions
 are Flyte tasks (workflow.py) and plain Python calls. An invoice ends in exactly one route:
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from aios_mesh_flyte import current_mesh, invoke
+from aios_mesh_flyte import current_mesh
 
 from aios_mesh.ports.events import Event
+from examples.invoice_intake.calls import invoke
 from examples.invoice_intake.capabilities import ROUTES, to_usd
 
 __all__ = ["CALLER", "REQUIRED", "ROUTES", "TOPICS", "await_reviews", "extract", "match",

@@ -1,13 +1,15 @@
 """The main job: invoice intake end to end, on one config profile.
 
-    python -m examples.invoice_intake [--profile embedded|servers] [--n 540]
+    python -m examples.invoice_intake [--profile embedded|servers|gateway] [--n 540]
 
-1. start the profile's servers (``servers`` profile only, see :mod:`.servers`);
+1. start the profile's servers (``servers`` and ``gateway`` profiles, see :mod:`.servers`);
 2. train the extractor and the vendor embedder on generated data, log and register both in
    the profile's MLflow registry as ``champion``;
 3. index each tenant's vendor master in its own scope of the vector store;
 4. pin models and index snapshots in the lock file, load the models;
-5. run the Flyte workflow (:mod:`.workflow`) batch by batch over the generated invoices;
+5. run the Flyte workflow (:mod:`.workflow`) batch by batch over the generated invoices; with
+   ``[intake.gateway]`` (the ``gateway`` profile) its tasks call the capabilities through
+   ``aios-mesh gateway --workers N`` (:mod:`.gateway`, :mod:`.calls`), not in process;
 6. verify the audit chain, print the summary, write ``summary.json`` and the HTML report.
 
 The exit code is 0 when every invoice reached a route, every event left the outbox and the
@@ -17,6 +19,7 @@ audit chain verifies.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -26,7 +29,7 @@ import time
 import tomllib
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from aios_mesh.record import DecisionRecord
+from aios_mesh.record import DecisionRecord, Outcome
 
 __all__ = ["PROFILES", "RunResult", "effective_config", "run"]
 
@@ -168,12 +171,44 @@ def run(*, profile: Path, state: Path, n: int = 540, batch: int = 30,
             backends = live.backends
         config = effective_config(profile, state, backends)
         os.environ["AIOS_MESH_CONFIG"] = str(config)
-        result = _run_job(out, config, state, n, batch, live, timings)
+        gateway = doc.get("intake", {}).get("gateway")
+        result = _run_job(out, config, state, n, batch, live, timings, stack,
+                          _Front(gateway, private_servers) if gateway is not None else None)
     return result
 
 
+@dataclass(frozen=True)
+class _Front:
+    """``[intake.gateway]``: the workflow calls through ``aios-mesh gateway``."""
+
+    options: Mapping[str, Any]
+    private: bool
+
+
+def _start_gateway(out: Console, stack: ExitStack, front: _Front, mesh: Any, config: Path,
+                   state: Path, timings: dict[str, float]) -> Any:
+    from examples.invoice_intake.capabilities import EXTRACT, MATCH, ROUTE
+    from examples.invoice_intake.gateway import local_gateway
+    from examples.invoice_intake.intake import CALLER
+
+    workers = int(front.options.get("workers", 2))
+    # the job is done with the vendor index: release it, each worker opens a copy
+    asyncio.run(mesh.port("retrieval").aclose())
+    with out.status(f"starting aios-mesh gateway with {workers} workers..."):
+        t0 = time.perf_counter()
+        live = stack.enter_context(local_gateway(
+            config, mesh.state, state / "gateway", tenants=sorted(mesh.config.tenants),
+            caller=CALLER, capabilities=[s.name for s in (EXTRACT, MATCH, ROUTE)],
+            workers=workers, port=front.options.get("port"), private=front.private))
+        timings["gateway"] = time.perf_counter() - t0
+    out.print(f"  [green]✓[/] aios-mesh gateway, {workers} workers on {live.url} · "
+              f"review console {live.console}", soft_wrap=True)
+    return live
+
+
 def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: Any,
-             timings: dict[str, float]) -> RunResult:
+             timings: dict[str, float], stack: ExitStack | None = None,
+             front: _Front | None = None) -> RunResult:
     from aios_mesh_flyte import close_meshes, current_mesh
 
     from examples.invoice_intake import models
@@ -202,11 +237,13 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
             indexed = asyncio.run(index_vendors(mesh.port("retrieval"), trained.vendor_names,
                                                 vectors))
         if live is not None:
+            before = len(live.started)
             with out.status("starting BentoML with the registered models..."):
                 t0 = time.perf_counter()
                 live.start_serving({"serving": EXTRACT.model, EMBED.serving: EMBED.model})
+            if len(live.started) > before:  # a profile may serve in process
                 timings["serving"] = time.perf_counter() - t0
-            for line in live.started[-2:]:
+            for line in live.started[before:]:
                 out.print(f"  [green]✓[/] {line}")
         lock = mesh.lock()
         mesh.prepare()
@@ -215,25 +252,30 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
         out.print(f"{indexed} vendors indexed · lock {lock.name} · config {config}")
         out.print("extractor holdout accuracy: " + ", ".join(
             f"{k} {v:.1%}" for k, v in trained.holdout.items()))
+        gateway = None
+        since = 0
+        if front is not None:
+            assert stack is not None
+            gateway = _start_gateway(out, stack, front, mesh, config, state, timings)
+            since = asyncio.run(_verify(mesh))[1]  # this job's records come after these
 
         invoices = make_corpus(n)
         truth = {inv.id: inv.truth for inv in invoices}
         payloads = [{"id": inv.id, "tenant": inv.tenant, "text": inv.text} for inv in invoices]
         items: list[dict[str, Any]] = []
-        runs: list[str] = []
         progress = Progress(TextColumn("[progress.description]{task.description}"),
                             BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             console=out)
         t0 = time.perf_counter()
-        with progress:
+        with progress, _calls_through(gateway):
             task = progress.add_task("processing invoices", total=len(payloads))
             for chunk in _batches(payloads, batch):
-                seen = len(records)
                 items.extend(invoice_intake(invoices=chunk))
-                parents = {str(_workflow_run(r)) for r in records[seen:]}
-                runs.extend(sorted(parents - {"None"}))
                 progress.advance(task, len(chunk))
         timings["intake"] = time.perf_counter() - t0
+        if gateway is not None:  # the gateway's workers made the calls and their records
+            records.extend(asyncio.run(_recorded(mesh, since)))
+        runs = list(dict.fromkeys(r for r in map(_workflow_run, records) if r is not None))
         mesh.flush()
         report_ok = asyncio.run(_verify(mesh))
         pending = mesh.outbox().pending()
@@ -243,6 +285,11 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
 
     summary = _summarise(items, records, truth, report_ok, pending, signals, timings,
                          len(runs), n)
+    if gateway is not None:
+        summary["gateway"] = {"url": gateway.url, "workers": gateway.workers,
+                              "console": gateway.console,
+                              "reviewer_keys": str(gateway.reviewer_keys),
+                              "command": gateway.command}
     lineage = _lineage(state, records, runs[0] if runs else None)
     from examples.invoice_intake.report import write_report
 
@@ -256,6 +303,50 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
     ok = report_ok[0] and pending == 0 and len(items) == n and \
         all(i.get("route") in ROUTES for i in items)
     return RunResult(0 if ok else 1, state, report, summary, items)
+
+
+@contextmanager
+def _calls_through(gateway: Any) -> Iterator[None]:
+    """Point the workflow's capability calls at ``gateway`` (None: keep them in process) —
+    the environment :mod:`examples.invoice_intake.calls` reads; restored afterwards."""
+    from examples.invoice_intake.calls import GATEWAY_ENV, KEYS_ENV, close_clients
+
+    if gateway is None:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in (GATEWAY_ENV, KEYS_ENV)}
+    os.environ[GATEWAY_ENV] = gateway.url
+    os.environ[KEYS_ENV] = str(gateway.keys)
+    try:
+        yield
+    finally:
+        close_clients()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(DecisionRecord))
+
+
+def _record_of(doc: Mapping[str, Any]) -> DecisionRecord:
+    """A decision record as the audit log holds it (``DecisionRecord.to_dict``), rebuilt."""
+    flat = {k: v for k, v in doc.items() if k in _RECORD_FIELDS}
+    flat.update(capability=doc["capability"]["name"],
+                capability_version=doc["capability"]["version"],
+                trace_id=(doc.get("trace") or {}).get("trace_id"),
+                span_id=(doc.get("trace") or {}).get("span_id"),
+                outcome=Outcome(doc["outcome"]))
+    return DecisionRecord(**flat)
+
+
+async def _recorded(mesh: Any, since: int) -> list[DecisionRecord]:
+    """The call records appended to the audit log after entry ``since`` (a reviewer's
+    decision is an entry too, with a ``kind``: not a call)."""
+    entries = await mesh.port("audit").read(since)
+    return [_record_of(e.record) for e in entries if "kind" not in e.record]
 
 
 async def _verify(mesh: Any) -> tuple[bool, int, list[Any]]:
@@ -390,3 +481,10 @@ def _print_summary(out: Console, summary: dict[str, Any], state: Path, report: P
     # on lines of their own: a table column would fold long paths
     out.print(f"report: [link=file://{report}]{report}[/link]", soft_wrap=True)
     out.print(f"state (audit log, lineage, review queue, config): {state}", soft_wrap=True)
+    gateway = summary.get("gateway")
+    if gateway:
+        out.print(f"review console: {gateway['console']} · log in with your tenant's reviewer "
+                  f"key from {gateway['reviewer_keys']} (readable by you only)",
+                  soft_wrap=True)
+        out.print(f"the job has stopped its gateway; to work the review queue, start it "
+                  f"again: {gateway['command']}", soft_wrap=True)

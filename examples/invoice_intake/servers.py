@@ -8,8 +8,9 @@
 ``openlineage+kafka://``    port
 ``nats://``                 the machine's NATS; with ``private``, a nats-server of its own
 ``redis://``                the machine's Redis; with ``private``, a redis-server of its own
-``postgresql://``           the database on the machine's PostgreSQL (created if missing);
-                            with ``private``, a throw-away database
+``postgresql://``           the audit log's database on the machine's PostgreSQL (created if
+                            missing); with ``private``, a throw-away database. A ``state``
+                            URL naming the same database follows it
 ``bentoml+http://``         a ``bentoml serve`` per serving backend, started by
                             :meth:`LocalStack.start_serving` once the models are registered
 ==========================  =============================================================
@@ -173,6 +174,8 @@ def _database(live: LocalStack) -> None:
                                                            prefix="aios_invoice_intake"))
         name = db.rsplit("/", 1)[1]
         live.backends["audit"] = urlunsplit(parts._replace(path=f"/{name}"))
+        if live.backends.get("state") == url:  # one database for the log and the state
+            live.backends["state"] = live.backends["audit"]
         live.started.append(f"PostgreSQL database {name} (dropped at the end)")
         return
     name = parts.path.strip("/")

@@ -1,9 +1,11 @@
-"""The main job, end to end: the invoice intake on the embedded defaults and on real servers.
+"""The main job, end to end: the invoice intake on the embedded defaults, on real servers and
+through the gateway.
 
 The server profile starts a real MLflow server, two `bentoml serve` processes, a tansu broker,
-a private nats-server and redis-server and a throw-away PostgreSQL database (SERVICES.md), and
-must reach exactly the decisions the embedded profile reaches: same routes, same extracted
-fields, same vendors — only the config profile differs.
+a private nats-server and redis-server and a throw-away PostgreSQL database (SERVICES.md); the
+gateway profile a private redis-server, a throw-away PostgreSQL database and `aios-mesh gateway
+--workers 2`. Both must reach exactly the decisions the embedded profile reaches: same routes,
+same extracted fields, same vendors — only the config profile differs.
 """
 
 from __future__ import annotations
@@ -114,10 +116,41 @@ def test_server_profile_reaches_the_same_decisions(embedded: RunResult,
     assert left == right
 
 
+def test_gateway_profile_reaches_the_same_decisions(embedded: RunResult,
+                                                    tmp_path: Path) -> None:
+    """The workflow's tasks call through `aios-mesh gateway --workers 2` (MeshClient, one API
+    key per tenant) on a private redis-server and a throw-away PostgreSQL database holding the
+    audit log and the shared state; the business code is the embedded profile's."""
+    gateway = run(profile=PROFILES / "gateway.toml", state=tmp_path / "gateway", n=N,
+                  batch=30, private_servers=True)
+    assert gateway.exit_code == 0
+    config = tomllib.loads((gateway.state / "aios-mesh.toml").read_text())["backends"]
+    assert config["quota"].startswith("redis://")
+    assert config["audit"].startswith("postgresql://") and config["state"] == config["audit"]
+    summary = gateway.summary
+    assert summary["audit_ok"] and summary["outbox_pending"] == 0
+    # the calls were the gateway's: a call made in this process would be counted twice (the
+    # job's own record sink and the audit log it reads the gateway's records back from)
+    assert summary["records"] == embedded.summary["records"]
+    assert summary["lineage_events"] == 2 * summary["records"] + 2 * 3  # parents crossed HTTP
+    assert len(list((gateway.state / "gateway" / "replicas").iterdir())) == 2  # two workers
+    left = json.loads((embedded.state / "summary.json").read_text())["decisions"]
+    right = json.loads((gateway.state / "summary.json").read_text())["decisions"]
+    assert left == right
+    # the review items can be worked in the console: where it is, and a key to log in with
+    front = summary["gateway"]
+    assert front["workers"] == 2 and front["console"] == front["url"] + "/console"
+    keys = Path(front["reviewer_keys"])
+    assert keys.stat().st_mode & 0o077 == 0
+    assert set(json.loads(keys.read_text())) == {"acme", "globex", "initech"}
+    assert "--app examples.invoice_intake.replica:mesh --workers 2" in front["command"]
+
+
 def test_help_teaches_the_profiles() -> None:
     out = subprocess.run([sys.executable, "-m", "examples.invoice_intake", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "--profile" in out and "servers" in out and "review list --config" in out
+    assert "gateway" in out
 
 
 def test_the_commands_the_help_prints_work_on_the_state(embedded: RunResult) -> None:
