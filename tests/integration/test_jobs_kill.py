@@ -57,7 +57,9 @@ def test_rows_run_exactly_once_when_the_gateway_is_killed_mid_job(tmp_path: Path
     env = {"JOBS_STATE": str(tmp_path / "state"), "JOBS_LEASE_S": "1"}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    body = "\n".join(json.dumps({"n": i, "sleep": 0.0}) for i in range(rows))
+    # each row takes a little while, so the job outlives several gateway lives however
+    # fast the host is (the kills must land mid-job)
+    body = "\n".join(json.dumps({"n": i, "sleep": 0.05}) for i in range(rows))
     chance = random.Random(16)
     kills = 0
     with gateway(port, env):

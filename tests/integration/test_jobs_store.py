@@ -37,7 +37,7 @@ def database() -> Iterator[str]:  # one per test: a runner works every job it fi
 @pytest.fixture(params=["sqlite", "postgresql"])
 def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     if request.param == "sqlite":
-        yield SqliteState(tmp_path / "shared")
+        yield SqliteState(tmp_path / "state")
         return
     state = PostgresState(request.getfixturevalue("database"))
     yield state
