@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from aios_mesh.errors import BackendUnavailable
-from aios_mesh.ports.audit_chain import GENESIS_HASH, chain_hash
+from aios_mesh.ports.audit_chain import GENESIS_HASH, canonical_record, chain_hash
 
 __all__ = ["PostgresTamperer", "postgres_database"]
 
@@ -100,6 +100,23 @@ class PostgresTamperer:
                                  "VALUES (%s, %s, %s, %s::json)").format(self.ident),
                          (seq, prev, chain_hash(prev, seq, record),
                           orjson.dumps(record).decode()))
+
+    def truncate(self, keep: int) -> None:
+        """Delete every row after ``keep``."""
+        self._run((sql.SQL("DELETE FROM {} WHERE seq > %s").format(self.ident), (keep,)))
+
+    def rehash(self, seq: int) -> None:
+        """Rewrite the record of row ``seq`` and recompute its hash (the chain stays valid
+        if it is the last row)."""
+        with psycopg.connect(self.conninfo) as conn, conn.transaction():
+            row = conn.execute(sql.SQL("SELECT prev_hash, record::text FROM {} WHERE seq = %s"
+                                       ).format(self.ident), (seq,)).fetchone()
+            assert row is not None, f"no entry {seq}"
+            record = {**orjson.loads(row[1]), "tampered": True}
+            conn.execute(sql.SQL("UPDATE {} SET record = %s::json, hash = %s WHERE seq = %s"
+                                 ).format(self.ident),
+                         (canonical_record(record).decode(), chain_hash(row[0], seq, record),
+                          seq))
 
     def swap(self, seq_a: int, seq_b: int) -> None:
         """Exchange the keys of the rows ``seq_a`` and ``seq_b``."""

@@ -33,7 +33,7 @@ import pytest
 
 from aios_mesh.errors import IntegrityError
 from aios_mesh.ports.audit import AuditLog
-from aios_mesh.ports.audit_chain import GENESIS_HASH, chain_hash
+from aios_mesh.ports.audit_chain import GENESIS_HASH, canonical_record, chain_hash, entry_line
 
 __all__ = ["AuditBasic", "AuditTamper", "JsonlTamperer", "Tamperer"]
 
@@ -55,6 +55,15 @@ class Tamperer(Protocol):
     def insert(self, after_seq: int) -> Any: ...
 
     def swap(self, seq_a: int, seq_b: int) -> Any: ...
+
+    def truncate(self, keep: int) -> Any:
+        """Cut the tail: keep entries ``1..keep`` only (``0`` empties the log)."""
+        ...
+
+    def rehash(self, seq: int) -> Any:
+        """Rewrite the record of the *last* entry ``seq`` and recompute its hash, so the
+        chain alone still verifies."""
+        ...
 
 
 class JsonlTamperer:
@@ -113,6 +122,21 @@ class JsonlTamperer:
         lines = self._lines()
         a, b = self._index(lines, seq_a), self._index(lines, seq_b)
         lines[a], lines[b] = lines[b], lines[a]
+        self._write(lines)
+
+    def truncate(self, keep: int) -> None:
+        """Keep the lines of entries ``1..keep``."""
+        self._write([line for line in self._lines() if orjson.loads(line)["seq"] <= keep])
+
+    def rehash(self, seq: int) -> None:
+        """Rewrite entry ``seq`` (the last one) with a changed record and a valid hash."""
+        lines = self._lines()
+        i = self._index(lines, seq)
+        doc = orjson.loads(lines[i])
+        doc["record"]["tampered"] = True
+        doc["hash"] = chain_hash(doc["prev_hash"], seq, doc["record"])
+        lines[i] = entry_line(seq, doc["prev_hash"], doc["hash"],
+                              canonical_record(doc["record"]))
         self._write(lines)
 
 
