@@ -44,6 +44,7 @@ from pydantic import (
     field_validator,
 )
 
+from aios_mesh.anchoring.config import AnchorConfig
 from aios_mesh.backends import DEFAULT_URLS, PORTS, PortName, parse_port_url, redact_url
 from aios_mesh.errors import ConfigError
 from aios_mesh.ports.quota import QuotaLimits
@@ -335,6 +336,8 @@ class MeshConfig(_Strict):
     invoke_many_concurrency: int = Field(16, ge=1, le=4096)
     routes: tuple[RouteConfig, ...] = ()
     gateway: GatewayConfig = GatewayConfig()
+    #: signed checkpoints of the audit log in a store apart from it (docs/governance/anchoring.md)
+    anchors: AnchorConfig | None = None
 
     @field_validator("tenants")
     @classmethod

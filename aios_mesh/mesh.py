@@ -174,7 +174,9 @@ class Mesh(SyncFacade):
             decision_events=tel.decision_events,
             interval_s=tel.relay_interval_s or conf.interval_s,
             linger_s=conf.linger_s if tel.relay_linger_s is None else tel.relay_linger_s,
-            max_backoff_s=conf.max_backoff_s)
+            max_backoff_s=conf.max_backoff_s,
+            anchors=self.config.anchors.resolved(self.config.base_dir).to_spec()
+            if self.config.anchors else None)
         given = any(ports.given(p) is not None for p in ("audit", "lineage", "events"))
         if conf.mode == "process" or (conf.mode == "auto" and not given):
             return ProcessRunner(spec)

@@ -11,20 +11,18 @@
 
 Paths are relative to the config file's folder; a ``file:///`` store is relative to the
 state folder, like the audit log (``file:////abs/path`` is absolute).
+
+Plain data only (the config loads it before anything else): the keys come from
+:func:`aios_mesh.anchoring.keys.signer_for`/``verifier_for``, the store from
+:func:`aios_mesh.anchoring.stores.store_for`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:
-    from aios_mesh.anchoring.keys import AnchorSigner, AnchorVerifier
-    from aios_mesh.ports.anchor import AnchorStore
-    from aios_mesh.ports.events import EventBus
 
 __all__ = ["DEFAULT_KEY_ENV", "AnchorConfig"]
 
@@ -52,29 +50,6 @@ class AnchorConfig(BaseModel):
 
         return self.model_copy(update={"key_file": absolute(self.key_file),
                                        "public_key_file": absolute(self.public_key_file)})
-
-    def signer(self) -> AnchorSigner:
-        """The signing key (``ConfigError`` with a hint when it is missing or not Ed25519)."""
-        from aios_mesh.anchoring.keys import AnchorSigner, load_private_key
-
-        return AnchorSigner(load_private_key(self.key_file, None if self.key_file
-                                             else self.key_env))
-
-    def verifier(self) -> AnchorVerifier:
-        """The public key anchors are checked with: the configured one, else the signing
-        key's."""
-        from aios_mesh.anchoring.keys import AnchorVerifier, load_public_key
-
-        if self.public_key_file is not None or self.public_key_env:
-            return AnchorVerifier(load_public_key(self.public_key_file, self.public_key_env))
-        return AnchorVerifier(self.signer().public_key())
-
-    def open_store(self, state_dir: Path,
-                   bus: Callable[[], tuple[EventBus, bool]] | None = None) -> AnchorStore:
-        """The store ``store`` names."""
-        from aios_mesh.anchoring.stores import open_anchor_store
-
-        return open_anchor_store(self.store, base_dir=state_dir, bus=bus)
 
     def to_spec(self) -> dict[str, Any]:
         """Plain data for the relay's child process."""

@@ -21,11 +21,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from aios_mesh.anchoring.config import AnchorConfig
 from aios_mesh.errors import ConfigError
 from aios_mesh.ports.anchor import Anchor, AnchorKind, AnchorSignatureError
 
 __all__ = ["AnchorSigner", "AnchorVerifier", "generate_keypair", "key_id",
-           "load_private_key", "load_public_key"]
+           "load_private_key", "load_public_key", "signer_for", "verifier_for"]
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -151,3 +152,17 @@ class AnchorVerifier:
                      "([anchors] public_key_file); if it is the right key, the anchor store "
                      "was written by someone else", seq=anchor.seq) from exc
         return anchor
+
+
+def signer_for(config: AnchorConfig) -> AnchorSigner:
+    """The signing key ``[anchors]`` names (``ConfigError`` with a hint when it is missing
+    or not Ed25519)."""
+    return AnchorSigner(load_private_key(config.key_file,
+                                         None if config.key_file else config.key_env))
+
+
+def verifier_for(config: AnchorConfig) -> AnchorVerifier:
+    """The public key anchors are checked with: the configured one, else the signing key's."""
+    if config.public_key_file is not None or config.public_key_env:
+        return AnchorVerifier(load_public_key(config.public_key_file, config.public_key_env))
+    return AnchorVerifier(signer_for(config).public_key())

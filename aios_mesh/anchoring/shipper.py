@@ -12,13 +12,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-from aios_mesh.anchoring.check import Anchorer
+from aios_mesh.anchoring.check import Anchorer, effective_anchors
+from aios_mesh.anchoring.config import AnchorConfig
+from aios_mesh.anchoring.keys import signer_for, verifier_for
+from aios_mesh.anchoring.stores import store_for
 from aios_mesh.errors import MeshError
-from aios_mesh.recorder.relay import ShipResult
+from aios_mesh.ports.anchor import Anchor
+from aios_mesh.ports.audit import AuditLog
+from aios_mesh.ports.events import EventBus
+from aios_mesh.recorder.relay import Factory, ShipResult
 
-__all__ = ["AnchorShipper"]
+__all__ = ["AnchorShipper", "anchor_shipper", "rebaselines"]
 
 _log = logging.getLogger("aios_mesh.anchoring")
 
@@ -79,3 +86,39 @@ class AnchorShipper:
                 with contextlib.suppress(Exception):
                     await part.aclose()
             self._anchorer = None
+
+
+def anchor_shipper(config: AnchorConfig, *, audit: Factory[AuditLog], state_dir: Path,
+                   bus: Factory[EventBus] | None = None) -> AnchorShipper:
+    """The relay's anchoring pass for ``[anchors]`` (keys and store opened on first use, on
+    the relay's own thread)."""
+    def build() -> Anchorer:
+        log, _owned = audit()
+        return Anchorer(log, store_for(config, state_dir, bus), signer_for(config),
+                        verifier_for(config))
+
+    return AnchorShipper(build, every_records=config.every_records, every_s=config.every_s)
+
+
+def rebaselines(config: AnchorConfig, *, state_dir: Path,
+                bus: Factory[EventBus] | None = None) -> Callable[[], Awaitable[list[Anchor]]]:
+    """What the record relay asks when the log rewound: the validly signed rebaselines of
+    the anchor store, oldest first (a store or key that cannot be read gives none: the relay
+    then raises its alarm, as without anchors)."""
+    async def read() -> list[Anchor]:
+        try:
+            store = store_for(config, state_dir, bus)
+        except MeshError as exc:
+            _log.warning("cannot open the anchor store: %s", exc.message)
+            return []
+        try:
+            live, _bad = effective_anchors(await store.list(), verifier_for(config))
+        except MeshError as exc:
+            _log.warning("cannot read the rebaselines of the anchor store: %s", exc.message)
+            return []
+        finally:
+            with contextlib.suppress(Exception):
+                await store.aclose()
+        return [a for a in live if a.kind == "rebaseline"]
+
+    return read

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from aios_mesh.anchoring.config import AnchorConfig
 from aios_mesh.backends import parse_url
 from aios_mesh.errors import ConfigError, IntegrityError
 from aios_mesh.ports.anchor import Anchor
@@ -30,7 +31,7 @@ from aios_mesh.ports.events import Event, EventBus
 from aios_mesh.state import Database, Migration, open_state
 
 __all__ = ["ANCHOR_EVENT_TYPE", "BusAnchorStore", "FileAnchorStore", "SqlAnchorStore",
-           "open_anchor_store"]
+           "open_anchor_store", "store_for"]
 
 ANCHOR_EVENT_TYPE: Final = "aios.mesh.audit.anchor"
 _SQL: Final = {
@@ -181,3 +182,10 @@ def open_anchor_store(url: str, *, base_dir: Path,
     raise ConfigError(f"no anchor store for scheme {scheme!r}",
                       hint="write file:///anchors.jsonl, postgresql://user@host/db, "
                            "sqlite:///folder or bus://aios.mesh.anchors")
+
+
+def store_for(config: AnchorConfig, state_dir: Path,
+              bus: Callable[[], tuple[EventBus, bool]] | None = None
+              ) -> FileAnchorStore | SqlAnchorStore | BusAnchorStore:
+    """The store ``[anchors] store`` names (``file:///`` paths under ``state_dir``)."""
+    return open_anchor_store(config.store, base_dir=state_dir, bus=bus)

@@ -14,6 +14,10 @@ that record (its tail was cut, or it was restored from an older copy), following
 alone would skip every record written since — silently. The relay notices instead: it logs an
 error, publishes an alarm event on :data:`ALARM_TOPIC`, and re-ships everything after the
 newest earlier position that still matches the log (idempotency keys make that safe).
+When an operator restored the log on purpose and recorded a signed re-baseline
+(``aios-mesh audit rebaseline``, see :mod:`aios_mesh.anchoring`) after the relay last moved,
+and the log holds the re-baselined head, the relay follows it quietly (an info line, no
+alarm) and re-ships the same way.
 
 The relay is a *shipper*: :meth:`RecordRelay.ship` does one pass. The background runner that
 drives it (and the application outbox) lives in :mod:`aios_mesh.relay`.
@@ -26,8 +30,9 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +40,7 @@ import orjson
 
 from aios_mesh.errors import MeshError
 from aios_mesh.lineage import run_events_for
+from aios_mesh.ports.anchor import Anchor
 from aios_mesh.ports.audit import AuditEntry, AuditLog
 from aios_mesh.ports.events import Event, EventBus
 from aios_mesh.ports.lineage import Lineage
@@ -69,6 +75,7 @@ class RelayStats:
     failures: int = 0
     cursor: int = 0
     rewinds: int = 0
+    rebaselines: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -109,13 +116,17 @@ class RecordRelay:
         batch: records read and shipped per step.
         verify_every_s: how often an idle relay checks that the log still holds the record
             its cursor names (a busy one checks every batch for free).
+        rebaselines: reads the signed re-baselines of the anchor store (None: no anchors;
+            every rewind raises the alarm).
     """
 
     name = "records"
 
     def __init__(self, *, audit: Factory[AuditLog], lineage: Factory[Lineage] | None,
                  bus: Factory[EventBus] | None, cursor_path: Path, batch: int = 500,
-                 verify_every_s: float = 30.0) -> None:
+                 verify_every_s: float = 30.0,
+                 rebaselines: Callable[[], Awaitable[list[Anchor]]] | None = None) -> None:
+        self._rebaselines = rebaselines
         self._factories: dict[str, Factory[Any] | None] = {
             "audit": audit, "lineage": lineage, "bus": bus}
         self._adapters: dict[str, tuple[Any, bool]] = {}
@@ -202,12 +213,18 @@ class RecordRelay:
                 resume = _Cursor(seq, digest, kept)
                 break
         self.stats.rewinds += 1
-        _log.error("the audit log no longer holds record %s that the relay shipped last (its "
-                   "tail was cut or it was restored from an older copy); re-shipping every "
-                   "record after %s", lost.seq, resume.seq)
+        rebaseline = await self._rebaseline(audit)
+        if rebaseline is not None:
+            self.stats.rebaselines += 1
+            _log.info("the audit log was re-baselined at seq %s (%s); following it: re-shipping "
+                      "every record after %s", rebaseline.seq, rebaseline.at, resume.seq)
+        else:
+            _log.error("the audit log no longer holds record %s that the relay shipped last "
+                       "(its tail was cut or it was restored from an older copy); re-shipping "
+                       "every record after %s", lost.seq, resume.seq)
         self._cursor = resume
         self.stats.cursor = resume.seq
-        if self._factories["bus"] is not None:
+        if rebaseline is None and self._factories["bus"] is not None:
             bus: EventBus = self._adapter("bus")
             alarm = Event(type=LOG_REWOUND_EVENT_TYPE, source="aios-mesh", tenant="aios-mesh",
                           subject="audit", key="audit",
@@ -216,6 +233,26 @@ class RecordRelay:
                                 "cursor_path": str(self.cursor_path)})
             with contextlib.suppress(MeshError, OSError):  # the log line above stands
                 await bus.publish(ALARM_TOPIC, [alarm])
+
+    async def _rebaseline(self, audit: AuditLog) -> Anchor | None:
+        """A signed re-baseline that covers this rewind: recorded after the relay last moved
+        its cursor (an older one was followed already, or predates this cut), and the log
+        holds the head it names."""
+        if self._rebaselines is None:
+            return None
+        try:
+            moved = self.cursor_path.stat().st_mtime
+        except FileNotFoundError:
+            moved = 0.0
+        for anchor in reversed(await self._rebaselines()):
+            try:
+                at = datetime.fromisoformat(anchor.at).timestamp()
+            except ValueError:
+                continue
+            if at > moved and (anchor.seq == 0
+                               or await self._holds(audit, anchor.seq, anchor.head)):
+                return anchor
+        return None
 
     # -- shipping ----------------------------------------------------------------------------
     async def backlog(self) -> bool:

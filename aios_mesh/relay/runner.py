@@ -35,6 +35,8 @@ from typing import IO, Any, Protocol
 
 import orjson
 
+from aios_mesh.anchoring.config import AnchorConfig
+from aios_mesh.anchoring.shipper import anchor_shipper, rebaselines
 from aios_mesh.backends import load_adapter
 from aios_mesh.ports.audit import AuditLog
 from aios_mesh.ports.events import EventBus
@@ -87,6 +89,8 @@ class RelaySpec:
     interval_s: float = 0.5
     linger_s: float = 0.05
     max_backoff_s: float = 10.0
+    #: ``[anchors]`` with absolute key paths (:meth:`AnchorConfig.to_spec`); None: off
+    anchors: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -128,14 +132,20 @@ def _shared(factory: Factory[Any]) -> Factory[Any]:
 def relay_loop(spec: RelaySpec, *, audit: Factory[AuditLog], lineage: Factory[Lineage] | None,
                bus: Factory[EventBus]) -> RelayLoop:
     """The shippers of one state folder: decision records (when lineage or decision events
-    are on), then the application outbox."""
+    are on), then the application outbox, then audit anchors (when ``[anchors]`` is set)."""
     bus = _shared(bus)
+    anchors = AnchorConfig.model_validate(spec.anchors) if spec.anchors else None
     shippers: list[Shipper] = []
     if lineage is not None or spec.decision_events:
-        shippers.append(RecordRelay(audit=audit, lineage=lineage,
-                                    bus=bus if spec.decision_events else None,
-                                    cursor_path=spec.state_path / CURSOR_FILE))
+        shippers.append(RecordRelay(
+            audit=audit, lineage=lineage, bus=bus if spec.decision_events else None,
+            cursor_path=spec.state_path / CURSOR_FILE,
+            rebaselines=rebaselines(anchors, state_dir=spec.state_path, bus=bus)
+            if anchors else None))
     shippers.append(OutboxShipper(spec.state_path / OUTBOX_FILE, bus))
+    if anchors is not None:
+        shippers.append(anchor_shipper(anchors, audit=audit, state_dir=spec.state_path,
+                                       bus=bus))
     return RelayLoop(shippers, max_backoff_s=spec.max_backoff_s)
 
 
