@@ -148,9 +148,28 @@ class CacheConfig(_Strict):
 
 class RedactionConfig(_Strict):
     """``mask`` replaces PII by ``[EMAIL]``-style masks; ``tokenize`` by reversible tokens
-    that are mapped back in the answer for the same tenant."""
+    that are mapped back in the answer for the same tenant.
+
+    ``vault``: where tokens map back (docs/governance/vault.md): ``memory`` (this process),
+    ``state`` (the shared state), ``postgresql://...`` or ``redis://...``; sealed with the
+    keys of ``vault_key_file`` (relative to the config file) or, without one, of the
+    environment variable ``vault_key_env`` — never of the config text.
+    """
 
     mode: Literal["mask", "tokenize"] = "mask"
+    vault: str = "memory"
+    vault_key_file: Path | None = None
+    vault_key_env: str = Field("AIOS_MESH_VAULT_KEYS", min_length=1)
+
+    @field_validator("vault")
+    @classmethod
+    def _vault_url(cls, value: str) -> str:
+        from aios_mesh.redaction.vault import check_vault_url
+
+        try:
+            return check_vault_url(value)
+        except ConfigError as exc:
+            raise ValueError(f"{exc.message} ({exc.hint})") from None
 
 
 class TelemetryConfig(_Strict):

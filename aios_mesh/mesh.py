@@ -69,7 +69,6 @@ from aios_mesh.recorder.processors import (
 from aios_mesh.recorder.relay import DECISION_TOPIC, Factory
 from aios_mesh.recorder.shadow import ShadowProcessor, ShadowRunner
 from aios_mesh.redaction import Redactor, RuleRedactor, TokenizingRedactor
-from aios_mesh.redaction.tokens import load_or_create_key
 from aios_mesh.relay import ProcessRunner, RelayRunner, RelaySpec, ThreadRunner, relay_loop
 from aios_mesh.resilience import RetryBudget
 from aios_mesh.resolver import AliasResolver
@@ -78,6 +77,7 @@ from aios_mesh.review import ReviewItem, ReviewQueue, resolve_review
 from aios_mesh.routes import Route
 from aios_mesh.state import open_state
 from aios_mesh.telemetry import Telemetry
+from aios_mesh.vault_setup import tokenizer_from_config
 
 __all__ = ["BeforeRecord", "Mesh", "RecordSink", "Result"]
 
@@ -160,8 +160,9 @@ class Mesh(SyncFacade):
 
     def _default_redactor(self) -> Redactor:
         if self.config.redaction.mode == "tokenize":
-            return TokenizingRedactor(load_or_create_key(
-                self.config.state_path / "redaction.key"))
+            return tokenizer_from_config(self.config.redaction, state=self.state,
+                                         folder=self.config.state_path,
+                                         base_dir=self.config.base_dir)
         return RuleRedactor()
 
     def _make_relay(self) -> RelayRunner:
@@ -540,6 +541,8 @@ class Mesh(SyncFacade):
         await asyncio.to_thread(self.recorder.close)
         await asyncio.to_thread(self.relay.stop)
         await self.ports.aclose(lambda what: self.telemetry.failed(what))
+        if isinstance(self.parts.redactor, TokenizingRedactor):
+            await self.parts.redactor.aclose()  # the token vault's connections
         if self._review is not None:
             self._review.close()
             self._review = None

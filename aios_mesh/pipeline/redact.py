@@ -6,6 +6,7 @@ from aios_mesh.capabilities import CapabilitySpec
 from aios_mesh.pipeline.call import Call
 from aios_mesh.pipeline.runner import StepBase
 from aios_mesh.redaction import Redactor
+from aios_mesh.redaction.tokens import Reversible
 
 __all__ = ["RedactStep"]
 
@@ -14,26 +15,33 @@ class RedactStep(StepBase):
     name = "redact"
 
     def applies(self, spec: CapabilitySpec) -> bool:
-        return spec.external or spec.policy is not None  # a policy may oblige redaction
+        # any call may carry a redact obligation: [policy] default applies to every capability
+        return True
 
     def __init__(self, redactor: Redactor) -> None:
         self.redactor = redactor
+        # checked once: a Protocol isinstance costs microseconds per call
+        self.reversible = redactor if isinstance(redactor, Reversible) else None
 
     async def before(self, call: Call) -> None:
         kinds = call.decision.obligations.redact if call.decision is not None else ()
         if not (call.spec.external or kinds) or call.payload is None:
             return
         # An external backend gets every kind removed; otherwise only what policy demands.
-        result = self.redactor.redact(call.payload, tenant=call.tenant,
-                                      kinds=None if call.spec.external else kinds)
+        wanted = None if call.spec.external else kinds
+        # A reversible redactor keeps its tokens in the vault before the backend sees them.
+        result = (await self.reversible.tokenize(call.payload, tenant=call.tenant, kinds=wanted)
+                  if self.reversible is not None
+                  else self.redactor.redact(call.payload, tenant=call.tenant, kinds=wanted))
         call.redaction = result
         call.payload = result.payload
 
     async def after(self, call: Call) -> None:
-        # Reversible redaction: map this tenant's tokens in the answer back to the values.
-        restore = getattr(self.redactor, "restore", None)
-        if restore is None or call.redaction is None or not call.redaction.applied \
-                or call.output is None:
+        # Reversible redaction: map this tenant's tokens in the answer back to the values,
+        # also when this payload held none (the answer may quote tokens of earlier calls,
+        # kept in a durable vault).
+        if self.reversible is None or call.redaction is None or call.output is None:
             return
-        doc = restore(call.output.model_dump(mode="json"), tenant=call.tenant)
+        doc = await self.reversible.restore(call.output.model_dump(mode="json"),
+                                            tenant=call.tenant)
         call.output = call.spec.output.model_validate(doc)

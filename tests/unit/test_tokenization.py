@@ -21,15 +21,22 @@ class Reply(BaseModel):
     text: str
 
 
-def test_same_value_same_token_within_a_tenant_only() -> None:
+async def test_same_value_same_token_within_a_tenant_only() -> None:
     r = TokenizingRedactor(b"k" * 32)
-    a1 = r.redact({"t": "bob@example.com"}, tenant="a").payload["t"]
-    a2 = r.redact({"t": "write bob@example.com"}, tenant="a").payload["t"]
-    b1 = r.redact({"t": "bob@example.com"}, tenant="b").payload["t"]
+    a1 = (await r.tokenize({"t": "bob@example.com"}, tenant="a")).payload["t"]
+    a2 = (await r.tokenize({"t": "write bob@example.com"}, tenant="a")).payload["t"]
+    b1 = (await r.tokenize({"t": "bob@example.com"}, tenant="b")).payload["t"]
     assert a1.startswith("<EMAIL_") and a2 == f"write {a1}"
     assert b1 != a1
-    assert r.restore({"x": [a1]}, tenant="a") == {"x": ["bob@example.com"]}
-    assert r.restore(a1, tenant="b") == a1  # another tenant's token stays a token
+    assert await r.restore({"x": [a1]}, tenant="a") == {"x": ["bob@example.com"]}
+    assert await r.restore(a1, tenant="b") == a1  # another tenant's token stays a token
+
+
+async def test_redact_alone_keeps_nothing_in_the_vault() -> None:
+    r = TokenizingRedactor(b"k" * 32)
+    token = r.redact({"t": "bob@example.com"}, tenant="a").payload["t"]
+    assert token == r.token("a", "email", "bob@example.com")
+    assert await r.restore(token, tenant="a") == token  # minted, not kept: stays a token
 
 
 def test_pipeline_sends_tokens_and_returns_values(tmp_path: Path) -> None:
