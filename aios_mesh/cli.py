@@ -4,7 +4,8 @@
     aios-mesh capabilities                           # what can be invoked, with schemas
     aios-mesh invoke classify-ticket --tenant acme --json '{"text": "..."}'
     aios-mesh lock                                   # pin every model alias to a version
-    aios-mesh audit verify                           # check the audit hash chain
+    aios-mesh audit verify                           # check the audit hash chain (and anchors)
+    aios-mesh audit anchor | rebaseline | keygen     # signed checkpoints of the log's head
     aios-mesh doctor                                 # check every configured backend
     aios-mesh capabilities --app myapp.caps:mesh     # capabilities declared in Python
 
@@ -29,7 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from aios_mesh.errors import MeshError
+from aios_mesh.errors import ConfigError, MeshError
 from aios_mesh.gateway_cli import gateway_command
 from aios_mesh.keys_cli import keys_app
 from aios_mesh.quota_cli import quota_app
@@ -156,21 +157,52 @@ def lock(config: ConfigOpt = None, app_ref: AppOpt = None) -> None:
         _fail(exc)
 
 
+def _anchoring(mesh: Any) -> tuple[Any, Any] | None:
+    """(anchor store, [anchors] config) of a mesh, or None when it has no anchors."""
+    from aios_mesh.anchoring.stores import store_for
+
+    conf = mesh.config.anchors
+    if conf is None:
+        return None
+    conf = conf.resolved(mesh.config.base_dir)
+    return store_for(conf, mesh.config.state_path,
+                     lambda: (mesh.port("events"), False)), conf
+
+
+def _anchorer(mesh: Any) -> Any:
+    from aios_mesh.anchoring.check import Anchorer
+    from aios_mesh.anchoring.keys import signer_for, verifier_for
+
+    found = _anchoring(mesh)
+    if found is None:
+        raise ConfigError("this mesh has no [anchors] table",
+                          hint='add [anchors] with store = "file:////other/disk/anchors.jsonl" '
+                               "and key_file (see docs/governance/anchoring.md)")
+    store, conf = found
+    return Anchorer(mesh.port("audit"), store, signer_for(conf), verifier_for(conf))
+
+
 @audit_app.command("verify")
 def audit_verify(
     path: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
         help="Audit JSONL file. Default: the configured mesh's audit log.")] = None,
     config: ConfigOpt = None,
+    strict: Annotated[bool, typer.Option(
+        help="Fail (exit 1) when records after the last anchor are not vouched for.")
+                      ] = False,
 ) -> None:
     """Check the hash chain: report every changed, deleted, inserted or reordered record.
 
-    A log that does not exist or holds no record fails (exit 1): there is nothing to vouch for.
+    With [anchors] configured, also check the log against the latest signed anchor: a cut,
+    emptied or rewritten tail fails, and records after the anchor are listed as unanchored.
+    A log that does not exist or holds no record (and no anchor) fails (exit 1).
     """
     from aios_mesh.backends import redact_url
     from aios_mesh.errors import NotFound
 
+    anchored: Any = None
     try:
-        if path is not None:
+        if path is not None and config is None:
             from aios_mesh.embedded.audit import verify_file
 
             if not path.is_file():
@@ -181,29 +213,122 @@ def audit_verify(
             report = verify_file(path)
         else:
             with _mesh(config) as mesh:
+                audit = mesh.port("audit")
                 where = redact_url(mesh.backend_url("audit")[0])
-                report = mesh.run_sync(mesh.port("audit").verify())
+                if path is not None:
+                    from aios_mesh.embedded.audit import JsonlAuditLog
+
+                    audit, where = JsonlAuditLog(path), str(path)
+                found = _anchoring(mesh)
+                if found is None:
+                    report = mesh.run_sync(audit.verify())
+                else:
+                    from aios_mesh.anchoring.check import verify_anchored
+                    from aios_mesh.anchoring.keys import verifier_for
+
+                    store, conf = found
+                    try:
+                        anchored = mesh.run_sync(verify_anchored(audit, store,
+                                                                 verifier_for(conf)))
+                    finally:
+                        mesh.run_sync(store.aclose())
+                    report = anchored.chain
     except MeshError as exc:
         _fail(exc)
         return
-    if report.ok and report.records == 0:
+    problems = [(p.seq, p.kind, p.message) for p in report.problems]
+    if anchored is not None:
+        problems += [(p.seq, p.kind, p.message) for p in anchored.problems]
+    if not problems and report.records == 0 and (anchored is None or anchored.anchor is None):
         err_console.print(f"[bold red]error[/]: no audit records in {escape(where)}: nothing "
                           "to verify", soft_wrap=True)
         err_console.print("[yellow]hint[/]: check --config (or the file) names the mesh whose "
                           "calls you want to verify; a mesh writes its log on its first call",
                           soft_wrap=True)
         raise typer.Exit(code=1)
-    if report.ok:
-        console.print(f"[green]ok[/]: {report.records} records, chain intact")
+    if problems:
+        table = Table(title=f"[red]audit log tampered[/] ({report.records} records read)")
+        table.add_column("seq")
+        table.add_column("problem")
+        table.add_column("detail")
+        for seq, kind, message in sorted(problems):
+            table.add_row(str(seq), escape(kind), escape(message))
+        console.print(table)
+        raise typer.Exit(code=1)
+    console.print(f"[green]ok[/]: {report.records} records, chain intact", soft_wrap=True)
+    if anchored is None:
         return
-    table = Table(title=f"[red]audit chain broken[/] ({report.records} records read)")
-    table.add_column("seq")
-    table.add_column("problem")
-    table.add_column("detail")
-    for p in report.problems:
-        table.add_row(str(p.seq), escape(p.kind), escape(p.message))
-    console.print(table)
-    raise typer.Exit(code=1)
+    if anchored.anchor is not None:
+        a = anchored.anchor
+        console.print(f"[green]anchored[/]: records 1..{anchored.anchored} match the "
+                      f"{escape(a.kind)} signed {escape(a.at)} by key {escape(a.key_id)}",
+                      soft_wrap=True)
+    if anchored.unanchored is not None:
+        first, last = anchored.unanchored
+        console.print(f"[yellow]unanchored[/]: records {first}..{last} came after the last "
+                      "anchor: not verified (written since, or forged); `aios-mesh audit "
+                      "anchor` vouches for them", soft_wrap=True)
+        if strict:
+            raise typer.Exit(code=1)
+
+
+@audit_app.command("anchor")
+def audit_anchor(config: ConfigOpt = None) -> None:
+    """Sign a checkpoint of the log's head now, into the [anchors] store."""
+    try:
+        with _mesh(config) as mesh:
+            anchorer = _anchorer(mesh)
+            try:
+                anchor = mesh.run_sync(anchorer.checkpoint(force=True))
+            finally:
+                mesh.run_sync(anchorer.store.aclose())
+    except MeshError as exc:
+        _fail(exc)
+        return
+    if anchor is None:
+        err_console.print("[bold red]error[/]: the audit log is empty: nothing to anchor")
+        raise typer.Exit(code=1)
+    console.print(f"[green]anchored[/]: seq {anchor.seq}, head {anchor.head[:16]}…, key "
+                  f"{anchor.key_id}")
+
+
+@audit_app.command("rebaseline")
+def audit_rebaseline(
+    reason: Annotated[str, typer.Option(help="Why the log was restored (kept, signed).")],
+    config: ConfigOpt = None,
+) -> None:
+    """Record, signed, that the log now ends at its current head (after restoring it from an
+    older copy on purpose); the previous anchor is superseded and the relay follows."""
+    try:
+        with _mesh(config) as mesh:
+            anchorer = _anchorer(mesh)
+            try:
+                anchor = mesh.run_sync(anchorer.rebaseline(reason))
+            finally:
+                mesh.run_sync(anchorer.store.aclose())
+    except MeshError as exc:
+        _fail(exc)
+        return
+    console.print(f"[green]re-baselined[/]: the log ends at seq {anchor.seq} (head "
+                  f"{anchor.head[:16]}…); superseded: seq {anchor.supersedes_seq}",
+                  soft_wrap=True)
+
+
+@audit_app.command("keygen")
+def audit_keygen(
+    folder: Annotated[Path, typer.Argument(help="Where anchor.key and anchor.pub go.")],
+) -> None:
+    """Make an Ed25519 key pair for anchors (anchor.key mode 0600, anchor.pub)."""
+    from aios_mesh.anchoring.keys import generate_keypair
+
+    try:
+        private, public = generate_keypair(folder)
+    except MeshError as exc:
+        _fail(exc)
+        return
+    console.print(f"signing key: {escape(str(private))} (keep it with the relay)\n"
+                  f"public key:  {escape(str(public))} (give it to whoever verifies)",
+                  soft_wrap=True)
 
 
 class _PluginGroup(TyperGroup):
