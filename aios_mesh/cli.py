@@ -34,6 +34,7 @@ from aios_mesh.errors import ConfigError, MeshError
 from aios_mesh.gateway_cli import gateway_command
 from aios_mesh.keys_cli import keys_app
 from aios_mesh.quota_cli import quota_app
+from aios_mesh.vault_cli import vault_app
 
 __all__ = ["app", "main"]
 
@@ -480,6 +481,7 @@ review_app = typer.Typer(help="The human-review queue: list, show, approve, reje
 app.add_typer(review_app, name="review")
 app.add_typer(quota_app(_mesh, _fail, ConfigOpt), name="quota")
 app.add_typer(keys_app(_mesh, _fail, ConfigOpt), name="keys")
+app.add_typer(vault_app(_mesh, _fail, ConfigOpt), name="vault")
 app.command("gateway")(gateway_command(_fail, ConfigOpt, AppOpt))
 
 
