@@ -47,10 +47,21 @@ class SqlVaultStore:
             await asyncio.to_thread(self._put, rows)
 
     def _put(self, rows: Sequence[tuple[str, str, bytes]]) -> None:
-        with self.db.transaction():  # one commit for the batch
-            self.db.executemany(
-                "INSERT INTO token_vault (tenant, token, blob) VALUES (?, ?, ?) "
-                "ON CONFLICT (tenant, token) DO UPDATE SET blob = excluded.blob", rows)
+        # One multi-row statement: one round trip and one commit for a call's tokens (a
+        # transaction around executemany costs a round trip per row on PostgreSQL).
+        if len(rows) <= _CHUNK:
+            self._insert(rows)
+            return
+        with self.db.transaction():
+            for start in range(0, len(rows), _CHUNK):
+                self._insert(rows[start:start + _CHUNK])
+
+    def _insert(self, rows: Sequence[tuple[str, str, bytes]]) -> None:
+        self.db.execute(
+            "INSERT INTO token_vault (tenant, token, blob) VALUES "
+            f"{', '.join(['(?, ?, ?)'] * len(rows))} "
+            "ON CONFLICT (tenant, token) DO UPDATE SET blob = excluded.blob",
+            [part for row in rows for part in row])
 
     async def get(self, tenant: str, tokens: Collection[str]) -> dict[str, bytes]:
         wanted = sorted(set(tokens))
