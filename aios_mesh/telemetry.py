@@ -278,7 +278,12 @@ class Telemetry:
             self.failed("metrics")
         if span is not None:
             try:
+                # The span opened with what the caller named; it ends with the record's
+                # scrubbed names (an unknown capability may be an e-mail address).
+                span.update_name(f"capability {record.capability}")
                 span.set_attributes({
+                    "aios_mesh.capability": record.capability,
+                    "aios_mesh.tenant": record.tenant,
                     "aios_mesh.record_id": record.record_id,
                     "aios_mesh.capability.version": record.capability_version,
                     "aios_mesh.outcome": record.outcome,

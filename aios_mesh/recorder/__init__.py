@@ -1,8 +1,12 @@
 """The Recorder: one decision record per call, written to the audit log on the caller's path,
 then handed to a chain of record processors.
 
-    call ─▶ build_record ─▶ audit.append (awaited: no answer is ever unrecorded)
-                              └─▶ processors, in order: telemetry · shadow · relay · sinks · yours
+    call ─▶ build_record (scrubbed) ─▶ audit.append (awaited: no answer is ever unrecorded)
+                                         └─▶ processors: telemetry · shadow · relay · sinks · yours
+
+The record is scrubbed once, as it is built and before the audit write
+(:class:`~aios_mesh.redaction.scrub.Scrubber`): every processor, the audit log included, and
+the caller's error see only scrubbed text.
 
 The audit write stays on the caller's path. Processors only derive signals from the immutable
 record and keep their work off it: telemetry is exported from the event loop once the call
@@ -25,6 +29,7 @@ from aios_mesh.ports.audit import AuditLog
 from aios_mesh.record import DecisionRecord
 from aios_mesh.recorder.build import CallStart, build_record, outcome_of
 from aios_mesh.recorder.processor import Recorded, RecordProcessor
+from aios_mesh.redaction.scrub import Scrubber
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -48,15 +53,19 @@ class Recorder:
             against it).
         datasets: names what each call read and wrote (the record's ``datasets``, by the
             OpenLineage naming spec); None leaves ``datasets`` out.
+        scrubber: masks PII and secrets in the record and the call's error before anything
+            sees them (default: pattern, checksum and secret detection).
     """
 
     def __init__(self, audit: Callable[[], AuditLog],
                  processors: Iterable[RecordProcessor] = (), *,
                  lock: Callable[[], LockFile | None] = lambda: None,
-                 datasets: DatasetNames | None = None) -> None:
+                 datasets: DatasetNames | None = None,
+                 scrubber: Scrubber | None = None) -> None:
         self._audit = audit
         self._lock = lock
         self.datasets = datasets
+        self.scrubber = scrubber or Scrubber()
         self.processors: list[RecordProcessor] = list(processors)
         self.failures = 0
 
@@ -81,8 +90,9 @@ class Recorder:
 
     def build(self, start: CallStart, spec: CapabilitySpec | None, call: Call | None,
               error: MeshError | None, span: Span | None) -> DecisionRecord:
-        """The call's immutable decision record."""
-        return build_record(start, spec, call, error, span, self._lock(), self.datasets)
+        """The call's immutable decision record, scrubbed (and ``error`` with it)."""
+        return build_record(start, spec, call, error, span, self._lock(), self.datasets,
+                            self.scrubber)
 
     async def commit(self, record: DecisionRecord, *, span: Span | None = None,
                      call: Call | None = None) -> None:

@@ -12,9 +12,13 @@ __all__ = ["DEFAULT_RULES", "Rule", "iban_valid", "luhn_valid", "phone_valid"]
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """One detector: what ``pattern`` matches (and ``validate`` accepts) is masked as
+    ``[KIND]`` — the whole match, or only its ``group`` (the value of a ``password=`` pair)."""
+
     kind: str
     pattern: re.Pattern[str]
     validate: Callable[[str], bool] | None = None
+    group: int = 0
 
     @property
     def placeholder(self) -> str:
@@ -63,9 +67,16 @@ EMAIL = Rule("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z
                                  r"\.[A-Za-z]{2,}\b"))
 IBAN = Rule("iban", re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?\b"),
             iban_valid)
-CARD = Rule("card", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), luhn_valid)
+# Cards as printed (4-4-4-4 with an optional 3 more, Amex 4-6-5) or as one run of 13-19
+# digits: a loose "any 13-19 digits with separators" pattern would take a following digit
+# group in and then fail the Luhn check, leaving the card number in clear.
+CARD = Rule("card", re.compile(r"\b(?:\d{4}([ -])\d{4}\1\d{4}\1\d{4}(?:\1?\d{3})?"
+                               r"|\d{4}([ -])\d{6}\2\d{5}|\d{13,19})\b"), luhn_valid)
 PHONE = Rule("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?"
                                  r"\d{2,4}(?:[ .-]\d{2,4}){2,4}(?![\w])"), phone_valid)
 
-#: Order matters: IBANs and cards before phones, whose pattern would also match digit runs.
+#: The PII kinds by pattern and checksum (:func:`~aios_mesh.redaction.redactor.default_rules`
+#: adds the secret kinds). Order matters: IBANs and cards before phones, whose
+#: pattern would also match digit runs.
 DEFAULT_RULES: tuple[Rule, ...] = (EMAIL, IBAN, CARD, PHONE)
+

@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from aios_mesh.errors import InvalidInput, MeshError
+from aios_mesh.errors import InvalidInput, MeshError, UnknownCapability
 from aios_mesh.gateway.app import Gateway
 from aios_mesh.gateway.problems import problem
 from aios_mesh.record import DecisionRecord
@@ -140,6 +140,8 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
     metrics = gateway.metrics
 
     def failed(name: str, tenant: str, mode: str, started: float, exc: MeshError) -> None:
+        if isinstance(exc, UnknownCapability):  # the path is the caller's text, not a name
+            name = "(unknown)"
         metrics.observe(capability=name, tenant=tenant, mode=mode, outcome=exc.outcome,
                         seconds=time.perf_counter() - started, error_code=exc.code)
 
