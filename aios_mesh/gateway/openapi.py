@@ -67,6 +67,32 @@ def _answer(output: Any) -> dict[str, Any]:
         "currency": {"type": "string"}, "review_id": {"type": ["string", "null"]}}}
 
 
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": False, "description": description,
+            "schema": {"type": "string"}}
+
+
+#: What a call takes besides its input (each optional).
+_CALL_HEADERS = [
+    _header("X-Tenant", "the tenant the caller expects; another one than the credential's "
+                        "is 403 (the credential decides, this never overrides it)"),
+    _header("X-Mesh-Attributes", "a JSON object: the caller's attributes for the policy "
+                                 "(claims of the caller, as in process)"),
+    _header("X-Mesh-Parent", "a JSON object: the workflow run this call belongs to "
+                             "(lineage parent)"),
+    _header("traceparent", "W3C trace context: the call joins the caller's trace"),
+]
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": schema or {"type": "object"}}}}
+
+
 def _operations(spec: CapabilitySpec, refs: dict[Any, Any]) -> dict[str, Any]:
     body = {"required": True, "content": {"application/json": {
         "schema": refs[(spec.input, "validation")]}}}
@@ -74,7 +100,7 @@ def _operations(spec: CapabilitySpec, refs: dict[Any, Any]) -> dict[str, Any]:
     base = f"/v1/capabilities/{spec.name}"
     invoke = {"operationId": f"invoke_{spec.name.replace('-', '_')}",
               "summary": spec.description or f"Call {spec.name}", "tags": ["calls"],
-              "requestBody": body, "responses": {
+              "parameters": _CALL_HEADERS, "requestBody": body, "responses": {
                   "200": {"description": "The answer and its decision record id",
                           "content": {"application/json": {"schema": _answer(output)}}},
                   "202": {"description": "Sent to human review: the answer comes later",
@@ -85,7 +111,7 @@ def _operations(spec: CapabilitySpec, refs: dict[Any, Any]) -> dict[str, Any]:
         paths[f"{base}/stream"] = {"post": {
             "operationId": f"stream_{spec.name.replace('-', '_')}",
             "summary": f"Stream {spec.name}'s answer as Server-Sent Events", "tags": ["calls"],
-            "requestBody": body, "responses": {
+            "parameters": _CALL_HEADERS, "requestBody": body, "responses": {
                 "200": {"description": "`chunk` events, then one `done` (record id, cost) "
                                        "or `error` (a problem document) event",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}}},
@@ -103,6 +129,15 @@ def _fixed_paths() -> dict[str, Any]:
                                   "content": {"application/json": {"schema": {
                                       "type": "array", "items": any_object}}}},
                           **_problems(401)}}},
+        "/v1/capabilities/{name}": {"get": {
+            "operationId": "get_capability", "tags": ["catalog"],
+            "summary": "One capability: version, schemas, SLO and price",
+            "parameters": [_path("name")],
+            "responses": {"200": _json("the capability"), **_problems(401, 404)}}},
+        "/v1/openapi.json": {"get": {
+            "operationId": "openapi", "tags": ["catalog"],
+            "summary": "This document, for the capabilities this credential may call",
+            "responses": {"200": _json("OpenAPI 3.1"), **_problems(401)}}},
         "/v1/records/{record_id}": {"get": {
             "operationId": "get_record", "tags": ["records"],
             "summary": "One decision record of the credential's tenant",
@@ -111,6 +146,7 @@ def _fixed_paths() -> dict[str, Any]:
             "responses": {"200": {"description": "The decision record",
                                   "content": {"application/json": {"schema": any_object}}},
                           **_problems(401, 404)}}},
+        **_jobs_paths(), **_review_paths(),
         "/healthz": {"get": {"operationId": "healthz", "tags": ["health"],
                              "summary": "The process answers",
                              "responses": {"200": {"description": "alive"}}}},
@@ -122,6 +158,71 @@ def _fixed_paths() -> dict[str, Any]:
                              "summary": "Prometheus text format, every worker",
                              "responses": {"200": {"description": "metrics"}}}},
     }
+
+
+def _jobs_paths() -> dict[str, Any]:
+    job = _json("The job: id, capability, status, counts (done, failed, running, pending, "
+                "cancelled), times")
+    jsonl = {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}}
+    return {
+        "/v1/jobs": {
+            "post": {"operationId": "submit_job", "tags": ["jobs"],
+                     "summary": "Submit a bulk job: JSONL rows (with ?capability=NAME), or "
+                                '{"capability", "file"} naming a file in the job folder',
+                     "parameters": [{"name": "capability", "in": "query",
+                                     "schema": {"type": "string"}}],
+                     "requestBody": {"required": True, "content": {
+                         "application/x-ndjson": {"schema": {"type": "string"}},
+                         "application/json": {"schema": {"type": "object"}}}},
+                     "responses": {"202": job, **_problems(401, 403, 404, 413, 415, 422)}},
+            "get": {"operationId": "list_jobs", "tags": ["jobs"],
+                    "summary": "The tenant's newest jobs",
+                    "responses": {"200": _json("jobs", {"type": "array",
+                                                        "items": {"type": "object"}}),
+                                  **_problems(401)}}},
+        "/v1/jobs/{job_id}": {"get": {
+            "operationId": "get_job", "tags": ["jobs"], "summary": "A job's progress",
+            "parameters": [_path("job_id")],
+            "responses": {"200": job, **_problems(401, 404)}}},
+        "/v1/jobs/{job_id}/results": {"get": {
+            "operationId": "job_results", "tags": ["jobs"],
+            "summary": "One JSONL line per input row, in input order: the output or the "
+                       "row's problem, and its record id",
+            "parameters": [_path("job_id")],
+            "responses": {"200": {"description": "JSONL", **jsonl}, **_problems(401, 404)}}},
+        "/v1/jobs/{job_id}/cancel": {"post": {
+            "operationId": "cancel_job", "tags": ["jobs"],
+            "summary": "Cancel the rows not started (running rows finish)",
+            "parameters": [_path("job_id")],
+            "responses": {"200": job, **_problems(401, 404)}}},
+    }
+
+
+def _review_paths() -> dict[str, Any]:
+    item = _json("A review item: redacted input, proposed output, confidence, reason")
+    paths: dict[str, Any] = {
+        "/v1/review": {"get": {
+            "operationId": "list_review", "tags": ["review"],
+            "summary": "The review queue (reviewer role; admins may pass ?tenant=)",
+            "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}}
+                           for n in ("status", "capability", "tenant", "limit")],
+            "responses": {"200": _json("items"), **_problems(401, 403)}}},
+        "/v1/review/{item_id}": {"get": {
+            "operationId": "get_review_item", "tags": ["review"], "summary": "One item",
+            "parameters": [_path("item_id")],
+            "responses": {"200": item, **_problems(401, 403, 404)}}},
+    }
+    for decision, what in (("approve", "accept the proposed output"),
+                           ("reject", "throw the proposal out"),
+                           ("correct", 'replace the output ({"output": ...}): kept as a label')):
+        paths[f"/v1/review/{{item_id}}/{decision}"] = {"post": {
+            "operationId": f"{decision}_review_item", "tags": ["review"],
+            "summary": f"Decide: {what}", "parameters": [_path("item_id")],
+            "requestBody": {"required": decision == "correct", "content": {
+                "application/json": {"schema": {"type": "object", "properties": {
+                    "note": {"type": "string"}, "output": {"type": "object"}}}}}},
+            "responses": {"200": item, **_problems(401, 403, 404, 422)}}}
+    return paths
 
 
 _PROBLEM_SCHEMA = {"type": "object", "description": "RFC 9457 problem details",
