@@ -93,6 +93,9 @@ def error_from_problem(status: int, body: bytes, headers: Mapping[str, str]) -> 
         retry = headers.get("retry-after")
         options["retry_after_s"] = float(retry) if retry and retry.isdigit() else None
         options["window"] = doc.get("window")
+    if cls is errors.PolicyDenied:
+        options.update(policy=doc.get("policy"), reason=doc.get("reason"),
+                       reason_code=doc.get("reason_code"))
     try:
         error = cls(str(doc.get("detail", "")), **options)
     except TypeError:  # a subclass with its own constructor

@@ -60,6 +60,7 @@ __all__ = [
     "JwtConfig",
     "LimitsConfig",
     "MeshConfig",
+    "PolicyConfig",
     "RetryConfig",
     "TelemetryConfig",
     "TenantConfig",
@@ -144,6 +145,25 @@ class CacheConfig(_Strict):
     alias_ttl_s: float = Field(30.0, ge=0)
     policy_decisions: int = Field(10_000, ge=0, description="0 disables the decision cache")
     policy_ttl_s: float = Field(60.0, ge=0)
+
+
+class PolicyConfig(_Strict):
+    """Policy on every call (``[policy]``; see docs/governance/policy.md).
+
+    ``default`` names a package every capability passes through, *in addition* to its own
+    ``policy=`` (both must allow; the obligations of both apply). ``mode = "deny-by-default"``
+    denies a capability that has neither (reason code ``no_policy``); the default,
+    ``allow-by-default``, lets it run unchecked. A package may declare the JSON Schema of its
+    input (``<name>.schema.json`` beside ``<name>.rego``); an input that does not match is
+    denied (``on_schema_mismatch = "deny"``) or still evaluated and, when allowed, sent to
+    human review (``"review"``). ``require_schema = true`` refuses a bundle with a package
+    that declares no schema.
+    """
+
+    default: str | None = Field(None, min_length=1, description="e.g. 'mesh/default'")
+    mode: Literal["allow-by-default", "deny-by-default"] = "allow-by-default"
+    on_schema_mismatch: Literal["deny", "review"] = "deny"
+    require_schema: bool = False
 
 
 class RedactionConfig(_Strict):
@@ -351,6 +371,7 @@ class MeshConfig(_Strict):
     telemetry: TelemetryConfig = TelemetryConfig()
     relay: RelayConfig = RelayConfig()
     redaction: RedactionConfig = RedactionConfig()
+    policy: PolicyConfig = PolicyConfig()
     lock_file: Path | None = Path("aios-mesh.lock")
     invoke_many_concurrency: int = Field(16, ge=1, le=4096)
     routes: tuple[RouteConfig, ...] = ()

@@ -117,16 +117,21 @@ class InvalidOutput(MeshError):
 
 
 class PolicyDenied(MeshError):
-    """The policy decided against the call; ``reason`` is the policy's own words."""
+    """The policy decided against the call; ``reason`` is the policy's own words,
+    ``reason_code`` a short identifier a program can switch on (``no_policy``,
+    ``input_schema_mismatch``, ``max_cost_exceeded`` or the policy's own ``reason_code``)."""
 
     code = "policy_denied"
     outcome = "denied"
 
     def __init__(self, message: str, *, reason: str | None = None, policy: str | None = None,
-                 hint: str | None = None, **details: Any) -> None:
+                 reason_code: str | None = None, hint: str | None = None,
+                 **details: Any) -> None:
         self.reason = reason
         self.policy = policy
-        super().__init__(message, hint=hint, reason=reason, policy=policy, **details)
+        self.reason_code = reason_code
+        super().__init__(message, hint=hint, reason=reason, policy=policy,
+                         reason_code=reason_code, **details)
 
 
 class QuotaExceeded(MeshError):

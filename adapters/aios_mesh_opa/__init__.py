@@ -18,7 +18,8 @@ URL: ``opa+http://HOST:8181`` with options
 
 The contract of ``await decide(path, input)`` is RegoPolicy's, over HTTP:
 ``POST /v1/data/<package path>`` with ``{"input": input.to_document()}``; from the package
-document the adapter reads ``allow`` (boolean), ``reason`` (string), ``obligations``
+document the adapter reads ``allow`` (boolean), ``reason`` (string), ``reason_code``
+(string), ``obligations``
 (``redact``, ``require_human``, ``max_cost``).
 
 * ``allow`` true/false → a :class:`Decision` (a deny without reason gets
@@ -71,6 +72,7 @@ from aios_mesh.errors import (
     MeshError,
     NotFound,
 )
+from aios_mesh.policy_bundle import InputSchemas, parse_policy_path
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.policy import Decision, PolicyInput, decision_from_result
 
@@ -83,17 +85,7 @@ _OPTIONS: Final = ("bundle", "prefix", "token", "tls", "timeout", "strict_builti
 _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-def _parse_path(path: str) -> tuple[str, ...]:
-    """``mesh/invoices``, ``mesh.invoices``, ``data.mesh.invoices`` → ``("mesh", "invoices")``."""
-    if not isinstance(path, str) or not path.strip("/. "):
-        raise NotFound(f"{path!r} is not a policy package path",
-                       hint="name a package, e.g. 'mesh/invoices' or 'mesh.invoices'")
-    text = path.strip().strip("/")
-    segments = text.split("/") if "/" in text else text.split(".")
-    if segments and segments[0] == "data" and len(segments) > 1:
-        segments = segments[1:]
-    return tuple(segments)
-
+_parse_path = parse_policy_path
 
 def _package_key(package: tuple[str, ...]) -> str:
     return ".".join(package)
@@ -194,6 +186,12 @@ class OpaPolicy:
         Empty until :meth:`start` ran when the adapter has no ``bundle``.
         """
         return self._bundle_hash
+
+    @property
+    def input_schemas(self) -> InputSchemas | None:
+        """The input schemas of the ``bundle`` folder; None without one (the mesh cannot see
+        the files of a bundle the server loads itself)."""
+        return self._bundle.schemas if self._bundle is not None else None
 
     @property
     def packages(self) -> list[str]:

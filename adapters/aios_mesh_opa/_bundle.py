@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from aios_mesh.errors import ConfigError
-from aios_mesh.policy_bundle import bundle_files, hash_files
+from aios_mesh.policy_bundle import (
+    SCHEMA_SUFFIX,
+    InputSchemas,
+    bundle_files,
+    hash_files,
+    parse_package,
+    read_input_schemas,
+)
 
 __all__ = ["BundleFolder", "DataDocument", "hash_files", "read_bundle"]
 
@@ -34,12 +41,14 @@ class BundleFolder:
     modules: tuple[tuple[str, str], ...]  # (relative path, source)
     data: tuple[DataDocument, ...]
     bundle_hash: str
+    schemas: InputSchemas
 
 
 def read_bundle(root: Path) -> BundleFolder:
     """Read ``root``; a missing folder, unreadable file, bad UTF-8 or JSON is a ConfigError.
 
-    The Rego itself is checked by the OPA server when the adapter uploads it.
+    The Rego itself is checked by the OPA server when the adapter uploads it; the
+    ``*.schema.json`` input schemas are read (and checked) here: they stay with the mesh.
     """
     if not root.is_dir():
         raise ConfigError(f"policy folder {root} does not exist or is not a folder",
@@ -63,6 +72,8 @@ def read_bundle(root: Path) -> BundleFolder:
         if path.suffix == ".rego":
             modules.append((rel, text))
             continue
+        if path.name.endswith(SCHEMA_SUFFIX):
+            continue  # input schemas stay with the mesh: read_input_schemas below
         try:
             document = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -79,5 +90,8 @@ def read_bundle(root: Path) -> BundleFolder:
                           hint="add at least one policy, e.g. policies/mesh/default.rego",
                           path=str(root))
     data.sort(key=lambda d: (len(d.path), d.path))  # parents first: children overwrite
+    # the package of each module only to pair it with its schema; OPA checks the Rego itself
+    schemas = read_input_schemas(root, ((rel, parse_package(text, where=str(root / rel)))
+                                        for rel, text in modules))
     return BundleFolder(root=root, modules=tuple(modules), data=tuple(data),
-                        bundle_hash=hash_files(hashed))
+                        bundle_hash=hash_files(hashed), schemas=schemas)

@@ -13,19 +13,22 @@ The bundle
     ``file:line:col``; so do a data key defined by two files, a data key that overlaps a
     package (rego-cpp would let data silently replace the rules), a file without ``package``,
     and a call to an unknown function found by a one-off evaluation with an empty input.
-    ``bundle_hash`` is the sha256 over the sorted ``(relative path, content)`` of those files.
+    ``bundle_hash`` is the sha256 over the sorted ``(relative path, content)`` of those files
+    (``*.schema.json`` input schemas included, see :mod:`aios_mesh.policy_bundle`).
 
 The contract of ``await decide(path, input)``
     ``path`` (``"mesh/invoices"`` or ``"mesh.invoices"``, optionally prefixed ``data.``) names
     a Rego package. The package defines ``allow`` (boolean) and optionally ``reason``
-    (string) and ``obligations`` (object: ``redact`` list of strings, ``require_human`` bool,
+    (string), ``reason_code`` (a short identifier, e.g. ``currency_not_accepted``) and
+    ``obligations`` (object: ``redact`` list of strings, ``require_human`` bool,
     ``max_cost`` number), evaluated against ``input`` = :meth:`PolicyInput.to_document`.
 
     * ``allow`` true/false → ``Decision(allow, reason, Obligations(...), policy=path,
       bundle_hash=...)``. A deny without a ``reason`` gets ``"<pkg>.allow is false"``.
       Denying never raises here; the pipeline turns a deny into ``PolicyDenied``.
     * ``allow`` undefined → ``Decision(allow=False, reason="default deny: <pkg>.allow is
-      undefined")``.
+      undefined", reason_code="allow_undefined")``; a deny without ``reason_code`` gets
+      ``"unspecified"``.
     * ``allow`` not a boolean, ``reason`` not a string, ``obligations`` not of the shape above
       or with an unknown key (an obligation the mesh cannot enforce must not pass silently)
       → :class:`~aios_mesh.errors.InvalidOutput` naming the package and its files.
@@ -37,9 +40,10 @@ The contract of ``await decide(path, input)``
     * An input that is not JSON (a set, a datetime, NaN) → :class:`InvalidInput`.
 
 Performance and threads
-    Only ``allow``, ``reason`` and ``obligations`` are evaluated (one compiled entrypoint per
-    package), so helper rules that are not used cost nothing. rego-cpp is fast (a decision
-    takes well under a millisecond; see docs/ports/policy.md), so ``decide`` runs inline in
+    Only ``allow``, ``reason``, ``reason_code`` and ``obligations`` are evaluated (one
+    compiled entrypoint per package), so helper rules that are not used cost nothing.
+    rego-cpp is fast (a decision takes well under a millisecond; see docs/ports/policy.md),
+    so ``decide`` runs inline in
     the event loop. The interpreter keeps the input between ``set_input`` and the query, so a
     ``threading.Lock`` serialises evaluations: safe from several threads or event loops.
 """
@@ -51,6 +55,7 @@ from typing import Any, ClassVar, Self
 
 from aios_mesh.backends import BackendURL
 from aios_mesh.errors import NotFound
+from aios_mesh.policy_bundle import InputSchemas, parse_policy_path
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.policy import Decision, PolicyInput, decision_from_result
 
@@ -61,16 +66,7 @@ __all__ = ["RegoPolicy"]
 
 
 
-def _parse_path(path: str) -> tuple[str, ...]:
-    """``mesh/invoices``, ``mesh.invoices``, ``data.mesh.invoices`` → ``("mesh", "invoices")``."""
-    if not isinstance(path, str) or not path.strip("/. "):
-        raise NotFound(f"{path!r} is not a policy package path",
-                       hint="name a package, e.g. 'mesh/invoices' or 'mesh.invoices'")
-    text = path.strip().strip("/")
-    segments = text.split("/") if "/" in text else text.split(".")
-    if segments and segments[0] == "data" and len(segments) > 1:
-        segments = segments[1:]
-    return tuple(segments)
+_parse_path = parse_policy_path
 
 
 class RegoPolicy:
@@ -119,6 +115,11 @@ class RegoPolicy:
     @property
     def folder(self) -> Path:
         return self._folder
+
+    @property
+    def input_schemas(self) -> InputSchemas:
+        """The input schemas the bundle's packages declare (``<name>.schema.json``)."""
+        return self._compiled.files.schemas
 
     @property
     def packages(self) -> list[str]:

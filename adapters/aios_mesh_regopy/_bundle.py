@@ -7,14 +7,20 @@ and can be tested on its own.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aios_mesh.errors import ConfigError
-from aios_mesh.policy_bundle import bundle_files, hash_files
+from aios_mesh.policy_bundle import (
+    SCHEMA_SUFFIX,
+    InputSchemas,
+    bundle_files,
+    hash_files,
+    read_input_schemas,
+)
+from aios_mesh.policy_bundle import parse_package as _parse_package
 
 __all__ = [
     "INTERNAL_PACKAGE",
@@ -29,13 +35,6 @@ __all__ = [
 
 #: Namespace of the small wrapper modules the adapter compiles next to the user's policies.
 INTERNAL_PACKAGE = "aios_mesh_internal"
-
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_STRING = r'"(?:[^"\\\n]|\\.)*"'
-_REF_TAIL = rf"[ \t]*(?:\.[ \t]*{_IDENT}|\[[ \t]*{_STRING}[ \t]*\])"
-_PACKAGE_RE = re.compile(rf"^[ \t]*package[ \t]+(?P<ref>{_IDENT}(?:{_REF_TAIL})*)", re.MULTILINE)
-_SEGMENT_RE = re.compile(rf"\.?(?P<ident>{_IDENT})|\[[ \t]*(?P<string>{_STRING})[ \t]*\]")
-
 
 @dataclass(frozen=True, slots=True)
 class RegoModule:
@@ -56,6 +55,7 @@ class BundleFiles:
     data: dict[str, Any]
     data_files: tuple[str, ...]
     bundle_hash: str
+    schemas: InputSchemas
 
     @property
     def packages(self) -> dict[tuple[str, ...], tuple[str, ...]]:
@@ -80,48 +80,12 @@ def line_col(source: str, offset: int) -> tuple[int, int]:
 
 
 def parse_package(source: str, *, where: str) -> tuple[str, ...]:
-    """The package path a module declares (``package a.b["c-d"]`` → ``("a", "b", "c-d")``)."""
-    match = _PACKAGE_RE.search(_strip_comments(source))
-    if match is None:
-        raise ConfigError(f"{where} declares no package",
-                          hint="start the file with a line like 'package mesh.invoices'",
-                          file=where)
-    segments: list[str] = []
-    for part in _SEGMENT_RE.finditer(match["ref"].replace(" ", "").replace("\t", "")):
-        if part["ident"] is not None:
-            segments.append(part["ident"])
-        else:
-            segments.append(json.loads(part["string"]))
-    if any("/" in s or not s for s in segments):
-        raise ConfigError(f"{where}: package {match['ref']!r} has an empty segment or a '/'",
-                          hint="use plain identifiers in package names", file=where)
+    """The package path a module declares; the adapter's own namespace is refused."""
+    segments = _parse_package(source, where=where)
     if segments[0] == INTERNAL_PACKAGE:
-        raise ConfigError(f"{where}: package {match['ref']!r} uses the reserved name "
+        raise ConfigError(f"{where}: package {'.'.join(segments)!r} uses the reserved name "
                           f"{INTERNAL_PACKAGE!r}", hint="rename the package", file=where)
-    return tuple(segments)
-
-
-def _strip_comments(source: str) -> str:
-    # '#' starts a comment except inside a string; package lines rarely hold strings with '#',
-    # so a line-wise cut before the first '#' outside double quotes is enough here.
-    out = []
-    for line in source.splitlines():
-        in_str = False
-        cut = len(line)
-        i = 0
-        while i < len(line):
-            ch = line[i]
-            if ch == "\\" and in_str:
-                i += 2
-                continue
-            if ch == '"':
-                in_str = not in_str
-            elif ch == "#" and not in_str:
-                cut = i
-                break
-            i += 1
-        out.append(line[:cut])
-    return "\n".join(out)
+    return segments
 
 
 def _owner(origin: Mapping[tuple[str, ...], str], path: tuple[str, ...]) -> str:
@@ -204,6 +168,8 @@ def load_bundle_files(root: Path) -> BundleFiles:
         if path.suffix == ".rego":
             modules.append(RegoModule(rel, path, text, parse_package(text, where=str(path))))
             continue
+        if path.name.endswith(SCHEMA_SUFFIX):
+            continue  # input schemas: read_input_schemas below
         try:
             document = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -225,7 +191,9 @@ def load_bundle_files(root: Path) -> BundleFiles:
                           hint="add at least one policy, e.g. policies/mesh/default.rego",
                           path=str(root))
     bundle = BundleFiles(root=root, modules=tuple(modules), data=data,
-                         data_files=tuple(data_files), bundle_hash=hash_files(hashed))
+                         data_files=tuple(data_files), bundle_hash=hash_files(hashed),
+                         schemas=read_input_schemas(root, ((m.relpath, m.package)
+                                                           for m in modules)))
     packages = bundle.packages
     _check_data_vs_packages(data, packages, packages, origin)
     return bundle

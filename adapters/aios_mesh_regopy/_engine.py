@@ -37,7 +37,7 @@ __all__ = ["CompiledBundle", "RegoErrorInfo", "native_input"]
 _KIND_ERROR: Final = 1800
 _KIND_ERROR_MSG: Final = 1801
 _KIND_ERROR_CODE: Final = 1803
-_RESULT_RULES: Final = ("allow", "reason", "obligations")
+_RESULT_RULES: Final = ("allow", "reason", "reason_code", "obligations")
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 # JSON escapes these characters; rego-cpp keeps escapes verbatim inside strings, so a string

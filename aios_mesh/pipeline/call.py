@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from aios_mesh.capabilities import CapabilitySpec
 from aios_mesh.errors import MeshError
-from aios_mesh.ports.policy import Decision
+from aios_mesh.ports.policy import Decision, PolicyCheck
 from aios_mesh.ports.quota import Reservation
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Prediction, Usage
@@ -51,6 +51,7 @@ class Call:
     decision: Decision | None = None
     policy_input: dict[str, Any] | None = None
     policy_cached: bool = False
+    policy_checks: tuple[PolicyCheck, ...] = ()  # one per policy asked (default, own)
     reservation: Reservation | None = None
     redaction: Redaction | None = None
     model_ref: ModelRef | None = None

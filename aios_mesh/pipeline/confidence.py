@@ -16,11 +16,14 @@ class ConfidenceGate(StepBase):
     name = "confidence_gate"
 
     def applies(self, spec: CapabilitySpec) -> bool:
-        # a policy may oblige human review (require_human)
-        return spec.review_threshold is not None or spec.policy is not None
+        # a policy may oblige human review (require_human): its own or the mesh-wide default
+        return (spec.review_threshold is not None or spec.policy is not None
+                or self.default_policy)
 
-    def __init__(self, review: Callable[[], ReviewQueue]) -> None:
+    def __init__(self, review: Callable[[], ReviewQueue], *,
+                 default_policy: bool = False) -> None:
         self._review = review
+        self.default_policy = default_policy  # [policy] default: every call may be obliged
 
     async def before(self, call: Call) -> None:
         if call.output is None or call.review_id is not None:

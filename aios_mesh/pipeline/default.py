@@ -57,15 +57,17 @@ class StepParts:
 def default_steps(parts: StepParts) -> list[Step]:
     """The default pipeline, built from ``parts``."""
     ports = parts.ports
+    everywhere = parts.config.policy.default is not None  # obligations on every capability
     return [
         ValidateInput(parts.config.max_payload_bytes),
-        PolicyStep(lambda: ports.policy, parts.decision_cache),
+        PolicyStep(lambda: ports.policy, parts.decision_cache, parts.config.policy,
+                   parts.redactor),
         QuotaStep(lambda: ports.quota),
-        RedactStep(parts.redactor),
+        RedactStep(parts.redactor, default_policy=everywhere),
         ResolveModel(parts.resolver),
         CacheStep(parts.response_cache),
         AdmissionStep(parts.admission),
         InvokeStep(target=parts.targets, resolver=parts.resolver, breakers=parts.breakers,
                    budget=parts.budget, retry=parts.config.retry, review=parts.review),
-        ConfidenceGate(parts.review),
+        ConfidenceGate(parts.review, default_policy=everywhere),
     ]

@@ -15,11 +15,12 @@ class RedactStep(StepBase):
     name = "redact"
 
     def applies(self, spec: CapabilitySpec) -> bool:
-        # any call may carry a redact obligation: [policy] default applies to every capability
-        return True
+        # a policy may oblige redaction: the capability's own, or the mesh-wide default
+        return spec.external or spec.policy is not None or self.default_policy
 
-    def __init__(self, redactor: Redactor) -> None:
+    def __init__(self, redactor: Redactor, *, default_policy: bool = False) -> None:
         self.redactor = redactor
+        self.default_policy = default_policy  # [policy] default: every call may be obliged
         # checked once: a Protocol isinstance costs microseconds per call
         self.reversible = redactor if isinstance(redactor, Reversible) else None
 

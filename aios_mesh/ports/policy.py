@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 from aios_mesh.errors import InvalidOutput
+from aios_mesh.policy_bundle import InputSchemas
 from aios_mesh.ports.base import Feature
 
-__all__ = ["POLICY_INPUT_VERSION", "Decision", "Obligations", "Policy", "PolicyInput",
-           "decision_from_result"]
+__all__ = ["POLICY_INPUT_VERSION", "REASON_CODE_PATTERN", "Decision", "DeclaresInputSchemas",
+           "Obligations", "Policy", "PolicyCheck", "PolicyInput", "decision_from_result"]
+
+#: What a ``reason_code`` looks like: a short identifier a program can switch on.
+REASON_CODE_PATTERN: Final = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
 
 #: Version of the policy input document; bump on any incompatible change.
 POLICY_INPUT_VERSION = "1"
@@ -18,7 +23,12 @@ POLICY_INPUT_VERSION = "1"
 
 @dataclass(frozen=True, slots=True)
 class PolicyInput:
-    """The documented, versioned input every policy sees (``input`` in Rego)."""
+    """The documented, versioned input every policy sees (``input`` in Rego).
+
+    ``payload`` (the call's payload, redacted) is set only for a policy whose input schema
+    declares a ``payload`` property; every other policy sees no ``payload`` key, so its
+    decisions stay cacheable across payloads.
+    """
 
     tenant: str
     caller: str
@@ -28,9 +38,11 @@ class PolicyInput:
     model: str | None = None
     cost_estimate: float = 0.0
     attributes: dict[str, Any] = field(default_factory=dict)
+    payload: dict[str, Any] | None = None
 
     def to_document(self) -> dict[str, Any]:
-        return {
+        """The ``input`` document (JSON values only)."""
+        doc: dict[str, Any] = {
             "version": POLICY_INPUT_VERSION,
             "tenant": self.tenant,
             "caller": self.caller,
@@ -40,6 +52,9 @@ class PolicyInput:
             "cost_estimate": self.cost_estimate,
             "attributes": self.attributes,
         }
+        if self.payload is not None:
+            doc["payload"] = self.payload
+        return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +68,15 @@ class Obligations:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """A policy's answer: ``reason`` in the policy's words, ``reason_code`` for programs
+    (the policy's own ``reason_code`` rule, or one the mesh sets, e.g. ``allow_undefined``)."""
+
     allow: bool
     reason: str | None = None
     obligations: Obligations = field(default_factory=Obligations)
     policy: str = ""
     bundle_hash: str = ""
+    reason_code: str | None = None
 
 
 @runtime_checkable
@@ -76,17 +95,55 @@ class Policy(Protocol):
     async def aclose(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyCheck:
+    """What one policy said about one call, as the mesh records it.
+
+    ``schema``: ``"valid"``/``"invalid"`` when the package declares an input schema, else
+    None; ``schema_errors`` say where the input missed it (schema-side words only: paths
+    and expectations, never the values sent). ``payload``: the input held the redacted
+    payload. ``cached``: the decision came from the decision cache.
+    """
+
+    decision: Decision
+    schema: Literal["valid", "invalid"] | None = None
+    schema_errors: tuple[str, ...] = ()
+    payload: bool = False
+    cached: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        """The check as the decision record's ``policy.checks[]`` entry."""
+        d = self.decision
+        return {"path": d.policy, "allow": d.allow, "reason": d.reason,
+                "reason_code": d.reason_code, "require_human": d.obligations.require_human,
+                "schema": self.schema, "schema_errors": list(self.schema_errors),
+                "payload": self.payload, "cached": self.cached}
+
+
+@runtime_checkable
+class DeclaresInputSchemas(Protocol):
+    """A policy adapter that reads the bundle folder, and so its packages' input schemas
+    (``<name>.schema.json`` beside ``<name>.rego``; see :mod:`aios_mesh.policy_bundle`)."""
+
+    @property
+    def input_schemas(self) -> InputSchemas | None:
+        """The schemas; None when the adapter cannot see the bundle's files."""
+        ...
+
+
 _OBLIGATION_KEYS: Final = frozenset({"redact", "require_human", "max_cost"})
 
 
 def decision_from_result(result: Mapping[str, Any], *, package: str, path: str,
                          bundle_hash: str, where: str) -> Decision:
     """The policy contract, the same on every engine: a package's evaluated document
-    (``allow``, optional ``reason`` and ``obligations``) → :class:`Decision`.
+    (``allow``, optional ``reason``, ``reason_code`` and ``obligations``) → :class:`Decision`.
 
-    ``allow`` undefined is a default deny; a non-boolean ``allow``, a non-string ``reason`` or
-    malformed obligations raise :class:`InvalidOutput` naming ``package`` and ``where`` (the
-    files or server that hold it).
+    ``allow`` undefined is a default deny (``reason_code`` ``allow_undefined``); a deny
+    without a ``reason_code`` gets ``unspecified``. A non-boolean ``allow``, a non-string
+    ``reason``, a ``reason_code`` that is not a short identifier (:data:`REASON_CODE_PATTERN`)
+    or malformed obligations raise :class:`InvalidOutput` naming ``package`` and ``where``
+    (the files or server that hold it).
     """
 
     def bad(what: str, hint: str) -> InvalidOutput:
@@ -97,16 +154,25 @@ def decision_from_result(result: Mapping[str, Any], *, package: str, path: str,
     if reason is not None and not isinstance(reason, str):
         raise bad(f"reason must be a string, got {type(reason).__name__}",
                   'define it as a string, e.g. reason := "tenant not allowed"')
+    code = result.get("reason_code")
+    if code is not None and (not isinstance(code, str)
+                             or REASON_CODE_PATTERN.fullmatch(code) is None):
+        raise bad("reason_code must be a short identifier (lower case letters, digits, "
+                  "'_.:-', at most 64 characters)",
+                  'define it like reason_code := "currency_not_accepted"')
     obligations = _obligations(result.get("obligations"), bad)
     if "allow" not in result:
         return Decision(False, f"default deny: {package}.allow is undefined", obligations,
-                        policy=path, bundle_hash=bundle_hash)
+                        policy=path, bundle_hash=bundle_hash,
+                        reason_code=code or "allow_undefined")
     if not isinstance(allow, bool):
         raise bad(f"allow must be a boolean, got {type(allow).__name__}",
                   "define allow as true/false, e.g. 'default allow := false'")
-    if not allow and reason is None:
-        reason = f"{package}.allow is false"
-    return Decision(allow, reason, obligations, policy=path, bundle_hash=bundle_hash)
+    if not allow:
+        reason = reason if reason is not None else f"{package}.allow is false"
+        code = code or "unspecified"
+    return Decision(allow, reason, obligations, policy=path, bundle_hash=bundle_hash,
+                    reason_code=code)
 
 
 def _obligations(raw: Any, bad: Any) -> Obligations:

@@ -286,7 +286,7 @@ unused_conflict := 2
 async def test_false_is_false_not_undefined(policy: RegoPolicy) -> None:
     decision = await policy.decide("t", policy_input("evil"))
     assert decision == Decision(False, "explicitly false", policy="t",
-                                bundle_hash=policy.bundle_hash)
+                                bundle_hash=policy.bundle_hash, reason_code="unspecified")
 
 
 async def test_only_allow_reason_obligations_are_evaluated(policy: RegoPolicy) -> None:

@@ -14,5 +14,7 @@ reason := sprintf("tenant %s is not granted %s", [input.tenant, input.capability
 	not input.capability.name in data.invoices.grants[input.tenant]
 }
 
+reason_code := "not_granted" if not input.capability.name in data.invoices.grants[input.tenant]
+
 # Contact e-mails, phone numbers and bank accounts are masked before the model sees the text.
 obligations := {"redact": ["email", "phone", "iban"]}

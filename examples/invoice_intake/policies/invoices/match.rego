@@ -10,3 +10,5 @@ allow if input.capability.name in data.invoices.grants[input.tenant]
 reason := sprintf("tenant %s is not granted %s", [input.tenant, input.capability.name]) if {
 	not input.capability.name in data.invoices.grants[input.tenant]
 }
+
+reason_code := "not_granted" if not input.capability.name in data.invoices.grants[input.tenant]

@@ -1,7 +1,8 @@
 # Routing an invoice to auto-approval or a human.
 #
 # input.attributes (set by the intake step): amount_usd (number), currency (ISO code),
-# vendor_confidence (0..1, from match-vendor).
+# vendor_confidence (0..1, from match-vendor); route.schema.json declares them, and the mesh
+# checks the input against it before this rule runs.
 package invoices.route
 
 import rego.v1
@@ -21,19 +22,38 @@ reason := sprintf("tenant %s is not granted %s", [input.tenant, input.capability
 	not granted
 }
 
-reason := sprintf("%s does not accept invoices in %s", [input.tenant, input.attributes.currency]) if {
+reason_code := "not_granted" if not granted
+
+reason := sprintf("%s does not accept invoices in %v", [input.tenant, input.attributes.currency]) if {
 	granted
 	not currency_accepted
 }
 
-over_threshold if input.attributes.amount_usd > data.invoices.approval_threshold_usd[input.tenant]
-
-vendor_unsure if input.attributes.vendor_confidence < data.invoices.vendor_match_min
-
-# Above the tenant's threshold, or from a vendor we could not match surely: a human approves.
-obligations := {"require_human": true} if over_threshold
-
-obligations := {"require_human": true} if {
-	not over_threshold
-	vendor_unsure
+reason_code := "currency_not_accepted" if {
+	granted
+	not currency_accepted
 }
+
+# Fail closed: an invoice is approved without a human only on positive evidence, an amount
+# that is a number at or below the tenant's threshold and a vendor match that is a number at
+# or above the minimum. A missing, null or mistyped attribute (the string "50000") is no
+# evidence, so a human approves. Written the other way round ("a human if over the
+# threshold"), a missing amount would skip review: an undefined comparison is never true.
+within_threshold if {
+	is_number(input.attributes.amount_usd)
+	input.attributes.amount_usd <= data.invoices.approval_threshold_usd[input.tenant]
+}
+
+vendor_sure if {
+	is_number(input.attributes.vendor_confidence)
+	input.attributes.vendor_confidence >= data.invoices.vendor_match_min
+}
+
+auto_approvable if {
+	within_threshold
+	vendor_sure
+}
+
+# Above the tenant's threshold, from a vendor we could not match surely, or with anything
+# malformed: a human approves.
+obligations := {"require_human": true} if not auto_approvable
