@@ -81,7 +81,7 @@ class RuleRedactor:
     @staticmethod
     def redact_text(text: str, rules: Iterable[Rule], counts: Counter[str]) -> str:
         # Cheap pre-checks skip the regexes on the common case of PII-free text: e-mail needs
-        # an '@', the digit kinds a digit; every secret rule needs 3+ characters.
+        # an '@', the digit kinds a digit, each secret rule what its ``needs`` says.
         has_at = "@" in text
         has_digit = _DIGIT.search(text) is not None
         for rule in rules:
@@ -89,6 +89,8 @@ class RuleRedactor:
                 if not has_at:
                     continue
             elif rule.kind in _DIGIT_KINDS and not has_digit:
+                continue
+            if rule.needs is not None and rule.needs.search(text) is None:
                 continue
 
             text = _replace(rule, text, counts)

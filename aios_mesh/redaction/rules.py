@@ -13,12 +13,15 @@ __all__ = ["DEFAULT_RULES", "Rule", "iban_valid", "luhn_valid", "phone_valid"]
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One detector: what ``pattern`` matches (and ``validate`` accepts) is masked as
-    ``[KIND]`` — the whole match, or only its ``group`` (the value of a ``password=`` pair)."""
+    ``[KIND]`` — the whole match, or only its ``group`` (the value of a ``password=`` pair).
+    ``needs`` lets texts that cannot hold a match skip the (slower) ``pattern``."""
 
     kind: str
     pattern: re.Pattern[str]
     validate: Callable[[str], bool] | None = None
     group: int = 0
+    #: a cheap pattern any text the rule can match contains: texts without it skip the rule
+    needs: re.Pattern[str] | None = None
 
     @property
     def placeholder(self) -> str:

@@ -93,8 +93,12 @@ def secret_rules() -> tuple[Rule, ...]:
     # (some plugins' groups point at the secret inside a longer match, e.g. a URL's password).
     known = re.compile("|".join(sources))
     words = "|".join((*DENYLIST, "token", "access_?key", "client_?secret"))
-    pair = re.compile(rf"(?i)(?<![A-Za-z0-9])\w*(?:{words})\w*[\"']?\s*[:=]\s*[\"']?"
+    pair = re.compile(rf"(?i)(?:{words})\w*[\"']?\s*[:=]\s*[\"']?"
                       r"([^\s\"',;&}\[\]]{3,})")
     bearer = re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{8,}=*)")
-    return (Rule(SECRET, known), Rule(SECRET, pair, group=1), Rule(SECRET, bearer, group=1),
+    # Every known format holds 16+ characters without a space, a private-key header or a
+    # URL's "://"; a pair needs its ':' or '='.
+    return (Rule(SECRET, known, needs=re.compile(r"\S{16}|BEGIN|://|PuTTY")),
+            Rule(SECRET, pair, group=1, needs=re.compile("[:=]")),
+            Rule(SECRET, bearer, group=1, needs=re.compile("(?i)bearer")),
             Rule(SECRET, _TOKEN, high_entropy))
