@@ -4,7 +4,9 @@ problem-details body (``application/problem+json``) with a fitting status code.
 The body carries the error's ``code`` (its ``type`` is ``urn:aios-mesh:error:<code>``), its
 message (``detail``), the ``hint`` that says what to do, and the decision record id when the
 call was recorded. ``QuotaExceeded`` with a known reset gives ``Retry-After``; a
-``PolicyDenied`` body adds the ``policy``, its ``reason`` and ``reason_code``.
+``PolicyDenied`` body adds the ``policy``, its ``reason`` and ``reason_code``. Detail and
+hint (and the ``instance`` path) pass the scrubber: an error raised before any call (a bad
+header, a forbidden name) is masked like a recorded one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from aios_mesh.errors import (
     StepFailed,
 )
 from aios_mesh.gateway.identity import Forbidden, Unauthenticated
+from aios_mesh.redaction.scrub import default_scrubber
 
 __all__ = ["PROBLEM_JSON", "problem", "problem_body", "status_for"]
 
@@ -87,16 +90,18 @@ def problem_body(error: MeshError, *, status: int | None = None, record_id: str 
     """The problem-details document for ``error`` (what :func:`problem` sends; a bulk job's
     failed row carries it in its result line)."""
     code = status or status_for(error)
+    scrub = default_scrubber().text
     body: dict[str, Any] = {"type": f"urn:aios-mesh:error:{error.code}",
                             "title": type(error).__name__, "status": code,
-                            "detail": error.message, "code": error.code}
+                            "detail": scrub(error.message), "code": error.code}
     if error.hint:
-        body["hint"] = error.hint
+        body["hint"] = scrub(error.hint)
     if isinstance(error, PolicyDenied):  # the policy's own words, and a code to switch on
-        body.update(policy=error.policy, reason_code=error.reason_code, reason=error.reason)
+        body.update(policy=error.policy, reason_code=error.reason_code,
+                    reason=None if error.reason is None else scrub(error.reason))
     if record_id:
         body["record_id"] = record_id
     if instance:
-        body["instance"] = instance
+        body["instance"] = scrub(instance)  # the path: a capability name the caller made up
     body.update(extra)
     return body

@@ -10,6 +10,7 @@ from aios_mesh.errors import MeshError
 from aios_mesh.lineage_naming import DatasetNames
 from aios_mesh.lockfile import LockFile
 from aios_mesh.record import CallMode, DecisionRecord, Outcome, utc_now_iso
+from aios_mesh.redaction.scrub import Scrubber, default_scrubber
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -59,11 +60,20 @@ def outcome_of(error: MeshError | None, review_id: str | None,
 
 def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | None,
                  error: MeshError | None, span: Span | None,
-                 lock: LockFile | None, datasets: DatasetNames | None = None
-                 ) -> DecisionRecord:
+                 lock: LockFile | None, datasets: DatasetNames | None = None,
+                 scrubber: Scrubber | None = None) -> DecisionRecord:
     """The immutable decision record of one call (``call`` is None when the call never got a
     pipeline state, e.g. an unknown capability; ``datasets`` names what it read and
-    wrote)."""
+    wrote).
+
+    Every field that can carry what a caller sent goes through ``scrubber`` (default: the
+    default detectors), and so do the errors (in place: the caller gets the scrubbed
+    error); structural fields — ids, hashes, timestamps, numbers, outcome — are exempt.
+    """
+    scrub = scrubber or default_scrubber()
+    text = scrub.text
+    if error is not None:
+        scrub.error(error)
     # On every call's path: the call-less case is handled apart so the common one reads each
     # field once.
     latency_ms = round((time.perf_counter() - start.started) * 1000.0, 4)
@@ -76,28 +86,31 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
     if call is None:
         return DecisionRecord(
             record_id=start.record_id, started_at=start.started_at, ended_at=ended_at,
-            latency_ms=latency_ms, tenant=start.tenant, caller=start.caller,
-            capability=start.capability,
+            latency_ms=latency_ms, tenant=text(start.tenant), caller=text(start.caller),
+            capability=text(start.capability),
             capability_version=spec.version if spec is not None else "",
             outcome=outcome_of(error, None), mode=start.mode, trace_id=trace_id,
-            span_id=span_id, parent=start.parent,
+            span_id=span_id, parent=scrub.value(start.parent),
             currency=spec.price.currency if spec else "USD",
             error=error.to_dict() if error is not None else None)
     policy = None
     d = call.decision
     if d is not None:
-        policy = {"path": d.policy or call.spec.policy, "allow": d.allow, "reason": d.reason,
+        path = d.policy or call.spec.policy
+        policy = {"path": path if path is None else text(path), "allow": d.allow,
+                  "reason": d.reason if d.reason is None else text(d.reason),
                   "reason_code": d.reason_code,
                   "obligations": {"redact": list(d.obligations.redact),
                                   "require_human": d.obligations.require_human,
                                   "max_cost": d.obligations.max_cost},
                   "bundle_hash": d.bundle_hash, "cached": call.policy_cached,
-                  "input": call.policy_input,
+                  "input": scrub.value(call.policy_input),
                   # each policy asked (the default, the capability's own) and what it said
-                  "checks": [c.to_record() for c in call.policy_checks]}
+                  "checks": [scrub.value(c.to_record()) for c in call.policy_checks]}
     r = call.model_ref
-    model = None if r is None else {"name": r.name, "version": r.version, "alias": r.alias,
-                                    "source": r.source, "run_id": r.run_id}
+    model = None if r is None else {"name": text(r.name), "version": r.version,
+                                    "alias": r.alias if r.alias is None else text(r.alias),
+                                    "source": text(r.source), "run_id": r.run_id}
     res = call.reservation
     quota = None if res is None else {"reservation_id": res.id, "reserved_cost": res.cost}
     redaction = call.redaction
@@ -105,31 +118,33 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
     # A call that failed says why; one the fallback chain answered (or parked for review)
     # says why its primary did not: a failure is never hidden behind a fallback.
     shown = error if error is not None else call.primary_error
+    if shown is not None and shown is not error:
+        scrub.error(shown)
     return DecisionRecord(
         record_id=start.record_id,
         started_at=start.started_at,
         ended_at=ended_at,
         latency_ms=latency_ms,
-        tenant=start.tenant,
-        caller=start.caller,
-        capability=start.capability,
+        tenant=text(start.tenant),
+        caller=text(start.caller),
+        capability=text(start.capability),
         capability_version=call.spec.version,
         outcome=outcome_of(error, call.review_id, call.primary_error),
         mode=start.mode,
         trace_id=trace_id,
         span_id=span_id,
-        parent=start.parent,
+        parent=scrub.value(start.parent),
         policy=policy,
         redaction={"applied": redaction.applied, "counts": dict(redaction.counts)}
         if redaction is not None else {"applied": False, "counts": {}},
         model=model,
         serving=call.serving,
-        index_snapshots=dict(call.index_snapshots),
-        index_drift=_index_drift(call, lock) if call.index_snapshots else None,
-        model_drift=_model_drift(call, lock) if call.live_versions else None,
-        datasets=datasets.of(call) if datasets is not None else None,
+        index_snapshots={text(c): snap for c, snap in call.index_snapshots.items()},
+        index_drift=scrub.value(_index_drift(call, lock)) if call.index_snapshots else None,
+        model_drift=scrub.value(_model_drift(call, lock)) if call.live_versions else None,
+        datasets=scrub.value(datasets.of(call)) if datasets is not None else None,
         attempts=call.attempts,
-        fallback=call.fallback,
+        fallback=call.fallback if call.fallback is None else text(call.fallback),
         usage={"calls": usage.calls, "tokens": usage.tokens, "gpu_seconds": usage.gpu_seconds},
         cost=round(call.cost, 10),
         currency=call.spec.price.currency,
