@@ -75,8 +75,9 @@ IBAN = Rule("iban", re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[
 # group in and then fail the Luhn check, leaving the card number in clear.
 CARD = Rule("card", re.compile(r"\b(?:\d{4}([ -])\d{4}\1\d{4}\1\d{4}(?:\1?\d{3})?"
                                r"|\d{4}([ -])\d{6}\2\d{5}|\d{13,19})\b"), luhn_valid)
-PHONE = Rule("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?"
-                                 r"\d{2,4}(?:[ .-]\d{2,4}){2,4}(?![\w])"), phone_valid)
+# Not inside a dash-joined token: the all-digit groups of a UUID are not a phone number.
+PHONE = Rule("phone", re.compile(r"(?<![\w+-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?"
+                                 r"\d{2,4}(?:[ .-]\d{2,4}){2,4}(?![\w-])"), phone_valid)
 
 #: The PII kinds by pattern and checksum (:func:`~aios_mesh.redaction.redactor.default_rules`
 #: adds the secret kinds). Order matters: IBANs and cards before phones, whose

@@ -147,3 +147,9 @@ def test_names_detector_without_the_pipeline_is_a_config_error(tmp_path: Path) -
     with pytest.raises(ConfigError, match="no spaCy pipeline") as info:
         SpacyNames("en_core_web_nonexistent")
     assert "nothing is downloaded" in (info.value.hint or "")
+
+
+def test_the_all_digit_groups_of_a_uuid_are_not_a_phone_number() -> None:
+    for uid in ("00000000-0000-4000-8000-000000000000", "2b0f6c1e-1234-4000-8000-0123456789ab"):
+        assert Scrubber().text(f"no record '{uid}'") == f"no record '{uid}'"
+    assert Scrubber().text("tel 415-555-0134.") == "tel [PHONE]."
