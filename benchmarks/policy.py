@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from aios_mesh.pipeline.policy import DecisionCache
-from aios_mesh.ports.policy import PolicyInput
+from aios_mesh.ports.policy import PolicyCheck, PolicyInput
 
 RESULTS = Path(__file__).parent / "results"
 POLICY = """package bench.invoices
@@ -85,7 +85,7 @@ async def _bench(seconds: float) -> dict[str, Any]:
     # cached: key building + lookup in a warm cache (every input already decided once)
     cache = DecisionCache(size=4096, ttl_s=3600)
     for pin in inputs:
-        cache.put(_key(policy.bundle_hash, PATH, pin), await policy.decide(PATH, pin))
+        cache.put(_key(policy.bundle_hash, PATH, pin), PolicyCheck(await policy.decide(PATH, pin)))
     n = 0
     t0 = time.perf_counter()
     deadline = t0 + seconds
