@@ -79,7 +79,8 @@ class RuleRedactor:
         return Redaction(redacted, dict(counts))
 
     @staticmethod
-    def redact_text(text: str, rules: Iterable[Rule], counts: Counter[str]) -> str:
+    def redact_text(text: str, rules: Iterable[Rule], counts: Counter[str],
+                    replace: Replacement | None = None) -> str:
         # Cheap pre-checks skip the regexes on the common case of PII-free text: e-mail needs
         # an '@', the digit kinds a digit, each secret rule what its ``needs`` says.
         has_at = "@" in text
@@ -93,11 +94,17 @@ class RuleRedactor:
             if rule.needs is not None and rule.needs.search(text) is None:
                 continue
 
-            text = _replace(rule, text, counts)
+            text = _replace(rule, text, counts, replace)
         return text
 
 
-def _replace(rule: Rule, text: str, counts: Counter[str]) -> str:
+#: What a found value becomes: the rule's placeholder by default, a reversible token when
+#: tokenizing (:class:`~aios_mesh.redaction.tokens.TokenizingRedactor`).
+Replacement = Callable[[Rule, str], str]
+
+
+def _replace(rule: Rule, text: str, counts: Counter[str],
+             replace: Replacement | None = None) -> str:
     """Mask every valid match of ``rule`` in ``text``. A match that fails its validator is
     not skipped whole: the search goes on one character later, so the digits of an order
     number in front of a card number cannot hide it (``0134 4111 1111 1111 1111``)."""
@@ -109,7 +116,8 @@ def _replace(rule: Rule, text: str, counts: Counter[str]) -> str:
             continue
         counts[rule.kind] += 1
         start, end = m.span(rule.group)
-        out += [text[done:start], rule.placeholder]
+        found = text[start:end]
+        out += [text[done:start], rule.placeholder if replace is None else replace(rule, found)]
         done = pos = max(end, m.end(), start + 1)
         if rule.group:
             out.append(text[end:m.end()])

@@ -51,6 +51,11 @@ def _entropy() -> object:
     return Base64HighEntropyString().calculate_shannon_entropy
 
 
+#: The body of a reversible token the tokenizer writes (``<EMAIL_0123456789abcdef>``):
+#: already redacted, never a secret (else tokenizing would tokenize its own tokens).
+_OUR_TOKEN = re.compile(r"[A-Z][A-Z_]*_[0-9a-f]{16}")
+
+
 def high_entropy(text: str) -> bool:
     """A random-looking token: letters and digits mixed, its Shannon entropy near the most
     its length allows, its character class changing often (``ExtractInvoiceFieldsV2`` has
@@ -62,7 +67,7 @@ def high_entropy(text: str) -> bool:
     (True, False)
     """
     n = len(text)
-    if _HEX.fullmatch(text):
+    if _HEX.fullmatch(text) or _OUR_TOKEN.fullmatch(text):
         return False
     digits = sum(c.isdigit() for c in text)
     if digits < 2 or digits == n or not any(c.isalpha() for c in text):

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from aios_mesh.redaction.redactor import Redaction, RuleRedactor
-from aios_mesh.redaction.rules import DEFAULT_RULES, Rule
+from aios_mesh.redaction.redactor import Redaction, RuleRedactor, walk_strings
+from aios_mesh.redaction.rules import Rule
 from aios_mesh.redaction.vault import KeyRing, TokenVault
 
 __all__ = ["Reversible", "TokenVault", "TokenizingRedactor", "load_or_create_key"]
@@ -64,7 +64,7 @@ class TokenizingRedactor(RuleRedactor):
         vault: where tokens map back; default: in memory, with an ephemeral key.
     """
 
-    def __init__(self, key: bytes | None = None, rules: Iterable[Rule] = DEFAULT_RULES,
+    def __init__(self, key: bytes | None = None, rules: Iterable[Rule] | None = None,
                  vault: TokenVault | None = None) -> None:
         super().__init__(rules)
         if vault is None:
@@ -99,21 +99,15 @@ class TokenizingRedactor(RuleRedactor):
         counts: Counter[str] = Counter()
         minted: dict[str, str] = {}
 
-        def replace(text: str) -> str:
-            for rule in rules:
-                def sub(m: Any, rule: Rule = rule) -> str:
-                    found: str = m.group(0)
-                    if rule.validate is not None and not rule.validate(found):
-                        return found
-                    counts[rule.kind] += 1
-                    token = self.token(tenant, rule.kind, found)
-                    minted[token] = found
-                    return token
+        def mint(rule: Rule, found: str) -> str:
+            token = self.token(tenant, rule.kind, found)
+            minted[token] = found
+            return token
 
-                text = rule.pattern.sub(sub, text)
-            return text
-
-        return Redaction(_walk(payload, replace), dict(counts)), minted
+        # The same matching as masking (keys included, validators, secrets); only what a
+        # found value becomes differs.
+        redacted = walk_strings(payload, lambda s: self.redact_text(s, rules, counts, mint))
+        return Redaction(redacted, dict(counts)), minted
 
     async def restore(self, value: Any, *, tenant: str) -> Any:
         """Map this tenant's tokens in ``value`` back to the original text (one vault read
@@ -125,7 +119,7 @@ class TokenizingRedactor(RuleRedactor):
                 found.update(m.group(0) for m in _TOKEN.finditer(text))
             return text
 
-        _walk(value, collect)
+        walk_strings(value, collect)
         if not found:
             return value
         values = await self.vault.get(tenant, found)
@@ -135,18 +129,8 @@ class TokenizingRedactor(RuleRedactor):
                 return text
             return _TOKEN.sub(lambda m: values.get(m.group(0), m.group(0)), text)
 
-        return _walk(value, back)
+        return walk_strings(value, back)
 
     async def aclose(self) -> None:
         """Release the vault's connections."""
         await self.vault.aclose()
-
-
-def _walk(value: Any, fn: Any) -> Any:
-    if isinstance(value, str):
-        return fn(value)
-    if isinstance(value, Mapping):
-        return {k: _walk(v, fn) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_walk(v, fn) for v in value]
-    return value

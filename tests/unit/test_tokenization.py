@@ -57,3 +57,16 @@ def test_pipeline_sends_tokens_and_returns_values(tmp_path: Path) -> None:
     assert result.record.redaction == {"applied": True, "counts": {"email": 1}}
     assert "jane@example.com" not in (tmp_path / "audit.jsonl").read_text()
     assert (tmp_path / "redaction.key").stat().st_mode & 0o077 == 0
+
+
+async def test_tokens_cover_keys_and_secrets_like_masking_does() -> None:
+    """Tokenizing finds what masking finds (dict keys, secrets, checksummed numbers); only
+    what a found value becomes differs, and every token maps back."""
+    r = TokenizingRedactor(b"k" * 32)
+    payload = {"bob@example.com": "note", "auth": "password=hunter2hunter2",
+               "card": "4111 1111 1111 1111"}
+    tokenized = (await r.tokenize(payload, tenant="a")).payload
+    text = str(tokenized)
+    assert "bob@example.com" not in text and "hunter2hunter2" not in text
+    assert "4111 1111 1111 1111" not in text
+    assert await r.restore(tokenized, tenant="a") == payload
