@@ -177,6 +177,9 @@ class RedactionConfig(_Strict):
     """
 
     mode: Literal["mask", "tokenize"] = "mask"
+    #: opt-in names and postal addresses in every record: an *installed* spaCy pipeline
+    #: (package name or folder; nothing is downloaded), see docs/governance/scrubbing.md
+    names_model: str | None = None
     vault: str = "memory"
     vault_key_file: Path | None = None
     vault_key_env: str = Field("AIOS_MESH_VAULT_KEYS", min_length=1)

@@ -69,6 +69,7 @@ from aios_mesh.recorder.processors import (
 from aios_mesh.recorder.relay import DECISION_TOPIC, Factory
 from aios_mesh.recorder.shadow import ShadowProcessor, ShadowRunner
 from aios_mesh.redaction import Redactor, RuleRedactor, TokenizingRedactor
+from aios_mesh.redaction.scrub import Scrubber
 from aios_mesh.relay import ProcessRunner, RelayRunner, RelaySpec, ThreadRunner, relay_loop
 from aios_mesh.resilience import RetryBudget
 from aios_mesh.resolver import AliasResolver
@@ -151,7 +152,8 @@ class Mesh(SyncFacade):
                                  else processors, lock=lambda: self.resolver.lock,
                                  datasets=DatasetNames(self.ports, decision_topic=DECISION_TOPIC
                                                        if self.config.telemetry.decision_events
-                                                       else None))
+                                                       else None),
+                                 scrubber=Scrubber.with_names(self.config.redaction.names_model))
         for spec in declared([CapabilitySpec.from_config(d) for d in self.config.capabilities],
                              capabilities):  # a name declared twice is a ConfigError
             self.register(spec)

@@ -48,6 +48,16 @@ class Scrubber:
     'card [CARD], password=[SECRET]'
     """
 
+    @classmethod
+    def with_names(cls, names_model: str | None) -> Scrubber:
+        """The default scrubber, plus the opt-in names detector when ``names_model`` names
+        an installed spaCy pipeline (``[redaction] names_model``)."""
+        if names_model is None:
+            return cls()
+        from aios_mesh.redaction.names import SpacyNames
+
+        return cls(detectors=[SpacyNames(names_model)])
+
     def __init__(self, rules: Iterable[Rule] | None = None, *,
                  detectors: Sequence[Detector] = (), cache_size: int = 8192) -> None:
         self.rules = tuple(default_rules() if rules is None else rules)

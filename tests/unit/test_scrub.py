@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from aios_mesh.errors import ConfigError, InvalidInput, PolicyDenied
 from aios_mesh.redaction import RuleRedactor, Scrubber
@@ -153,3 +154,30 @@ def test_the_all_digit_groups_of_a_uuid_are_not_a_phone_number() -> None:
     for uid in ("00000000-0000-4000-8000-000000000000", "2b0f6c1e-1234-4000-8000-0123456789ab"):
         assert Scrubber().text(f"no record '{uid}'") == f"no record '{uid}'"
     assert Scrubber().text("tel 415-555-0134.") == "tel [PHONE]."
+
+
+def test_names_model_in_the_config_scrubs_names_from_the_audit_log(tmp_path: Path) -> None:
+    """``[redaction] names_model`` switches the names detector on for every record."""
+    import json
+
+    from aios_mesh import CapabilitySpec, InvalidInput, Mesh
+    from aios_mesh.config import config_from_mapping
+
+    model = _names_pipeline(tmp_path)
+    spec = CapabilitySpec(name="echo", input=Note, output=Note, handler=_reject)
+    doc = {"state_dir": str(tmp_path / "state"), "tenants": {"acme": {}},
+           "redaction": {"names_model": str(model)}}
+    with Mesh(config_from_mapping(doc), capabilities=[spec]) as mesh, \
+            pytest.raises(InvalidInput):
+        mesh.invoke("echo", {"text": "x"}, tenant="acme")
+    audit = (tmp_path / "state" / "audit.jsonl").read_text()
+    assert "Alice Planted" not in audit and "[PERSON]" in audit
+    assert json.loads(audit.splitlines()[0])["record"]["outcome"] == "rejected"
+
+
+class Note(BaseModel):
+    text: str
+
+
+def _reject(note: Note) -> Note:
+    raise ValueError("Alice Planted may not send this")
