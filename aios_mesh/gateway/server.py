@@ -144,11 +144,14 @@ def serve(settings: ServerSettings, *, config: Path | None = None, app_ref: str 
     if config is not None:
         config = config.resolve()
         load_config(config)  # a bad config fails here, once, not in every worker
-        os.environ[CONFIG_ENV] = str(config)
-    if app_ref:
-        os.environ[APP_ENV] = app_ref
-    if authenticator:
-        os.environ[AUTHENTICATOR_ENV] = authenticator
+    # The workers read what to serve from these, so each is set *or cleared*: a value this
+    # process inherited (a parent that ran a gateway itself) must not leak into them.
+    for name, value in ((CONFIG_ENV, config), (APP_ENV, app_ref),
+                        (AUTHENTICATOR_ENV, authenticator)):
+        if value:
+            os.environ[name] = str(value)
+        else:
+            os.environ.pop(name, None)
     with _metrics_dir(config) as metrics:
         if settings.workers > 1:  # set before the workers start, so before they import it
             os.environ[MULTIPROC_ENV] = str(metrics)

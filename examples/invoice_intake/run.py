@@ -170,11 +170,22 @@ def run(*, profile: Path, state: Path, n: int = 540, batch: int = 30,
                 out.print(f"  [green]✓[/] {line}")
             backends = live.backends
         config = effective_config(profile, state, backends)
+        # Flyte tasks find their mesh through this; set for the run only (a caller that runs
+        # the job in process, like the tests, must not keep it)
+        previous = os.environ.get("AIOS_MESH_CONFIG")
         os.environ["AIOS_MESH_CONFIG"] = str(config)
+        stack.callback(_restore_env, "AIOS_MESH_CONFIG", previous)
         gateway = doc.get("intake", {}).get("gateway")
         result = _run_job(out, config, state, n, batch, live, timings, stack,
                           _Front(gateway, private_servers) if gateway is not None else None)
     return result
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 @dataclass(frozen=True)

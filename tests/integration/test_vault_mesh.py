@@ -75,7 +75,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Callab
             conn.execute("DROP TABLE IF EXISTS aios_mesh_schema")
         return pg, lambda: _stored_postgres(pg)
     # "state": the shared state of the meshes, here one state folder's sqlite for both
-    db = tmp_path / "shared" / "token_vault.db"
+    db = tmp_path / "common" / "token_vault.db"
     return "state", lambda: db.read_bytes() + b"".join(
         bytes(r[0]) for r in sqlite3.connect(db).execute("SELECT blob FROM token_vault"))
 
@@ -93,7 +93,7 @@ def _spec(seen: list[str]) -> CapabilitySpec:
 
 def _mesh(tmp_path: Path, name: str, vault: str, key_file: Path | None,
           seen: list[str]) -> Mesh:
-    state = tmp_path / ("shared" if vault == "state" else name)
+    state = tmp_path / ("common" if vault == "state" else name)
     config = config_from_mapping({
         "state_dir": str(state), "lock_file": None,
         "tenants": {"acme": {}, "globex": {}},
