@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from aios_mesh.errors import MeshError
+from aios_mesh.errors import MeshError, UnknownTenant
 from aios_mesh.lineage_naming import DatasetNames
 from aios_mesh.lockfile import LockFile
 from aios_mesh.record import CallMode, DecisionRecord, Outcome, utc_now_iso
@@ -72,6 +72,8 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
     """
     scrub = scrubber or default_scrubber()
     text = scrub.text
+    name = scrub.name  # declared names (policies, models, indexes): patterns yes, not the
+    # randomness guess, which would mask "invoice-clf-f4ed9809"
     if error is not None:
         scrub.error(error)
     # On every call's path: the call-less case is handled apart so the common one reads each
@@ -97,7 +99,7 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
     d = call.decision
     if d is not None:
         path = d.policy or call.spec.policy
-        policy = {"path": path if path is None else text(path), "allow": d.allow,
+        policy = {"path": path if path is None else scrub.name(path), "allow": d.allow,
                   "reason": d.reason if d.reason is None else text(d.reason),
                   "reason_code": d.reason_code,
                   "obligations": {"redact": list(d.obligations.redact),
@@ -108,8 +110,8 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
                   # each policy asked (the default, the capability's own) and what it said
                   "checks": [scrub.value(c.to_record()) for c in call.policy_checks]}
     r = call.model_ref
-    model = None if r is None else {"name": text(r.name), "version": r.version,
-                                    "alias": r.alias if r.alias is None else text(r.alias),
+    model = None if r is None else {"name": name(r.name), "version": r.version,
+                                    "alias": r.alias if r.alias is None else name(r.alias),
                                     "source": text(r.source), "run_id": r.run_id}
     res = call.reservation
     quota = None if res is None else {"reservation_id": res.id, "reserved_cost": res.cost}
@@ -125,9 +127,10 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
         started_at=start.started_at,
         ended_at=ended_at,
         latency_ms=latency_ms,
-        tenant=text(start.tenant),
+        # a declared tenant is a name; an undeclared one is only what the caller sent
+        tenant=text(start.tenant) if isinstance(error, UnknownTenant) else name(start.tenant),
         caller=text(start.caller),
-        capability=text(start.capability),
+        capability=name(start.capability),  # registered: the catalog found it
         capability_version=call.spec.version,
         outcome=outcome_of(error, call.review_id, call.primary_error),
         mode=start.mode,
@@ -139,12 +142,12 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
         if redaction is not None else {"applied": False, "counts": {}},
         model=model,
         serving=call.serving,
-        index_snapshots={text(c): snap for c, snap in call.index_snapshots.items()},
-        index_drift=scrub.value(_index_drift(call, lock)) if call.index_snapshots else None,
-        model_drift=scrub.value(_model_drift(call, lock)) if call.live_versions else None,
-        datasets=scrub.value(datasets.of(call)) if datasets is not None else None,
+        index_snapshots={name(c): snap for c, snap in call.index_snapshots.items()},
+        index_drift=scrub.names(_index_drift(call, lock)) if call.index_snapshots else None,
+        model_drift=scrub.names(_model_drift(call, lock)) if call.live_versions else None,
+        datasets=scrub.names(datasets.of(call)) if datasets is not None else None,
         attempts=call.attempts,
-        fallback=call.fallback if call.fallback is None else text(call.fallback),
+        fallback=call.fallback if call.fallback is None else name(call.fallback),
         usage={"calls": usage.calls, "tokens": usage.tokens, "gpu_seconds": usage.gpu_seconds},
         cost=round(call.cost, 10),
         currency=call.spec.price.currency,

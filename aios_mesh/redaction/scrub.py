@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 from aios_mesh.errors import MeshError
 from aios_mesh.redaction.redactor import RuleRedactor, default_rules, walk_strings
 from aios_mesh.redaction.rules import Rule
+from aios_mesh.redaction.secrets import high_entropy
 
 __all__ = ["Detector", "Scrubber", "default_scrubber"]
 
@@ -65,6 +66,12 @@ class Scrubber:
         self.cache_size = cache_size
         self._cache: dict[str, str] = {}
         self._found: Counter[str] = Counter()
+        # Names the operator declared (a tenant, a registered capability or model) are
+        # identifiers, often with a random suffix ("invoice-clf-f4ed9809"): every pattern
+        # and known secret format still applies, the randomness guess does not.
+        self._named = Scrubber(tuple(r for r in self.rules if r.validate is not high_entropy),
+                               detectors=detectors, cache_size=cache_size) \
+            if any(r.validate is high_entropy for r in self.rules) else self
 
     def text(self, text: str) -> str:
         """``text`` with every detected PII value and secret masked."""
@@ -79,6 +86,16 @@ class Scrubber:
                 self._cache.clear()  # cheaper than LRU bookkeeping on every hit
             self._cache[text] = out
         return out
+
+    def name(self, name: str) -> str:
+        """A name the operator declared (tenant, registered capability, model, alias): PII
+        and known secret formats masked, but not for looking random — an identifier with a
+        random suffix is not a secret, and masking it would break the record's joins."""
+        return self._named.text(name)
+
+    def names(self, value: Any) -> Any:
+        """``value`` with every string treated as a declared name (see :meth:`name`)."""
+        return walk_strings(value, self.name)
 
     def value(self, value: Any) -> Any:
         """``value`` (a JSON-like structure) with every string scrubbed, dict keys too."""

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from aios_mesh.capabilities import CapabilitySpec
 from aios_mesh.errors import ConfigError, InvalidInput, PolicyDenied
 from aios_mesh.redaction import RuleRedactor, Scrubber
 from aios_mesh.redaction.secrets import high_entropy
@@ -160,7 +161,7 @@ def test_names_model_in_the_config_scrubs_names_from_the_audit_log(tmp_path: Pat
     """``[redaction] names_model`` switches the names detector on for every record."""
     import json
 
-    from aios_mesh import CapabilitySpec, InvalidInput, Mesh
+    from aios_mesh import InvalidInput, Mesh
     from aios_mesh.config import config_from_mapping
 
     model = _names_pipeline(tmp_path)
@@ -181,3 +182,36 @@ class Note(BaseModel):
 
 def _reject(note: Note) -> Note:
     raise ValueError("Alice Planted may not send this")
+
+
+def test_declared_names_with_random_suffixes_are_not_secrets() -> None:
+    """A registered model named ``invoice-clf-f4ed9809`` stays in the record (the randomness
+    guess is for free text, not for names the operator declared), while PII and known key
+    formats are still masked in names."""
+    s = Scrubber()
+    assert s.name("invoice-clf-f4ed9809") == "invoice-clf-f4ed9809"
+    assert s.text("invoice-clf-f4ed9809") == "[SECRET]"  # as free text it looks random
+    assert s.name("bob@example.com") == "[EMAIL]"
+    assert s.name("sk_live_4eC39HqLyjWDarjtT1zdp7dc") == "[SECRET]"
+
+
+def test_a_records_declared_names_survive_and_an_unknown_tenant_does_not(
+        tmp_path: Path) -> None:
+    import json
+
+    from aios_mesh import Mesh, UnknownTenant
+
+    spec = CapabilitySpec(name="triage-f4ed9809aa", input=Note, output=Note, handler=_echo)
+    with Mesh.local(tmp_path, capabilities=[spec], tenants=("acme-7c3f9e21b",)) as mesh:
+        mesh.invoke("triage-f4ed9809aa", {"text": "x"}, tenant="acme-7c3f9e21b")
+        with pytest.raises(UnknownTenant):
+            mesh.invoke("triage-f4ed9809aa", {"text": "x"}, tenant="sk4eC39HqLyjWDarjtT1zdp7d")
+    first, second = (json.loads(line)["record"]
+                     for line in (tmp_path / "audit.jsonl").read_text().splitlines())
+    assert (first["tenant"], first["capability"]["name"]) == ("acme-7c3f9e21b",
+                                                          "triage-f4ed9809aa")
+    assert second["tenant"] == "[SECRET]"  # not declared: the caller's text, scrubbed
+
+
+def _echo(note: Note) -> Note:
+    return note
