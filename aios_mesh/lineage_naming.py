@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aios_mesh.backends import BackendURL, PortName, parse_url
 from aios_mesh.errors import MeshError
+from aios_mesh.redaction.scrub import default_scrubber
 
 if TYPE_CHECKING:
     from aios_mesh.pipeline.call import Call
@@ -157,6 +158,11 @@ class DatasetNames:
                     url, inner, base_dir=self._ports.config.state_path)
             except MeshError:  # a bad URL fails its adapter, never the record of a call
                 found = None
+            if found is not None:
+                # Scrubbed here, once per name (declared names: patterns, not the randomness
+                # guess), not in every record: the names do not change between calls.
+                clean = default_scrubber().name
+                found = DatasetName(clean(found.namespace), clean(found.name))
             self._names[key] = found
         return found
 

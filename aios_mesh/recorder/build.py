@@ -145,7 +145,7 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
         index_snapshots={name(c): snap for c, snap in call.index_snapshots.items()},
         index_drift=scrub.names(_index_drift(call, lock)) if call.index_snapshots else None,
         model_drift=scrub.names(_model_drift(call, lock)) if call.live_versions else None,
-        datasets=scrub.names(datasets.of(call)) if datasets is not None else None,
+        datasets=datasets.of(call) if datasets is not None else None,  # scrubbed when named
         attempts=call.attempts,
         fallback=call.fallback if call.fallback is None else name(call.fallback),
         usage={"calls": usage.calls, "tokens": usage.tokens, "gpu_seconds": usage.gpu_seconds},
