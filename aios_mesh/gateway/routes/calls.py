@@ -33,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from aios_mesh.errors import InvalidInput, MeshError, UnknownCapability
 from aios_mesh.gateway.app import Gateway
+from aios_mesh.gateway.identity import Principal
 from aios_mesh.gateway.problems import problem
 from aios_mesh.record import DecisionRecord
 from aios_mesh.result import Result
@@ -150,13 +151,17 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
                         outcome=record.outcome, seconds=time.perf_counter() - started,
                         cost=record.cost)
 
-    async def invoke(request: Request) -> Response:
+    async def begin(request: Request) -> tuple[Principal, str, dict[str, Any], Any, float]:
+        """Who calls what, with which options and payload (checked in this order: a
+        forbidden call is refused before its body is read), and when it started."""
         principal = await gateway.principal(request)
         name = request.path_params["name"]
         principal.require_call(name)
         options = _call_options(request)
-        payload = await gateway.json_body(request)
-        started = time.perf_counter()
+        return principal, name, options, await gateway.json_body(request), time.perf_counter()
+
+    async def invoke(request: Request) -> Response:
+        principal, name, options, payload, started = await begin(request)
         try:
             result = await mesh.ainvoke(name, payload, tenant=principal.tenant,
                                         caller=principal.caller, **options)
@@ -169,12 +174,7 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
                         media_type="application/json")
 
     async def stream(request: Request) -> Response:
-        principal = await gateway.principal(request)
-        name = request.path_params["name"]
-        principal.require_call(name)
-        options = _call_options(request)
-        payload = await gateway.json_body(request)
-        started = time.perf_counter()
+        principal, name, options, payload, started = await begin(request)
         results: list[Result[Any]] = []
         # Mesh.stream is an async generator (typed as an iterator); the route closes it.
         chunks = cast(AsyncGenerator[dict[str, Any], None], mesh.stream(
