@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import os
 import shutil
 import tempfile
@@ -105,7 +106,14 @@ def app_from_env() -> Starlette:
         raise ConfigError(f"{ref} made a {type(authenticator).__name__}, not an Authenticator",
                           hint="it takes the mesh and returns an object with "
                                "async authenticate(request) -> Principal")
-    return create_app(mesh, authenticator=authenticator)
+    app = create_app(mesh, authenticator=authenticator)
+    # This worker is ours: what it imported and built lives as long as it does, so move it
+    # out of the cyclic GC's reach. Full collections then scan only what calls allocate —
+    # measured on the pipeline benchmark (async), the default GC's full collections took
+    # p99 from ~0.8 ms (GC off) to ~2.4 ms; frozen after start-up, ~1.6 ms.
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 @contextlib.contextmanager
