@@ -19,6 +19,7 @@ from aios_mesh.errors import (
     CallCancelled,
     CircuitOpen,
     ConfigError,
+    ContextWindowExceeded,
     FeatureNotSupported,
     Forbidden,
     IntegrityError,
@@ -26,6 +27,7 @@ from aios_mesh.errors import (
     InvalidOutput,
     MeshError,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     PolicyDenied,
     QuotaExceeded,
@@ -37,6 +39,7 @@ from aios_mesh.errors import (
 
 if TYPE_CHECKING:
     from aios_mesh.capabilities import SLO, Canary, CapabilitySpec, Fallback, Price, capability
+    from aios_mesh.generation import ChatInput, ChatMessage, Generation, TextOutput
     from aios_mesh.config import MeshConfig, load_config
     from aios_mesh.context import CallContext
     from aios_mesh.mesh import Mesh
@@ -63,12 +66,16 @@ __all__ = [
     "CapabilitySpec",
     "CircuitOpen",
     "ConcurrencyLimit",
+    "ChatInput",
+    "ChatMessage",
     "ConfigError",
+    "ContextWindowExceeded",
     "DecisionRecord",
     "Deferred",
     "Fallback",
     "FeatureNotSupported",
     "Forbidden",
+    "Generation",
     "IntegrityError",
     "InvalidInput",
     "InvalidOutput",
@@ -77,6 +84,7 @@ __all__ = [
     "MeshError",
     "NotFound",
     "Outcome",
+    "Overloaded",
     "PayloadTooLarge",
     "Pipeline",
     "PolicyDenied",
@@ -90,6 +98,7 @@ __all__ = [
     "Step",
     "StepBase",
     "StepFailed",
+    "TextOutput",
     "Unauthenticated",
     "UnknownCapability",
     "UnknownTenant",
@@ -105,6 +114,10 @@ _LAZY = {
     "Fallback": "aios_mesh.capabilities",
     "Price": "aios_mesh.capabilities",
     "capability": "aios_mesh.capabilities",
+    "ChatInput": "aios_mesh.generation",
+    "ChatMessage": "aios_mesh.generation",
+    "Generation": "aios_mesh.generation",
+    "TextOutput": "aios_mesh.generation",
     "MeshConfig": "aios_mesh.config",
     "load_config": "aios_mesh.config",
     "CallContext": "aios_mesh.context",

@@ -85,6 +85,9 @@ BUILTIN_ADAPTERS: Final[Mapping[str, Mapping[str, AdapterTarget]]] = {
         "bentoml+https": _t("aios_mesh_bentoml:BentoMLServing", "bentoml"),
         "triton+http": _t("aios_mesh_triton:TritonServing", "triton"),
         "triton+grpc": _t("aios_mesh_triton:TritonServing", "triton"),
+        "llamacpp": _t("aios_mesh_llamacpp:LlamaCppServing", "llm"),
+        "openai+http": _t("aios_mesh_openai:OpenAIServing", "llm"),
+        "openai+https": _t("aios_mesh_openai:OpenAIServing", "llm"),
     },
     "registry": {
         "memory": _t("aios_mesh.embedded.registry:MemoryRegistry"),

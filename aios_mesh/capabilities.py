@@ -46,11 +46,13 @@ from pydantic import (
 )
 
 from aios_mesh.errors import ConfigError
+from aios_mesh.generation.messages import ChatInput
+from aios_mesh.generation.spec import Generation
 from aios_mesh.ports.registry import parse_model_spec
 from aios_mesh.ports.serving import Usage
 
-__all__ = ["SLO", "BatchPolicy", "Canary", "CapabilitySpec", "Fallback", "Price", "capability",
-           "import_object"]
+__all__ = ["SLO", "BatchPolicy", "Canary", "CapabilitySpec", "Fallback", "Generation", "Price",
+           "capability", "import_object"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
@@ -92,11 +94,16 @@ class Price(BaseModel):
 
     per_call: float = Field(0.0, ge=0)
     per_1k_tokens: float = Field(0.0, ge=0)
+    #: a generation's prompt and completion tokens, priced apart (as LLM providers do)
+    per_1k_input_tokens: float = Field(0.0, ge=0)
+    per_1k_output_tokens: float = Field(0.0, ge=0)
     per_gpu_second: float = Field(0.0, ge=0)
     currency: str = "USD"
 
     def cost(self, usage: Usage) -> float:
         return (self.per_call * usage.calls + self.per_1k_tokens * usage.tokens / 1000.0
+                + self.per_1k_input_tokens * usage.input_tokens / 1000.0
+                + self.per_1k_output_tokens * usage.output_tokens / 1000.0
                 + self.per_gpu_second * usage.gpu_seconds)
 
 
@@ -189,6 +196,8 @@ class CapabilitySpec(BaseModel):
     indexes: tuple[str, ...] = Field((), description="retrieval collections it reads; "
                                                      "`aios-mesh lock` pins their snapshots")
     cache_ttl_s: float | None = Field(None, gt=0, description="cache answers this long")
+    generate: Generation | None = Field(None, description="an LLM answers: its prompt, "
+                                                          "max_tokens, temperature")
     handler: Callable[..., Any] | None = Field(None, exclude=True)
 
     @field_validator("name")
@@ -206,6 +215,11 @@ class CapabilitySpec(BaseModel):
             parse_model_spec(value)
         return value
 
+    @field_validator("generate", mode="before")
+    @classmethod
+    def _generation(cls, value: Any) -> Any:
+        return Generation(**value) if isinstance(value, Mapping) else value
+
     @field_validator("estimate", mode="before")
     @classmethod
     def _usage(cls, value: Any) -> Any:
@@ -216,6 +230,20 @@ class CapabilitySpec(BaseModel):
         if self.model is None and self.handler is None:
             raise ValueError(f"capability {self.name!r} needs a 'model' (name@alias) or a "
                              "handler function")
+        gen = self.generate
+        if gen is not None:
+            if gen.prompt is None and not issubclass(self.input, ChatInput):
+                raise ValueError(f"capability {self.name!r} generates without a prompt, so "
+                                 "its input must be ChatInput (the caller's messages); "
+                                 "or give generate.prompt")
+            if gen.prompt is not None and not gen.registered:
+                from aios_mesh.generation.prompt import PromptTemplate
+
+                try:
+                    PromptTemplate.parse(gen.prompt).check_variables(self.input,
+                                                                     where=self.name)
+                except ConfigError as exc:
+                    raise ValueError(exc.message) from None
         return self
 
     @property

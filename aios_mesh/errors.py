@@ -7,10 +7,12 @@ code never catches a backend SDK's exception type::
     MeshError
     ├── ConfigError                  bad config file, URL, scheme or option
     ├── InvalidInput                 payload fails its schema / is malformed
-    │   └── PayloadTooLarge          payload over the configured byte limit
+    │   ├── PayloadTooLarge          payload over the configured byte limit
+    │   └── ContextWindowExceeded    a prompt + max_tokens over the model's context window
     ├── InvalidOutput                the backend answered something off-schema
     ├── PolicyDenied                 the policy said no (carries the policy's reason)
     ├── QuotaExceeded                a tenant budget or rate limit is spent
+    ├── Overloaded                   admission shed the call: its queue wait would break the SLO
     ├── BackendUnavailable  (retry)  connection refused, 5xx, broker down
     ├── BackendTimeout      (retry)  the call ran past its SLO timeout
     ├── CircuitOpen                  the breaker for that backend is open
@@ -44,6 +46,7 @@ __all__ = [
     "CallCancelled",
     "CircuitOpen",
     "ConfigError",
+    "ContextWindowExceeded",
     "FeatureNotSupported",
     "Forbidden",
     "IntegrityError",
@@ -51,6 +54,7 @@ __all__ = [
     "InvalidOutput",
     "MeshError",
     "NotFound",
+    "Overloaded",
     "PayloadTooLarge",
     "PolicyDenied",
     "QuotaExceeded",
@@ -110,6 +114,13 @@ class PayloadTooLarge(InvalidInput):
     code = "payload_too_large"
 
 
+class ContextWindowExceeded(InvalidInput):
+    """The rendered prompt plus ``max_tokens`` does not fit the model's context window;
+    raised before any token is spent."""
+
+    code = "context_window_exceeded"
+
+
 class InvalidOutput(MeshError):
     """The backend answered with something that does not match the output schema."""
 
@@ -159,6 +170,22 @@ class QuotaExceeded(MeshError):
             ("resets_at", None if resets_at is None else resets_at.isoformat()))
             if v is not None}
         super().__init__(message, hint=hint, **details, **extra)
+
+
+class Overloaded(MeshError):
+    """Admission control refused the call early: the time it would wait in the backend's
+    queue would break the capability's SLO (``retry_after_s`` says when to try again; the
+    gateway answers 503 with ``Retry-After``)."""
+
+    code = "overloaded"
+    outcome = "rejected"
+
+    def __init__(self, message: str, *, hint: str | None = None,
+                 retry_after_s: float | None = None, **details: Any) -> None:
+        self.retry_after_s = retry_after_s
+        if retry_after_s is not None:
+            details["retry_after_s"] = retry_after_s
+        super().__init__(message, hint=hint, **details)
 
 
 class BackendUnavailable(MeshError):

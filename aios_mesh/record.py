@@ -118,6 +118,7 @@ class DecisionRecord:
     policy: dict[str, Any] | None = None
     redaction: dict[str, Any] = field(default_factory=lambda: {"applied": False, "counts": {}})
     model: dict[str, Any] | None = None
+    prompt: dict[str, Any] | None = None
     serving: str | None = None
     index_snapshots: dict[str, str] = field(default_factory=dict)
     index_drift: dict[str, dict[str, str]] | None = None
@@ -157,6 +158,7 @@ class DecisionRecord:
             "policy": self.policy,
             "redaction": self.redaction,
             "model": self.model,
+            "prompt": self.prompt,
             "serving": self.serving,
             "index_snapshots": self.index_snapshots,
             "index_drift": self.index_drift,

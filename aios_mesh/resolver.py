@@ -9,9 +9,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aios_mesh.backends import load_adapter
-from aios_mesh.errors import MeshError
+from aios_mesh.errors import FeatureNotSupported, MeshError
 from aios_mesh.lockfile import LockFile
-from aios_mesh.ports.registry import ModelRef, ModelRegistry, parse_model_spec
+from aios_mesh.ports.registry import (
+    ModelRef,
+    ModelRegistry,
+    PromptRef,
+    PromptRegistry,
+    parse_model_spec,
+)
 
 __all__ = ["AliasResolver", "resolve_on"]
 
@@ -33,6 +39,7 @@ class AliasResolver:
         self.live_timeout_s = live_timeout_s
         self._clock = clock
         self._cache: dict[str, tuple[float, ModelRef]] = {}
+        self._prompts: dict[str, tuple[float, PromptRef]] = {}
         self._unreachable: dict[str, float] = {}  # spec → when the registry could not tell
         self.lock_path = lock_path
         self.lock = LockFile.read(lock_path) if lock_path is not None else None
@@ -55,6 +62,22 @@ class AliasResolver:
         registry = await self._registry()
         ref = await registry.resolve(spec)
         self._cache[spec] = (now, ref)
+        return ref
+
+    async def resolve_prompt(self, spec: str) -> PromptRef:
+        """``name@alias`` of a registered prompt → its version (TTL cached like models)."""
+        hit = self._prompts.get(spec)
+        now = self._clock()
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        registry = await self._registry()
+        if not isinstance(registry, PromptRegistry):
+            raise FeatureNotSupported(
+                f"the model registry ({type(registry).__name__}) keeps no prompts",
+                hint="use a registry with a prompt registry (mlflow, memory), or an inline "
+                     "template in generate.prompt")
+        ref = await registry.resolve_prompt(spec)
+        self._prompts[spec] = (now, ref)
         return ref
 
     def pinned(self, spec: str) -> bool:
@@ -86,6 +109,7 @@ class AliasResolver:
     def invalidate(self, spec: str | None = None) -> None:
         if spec is None:
             self._cache.clear()
+            self._prompts.clear()
             self._unreachable.clear()
         else:
             name = parse_model_spec(spec)[0]

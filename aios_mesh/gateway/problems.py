@@ -29,6 +29,7 @@ from aios_mesh.errors import (
     InvalidOutput,
     MeshError,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     PolicyDenied,
     QuotaExceeded,
@@ -49,6 +50,7 @@ _STATUS: tuple[tuple[type[MeshError], int], ...] = (
     (InvalidInput, 422),
     (PolicyDenied, 403),
     (QuotaExceeded, 429),
+    (Overloaded, 503),
     (CircuitOpen, 503),
     (BackendTimeout, 504),
     (BackendUnavailable, 502),
@@ -77,7 +79,7 @@ def problem(error: MeshError, *, status: int | None = None, record_id: str | Non
     code = body["status"]
     headers: dict[str, str] = {}
     retry_after = getattr(error, "retry_after_s", None)
-    if isinstance(error, QuotaExceeded) and isinstance(retry_after, int | float):
+    if isinstance(error, QuotaExceeded | Overloaded) and isinstance(retry_after, int | float):
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     if isinstance(error, Unauthenticated):  # RFC 9110: a 401 names the scheme to use
         headers["WWW-Authenticate"] = 'Bearer realm="aios-mesh"'

@@ -12,7 +12,7 @@ from aios_mesh.capabilities import CapabilitySpec
 from aios_mesh.errors import MeshError
 from aios_mesh.ports.policy import Decision, PolicyCheck
 from aios_mesh.ports.quota import Reservation
-from aios_mesh.ports.registry import ModelRef
+from aios_mesh.ports.registry import ModelRef, PromptRef
 from aios_mesh.ports.serving import Prediction, Usage
 from aios_mesh.record import CallMode
 from aios_mesh.redaction import Redaction
@@ -55,6 +55,10 @@ class Call:
     reservation: Reservation | None = None
     redaction: Redaction | None = None
     model_ref: ModelRef | None = None
+    prompt: PromptRef | None = None  # the registered prompt version a generation rendered
+    estimate: Usage | None = None  # what to reserve, when a step knows better than the spec
+    prompt_tokens: int = 0  # a generation's prompt, counted (or estimated) before the call
+    variables: dict[str, Any] | None = None  # the (redacted) input fields a prompt rendered
     serving: str | None = None
     prediction: Prediction | None = None
     output: BaseModel | None = None

@@ -2,8 +2,11 @@
 (or from the one you pass as ``Mesh(steps=...)``); change it later with
 :meth:`Pipeline.add <aios_mesh.pipeline.runner.Pipeline.add>` and ``remove``.
 
-    validate_input → policy → quota → redact → resolve_model → cache → admission → invoke
-    → confidence_gate
+    validate_input → policy → redact → resolve_model → prompt → quota → cache → admission
+    → invoke → confidence_gate
+
+(``prompt`` renders and counts a generation's prompt, so the quota step can reserve its
+tokens; it is in the plan of generation capabilities only.)
 
 Steps get the ports and parts they use, never the mesh.
 """
@@ -19,6 +22,7 @@ from aios_mesh.pipeline.cache import CacheStep, ResponseCache
 from aios_mesh.pipeline.confidence import ConfidenceGate
 from aios_mesh.pipeline.invoke import BreakerBoard, InvokeStep, Targets
 from aios_mesh.pipeline.policy import DecisionCache, PolicyStep
+from aios_mesh.pipeline.prompt import PromptStep
 from aios_mesh.pipeline.quota import QuotaStep
 from aios_mesh.pipeline.redact import RedactStep
 from aios_mesh.pipeline.resolve import ResolveModel
@@ -32,8 +36,8 @@ from aios_mesh.review import ReviewQueue
 
 __all__ = ["DEFAULT_STEP_NAMES", "StepParts", "default_steps"]
 
-DEFAULT_STEP_NAMES = ("validate_input", "policy", "quota", "redact", "resolve_model", "cache",
-                      "admission", "invoke", "confidence_gate")
+DEFAULT_STEP_NAMES = ("validate_input", "policy", "redact", "resolve_model", "prompt", "quota",
+                      "cache", "admission", "invoke", "confidence_gate")
 
 
 @dataclass(slots=True)
@@ -62,9 +66,10 @@ def default_steps(parts: StepParts) -> list[Step]:
         ValidateInput(parts.config.max_payload_bytes),
         PolicyStep(lambda: ports.policy, parts.decision_cache, parts.config.policy,
                    parts.redactor),
-        QuotaStep(lambda: ports.quota),
         RedactStep(parts.redactor, default_policy=everywhere),
         ResolveModel(parts.resolver),
+        PromptStep(parts.resolver.resolve_prompt, ports.serving_for),
+        QuotaStep(lambda: ports.quota),
         CacheStep(parts.response_cache),
         AdmissionStep(parts.admission),
         InvokeStep(target=parts.targets, resolver=parts.resolver, breakers=parts.breakers,

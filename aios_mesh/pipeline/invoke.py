@@ -28,6 +28,7 @@ from aios_mesh.errors import (
     MeshError,
     NotFound,
 )
+from aios_mesh.generation.wire import parse_structured, usage_of
 from aios_mesh.pipeline.batching import BatcherPool, MicroBatcher
 from aios_mesh.pipeline.call import Call
 from aios_mesh.pipeline.runner import StepBase
@@ -43,6 +44,9 @@ from aios_mesh.review import ReviewQueue
 # BreakerBoard lives in aios_mesh.resilience; named here too because the mesh builds it with
 # the steps' other parts.
 __all__ = ["BreakerBoard", "InvokeStep", "Target", "Targets"]
+
+#: The temperature a generation is retried at after an off-schema answer.
+_RESAMPLE_TEMPERATURE = 0.3
 
 #: What a failed primary may fall back from: backend trouble, not the caller's own mistakes.
 FALLBACK_ON = (BackendUnavailable, BackendTimeout, CircuitOpen, InvalidOutput)
@@ -87,8 +91,9 @@ class Target:
         assert self.handler is not None
         spec = call.spec
         # A handler sees the redacted payload when redaction ran, else the validated input.
-        arg = spec.input.model_validate(call.payload) if call.redaction is not None \
-            else call.input
+        # (A generation's payload is its LLM request by now: its fields are call.variables.)
+        fields = call.variables if call.variables is not None else call.payload
+        arg = spec.input.model_validate(fields) if call.redaction is not None else call.input
         try:
             out = (self.handler(arg, self.context) if _wants_context(self.handler)
                    else self.handler(arg))
@@ -255,11 +260,17 @@ class InvokeStep(StepBase):
                 bulkhead.record_failure(probes, type(error).__name__)
             else:  # the caller's mistake says nothing about the backend
                 bulkhead.release(probes)
+            # An LLM that wrote off-schema output may write a valid one next time: retried
+            # like a backend failure, sampling a little (greedy decoding would repeat it).
+            regenerate = isinstance(error, InvalidOutput) and call.spec.generate is not None
             # No retry into a breaker our own failures just opened: the record keeps saying
             # what failed, not "circuit open".
-            if (not error.retryable or attempt >= self.retry.max_attempts
+            if (not (error.retryable or regenerate) or attempt >= self.retry.max_attempts
                     or bulkhead.state is BreakerState.OPEN or not self.budget.try_spend()):
                 raise error
+            if regenerate and call.payload is not None:
+                call.payload["temperature"] = max(float(call.payload.get("temperature", 0.0)),
+                                                  _RESAMPLE_TEMPERATURE)
             await asyncio.sleep(backoff_delay(attempt, self.retry.backoff_s,
                                               self.retry.max_backoff_s))
 
@@ -277,15 +288,28 @@ class InvokeStep(StepBase):
         timeout = call.spec.slo.timeout_s
         stream: AsyncIterator[dict[str, Any]] = target.serving.stream(
             target.model, call.payload or {}, timeout=timeout)
+        generation = call.spec.generate is not None
+        text: list[str] = []
+        reported: Usage | None = None
         try:
             try:
                 async for chunk in stream:
+                    if generation:
+                        delta = chunk.get("text")
+                        if isinstance(delta, str):
+                            text.append(delta)
+                        elif "usage" in chunk:
+                            reported = usage_of_chunk(chunk)
                     call.chunks += 1
                     await call.emit(chunk)
             finally:  # a consumer that left early must not leave the backend's stream open
                 close: Callable[[], Awaitable[None]] | None = getattr(stream, "aclose", None)
                 if close is not None:
                     await close()
+                if generation:  # what was generated is charged, also when the stream broke
+                    call.usage = reported or Usage.of_tokens(
+                        call.prompt_tokens, len(text), estimated=True)
+                    call.cost = call.spec.price.cost(call.usage)
         except MeshError as exc:  # CallCancelled too: the consumer left, not the backend
             if _backend_failed(exc):
                 bulkhead.record_failure(probes, type(exc).__name__)
@@ -300,6 +324,12 @@ class InvokeStep(StepBase):
             bulkhead.release(probes)
             raise
         bulkhead.record_success()
+        if generation:  # the assembled answer is validated and recorded like invoke's
+            joined = "".join(text)
+            structured = bool((call.payload or {}).get("structured"))
+            self._accept(call, Prediction(parse_structured(joined) if structured
+                                          else {"text": joined}, usage=call.usage))
+            return
         call.usage = Usage(calls=1)
         call.cost = call.spec.price.cost(call.usage)
 
@@ -324,3 +354,15 @@ def _backend_failed(error: MeshError) -> bool:
     """Whether ``error`` counts against the backend's breaker: backend trouble, not the
     caller's own mistakes nor a breaker that was already open."""
     return isinstance(error, FALLBACK_ON) and not isinstance(error, CircuitOpen)
+
+
+def usage_of_chunk(chunk: dict[str, Any]) -> Usage | None:
+    """The usage a generation's last streamed chunk reports (``{"usage": {"input_tokens",
+    "output_tokens"}}`` from an adapter, or the server's ``prompt_tokens`` naming)."""
+    doc = chunk.get("usage")
+    if not isinstance(doc, dict):
+        return None
+    if "input_tokens" in doc:
+        return Usage.of_tokens(int(doc["input_tokens"]), int(doc.get("output_tokens", 0)),
+                               estimated=bool(doc.get("estimated", False)))
+    return usage_of(doc)

@@ -21,8 +21,10 @@ class QuotaStep(StepBase):
     async def before(self, call: Call) -> None:
         spec = call.spec
         store = self._quota()
-        call.reservation = await store.reserve(call.tenant, spec.name, spec.estimate,
-                                               spec.price.cost(spec.estimate))
+        # a generation knows its estimate only once its prompt is rendered and counted
+        estimate = call.estimate or spec.estimate
+        call.reservation = await store.reserve(call.tenant, spec.name, estimate,
+                                               spec.price.cost(estimate))
 
     async def after(self, call: Call) -> None:
         if call.reservation is not None:

@@ -20,6 +20,8 @@ class Feature(enum.StrEnum):
     #: ``infer``/``infer_batch`` raise :class:`~aios_mesh.errors.BackendTimeout` once
     #: ``timeout`` seconds have passed, so the pipeline sets no timer of its own.
     DEADLINE = "deadline"
+    #: an LLM: takes a :data:`~aios_mesh.generation.GenerationRequest` as its payload
+    GENERATION = "generation"
     # retrieval
     FILTERED_QUERY = "filtered_query"
     SNAPSHOT = "snapshot"
@@ -34,6 +36,8 @@ class Feature(enum.StrEnum):
     FSYNC = "fsync"
     # registry
     ALIASES = "aliases"
+    #: versioned prompts with aliases (:class:`~aios_mesh.ports.registry.PromptRegistry`)
+    PROMPTS = "prompts"
 
 
 def require_feature(adapter: object, feature: Feature, *, what: str | None = None) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 from aios_mesh.errors import InvalidInput
 from aios_mesh.ports.base import Feature
 
-__all__ = ["ModelRef", "ModelRegistry", "parse_model_spec"]
+__all__ = ["ModelRef", "ModelRegistry", "PromptRef", "PromptRegistry", "parse_model_spec"]
 
 _SPEC = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?:@(?P<alias>[A-Za-z0-9_\-]+)"
                    r"|/(?P<version>[0-9]+))?$")
@@ -63,3 +63,36 @@ class ModelRegistry(Protocol):
     async def set_alias(self, name: str, alias: str, version: str) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRef:
+    """One prompt version (MLflow's prompt registry): what the record names, the lock file
+    pins and a rollout moves. ``template`` is text or a JSON list of chat messages, with
+    ``{{ variable }}`` placeholders (:class:`aios_mesh.generation.PromptTemplate`)."""
+
+    name: str
+    version: str
+    template: str
+    alias: str | None = None
+
+    @property
+    def uri(self) -> str:
+        """``prompts:/name/version`` — stable, alias-free."""
+        return f"prompts:/{self.name}/{self.version}"
+
+
+@runtime_checkable
+class PromptRegistry(Protocol):
+    """Versioned prompts with aliases, beside the models (registries that declare
+    :attr:`Feature.PROMPTS`). Specs read like model specs: ``name@alias``, ``name/3``."""
+
+    async def register_prompt(self, name: str, template: str, *,
+                              commit_message: str | None = None,
+                              tags: dict[str, str] | None = None) -> PromptRef: ...
+
+    async def resolve_prompt(self, spec: str) -> PromptRef:
+        """``name@alias`` or ``name/version`` → :class:`PromptRef`; raises ``NotFound``."""
+        ...
+
+    async def set_prompt_alias(self, name: str, alias: str, version: str) -> None: ...

@@ -18,12 +18,38 @@ class Usage:
     """Resources one call consumed; drives cost accounting and quota settlement."""
 
     calls: int = 1
+    #: every token the call consumed (for a generation: ``input_tokens + output_tokens``)
     tokens: int = 0
     gpu_seconds: float = 0.0
+    #: prompt tokens a generation read and completion tokens it wrote (0 for other models)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    #: the token counts are the mesh's estimate (the backend reported no usage)
+    estimated: bool = False
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(self.calls + other.calls, self.tokens + other.tokens,
-                     self.gpu_seconds + other.gpu_seconds)
+                     self.gpu_seconds + other.gpu_seconds,
+                     self.input_tokens + other.input_tokens,
+                     self.output_tokens + other.output_tokens,
+                     self.estimated or other.estimated)
+
+    @classmethod
+    def of_tokens(cls, input_tokens: int, output_tokens: int, *,
+                  estimated: bool = False) -> Usage:
+        """One generation's usage from its prompt and completion token counts."""
+        return cls(calls=1, tokens=input_tokens + output_tokens, input_tokens=input_tokens,
+                   output_tokens=output_tokens, estimated=estimated)
+
+    def to_dict(self) -> dict[str, int | float | bool]:
+        """As written into decision records (token split only where there is one)."""
+        doc: dict[str, int | float | bool] = {"calls": self.calls, "tokens": self.tokens,
+                                              "gpu_seconds": self.gpu_seconds}
+        if self.input_tokens or self.output_tokens:
+            doc["input_tokens"] = self.input_tokens
+            doc["output_tokens"] = self.output_tokens
+            doc["estimated"] = self.estimated
+        return doc
 
 
 @dataclass(frozen=True, slots=True)

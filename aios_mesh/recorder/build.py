@@ -141,6 +141,9 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
         redaction={"applied": redaction.applied, "counts": dict(redaction.counts)}
         if redaction is not None else {"applied": False, "counts": {}},
         model=model,
+        prompt=None if call.prompt is None else {
+            "name": name(call.prompt.name), "version": call.prompt.version,
+            "alias": call.prompt.alias if call.prompt.alias is None else name(call.prompt.alias)},
         serving=call.serving,
         index_snapshots={name(c): snap for c, snap in call.index_snapshots.items()},
         index_drift=scrub.names(_index_drift(call, lock)) if call.index_snapshots else None,
@@ -148,7 +151,7 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
         datasets=datasets.of(call) if datasets is not None else None,  # scrubbed when named
         attempts=call.attempts,
         fallback=call.fallback if call.fallback is None else name(call.fallback),
-        usage={"calls": usage.calls, "tokens": usage.tokens, "gpu_seconds": usage.gpu_seconds},
+        usage=usage.to_dict(),
         cost=round(call.cost, 10),
         currency=call.spec.price.currency,
         quota=quota,

@@ -509,12 +509,13 @@ def test_each_capability_enters_only_the_steps_that_apply_to_it(tmp_path: Path) 
                                   external=True, review_threshold=0.5)
     mesh = make_mesh(tmp_path, ScriptedServing(), caps=[plain, guarded])
     assert [s.name for s in mesh.pipeline.plan(plain)] == [
-        "validate_input", "quota", "resolve_model", "invoke"]
-    # the admission stage has no controllers here, so no call enters it
+        "validate_input", "resolve_model", "quota", "invoke"]
+    # the admission stage has no controllers here, so no call enters it; only generations
+    # render a prompt
     assert [s.name for s in mesh.pipeline.plan(guarded)] == [
-        n for n in mesh.pipeline.names if n != "admission"]
+        n for n in mesh.pipeline.names if n not in ("admission", "prompt")]
     assert mesh.pipeline.plan(plain) is mesh.pipeline.plan(plain)  # worked out once
     # A policy alone brings redaction (obligations) and the review gate (require_human).
     assert [s.name for s in mesh.pipeline.plan(spec(policy="demo/tickets"))] == [
-        "validate_input", "policy", "quota", "redact", "resolve_model", "invoke",
+        "validate_input", "policy", "redact", "resolve_model", "quota", "invoke",
         "confidence_gate"]
