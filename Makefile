@@ -1,7 +1,9 @@
 # Two commands on a fresh machine (needs only python3 >= 3.11 and make):
 #   make demo   — run the main job on the embedded defaults
 #   make test   — lint, type-check and run the whole test suite (what CI runs)
-# Both create ./.venv with every extra on first use (a few minutes), then reuse it.
+# Both create ./.venv with every extra on first use (a few minutes, plus ~9 min to compile
+# llama.cpp for the embedded LLM — this needs a C/C++ compiler, checked before it starts),
+# then reuse it.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -16,11 +18,14 @@ CHROMIUM := /usr/bin/chromium
 
 .PHONY: demo test servers lint typecheck bench docs clean
 
-$(STAMP): pyproject.toml $(wildcard adapters/*/__init__.py)
+$(STAMP): pyproject.toml $(wildcard adapters/*/__init__.py) serving/llamacpp/install_engine.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "aios-mesh needs Python >= 3.11"'
 	@echo "==> installing aios-mesh and its backends into $(VENV) (first run only)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@# the embedded LLM engine compiles llama.cpp on first install: checks for a C/C++
+	@# compiler first and shows progress (serving/llamacpp/install_engine.py)
+	@$(BIN)/python serving/llamacpp/install_engine.py $(BIN)/python
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[all,dev]"
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
 		-r serving/triton/client-requirements.txt
