@@ -53,15 +53,19 @@ _V2 = Migration(2, (
     "created_at)",
 ))
 
+# Version 3: notes others attach to an item for the reviewer (an LLM's review brief).
+_V3 = Migration(3, ("ALTER TABLE review ADD COLUMN notes TEXT",))
+
 #: The review store's schema, as migrations of the shared-state seam (version 1 is the table
 #: as it first shipped, so a review.db made before the seam existed migrates cleanly;
-#: version 2 adds the model's confidence and the ``review_labels`` table).
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, (_V1_TABLE, _V1_INDEX)), _V2)
+#: version 2 adds the model's confidence and the ``review_labels`` table; version 3 the
+#: notes attached for the reviewer).
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, (_V1_TABLE, _V1_INDEX)), _V2, _V3)
 
 #: The same schema on PostgreSQL (the blobs are ``BYTEA``; a released migration never
 #: changes, so version 1 keeps its sqlite text above and gets its own text here).
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, (_V1_TABLE.replace(" BLOB", " BYTEA"), _V1_INDEX)), _V2)
+    Migration(1, (_V1_TABLE.replace(" BLOB", " BYTEA"), _V1_INDEX)), _V2, _V3)
 
 #: The schema of a store per SQL dialect of the shared state (``state.dialect``).
 _SCHEMAS: Mapping[str, tuple[Migration, ...]] = {"sqlite": MIGRATIONS,
@@ -92,6 +96,8 @@ class ReviewItem:
     note: str | None = None
     resume: dict[str, Any] | None = None
     confidence: float | None = None
+    #: what others attached for the reviewer, by name (``{"brief": {...}}``: an LLM's draft)
+    notes: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +129,7 @@ def _versions(capability: str) -> list[Any]:
 
 
 _COLUMNS = ("id, record_id, tenant, capability, reason, status, created_at, payload, "
-            "proposed, decided_by, decided_at, final_output, note, resume, confidence")
+            "proposed, decided_by, decided_at, final_output, note, resume, confidence, notes")
 _LABEL_COLUMNS = ("id, review_id, record_id, tenant, capability, verdict, proposed, output, "
                   "labelled_by, created_at")
 _CAPABILITY = " AND (capability = ? OR substr(capability, 1, ?) = ?)"
@@ -174,7 +180,7 @@ class ReviewQueue:
         return ReviewItem(row[0], row[1], row[2], row[3], row[4], row[5], row[6],
                           _load(row[7]), _load(row[8]), row[9], row[10], _load(row[11]),
                           row[12], _load(row[13]),
-                          None if row[14] is None else float(row[14]))
+                          None if row[14] is None else float(row[14]), _load(row[15]))
 
     def get(self, item_id: str) -> ReviewItem:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM review WHERE id = ?", (item_id,))
@@ -203,6 +209,19 @@ class ReviewQueue:
             sql += " LIMIT ?"
             args.append(int(limit))
         return [self._row(r) for r in self._db.execute(sql, args)]
+
+    def annotate(self, item_id: str, name: str, note: dict[str, Any]) -> ReviewItem:
+        """Attach ``note`` under ``name`` for the reviewer (the console shows it; a second
+        note under the same name replaces the first). Notes advise: they never decide."""
+        with self._db.transaction() as db:
+            rows = db.execute("SELECT notes FROM review WHERE id = ?", (item_id,))
+            if not rows:
+                raise NotFound(f"no review item {item_id!r}",
+                               hint="`aios-mesh review list` shows the open ones")
+            notes = dict(_load(rows[0][0]) or {})
+            notes[name] = note
+            db.execute("UPDATE review SET notes = ? WHERE id = ?", (_text(notes), item_id))
+        return self.get(item_id)
 
     def resolve(self, item_id: str, *, approve: bool, reviewer: str,
                 output: dict[str, Any] | None = None, note: str = "") -> ReviewItem:

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aios_mesh.errors import InvalidInput, NotFound
-from aios_mesh.review import ReviewQueue
+from aios_mesh.review import POSTGRES_MIGRATIONS, ReviewQueue
 from aios_mesh.state import SqliteState
 from aios_mesh.testing import launcher
 
@@ -80,6 +80,19 @@ def test_an_item_round_trips_with_its_reason_and_confidence(open_queue: Opener) 
     assert item.reason == "confidence 0.410 below 0.8"
     with pytest.raises(NotFound):
         queue.get("nope")
+
+
+def test_notes_for_the_reviewer_attach_by_name_and_replace(open_queue: Opener) -> None:
+    queue = open_queue()
+    item_id = _park(queue)
+    assert queue.get(item_id).notes is None
+    queue.annotate(item_id, "brief", {"reason": "over the threshold"})
+    queue.annotate(item_id, "other", {"n": 1})
+    item = queue.annotate(item_id, "brief", {"reason": "vendor unsure"})
+    assert item.notes == {"brief": {"reason": "vendor unsure"}, "other": {"n": 1}}
+    assert open_queue().get(item_id).notes == item.notes  # durable, seen by another opener
+    with pytest.raises(NotFound):
+        queue.annotate("nope", "brief", {})
 
 
 def test_the_list_filters_by_tenant_capability_and_status(open_queue: Opener) -> None:
@@ -160,7 +173,7 @@ def test_the_postgres_store_keeps_blobs_as_bytea(database: str) -> None:
             row = conn.execute("SELECT data_type FROM information_schema.columns WHERE "
                                "table_name = 'review' AND column_name = 'payload'").fetchone()
         assert row == ("bytea",)
-        assert state.version("review") == 2
+        assert state.version("review") == len(POSTGRES_MIGRATIONS)
     finally:
         queue.close()
         state.close()
