@@ -44,7 +44,7 @@ RouteModule = Callable[["Gateway"], Sequence[BaseRoute]]
 
 #: The areas of the API, each ``aios_mesh.gateway.routes.<name>.routes``.
 ROUTE_MODULES: tuple[str, ...] = ("health", "catalog", "calls", "records", "jobs", "review",
-                                  "console")
+                                  "console", "openai")
 
 
 @dataclass(frozen=True, slots=True)

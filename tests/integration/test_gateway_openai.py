@@ -1,0 +1,319 @@
+"""The gateway's OpenAI-compatible face against a real ``aios-mesh gateway`` process, driven
+by the real clients, unchanged: the official ``openai`` SDK (sync, streaming, models,
+embeddings), LangChain's ``ChatOpenAI`` (invoke, stream) and LlamaIndex's ``OpenAILike``
+(chat, stream_chat). Every call runs the pipeline for the API key's tenant and leaves one
+decision record (read back from the audit log and the records API); each bad input gets its
+OpenAI-style error and status.
+
+The mesh is ``tests/integration/test_gateway_openai_app.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from langchain_openai import ChatOpenAI
+from llama_index.core.llms import ChatMessage as LlamaMessage
+from llama_index.llms.openai_like import OpenAILike
+
+from aios_mesh.gateway.auth import KeyStore
+from aios_mesh.gateway.testing import RunningGateway, running_gateway
+from aios_mesh.state import SqliteState
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+APP = "tests.integration.test_gateway_openai_app:mesh"
+CONFIG = """
+state_dir = "state"
+[backends]
+registry = "memory://"
+[retry]
+max_attempts = 1
+[tenants.acme]
+[tenants.globex]
+[tenants.initech.quota]
+calls_per_day = 1
+"""
+#: name -> (tenant, caller, scopes); each becomes a real API key
+KEYS: dict[str, tuple[str, str, list[str] | None]] = {
+    "acme": ("acme", "acme-app", None), "globex": ("globex", "globex-app", None),
+    "embed-only": ("acme", "embedder", ["embed"]), "initech": ("initech", "initech-app", None)}
+
+
+class Face:
+    """The running gateway, its state folder and its API keys."""
+
+    def __init__(self, gw: RunningGateway, state: Path, keys: dict[str, str]) -> None:
+        self.gw, self.state, self.keys = gw, state, keys
+        self.url = f"{gw.url}/v1"
+
+    def sdk(self, key: str = "acme") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url, api_key=self.keys.get(key, key), max_retries=0,
+                             timeout=60)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every decision record in the audit log, oldest first."""
+        path = self.state / "audit.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line)["record"] for line in path.read_text().splitlines()]
+
+    def new_records(self, before: int, want: int) -> list[dict[str, Any]]:
+        """The records written since ``before`` records, once there are ``want`` of them."""
+        deadline = time.monotonic() + 20
+        while True:
+            got = self.records()[before:]
+            if len(got) >= want or time.monotonic() > deadline:
+                return got
+            time.sleep(0.1)
+
+    def record(self, record_id: str, key: str = "acme") -> dict[str, Any]:
+        r = httpx.get(f"{self.url}/records/{record_id}", timeout=30,
+                      headers={"Authorization": f"Bearer {self.keys[key]}"})
+        assert r.status_code == 200, r.text
+        found: dict[str, Any] = r.json()
+        return found
+
+
+@pytest.fixture(scope="module")
+def face(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Face]:
+    tmp = tmp_path_factory.mktemp("openai-face")
+    config = tmp / "mesh.toml"
+    config.write_text(CONFIG)
+    policies = tmp / "state" / "policies" / "gateway"
+    policies.mkdir(parents=True)
+    (policies / "open.rego").write_text("package gateway.open\n\nimport rego.v1\n\n"
+                                         "default allow := true\n")
+    store = KeyStore(SqliteState(tmp / "state"))
+    keys = {name: store.create(t, c, scopes=s)[1] for name, (t, c, s) in KEYS.items()}
+    store.close()
+    env = {"GATEWAY_TEST_CONFIG": str(config)}
+    with running_gateway(None, app=APP, env=env, cwd=REPO) as gw:
+        yield Face(gw, tmp / "state", keys)
+
+
+# ------------------------------------------------------------------ the official SDK
+def test_models_lists_the_chat_and_embedding_capabilities_a_key_may_call(face: Face) -> None:
+    listed = face.sdk().models.list()
+    assert sorted(m.id for m in listed.data) == ["chat", "embed", "long-chat"]  # not echo
+    assert all(m.object == "model" and m.owned_by == "aios-mesh" for m in listed.data)
+    assert [m.id for m in face.sdk("embed-only").models.list().data] == ["embed"]
+    assert face.sdk().models.retrieve("chat").id == "chat"
+    with pytest.raises(openai.NotFoundError):
+        face.sdk("embed-only").models.retrieve("chat")  # outside its scopes reads as absent
+
+
+def test_sdk_chat_completion_runs_the_pipeline_and_leaves_one_record(face: Face) -> None:
+    before = len(face.records())
+    raw = face.sdk().chat.completions.with_raw_response.create(
+        model="chat", messages=[{"role": "user", "content": "hello mesh"}])
+    answer = raw.parse()
+    text = answer.choices[0].message.content
+    assert text == "You said: hello mesh"
+    assert answer.object == "chat.completion" and answer.model == "chat"
+    assert answer.choices[0].finish_reason == "stop"
+    record_id = raw.headers["x-aios-record-id"]
+    assert answer.id == f"chatcmpl-{record_id}"
+    [record] = face.new_records(before, 1)
+    assert record["record_id"] == record_id
+    assert (record["tenant"], record["caller"], record["mode"], record["outcome"]) == (
+        "acme", "acme-app", "invoke", "ok")
+    usage = answer.usage
+    assert usage is not None and usage.completion_tokens == 4  # You said: hello mesh
+    assert (usage.prompt_tokens, usage.completion_tokens) == (
+        record["usage"]["input_tokens"], record["usage"]["output_tokens"])
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert record["cost"] > 0  # priced per input and output token
+    assert face.record(record_id)["record_id"] == record_id  # the records API has it too
+
+
+def test_sdk_chat_completion_names_the_version_and_reports_length(face: Face) -> None:
+    answer = face.sdk().chat.completions.create(
+        model="chat@1", messages=[{"role": "user", "content": "count 50"}], max_tokens=10)
+    assert answer.choices[0].finish_reason == "length"  # the declared 24 tokens, all used
+    assert answer.usage is not None and answer.usage.completion_tokens == 24
+    with pytest.raises(openai.NotFoundError):
+        face.sdk().chat.completions.create(model="chat@9", messages=[
+            {"role": "user", "content": "x"}])
+
+
+def test_sdk_streaming_with_usage_ends_with_finish_usage_and_done(face: Face) -> None:
+    before = len(face.records())
+    stream = face.sdk().chat.completions.create(
+        model="chat", messages=[{"role": "system", "content": "be kind"},
+                                {"role": "user", "content": "one two three"}],
+        stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "You said: one two three"
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) == 5
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finish] == ["stop"]
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.completion_tokens == 5
+    [record] = face.new_records(before, 1)
+    assert (record["tenant"], record["mode"], record["outcome"]) == ("acme", "stream", "ok")
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (
+        record["usage"]["input_tokens"], record["usage"]["output_tokens"])
+    assert (last.model_extra or {})["record_id"] == record["record_id"]
+
+
+def test_sdk_embeddings_one_and_many_each_one_record(face: Face) -> None:
+    before = len(face.records())
+    one = face.sdk().embeddings.create(model="embed", input="the invoice total")  # base64
+    assert len(one.data) == 1 and len(one.data[0].embedding) == 8
+    many = face.sdk("globex").embeddings.create(model="embed", input=["a b c", "the invoice total"],
+                                                encoding_format="float")
+    assert [d.index for d in many.data] == [0, 1]
+    assert many.data[1].embedding == one.data[0].embedding  # same text, same vector
+    assert many.usage.prompt_tokens == 3 + 3 and one.usage.prompt_tokens == 3
+    records = face.new_records(before, 3)
+    assert sorted((r["tenant"], r["capability"]["name"]) for r in records) == [
+        ("acme", "embed"), ("globex", "embed"), ("globex", "embed")]
+
+
+# ------------------------------------------------------------------ LangChain, LlamaIndex
+def test_langchain_chat_openai_invoke_and_stream(face: Face) -> None:
+    llm = ChatOpenAI(base_url=face.url, api_key=face.keys["globex"],  # type: ignore[arg-type]
+                     model="chat", max_retries=0)
+    before = len(face.records())
+    assert llm.invoke("hi there").content == "You said: hi there"
+    parts = [c.content for c in llm.stream("stream me")]
+    assert "".join(str(p) for p in parts) == "You said: stream me" and len(parts) >= 3
+    records = face.new_records(before, 2)
+    assert [(r["tenant"], r["mode"], r["outcome"]) for r in records] == [
+        ("globex", "invoke", "ok"), ("globex", "stream", "ok")]
+
+
+def test_llamaindex_openai_like_chat_and_stream_chat(face: Face) -> None:
+    llm = OpenAILike(api_base=face.url, api_key=face.keys["acme"], model="chat",
+                     is_chat_model=True, max_retries=0)
+    before = len(face.records())
+    said = llm.chat([LlamaMessage(role="user", content="llama here")])
+    assert said.message.content == "You said: llama here"
+    deltas = [r.delta for r in llm.stream_chat([LlamaMessage(role="user", content="go on")])]
+    assert "".join(d or "" for d in deltas) == "You said: go on"
+    records = face.new_records(before, 2)
+    assert [(r["tenant"], r["mode"]) for r in records] == [("acme", "invoke"),
+                                                           ("acme", "stream")]
+
+
+# ------------------------------------------------------------------ a client that leaves
+def test_a_client_leaving_mid_stream_cancels_the_call(face: Face) -> None:
+    before = len(face.records())
+    body = {"model": "long-chat", "stream": True,
+            "messages": [{"role": "user", "content": "count 300"}]}
+    with httpx.stream("POST", f"{face.url}/chat/completions", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {face.keys['acme']}"}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        got = 0
+        for line in r.iter_lines():
+            got += line.startswith("data: ")
+            if got == 4:
+                break  # a few chunks, then the client leaves
+    [record] = face.new_records(before, 1)
+    assert (record["capability"]["name"], record["mode"], record["outcome"]) == (
+        "long-chat", "stream", "cancelled")
+    assert record["error"]["code"] == "call_cancelled"
+    assert record["usage"]["output_tokens"] < 300  # charged what was generated, no more
+
+
+# ------------------------------------------------------------------ bad input
+def _error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body: dict[str, Any] = r.json()["error"]
+    assert body["code"] == code and body["message"] and body["type"]
+    return body
+
+
+def _post(face: Face, path: str, body: Any, key: str | None = "acme") -> httpx.Response:
+    headers = {} if key is None else {"Authorization": f"Bearer {face.keys.get(key, key)}"}
+    return httpx.post(f"{face.url}/{path}", json=body, headers=headers, timeout=30)
+
+
+def test_an_unknown_model_is_404_model_not_found(face: Face) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        face.sdk().chat.completions.create(model="nope", messages=[
+            {"role": "user", "content": "x"}])
+    assert info.value.code == "model_not_found"
+    body = _error(_post(face, "embeddings", {"model": "nope", "input": "x"}), 404,
+                  "model_not_found")
+    assert body["type"] == "invalid_request_error" and "/v1/models" in body["hint"]
+
+
+def test_a_missing_or_wrong_key_is_401(face: Face) -> None:
+    r = _post(face, "chat/completions", {"model": "chat", "messages": []}, key=None)
+    _error(r, 401, "unauthenticated")
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert httpx.get(f"{face.url}/models").status_code == 401
+    wrong = face.keys["acme"][:-2] + "zz"
+    with pytest.raises(openai.AuthenticationError) as info:
+        face.sdk(wrong).chat.completions.create(model="chat", messages=[
+            {"role": "user", "content": "x"}])
+    assert wrong not in json.dumps(info.value.body)  # the key is never echoed
+
+
+def test_a_model_outside_the_keys_scopes_is_403(face: Face) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        face.sdk("embed-only").chat.completions.create(model="chat", messages=[
+            {"role": "user", "content": "x"}])
+    assert info.value.code == "forbidden"
+    assert face.sdk("embed-only").embeddings.create(model="embed", input="ok").data
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("chat/completions", {"model": "chat"}, "messages"),
+    ("chat/completions", {"model": "chat", "messages": []}, "messages"),
+    ("chat/completions", {"model": "chat", "messages": [{"role": "robot", "content": "x"}]},
+     "messages.0.role"),
+    ("chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "x"}],
+                          "n": 2}, "n"),
+    ("chat/completions", {"model": "chat", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://x"}}]}]}, "messages[0].content"),
+    ("chat/completions", {"model": "echo", "messages": [{"role": "user", "content": "x"}]},
+     "model"),
+    ("embeddings", {"model": "chat", "input": "x"}, "model"),
+    ("embeddings", {"model": "embed", "input": [1, 2]}, "input"),
+])
+def test_a_malformed_body_is_400_naming_the_field(face: Face, path: str, body: Any,
+                                                  param: str) -> None:
+    before = len(face.records())
+    got = _error(_post(face, path, body), 400, "invalid_request")
+    assert got["param"] == param or got["param"].startswith(param)
+    assert got["type"] == "invalid_request_error"
+    assert len(face.records()) == before  # refused before any call: nothing to record
+
+
+def test_a_body_that_is_not_json_is_400_and_wrong_media_type_415(face: Face) -> None:
+    headers = {"Authorization": f"Bearer {face.keys['acme']}"}
+    r = httpx.post(f"{face.url}/chat/completions", content=b"{not json", timeout=30,
+                   headers={**headers, "Content-Type": "application/json"})
+    _error(r, 400, "invalid_input")
+    r = httpx.post(f"{face.url}/chat/completions", content=b"x", timeout=30,
+                   headers={**headers, "Content-Type": "text/plain"})
+    _error(r, 415, "unsupported_media_type")
+
+
+def test_a_spent_quota_is_429_with_retry_after_and_its_record(face: Face) -> None:
+    ask = {"model": "chat", "messages": [{"role": "user", "content": "once"}]}
+    assert _post(face, "chat/completions", ask, key="initech").status_code == 200
+    r = _post(face, "chat/completions", ask, key="initech")
+    body = _error(r, 429, "quota_exceeded")
+    assert body["type"] == "rate_limit_error" and body["hint"]
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.headers["x-aios-record-id"] == body["record_id"]
+    record = face.record(body["record_id"], key="initech")
+    assert (record["tenant"], record["outcome"]) == ("initech", "rejected")
