@@ -37,6 +37,7 @@ from aios_mesh_mlflow._common import (
     translate,
 )
 from aios_mesh_mlflow._env import apply_env_defaults
+from aios_mesh_mlflow.prompts import MlflowPrompts
 
 __all__ = ["MlflowRegistry"]
 
@@ -47,8 +48,9 @@ _OPTIONS = frozenset({"artifacts"})
 _HINT = "register it (registry.register(...) or `mlflow models` tooling) or run `aios-mesh lock`"
 
 
-class MlflowRegistry:
-    """MLflow model registry behind the ModelRegistry port.
+class MlflowRegistry(MlflowPrompts):
+    """MLflow model registry behind the ModelRegistry port (and its prompt registry behind
+    the PromptRegistry port: :class:`~aios_mesh_mlflow.prompts.MlflowPrompts`).
 
     * ``resolve("name@alias")`` → the version the alias points at; ``"name/3"`` → version 3;
       ``"name"`` → the highest version number. Versions are always ``str`` (MLflow's sqlite
@@ -68,7 +70,7 @@ class MlflowRegistry:
     → :class:`ConfigError`.
     """
 
-    features: frozenset[Feature] = frozenset({Feature.ALIASES})
+    features: frozenset[Feature] = frozenset({Feature.ALIASES, Feature.PROMPTS})
 
     def __init__(self, tracking_uri: str, *, artifact_root: Path | None = None,
                  display: str | None = None) -> None:

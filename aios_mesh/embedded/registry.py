@@ -12,6 +12,9 @@ same rules as the MLflow adapter, so the conformance suite holds for both:
 * ``latest`` is a reserved alias meaning the highest version, and ``v<digits>`` aliases are
   reserved too (both as in MLflow): setting either raises ``InvalidInput``.
 
+Prompts (:class:`~aios_mesh.ports.registry.PromptRegistry`) follow the same rules in a
+namespace of their own, with the template checks of :mod:`aios_mesh.ports.prompts`.
+
 Everything is a dict lookup under no lock: the methods never await, so on one event loop
 each call is atomic.
 """
@@ -26,17 +29,31 @@ from typing import Any, Self
 from aios_mesh.backends import BackendURL
 from aios_mesh.errors import InvalidInput, NotFound
 from aios_mesh.ports.base import Feature
-from aios_mesh.ports.registry import ModelRef, parse_model_spec
+from aios_mesh.ports.prompts import (
+    PromptInfo,
+    check_prompt_alias,
+    check_prompt_name,
+    check_prompt_version,
+    template_text,
+)
+from aios_mesh.ports.registry import ModelRef, PromptRef, parse_model_spec
 
 __all__ = ["MemoryRegistry"]
 
 _RESERVED = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
 _HINT = "register it first (registry.register(...)) or run `aios-mesh lock`"
+_PROMPT_HINT = "register it first (`aios-mesh prompts register NAME --template-file F`)"
 
 
 @dataclass
 class _Model:
     versions: list[ModelRef] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Prompt:
+    versions: list[str] = field(default_factory=list)  # templates, version n at n - 1
     aliases: dict[str, str] = field(default_factory=dict)
 
 
@@ -51,10 +68,11 @@ class MemoryRegistry:
         assert (await registry.resolve("clf@champion")).version == "1"
     """
 
-    features: frozenset[Feature] = frozenset({Feature.ALIASES})
+    features: frozenset[Feature] = frozenset({Feature.ALIASES, Feature.PROMPTS})
 
     def __init__(self) -> None:
         self._models: dict[str, _Model] = {}
+        self._prompts: dict[str, _Prompt] = {}
 
     @classmethod
     def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> Self:
@@ -124,6 +142,59 @@ class MemoryRegistry:
         ref = self._version(model, name, str(version))
         model.aliases[alias] = ref.version
 
+    # -- prompts ---------------------------------------------------------------------------
+
+    def _prompt(self, name: str) -> _Prompt:
+        prompt = self._prompts.get(name)
+        if prompt is None:
+            raise NotFound(f"no registered prompt named {name!r}", hint=_PROMPT_HINT,
+                           prompt=name)
+        return prompt
+
+    async def register_prompt(self, name: str, template: str, *,
+                              commit_message: str | None = None,
+                              tags: dict[str, str] | None = None) -> PromptRef:
+        """Add a new version of prompt ``name`` (creating it if needed). The commit message
+        and tags are accepted for MLflow parity and not kept."""
+        check_prompt_name(name)
+        text = template_text(template)  # InvalidInput for an empty or broken chat
+        prompt = self._prompts.setdefault(name, _Prompt())
+        prompt.versions.append(text)
+        return PromptRef(name, str(len(prompt.versions)), text)
+
+    async def resolve_prompt(self, spec: str) -> PromptRef:
+        """``name@alias`` / ``name/version`` / ``name`` (latest) → :class:`PromptRef`."""
+        name, alias, version = parse_model_spec(spec)
+        prompt = self._prompt(name)
+        if alias is not None and alias.lower() != "latest":
+            target = prompt.aliases.get(alias)
+            if target is None:
+                known = ", ".join(sorted(prompt.aliases)) or "none"
+                raise NotFound(f"prompt {name!r} has no alias {alias!r}",
+                               hint=f"known aliases: {known}; set it with `aios-mesh prompts "
+                                    f"alias {name} {alias} VERSION`", prompt=name, alias=alias)
+            version = target
+        elif version is None:
+            version = str(len(prompt.versions))
+        n = int(version)
+        if not 1 <= n <= len(prompt.versions):
+            raise NotFound(f"prompt {name!r} has no version {version!r}",
+                           hint=f"known versions: 1..{len(prompt.versions)}; {_PROMPT_HINT}",
+                           prompt=name, version=version)
+        return PromptRef(name, str(n), prompt.versions[n - 1], alias)
+
+    async def set_prompt_alias(self, name: str, alias: str, version: str) -> None:
+        """Point prompt ``name@alias`` at ``version`` (creating or moving the alias)."""
+        check_prompt_alias(name, alias)
+        ref = await self.resolve_prompt(f"{name}/{check_prompt_version(version)}")
+        self._prompts[name].aliases[alias] = ref.version
+
+    async def list_prompts(self) -> list[PromptInfo]:
+        """Every prompt: its newest version and its aliases."""
+        return [PromptInfo(name, str(len(p.versions)), dict(sorted(p.aliases.items())))
+                for name, p in sorted(self._prompts.items())]
+
     async def aclose(self) -> None:
         """Nothing to release."""
         return None
+
