@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aios_mesh.capabilities import CapabilitySpec
-from aios_mesh.errors import ContextWindowExceeded
+from aios_mesh.errors import ContextWindowExceeded, InvalidInput
 from aios_mesh.generation.messages import TextOutput
 from aios_mesh.generation.prompt import PromptTemplate, parse_prompt_uri
 from aios_mesh.generation.tokens import TokenCounter, estimate_tokens
@@ -21,7 +21,11 @@ from aios_mesh.pipeline.runner import StepBase
 from aios_mesh.ports.registry import PromptRef
 from aios_mesh.ports.serving import Serving, Usage
 
-__all__ = ["PromptStep"]
+__all__ = ["LIMIT_ATTRIBUTES", "PromptStep"]
+
+#: Call attributes a caller may set to ask for less than the capability declares: a lower
+#: ``max_tokens`` and another ``temperature`` (the OpenAI face passes a body's own).
+LIMIT_ATTRIBUTES = ("max_tokens", "temperature")
 
 
 class PromptStep(StepBase):
@@ -60,8 +64,9 @@ class PromptStep(StepBase):
             messages.extend(m.model_dump() for m in template.render(fields))
         structured = (gen.structured if gen.structured is not None
                       else not issubclass(spec.output, TextOutput))
-        request: GenerationRequest = {"messages": messages, "max_tokens": gen.max_tokens,
-                                      "temperature": gen.temperature, "structured": structured}
+        max_tokens, temperature = _limits(call.attributes, gen.max_tokens, gen.temperature)
+        request: GenerationRequest = {"messages": messages, "max_tokens": max_tokens,
+                                      "temperature": temperature, "structured": structured}
         if gen.stop:
             request["stop"] = list(gen.stop)
         if structured:
@@ -74,16 +79,16 @@ class PromptStep(StepBase):
             window = gen.context_window or counter.context_window(model)
         else:
             tokens, window = estimate_tokens(messages), gen.context_window
-        if window is not None and tokens + gen.max_tokens > window:
+        if window is not None and tokens + max_tokens > window:
             raise ContextWindowExceeded(
-                f"the prompt is {tokens} tokens; with max_tokens={gen.max_tokens} it needs "
-                f"{tokens + gen.max_tokens}, over the model's context window of {window}",
-                hint="send a shorter input, or lower generate.max_tokens",
-                prompt_tokens=tokens, max_tokens=gen.max_tokens, context_window=window)
+                f"the prompt is {tokens} tokens; with max_tokens={max_tokens} it needs "
+                f"{tokens + max_tokens}, over the model's context window of {window}",
+                hint="send a shorter input, or lower max_tokens",
+                prompt_tokens=tokens, max_tokens=max_tokens, context_window=window)
         call.variables = fields
         call.payload = dict(request)
         call.prompt_tokens = tokens
-        call.estimate = Usage.of_tokens(tokens, gen.max_tokens, estimated=counter is None)
+        call.estimate = Usage.of_tokens(tokens, max_tokens, estimated=counter is None)
 
     async def _template(self, call: Call, prompt: str) -> PromptTemplate:
         spec = call.spec
@@ -100,3 +105,22 @@ class PromptStep(StepBase):
             template.check_variables(spec.input, where=f"{spec.name} ({ref.uri})")
             self._checked.add(key)
         return template
+
+
+def _limits(attributes: dict[str, Any], max_tokens: int, temperature: float
+            ) -> tuple[int, float]:
+    """The call's ``max_tokens`` (a caller may ask for fewer than declared, never more) and
+    ``temperature`` (0..2)."""
+    asked = attributes.get("max_tokens")
+    if asked is not None:
+        if isinstance(asked, bool) or not isinstance(asked, int) or asked < 1:
+            raise InvalidInput("max_tokens must be a whole number of at least 1",
+                               hint="send max_tokens as an integer, or leave it out")
+        max_tokens = min(asked, max_tokens)
+    heat = attributes.get("temperature")
+    if heat is not None:
+        if isinstance(heat, bool) or not isinstance(heat, int | float) or not 0 <= heat <= 2:
+            raise InvalidInput("temperature must be a number from 0 to 2",
+                               hint="send temperature between 0 and 2, or leave it out")
+        temperature = float(heat)
+    return max_tokens, temperature

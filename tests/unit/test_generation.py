@@ -305,3 +305,16 @@ def test_a_stream_left_early_charges_what_was_generated(tmp_path: Path) -> None:
     [rec] = audit(tmp_path)
     assert rec["outcome"] == "cancelled"
     assert rec["usage"]["estimated"] is True and 1 <= rec["usage"]["output_tokens"] < 6
+
+
+def test_a_caller_may_ask_for_fewer_tokens_and_another_temperature(tmp_path: Path) -> None:
+    llm = ScriptedLLM()
+    with gen_mesh(tmp_path, llm) as mesh:
+        mesh.invoke("classify-ticket", {"text": "x"}, tenant="acme",
+                    attributes={"max_tokens": 4, "temperature": 0.7})
+        mesh.invoke("classify-ticket", {"text": "x"}, tenant="acme",
+                    attributes={"max_tokens": 999})  # never more than declared
+        with pytest.raises(InvalidInput, match="max_tokens"):
+            mesh.invoke("classify-ticket", {"text": "x"}, tenant="acme",
+                        attributes={"max_tokens": 0})
+    assert [(r["max_tokens"], r["temperature"]) for r in llm.requests] == [(4, 0.7), (16, 0.0)]
