@@ -41,17 +41,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="invoices per workflow run (default: %(default)s)")
     parser.add_argument("--state", type=Path, default=Path(".aios-mesh/invoice-intake"),
                         help="state folder, recreated on every run (default: %(default)s)")
+    parser.add_argument("--briefs", type=int, default=6,
+                        help="invoices routed to humans that an LLM (Gemma 3 270M on "
+                             "llama.cpp) drafts a review brief for; a sample, since each "
+                             "takes seconds on a CPU (default: %(default)s; 0: none)")
     parser.add_argument("--private-servers", action="store_true",
                         help="start every server on a free port, with a private NATS, Redis "
                              "and a throw-away PostgreSQL database (what the tests do)")
     args = parser.parse_args(argv)
-    if args.n < 1 or args.batch < 1:
-        parser.error("--n and --batch must be at least 1")
+    if args.n < 1 or args.batch < 1 or args.briefs < 0:
+        parser.error("--n and --batch must be at least 1, --briefs at least 0")
     profile = args.config or PROFILES / f"{args.profile}.toml"
     if not profile.is_file():
         parser.error(f"profile {profile} does not exist")
     return run(profile=profile, state=args.state, n=args.n, batch=args.batch,
-               private_servers=args.private_servers).exit_code
+               private_servers=args.private_servers, briefs=args.briefs).exit_code
 
 
 if __name__ == "__main__":

@@ -7,7 +7,12 @@ capability                  answered by                                 policy
 ``embed-vendor-name``       ``vendor-embedder@champion`` (MLflow)       ``invoices/match``
 ``match-vendor``            handler: embed + tenant-scoped vector query  ``invoices/match``
 ``route-invoice``           handler: approve unless the policy objects   ``invoices/route``
+``draft-review-brief``      ``review-writer@champion`` (an LLM: Gemma    ``invoices/brief``
+                            3 270M on llama.cpp), constrained to JSON
 ==========================  ==========================================  =====================
+
+The brief is advice for the human who decides an invoice the classical models and the policy
+sent to review: it never decides anything itself.
 
 The extraction model never sees personal data (the policy's ``redact`` obligation), an unsure
 extraction goes to a human (``review_threshold``), and the routing policy sends invoices above
@@ -24,11 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aios_mesh.capabilities import SLO, CapabilitySpec, Price, capability
 from aios_mesh.context import CallContext
+from aios_mesh.generation import Generation
 from aios_mesh.ports.retrieval import Point
 from aios_mesh.ports.serving import Usage
 
 __all__ = [
     "ALL",
+    "BRIEF",
     "EMBED",
     "EXTRACT",
     "FX_TO_USD",
@@ -39,6 +46,8 @@ __all__ = [
     "Embedding",
     "InvoiceFields",
     "InvoiceText",
+    "ReviewBrief",
+    "ReviewBriefRequest",
     "RouteDecision",
     "RouteRequest",
     "VendorMatch",
@@ -162,9 +171,46 @@ def route_invoice(request: RouteRequest) -> RouteDecision:
                          amount_usd=request.amount_usd)
 
 
+class ReviewBriefRequest(BaseModel):
+    """What the reviewer will see, as the brief's prompt reads it."""
+
+    vendor: str = Field(max_length=300)
+    invoice_number: str = Field(max_length=100)
+    total: str = Field(max_length=40)
+    currency: str = Field(max_length=10)
+    why: str = Field(max_length=300, description="why the invoice needs a human")
+    missing: str = Field(max_length=200, description="fields the extractor did not find")
+
+
+#: The fields a brief may call missing or doubtful.
+FieldName = Literal["vendor_name", "invoice_number", "invoice_date", "currency", "total"]
+
+
+class ReviewBrief(BaseModel):
+    """A reviewer's brief: why a human, what is missing, what to ask the vendor."""
+
+    reason: str = Field(max_length=160)
+    missing_fields: list[FieldName] = Field(max_length=5)
+    question_to_vendor: str = Field(max_length=160)
+
+
+BRIEF_PROMPT = (
+    "An invoice needs a human reviewer. Write a short review brief as JSON.\n"
+    "Vendor: {{vendor}}\nInvoice number: {{invoice_number}}\nTotal: {{total}} {{currency}}\n"
+    "Why a human: {{why}}\nMissing fields: {{missing}}\n"
+    "Give the reason in one sentence, the missing fields, and one question to ask the vendor.")
+
+BRIEF = CapabilitySpec(
+    name="draft-review-brief", version="1",
+    description="Draft a structured brief for the human reviewing an invoice (advice only).",
+    input=ReviewBriefRequest, output=ReviewBrief, model="review-writer@champion",
+    serving="llm", policy="invoices/brief", slo=SLO(timeout_s=60),
+    generate=Generation(prompt=BRIEF_PROMPT, max_tokens=120),
+    price=Price(per_1k_input_tokens=0.0002, per_1k_output_tokens=0.0008))
+
 MATCH: CapabilitySpec = match_vendor
 ROUTE: CapabilitySpec = route_invoice
-ALL: tuple[CapabilitySpec, ...] = (EXTRACT, EMBED, MATCH, ROUTE)
+ALL: tuple[CapabilitySpec, ...] = (EXTRACT, EMBED, MATCH, ROUTE, BRIEF)
 
 
 async def index_vendors(retrieval: object, vendors: dict[str, list[tuple[str, str]]],

@@ -439,6 +439,21 @@ def _lineage_section(events: Sequence[Mapping[str, Any]]) -> str:
     return note + chart
 
 
+def _briefs_section(invoices: Sequence[Mapping[str, Any]]) -> str:
+    briefed = [i for i in invoices if i.get("brief")]
+    if not briefed:
+        return _empty("no review briefs drafted (no LLM backend, or --briefs 0)")
+    rows = [(str(i["invoice"]), str(i["tenant"]), str(i["brief"]["reason"]),
+             ", ".join(i["brief"]["missing_fields"]) or "—",
+             str(i["brief"]["question_to_vendor"])) for i in briefed]
+    return ("<p>Advice for the reviewer, shown in the review console beside the invoice; "
+            "the decision stays with the human. Gemma 3 270M is a tiny model: read these "
+            "as a demonstration of the plumbing (constrained JSON, tokens, cost), not of "
+            "judgement.</p>"
+            + _table(("Invoice", "Tenant", "Why a human", "Missing", "Question for the vendor"),
+                     rows, cls="briefs"))
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -451,6 +466,7 @@ def render_report(*, title: str, summary: Sequence[tuple[str, str]],
         ("latency", "Latency per capability", _latency_section(calls)),
         ("cost", "Cost per tenant", _cost_section(calls, invoices)),
         ("automation", "Automation rate", _automation_section(invoices)),
+        ("briefs", "Review briefs drafted by the LLM", _briefs_section(invoices)),
         ("lineage", "Lineage of one workflow run", _lineage_section(lineage)),
     )
     parts = "".join(f'<section id="{sid}"><h2>{esc(heading)}</h2>{content}</section>'
@@ -471,7 +487,9 @@ def write_report(path: Path, *, title: str, summary: list[tuple[str, str]],
         title: page title.
         summary: ``(label, value)`` rows, shown in order.
         calls: ``{"capability", "tenant", "latency_ms", "cost", "outcome"}`` per call.
-        invoices: ``{"invoice", "tenant", "route", "amount", "currency", "correct"}``.
+        invoices: ``{"invoice", "tenant", "route", "amount", "currency", "correct"}``, and
+            ``"brief"`` (``{"reason", "missing_fields", "question_to_vendor"}``) where the
+            LLM drafted one.
         lineage: OpenLineage RunEvent dicts of one workflow run and its capability calls.
 
     Returns:

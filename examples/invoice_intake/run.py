@@ -138,8 +138,10 @@ def _accuracy(items: list[dict[str, Any]], truth: Mapping[str, Any]) -> dict[str
 
 
 def run(*, profile: Path, state: Path, n: int = 540, batch: int = 30,
-        private_servers: bool = False, console: Console | None = None) -> RunResult:
-    """Run the whole job on ``profile`` with all state under ``state`` (recreated)."""
+        private_servers: bool = False, console: Console | None = None,
+        briefs: int = 6) -> RunResult:
+    """Run the whole job on ``profile`` with all state under ``state`` (recreated); an LLM
+    drafts review briefs for up to ``briefs`` of the invoices routed to humans."""
     out = console or Console()
     # MLflow logs every run URL and pickling advice at INFO/WARNING; the summary says it all
     # (the variable applies if mlflow is imported after this, the logger if it was before)
@@ -177,7 +179,8 @@ def run(*, profile: Path, state: Path, n: int = 540, batch: int = 30,
         stack.callback(_restore_env, "AIOS_MESH_CONFIG", previous)
         gateway = doc.get("intake", {}).get("gateway")
         result = _run_job(out, config, state, n, batch, live, timings, stack,
-                          _Front(gateway, private_servers) if gateway is not None else None)
+                          _Front(gateway, private_servers) if gateway is not None else None,
+                          briefs=briefs)
     return result
 
 
@@ -219,11 +222,19 @@ def _start_gateway(out: Console, stack: ExitStack, front: _Front, mesh: Any, con
 
 def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: Any,
              timings: dict[str, float], stack: ExitStack | None = None,
-             front: _Front | None = None) -> RunResult:
+             front: _Front | None = None, briefs: int = 0) -> RunResult:
     from aios_mesh_flyte import close_meshes, current_mesh
 
     from examples.invoice_intake import models
-    from examples.invoice_intake.capabilities import ALL, EMBED, EXTRACT, ROUTES, index_vendors
+    from examples.invoice_intake.briefs import LLM_MODEL, brief_reviews, publish_llm
+    from examples.invoice_intake.capabilities import (
+        ALL,
+        BRIEF,
+        EMBED,
+        EXTRACT,
+        ROUTES,
+        index_vendors,
+    )
     from examples.invoice_intake.corpus import make_corpus
     from examples.invoice_intake.workflow import invoice_intake
 
@@ -241,6 +252,9 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
         t0 = time.perf_counter()
         with out.status("logging and registering both in MLflow as champion..."):
             refs = asyncio.run(models.publish(mesh.port("registry"), trained))
+        llm_url = mesh.config.backends.serving_named.get(BRIEF.serving or "")
+        if llm_url is not None:  # the LLM is named in the registry like the models
+            refs[LLM_MODEL] = asyncio.run(publish_llm(mesh.port("registry"), llm_url))
         timings["register"] = time.perf_counter() - t0
         with out.status("indexing each tenant's vendor master..."):
             vectors = {t: trained.embedder.embed([name for _, name in rows])
@@ -284,6 +298,16 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
                 items.extend(invoice_intake(invoices=chunk))
                 progress.advance(task, len(chunk))
         timings["intake"] = time.perf_counter() - t0
+        brief_summary = None
+        if llm_url is not None and briefs > 0:
+            t0 = time.perf_counter()
+            with progress:
+                task = progress.add_task("drafting review briefs (LLM)",
+                                         total=min(briefs, sum(
+                                             1 for i in items if i.get("route") == "human")))
+                brief_summary = brief_reviews(mesh, items, briefs,
+                                              advance=lambda: progress.advance(task))
+            timings["briefs"] = time.perf_counter() - t0
         if gateway is not None:  # the gateway's workers made the calls and their records
             records.extend(asyncio.run(_recorded(mesh, since)))
         runs = list(dict.fromkeys(r for r in map(_workflow_run, records) if r is not None))
@@ -296,6 +320,9 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
 
     summary = _summarise(items, records, truth, report_ok, pending, signals, timings,
                          len(runs), n)
+    if brief_summary is not None:
+        summary["briefs"] = brief_summary
+        summary["table"][-1:-1] = _brief_rows(brief_summary)
     if gateway is not None:
         summary["gateway"] = {"url": gateway.url, "workers": gateway.workers,
                               "console": gateway.console,
@@ -377,9 +404,12 @@ def _invoice_row(item: Mapping[str, Any], truth: Mapping[str, Any]) -> dict[str,
     expected = truth[item["invoice"]]
     correct = all(field_correct(k, fields.get(k), getattr(expected, k)) for k in FIELDS) \
         if fields else None
+    brief = item.get("brief") or {}
     return {"invoice": item["invoice"], "tenant": item["tenant"], "route": item["route"],
             "amount": fields.get("total"), "currency": fields.get("currency"),
-            "correct": correct}
+            "correct": correct,
+            "brief": {k: brief[k] for k in ("reason", "missing_fields", "question_to_vendor")}
+            if "reason" in brief else None}
 
 
 def _decisions(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -447,6 +477,20 @@ def _summarise(items: list[dict[str, Any]], records: list[DecisionRecord],
             "lineage_events": lineage_events,
             "decision_events": signals.decision_events if signals else 0,
             "cost_per_tenant": dict(cost_tenant), "timings": timings}
+
+
+def _brief_rows(b: Mapping[str, Any]) -> list[tuple[str, str]]:
+    p50 = b["latency_ms_p50"]
+    rows = [("review briefs (LLM, advice only)",
+             f"{b['briefed']} of {b['waiting']} invoices waiting for a human"
+             + (f" (a sample: --briefs {b['limit']})" if b["waiting"] > b["limit"] else "")
+             + (f" · {b['failed']} failed" if b["failed"] else "")
+             + (f" · p50 {p50 / 1000:.1f} s" if p50 is not None else ""))]
+    for tenant, used in b["tokens"].items():
+        rows.append((f"brief tokens {tenant}",
+                     f"{used['input']} in / {used['output']} out · "
+                     f"${b['cost'].get(tenant, 0.0):.5f}"))
+    return rows
 
 
 def _workflow_run(record: DecisionRecord) -> str | None:
