@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
@@ -11,8 +11,9 @@ from aios_mesh.errors import InvalidOutput
 from aios_mesh.policy_bundle import InputSchemas
 from aios_mesh.ports.base import Feature
 
-__all__ = ["POLICY_INPUT_VERSION", "REASON_CODE_PATTERN", "Decision", "DeclaresInputSchemas",
-           "Obligations", "Policy", "PolicyCheck", "PolicyInput", "decision_from_result"]
+__all__ = ["OUTPUT_ACTIONS", "POLICY_INPUT_VERSION", "REASON_CODE_PATTERN", "Decision",
+           "DeclaresInputSchemas", "Obligations", "OutputAction", "OutputObligations", "Policy",
+           "PolicyCheck", "PolicyInput", "decision_from_result"]
 
 #: What a ``reason_code`` looks like: a short identifier a program can switch on.
 REASON_CODE_PATTERN: Final = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
@@ -57,13 +58,90 @@ class PolicyInput:
         return doc
 
 
+#: What the output guard does with an answer an output obligation catches.
+OutputAction = Literal["mask", "deny", "review"]
+#: The actions, mildest first: when two apply, the later (stricter) one wins.
+OUTPUT_ACTIONS: Final[tuple[OutputAction, ...]] = ("mask", "review", "deny")
+_SCHEMA_ACTIONS: Final = ("review", "deny")
+#: At most this many blocked terms per policy, each at most this long (a term list is a
+#: policy's short list of words, not a dictionary: it becomes one pattern per call).
+_MAX_TERMS: Final = 256
+_MAX_TERM_LEN: Final = 100
+
+
+def _stricter(a: OutputAction | None, b: OutputAction | None) -> OutputAction | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a if OUTPUT_ACTIONS.index(a) >= OUTPUT_ACTIONS.index(b) else b
+
+
+@dataclass(frozen=True, slots=True)
+class OutputObligations:
+    """What a policy requires of a call's *answer* (``obligations.output`` in Rego), enforced
+    by the ``guard_output`` step after the backend answered (:mod:`aios_mesh.pipeline.guard`).
+
+    ``pii``: what to do when the answer holds PII or a secret (of ``pii_kinds``; empty: every
+    kind the mesh's detectors know). ``blocked_terms``: words or phrases that must not appear
+    (whole words, any case); ``on_blocked`` says what to do when one does. ``schema``: what an
+    answer that misses the capability's output model gets (``deny``, the default, or
+    ``review``; enforced by the invoke step).
+    """
+
+    pii: OutputAction | None = None
+    pii_kinds: tuple[str, ...] = ()
+    blocked_terms: tuple[str, ...] = ()
+    on_blocked: OutputAction = "deny"
+    schema: Literal["deny", "review"] | None = None
+
+    @property
+    def checks_content(self) -> bool:
+        """Whether the guard has to look at the answer at all (PII or blocked terms)."""
+        return self.pii is not None or bool(self.blocked_terms)
+
+    @classmethod
+    def merge(cls, items: Iterable[OutputObligations]) -> OutputObligations:
+        """The obligations of several policies (the default and the capability's own) in
+        one: the stricter action wins (``deny`` > ``review`` > ``mask``), blocked terms and
+        PII kinds are joined (a policy that names no kinds asks for every kind)."""
+        pii: OutputAction | None = None
+        kinds: dict[str, None] | None = {}
+        terms: dict[str, None] = {}
+        on_blocked: OutputAction | None = None
+        schema: Literal["deny", "review"] | None = None
+        for o in items:
+            if o.pii is not None:
+                pii = _stricter(pii, o.pii)
+                kinds = None if kinds is None or not o.pii_kinds else \
+                    kinds | dict.fromkeys(o.pii_kinds)
+            if o.blocked_terms:
+                terms |= dict.fromkeys(o.blocked_terms)
+                on_blocked = _stricter(on_blocked, o.on_blocked)
+            if o.schema is not None:
+                schema = "deny" if "deny" in (schema, o.schema) else "review"
+        return cls(pii=pii, pii_kinds=() if kinds is None else tuple(kinds),
+                   blocked_terms=tuple(terms), on_blocked=on_blocked or "deny", schema=schema)
+
+    def to_record(self) -> dict[str, Any]:
+        """The obligations as a record shows them: actions and kinds; the terms only
+        counted (a term list can itself be confidential: a competitor, a project name)."""
+        return {"pii": self.pii, "pii_kinds": list(self.pii_kinds),
+                "blocked_terms": len(self.blocked_terms), "on_blocked": self.on_blocked,
+                "schema": self.schema}
+
+
+#: No output obligations (frozen: one instance serves every decision).
+NO_OUTPUT_OBLIGATIONS: Final = OutputObligations()
+
+
 @dataclass(frozen=True, slots=True)
 class Obligations:
-    """What an allow may require of the pipeline."""
+    """What an allow may require of the pipeline: before the call (``redact``,
+    ``max_cost``) and of its answer (``require_human``, ``output``)."""
 
     redact: tuple[str, ...] = ()
     require_human: bool = False
     max_cost: float | None = None
+    output: OutputObligations = NO_OUTPUT_OBLIGATIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +180,9 @@ class PolicyCheck:
     ``schema``: ``"valid"``/``"invalid"`` when the package declares an input schema, else
     None; ``schema_errors`` say where the input missed it (schema-side words only: paths
     and expectations, never the values sent). ``payload``: the input held the redacted
-    payload. ``cached``: the decision came from the decision cache.
+    payload. ``cached``: the decision came from the decision cache. ``guard``: what the
+    output guard did under this policy's output obligations (``action``, ``kinds``,
+    ``count``: never the values found); None when the policy has none.
     """
 
     decision: Decision
@@ -110,14 +190,21 @@ class PolicyCheck:
     schema_errors: tuple[str, ...] = ()
     payload: bool = False
     cached: bool = False
+    guard: dict[str, Any] | None = None
 
     def to_record(self) -> dict[str, Any]:
-        """The check as the decision record's ``policy.checks[]`` entry."""
+        """The check as the decision record's ``policy.checks[]`` entry (``output`` and
+        ``guard`` only for a policy with output obligations)."""
         d = self.decision
-        return {"path": d.policy, "allow": d.allow, "reason": d.reason,
-                "reason_code": d.reason_code, "require_human": d.obligations.require_human,
-                "schema": self.schema, "schema_errors": list(self.schema_errors),
-                "payload": self.payload, "cached": self.cached}
+        doc = {"path": d.policy, "allow": d.allow, "reason": d.reason,
+               "reason_code": d.reason_code, "require_human": d.obligations.require_human,
+               "schema": self.schema, "schema_errors": list(self.schema_errors),
+               "payload": self.payload, "cached": self.cached}
+        output = d.obligations.output
+        if output is not NO_OUTPUT_OBLIGATIONS and output != NO_OUTPUT_OBLIGATIONS:
+            doc["output"] = output.to_record()
+            doc["guard"] = self.guard
+        return doc
 
 
 @runtime_checkable
@@ -131,7 +218,8 @@ class DeclaresInputSchemas(Protocol):
         ...
 
 
-_OBLIGATION_KEYS: Final = frozenset({"redact", "require_human", "max_cost"})
+_OBLIGATION_KEYS: Final = frozenset({"redact", "require_human", "max_cost", "output"})
+_OUTPUT_KEYS: Final = frozenset({"pii", "pii_kinds", "blocked_terms", "on_blocked", "schema"})
 
 
 def decision_from_result(result: Mapping[str, Any], *, package: str, path: str,
@@ -196,5 +284,45 @@ def _obligations(raw: Any, bad: Any) -> Obligations:
     if max_cost is not None and (isinstance(max_cost, bool)
                                  or not isinstance(max_cost, int | float)):
         raise bad("obligations.max_cost must be a number", 'write "max_cost": 0.5')
+    output = _output_obligations(raw.get("output"), bad)
     return Obligations(redact=tuple(redact), require_human=require_human,
-                       max_cost=None if max_cost is None else float(max_cost))
+                       max_cost=None if max_cost is None else float(max_cost), output=output)
+
+
+def _output_obligations(raw: Any, bad: Any) -> OutputObligations:
+    """``obligations.output`` → :class:`OutputObligations`; anything the guard could not
+    enforce exactly as written is an error, never silently dropped."""
+    if raw is None:
+        return NO_OUTPUT_OBLIGATIONS
+    example = '"output": {"pii": "mask", "blocked_terms": ["acme secret"], "on_blocked": "deny"}'
+    if not isinstance(raw, dict):
+        raise bad(f"obligations.output must be an object, got {type(raw).__name__}",
+                  f"write {example}")
+    unknown = sorted(set(raw) - _OUTPUT_KEYS)
+    if unknown:
+        raise bad(f"unknown output obligation(s) {', '.join(unknown)}",
+                  f"the output guard enforces only {', '.join(sorted(_OUTPUT_KEYS))}")
+
+    def action(key: str, allowed: tuple[str, ...], default: Any) -> Any:
+        value = raw.get(key, default)
+        if value is not default and value not in allowed:
+            raise bad(f"obligations.output.{key} must be one of {', '.join(allowed)}",
+                      f'write "{key}": "{allowed[-1]}"')
+        return value
+
+    def strings(key: str, limit: int) -> tuple[str, ...]:
+        value = raw.get(key, [])
+        if (not isinstance(value, list) or len(value) > limit
+                or not all(isinstance(v, str) and v.strip() and len(v) <= _MAX_TERM_LEN
+                           for v in value)):
+            raise bad(f"obligations.output.{key} must be a list (or set) of at most {limit} "
+                      f"non-blank strings of at most {_MAX_TERM_LEN} characters",
+                      f"write {example}")
+        return tuple(dict.fromkeys(v.strip() for v in value))
+
+    return OutputObligations(
+        pii=action("pii", OUTPUT_ACTIONS, None),
+        pii_kinds=strings("pii_kinds", _MAX_TERMS),
+        blocked_terms=strings("blocked_terms", _MAX_TERMS),
+        on_blocked=action("on_blocked", OUTPUT_ACTIONS, "deny"),
+        schema=action("schema", _SCHEMA_ACTIONS, None))
