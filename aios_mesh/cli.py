@@ -33,6 +33,7 @@ from typer.core import TyperGroup
 from aios_mesh.errors import ConfigError, MeshError
 from aios_mesh.gateway_cli import gateway_command
 from aios_mesh.keys_cli import keys_app
+from aios_mesh.prompts_cli import prompts_app
 from aios_mesh.quota_cli import quota_app
 from aios_mesh.vault_cli import vault_app
 
@@ -482,6 +483,7 @@ app.add_typer(review_app, name="review")
 app.add_typer(quota_app(_mesh, _fail, ConfigOpt), name="quota")
 app.add_typer(keys_app(_mesh, _fail, ConfigOpt), name="keys")
 app.add_typer(vault_app(_mesh, _fail, ConfigOpt), name="vault")
+app.add_typer(prompts_app(_mesh, _fail, ConfigOpt, AppOpt), name="prompts")
 app.command("gateway")(gateway_command(_fail, ConfigOpt, AppOpt))
 
 

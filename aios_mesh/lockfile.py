@@ -1,12 +1,19 @@
-"""The lock file pins every model alias (and index) to a version for reproducible runs.
+"""The lock file pins every model alias, prompt alias (and index) for reproducible runs.
 
 ``aios-mesh lock`` writes it; when present, alias resolution reads versions from it instead of
-asking the registry, so a run next month answers with the same models as today::
+asking the registry, so a run next month answers with the same models and prompts as today::
 
     {"lock_version": 1, "created_at": "...",
      "models": {"invoice-extractor@champion": {"name": "invoice-extractor", "version": "3",
                                                "source": "models:/m-1", "run_id": "..."}},
+     "prompts": {"review-brief@production": {"name": "review-brief", "version": "2",
+                                             "alias": "production", "sha256": "9f2c..."}},
      "indexes": {"vendors": "snapshot-id"}}
+
+A prompt pin holds the version and the digest of its template, not the text: the registry
+stays the one place prompts live (a second copy here could be edited by hand and drift), a
+version is fetched once per process, and the digest proves it is the text that was locked
+(a registry rebuilt with other text under the same number is refused, not used).
 
 Reading is strict: a lock that is empty, a directory, unreadable, not JSON, of another format
 version or of the wrong shape is a :class:`~aios_mesh.errors.ConfigError` that names the file
@@ -32,16 +39,19 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic import ValidationError as _ValidationError
 
 from aios_mesh.errors import ConfigError, InvalidInput
-from aios_mesh.ports.registry import ModelRef, parse_model_spec
+from aios_mesh.ports.prompts import template_sha256
+from aios_mesh.ports.registry import ModelRef, PromptRef, parse_model_spec
 
-__all__ = ["LOCK_VERSION", "LockFile"]
+__all__ = ["LOCK_VERSION", "LockFile", "PromptPin"]
 
 LOCK_VERSION = 1
 
 _REWRITE = "delete it and run `aios-mesh lock` to write a fresh one"
 _SHAPE = ('{"lock_version": 1, "created_at": "<ISO time>", "models": {"<name>@<alias>": '
           '{"name": "<name>", "version": "<version>", "source": "<uri>", "run_id": null, '
-          '"alias": "<alias>", "tags": {}}}, "indexes": {"<index>": "<snapshot id>"}}')
+          '"alias": "<alias>", "tags": {}}}, "prompts": {"<name>@<alias>": {"name": "<name>", '
+          '"version": "<version>", "alias": "<alias>", "sha256": "<hex digest>"}}, '
+          '"indexes": {"<index>": "<snapshot id>"}}')
 _MAX_PROBLEMS = 3
 
 
@@ -81,6 +91,35 @@ class _ModelEntry(BaseModel):
                         run_id=self.run_id, alias=self.alias, tags=dict(self.tags or {}))
 
 
+@dataclass(frozen=True, slots=True)
+class PromptPin:
+    """One pinned prompt version: what a locked ``name@alias`` of a prompt resolves to."""
+
+    name: str
+    version: str
+    sha256: str
+    alias: str | None = None
+
+    @classmethod
+    def of(cls, ref: PromptRef, alias: str | None) -> PromptPin:
+        """The pin of a resolved prompt version, reached through ``alias``."""
+        return cls(ref.name, ref.version, template_sha256(ref.template), alias)
+
+
+class _PromptEntry(BaseModel):
+    """One pinned prompt, as ``LockFile.to_document`` writes it."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    name: _NonEmpty
+    version: Annotated[_NonEmpty, BeforeValidator(_version)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    alias: str | None = None
+
+    def pin(self) -> PromptPin:
+        return PromptPin(self.name, self.version, self.sha256, self.alias)
+
+
 class _LockDocument(BaseModel):
     """The whole lock file (format version 1)."""
 
@@ -89,6 +128,7 @@ class _LockDocument(BaseModel):
     lock_version: Annotated[int, Field(ge=LOCK_VERSION, le=LOCK_VERSION)]
     created_at: str = ""
     models: dict[_Spec, _ModelEntry] = Field(default_factory=dict)
+    prompts: dict[_Spec, _PromptEntry] = Field(default_factory=dict)
     indexes: dict[str, str] = Field(default_factory=dict)
 
 
@@ -143,7 +183,8 @@ def _problems(exc: _ValidationError) -> list[str]:
 
 @dataclass
 class LockFile:
-    """The pins of one lock file: model spec → :class:`ModelRef`, index → snapshot id.
+    """The pins of one lock file: model spec → :class:`ModelRef`, prompt spec →
+    :class:`PromptPin`, index → snapshot id.
 
     :meth:`read` loads (and validates) one, :meth:`write` stores one atomically.
     """
@@ -151,6 +192,7 @@ class LockFile:
     models: dict[str, ModelRef] = field(default_factory=dict)
     indexes: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
+    prompts: dict[str, PromptPin] = field(default_factory=dict)
 
     @classmethod
     def read(cls, path: Path) -> LockFile | None:
@@ -197,7 +239,8 @@ class LockFile:
         except _ValidationError as exc:
             raise cls._shape_error(path, doc, exc) from None
         return cls({spec: entry.ref() for spec, entry in lock.models.items()},
-                   dict(lock.indexes), lock.created_at)
+                   dict(lock.indexes), lock.created_at,
+                   {spec: entry.pin() for spec, entry in lock.prompts.items()})
 
     @staticmethod
     def _shape_error(path: Path, doc: Any, exc: _ValidationError) -> ConfigError:
@@ -232,6 +275,9 @@ class LockFile:
             "models": {spec: {"name": r.name, "version": r.version, "source": r.source,
                               "run_id": r.run_id, "alias": r.alias, "tags": dict(r.tags)}
                        for spec, r in sorted(self.models.items())},
+            "prompts": {spec: {"name": p.name, "version": p.version, "alias": p.alias,
+                               "sha256": p.sha256}
+                        for spec, p in sorted(self.prompts.items())},
             "indexes": dict(sorted(self.indexes.items())),
         }
 

@@ -1,16 +1,20 @@
-"""Model-alias resolution with a TTL cache, pinned by the lock file when one exists."""
+"""Model- and prompt-alias resolution with a TTL cache, pinned by the lock file when one
+exists."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aios_mesh.backends import load_adapter
-from aios_mesh.errors import FeatureNotSupported, MeshError
-from aios_mesh.lockfile import LockFile
+from aios_mesh.errors import ConfigError, FeatureNotSupported, MeshError
+from aios_mesh.generation.prompt import is_prompt_uri, parse_prompt_uri
+from aios_mesh.lockfile import LockFile, PromptPin
+from aios_mesh.ports.prompts import template_sha256
 from aios_mesh.ports.registry import (
     ModelRef,
     ModelRegistry,
@@ -19,7 +23,25 @@ from aios_mesh.ports.registry import (
     parse_model_spec,
 )
 
-__all__ = ["AliasResolver", "resolve_on"]
+if TYPE_CHECKING:
+    from aios_mesh.capabilities import CapabilitySpec
+
+__all__ = ["AliasResolver", "prompt_specs", "resolve_on"]
+
+
+def prompt_specs(specs: Iterable[CapabilitySpec]) -> list[str]:
+    """The registered prompts (``name@alias``) the capabilities name: each generation's
+    ``generate.prompt`` and a canary's candidate ``prompt`` where there is one — what
+    ``aios-mesh lock`` pins beside the models."""
+    out: set[str] = set()
+    for spec in specs:
+        gen = spec.generate
+        if gen is not None and gen.prompt is not None and is_prompt_uri(gen.prompt):
+            out.add(parse_prompt_uri(gen.prompt))
+        candidate = getattr(spec.canary, "prompt", None)  # a candidate prompt, once declared
+        if isinstance(candidate, str):
+            out.add(parse_prompt_uri(candidate))
+    return sorted(out)
 
 
 class AliasResolver:
@@ -40,6 +62,7 @@ class AliasResolver:
         self._clock = clock
         self._cache: dict[str, tuple[float, ModelRef]] = {}
         self._prompts: dict[str, tuple[float, PromptRef]] = {}
+        self._prompt_versions: dict[tuple[str, str], PromptRef] = {}  # versions never change
         self._unreachable: dict[str, float] = {}  # spec → when the registry could not tell
         self.lock_path = lock_path
         self.lock = LockFile.read(lock_path) if lock_path is not None else None
@@ -64,21 +87,49 @@ class AliasResolver:
         self._cache[spec] = (now, ref)
         return ref
 
-    async def resolve_prompt(self, spec: str) -> PromptRef:
-        """``name@alias`` of a registered prompt → its version (TTL cached like models)."""
-        hit = self._prompts.get(spec)
-        now = self._clock()
-        if hit is not None and now - hit[0] < self.ttl_s:
-            return hit[1]
+    async def _prompt_registry(self) -> PromptRegistry:
         registry = await self._registry()
         if not isinstance(registry, PromptRegistry):
             raise FeatureNotSupported(
                 f"the model registry ({type(registry).__name__}) keeps no prompts",
                 hint="use a registry with a prompt registry (mlflow, memory), or an inline "
                      "template in generate.prompt")
-        ref = await registry.resolve_prompt(spec)
+        return registry
+
+    async def resolve_prompt(self, spec: str) -> PromptRef:
+        """``name@alias`` of a registered prompt → its version: the lock file's pin (its
+        template checked against the pinned digest), else the TTL cache, else the registry.
+        """
+        pin = self.lock.prompts.get(spec) if self.lock is not None else None
+        if pin is not None:
+            return await self._pinned_prompt(spec, pin)
+        hit = self._prompts.get(spec)
+        now = self._clock()
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        ref = await (await self._prompt_registry()).resolve_prompt(spec)
         self._prompts[spec] = (now, ref)
         return ref
+
+    async def _pinned_prompt(self, spec: str, pin: PromptPin) -> PromptRef:
+        key = (pin.name, pin.version)
+        ref = self._prompt_versions.get(key)
+        if ref is None:
+            registry = await self._prompt_registry()
+            ref = await registry.resolve_prompt(f"{pin.name}/{pin.version}")
+            if template_sha256(ref.template) != pin.sha256:
+                raise ConfigError(
+                    f"the lock file pins prompt {pin.name} version {pin.version} (for {spec}), "
+                    "but the registry's version has another template",
+                    hint="the registry was rebuilt or is another one: point the mesh at the "
+                         "registry the lock was written against, or run `aios-mesh lock` "
+                         "to pin what it holds now", prompt=pin.name, version=pin.version)
+            self._prompt_versions[key] = ref
+        return PromptRef(ref.name, ref.version, ref.template, pin.alias)
+
+    def pinned_prompt(self, spec: str) -> bool:
+        """Whether the lock file pins the prompt ``spec``."""
+        return self.lock is not None and spec in self.lock.prompts
 
     def pinned(self, spec: str) -> bool:
         """Whether the lock file pins ``spec``."""
@@ -117,14 +168,22 @@ class AliasResolver:
                 del self._cache[key]
             for key in [k for k in self._unreachable if parse_model_spec(k)[0] == name]:
                 del self._unreachable[key]
+            for key in [k for k in self._prompts if parse_model_spec(k)[0] == name]:
+                del self._prompts[key]
 
-    async def lock_all(self, specs: list[str], indexes: dict[str, str] | None = None
-                       ) -> LockFile:
-        """Resolve every spec against the registry (ignoring any old lock) and write the lock."""
+    async def lock_all(self, specs: list[str], indexes: dict[str, str] | None = None,
+                       prompts: Sequence[str] = ()) -> LockFile:
+        """Resolve every model spec and every prompt spec (:func:`prompt_specs`) against the
+        registry (ignoring any old lock) and write the lock."""
         registry = await self._registry()
         lock = LockFile()
         for spec in sorted(set(specs)):
             lock.models[spec] = await registry.resolve(spec)
+        if prompts:
+            prompt_registry = await self._prompt_registry()
+            for spec in sorted(set(prompts)):
+                ref = await prompt_registry.resolve_prompt(spec)
+                lock.prompts[spec] = PromptPin.of(ref, parse_model_spec(spec)[1])
         lock.indexes = dict(indexes or {})
         if self.lock_path is not None:
             lock.write(self.lock_path)
