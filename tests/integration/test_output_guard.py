@@ -4,6 +4,7 @@ for the stream); the guard masks, denies or parks the answer and the record says
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +15,9 @@ from pydantic import BaseModel
 
 from aios_mesh import SLO, CapabilitySpec, InvalidOutput, Mesh, PolicyDenied, capability
 from aios_mesh.config import config_from_mapping
+from aios_mesh.embedded.registry import MemoryRegistry
 from aios_mesh.embedded.serving import InProcessServing
 from aios_mesh.pipeline.guard import OUTPUT_BLOCKED, OutputGuard, install_output_guard
-from aios_mesh.ports.registry import ModelRef
 
 pytestmark = pytest.mark.integration
 
@@ -72,20 +73,8 @@ def bad(note: Note) -> Reply:
     return Reply(text=note.text)
 
 
-STREAMED = CapabilitySpec(name="stream-note", input=Note, output=Reply, model="words@1",
+STREAMED = CapabilitySpec(name="stream-note", input=Note, output=Reply, model="words/1",
                           policy="guard/notes", slo=SLO(timeout_s=5))
-
-
-class Registry:
-    """The one streaming model of this file, by its pinned version (no alias to move)."""
-
-    features: frozenset[Any] = frozenset()
-
-    async def resolve(self, spec: str) -> ModelRef:
-        return ModelRef(name="words", version="1", source="inprocess:words/1")
-
-    async def aclose(self) -> None:
-        return None
 
 
 def _words(payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -102,12 +91,14 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
     serving = InProcessServing()
     serving.register("words", "1", lambda batch: [{"text": p["text"]} for p in batch],
                      stream=_words)
+    registry = MemoryRegistry()
+    asyncio.run(registry.register("words", "inprocess:words/1"))
     config = config_from_mapping({
         "state_dir": str(tmp_path / "state"), "tenants": {"acme": {}, "globex": {}},
         "backends": {"policy": f"rego:///{root}"},
         "policy": {"default": "mesh/default"}})
     with Mesh(config, capabilities=[echo, plain, bad, STREAMED],
-              adapters={"serving": serving, "registry": Registry()}) as built:
+              adapters={"serving": serving, "registry": registry}) as built:
         install_output_guard(built.pipeline, OutputGuard(built.review_queue,
                                                          default_policy=True))
         yield built
