@@ -62,6 +62,7 @@ __all__ = [
     "MeshConfig",
     "PolicyConfig",
     "RetryConfig",
+    "SchedulerConfig",
     "TelemetryConfig",
     "TenantConfig",
     "load_config",
@@ -127,6 +128,25 @@ class RetryConfig(_Strict):
     min_retries_per_s: float = Field(5.0, ge=0)
     backoff_s: float = Field(0.02, ge=0)
     max_backoff_s: float = Field(1.0, ge=0)
+
+
+class SchedulerConfig(_Strict):
+    """The fair scheduler in front of every serving backend (:mod:`aios_mesh.pipeline.fair`):
+    a concurrency limit per backend, weighted fair queues per tenant, interactive calls
+    before bulk ones, and early ``Overloaded`` refusals when the queue would break the SLO.
+    Per process: each gateway worker schedules its own calls."""
+
+    enabled: bool = False
+    #: calls in flight at once on a backend not named under ``backends``
+    default_concurrency: int = Field(4, ge=1, le=4096)
+    #: serving backend name (``default`` or a ``[backends.serving_named]`` key) → calls in flight
+    backends: dict[str, Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=dict)
+    #: tenant → share of a busy backend (default 1): weight 2 gets twice the grants of weight 1
+    weights: dict[str, Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]] = Field(
+        default_factory=dict)
+    #: a bulk call waiting this long goes before interactive ones (bounds bulk starvation);
+    #: None: bulk waits as long as any interactive call waits
+    bulk_aging_s: float | None = Field(30.0, gt=0, allow_inf_nan=False)
 
 
 class BreakerConfig(_Strict):
@@ -379,6 +399,8 @@ class MeshConfig(_Strict):
     invoke_many_concurrency: int = Field(16, ge=1, le=4096)
     routes: tuple[RouteConfig, ...] = ()
     gateway: GatewayConfig = GatewayConfig()
+    #: fair scheduling in front of the serving backends (docs/guides/fair-scheduling.md)
+    scheduler: SchedulerConfig = SchedulerConfig()
     #: signed checkpoints of the audit log in a store apart from it (docs/governance/anchoring.md)
     anchors: AnchorConfig | None = None
 
