@@ -5,7 +5,9 @@ embeddings), LangChain's ``ChatOpenAI`` (invoke, stream) and LlamaIndex's ``Open
 decision record (read back from the audit log and the records API); each bad input gets its
 OpenAI-style error and status.
 
-The mesh is ``tests/integration/test_gateway_openai_app.py``.
+The chat models are a real llama.cpp server (``llama_server``: Gemma 3 270M, temperature 0)
+behind the ``openai+http`` serving adapter; the tiny model proves plumbing, streaming, usage
+and cancellation, not answer quality. The mesh is ``tests/integration/test_gateway_openai_app.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from aios_mesh_llamacpp.testing import SERVED_MODEL, llama_server
 from langchain_openai import ChatOpenAI
 from llama_index.core.llms import ChatMessage as LlamaMessage
 from llama_index.llms.openai_like import OpenAILike
@@ -26,6 +29,8 @@ from llama_index.llms.openai_like import OpenAILike
 from aios_mesh.gateway.auth import KeyStore
 from aios_mesh.gateway.testing import RunningGateway, running_gateway
 from aios_mesh.state import SqliteState
+from aios_mesh.testing.processes import free_port
+from aios_mesh.testing.servers import Server
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +40,9 @@ CONFIG = """
 state_dir = "state"
 [backends]
 registry = "memory://"
+[backends.serving_named]
+llm = "openai+http://127.0.0.1:{llm}/v1?model={model}&tokenize=llamacpp"
+fragile = "openai+http://127.0.0.1:{fragile}/v1?model={model}"
 [retry]
 max_attempts = 1
 [tenants.acme]
@@ -49,15 +57,17 @@ KEYS: dict[str, tuple[str, str, list[str] | None]] = {
 
 
 class Face:
-    """The running gateway, its state folder and its API keys."""
+    """The running gateway, its state folder, its API keys and the LLM servers' folder."""
 
-    def __init__(self, gw: RunningGateway, state: Path, keys: dict[str, str]) -> None:
-        self.gw, self.state, self.keys = gw, state, keys
+    def __init__(self, gw: RunningGateway, state: Path, keys: dict[str, str], llm: Path,
+                 fragile_port: int) -> None:
+        self.gw, self.state, self.keys, self.llm = gw, state, keys, llm
+        self.fragile_port = fragile_port
         self.url = f"{gw.url}/v1"
 
     def sdk(self, key: str = "acme") -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url, api_key=self.keys.get(key, key), max_retries=0,
-                             timeout=60)
+                             timeout=120)
 
     def records(self) -> list[dict[str, Any]]:
         """Every decision record in the audit log, oldest first."""
@@ -68,7 +78,7 @@ class Face:
 
     def new_records(self, before: int, want: int) -> list[dict[str, Any]]:
         """The records written since ``before`` records, once there are ``want`` of them."""
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while True:
             got = self.records()[before:]
             if len(got) >= want or time.monotonic() > deadline:
@@ -86,24 +96,29 @@ class Face:
 @pytest.fixture(scope="module")
 def face(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Face]:
     tmp = tmp_path_factory.mktemp("openai-face")
-    config = tmp / "mesh.toml"
-    config.write_text(CONFIG)
-    policies = tmp / "state" / "policies" / "gateway"
-    policies.mkdir(parents=True)
-    (policies / "open.rego").write_text("package gateway.open\n\nimport rego.v1\n\n"
-                                         "default allow := true\n")
-    store = KeyStore(SqliteState(tmp / "state"))
-    keys = {name: store.create(t, c, scopes=s)[1] for name, (t, c, s) in KEYS.items()}
-    store.close()
-    env = {"GATEWAY_TEST_CONFIG": str(config)}
-    with running_gateway(None, app=APP, env=env, cwd=REPO) as gw:
-        yield Face(gw, tmp / "state", keys)
+    with llama_server(tmp / "llm", model_dir=tmp / "models") as llm:
+        fragile = free_port()  # its server starts (and dies) in one test
+        config = tmp / "mesh.toml"
+        config.write_text(CONFIG.format(llm=llm.port, fragile=fragile, model=SERVED_MODEL))
+        policies = tmp / "state" / "policies" / "gateway"
+        policies.mkdir(parents=True)
+        (policies / "open.rego").write_text("package gateway.open\n\nimport rego.v1\n\n"
+                                             "default allow := true\n")
+        store = KeyStore(SqliteState(tmp / "state"))
+        keys = {name: store.create(t, c, scopes=s)[1] for name, (t, c, s) in KEYS.items()}
+        store.close()
+        env = {"GATEWAY_TEST_CONFIG": str(config)}
+        with running_gateway(None, app=APP, env=env, cwd=REPO) as gw:
+            yield Face(gw, tmp / "state", keys, tmp, fragile)
+
+
+HELLO = [{"role": "user", "content": "What color is the sky?"}]
 
 
 # ------------------------------------------------------------------ the official SDK
 def test_models_lists_the_chat_and_embedding_capabilities_a_key_may_call(face: Face) -> None:
     listed = face.sdk().models.list()
-    assert sorted(m.id for m in listed.data) == ["chat", "embed", "long-chat"]  # not echo
+    assert sorted(m.id for m in listed.data) == ["chat", "embed", "fragile-chat", "long-chat"]
     assert all(m.object == "model" and m.owned_by == "aios-mesh" for m in listed.data)
     assert [m.id for m in face.sdk("embed-only").models.list().data] == ["embed"]
     assert face.sdk().models.retrieve("chat").id == "chat"
@@ -113,56 +128,62 @@ def test_models_lists_the_chat_and_embedding_capabilities_a_key_may_call(face: F
 
 def test_sdk_chat_completion_runs_the_pipeline_and_leaves_one_record(face: Face) -> None:
     before = len(face.records())
-    raw = face.sdk().chat.completions.with_raw_response.create(
-        model="chat", messages=[{"role": "user", "content": "hello mesh"}])
+    raw = face.sdk().chat.completions.with_raw_response.create(model="chat", messages=HELLO)
     answer = raw.parse()
     text = answer.choices[0].message.content
-    assert text == "You said: hello mesh"
+    assert isinstance(text, str) and text.strip()
     assert answer.object == "chat.completion" and answer.model == "chat"
-    assert answer.choices[0].finish_reason == "stop"
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].finish_reason in ("stop", "length")
     record_id = raw.headers["x-aios-record-id"]
     assert answer.id == f"chatcmpl-{record_id}"
     [record] = face.new_records(before, 1)
     assert record["record_id"] == record_id
     assert (record["tenant"], record["caller"], record["mode"], record["outcome"]) == (
         "acme", "acme-app", "invoke", "ok")
+    assert record["serving"] == "llm"
     usage = answer.usage
-    assert usage is not None and usage.completion_tokens == 4  # You said: hello mesh
+    assert usage is not None and 0 < usage.completion_tokens <= 24
+    assert usage.prompt_tokens > 5  # the system message and the question
     assert (usage.prompt_tokens, usage.completion_tokens) == (
         record["usage"]["input_tokens"], record["usage"]["output_tokens"])
+    assert record["usage"]["estimated"] is False  # llama.cpp reported it
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
-    assert record["cost"] > 0  # priced per input and output token
+    expected = (usage.prompt_tokens * 0.1 + usage.completion_tokens * 0.2) / 1000
+    assert record["cost"] == pytest.approx(expected)
     assert face.record(record_id)["record_id"] == record_id  # the records API has it too
 
 
-def test_sdk_chat_completion_names_the_version_and_reports_length(face: Face) -> None:
-    answer = face.sdk().chat.completions.create(
-        model="chat@1", messages=[{"role": "user", "content": "count 50"}], max_tokens=10)
-    assert answer.choices[0].finish_reason == "length"  # the declared 24 tokens, all used
-    assert answer.usage is not None and answer.usage.completion_tokens == 24
-    with pytest.raises(openai.NotFoundError):
-        face.sdk().chat.completions.create(model="chat@9", messages=[
-            {"role": "user", "content": "x"}])
+def test_the_body_may_lower_max_tokens_never_raise_it(face: Face) -> None:
+    count = [{"role": "user", "content": "Count from 1 to 100, separated by commas."}]
+    lower = face.sdk().chat.completions.create(model="chat@1", messages=count, max_tokens=3)
+    assert lower.usage is not None and lower.usage.completion_tokens == 3
+    assert lower.choices[0].finish_reason == "length"
+    higher = face.sdk().chat.completions.create(model="chat", messages=count, max_tokens=500)
+    assert higher.usage is not None and higher.usage.completion_tokens == 24  # declared
+    assert higher.choices[0].finish_reason == "length"
+    with pytest.raises(openai.NotFoundError):  # a version that is not the registered one
+        face.sdk().chat.completions.create(model="chat@9", messages=count)
 
 
-def test_sdk_streaming_with_usage_ends_with_finish_usage_and_done(face: Face) -> None:
+def test_sdk_streaming_matches_the_answer_and_ends_with_usage_and_done(face: Face) -> None:
+    whole = face.sdk().chat.completions.create(model="chat", messages=HELLO)
     before = len(face.records())
-    stream = face.sdk().chat.completions.create(
-        model="chat", messages=[{"role": "system", "content": "be kind"},
-                                {"role": "user", "content": "one two three"}],
-        stream=True, stream_options={"include_usage": True})
-    chunks = list(stream)
+    chunks = list(face.sdk().chat.completions.create(
+        model="chat", messages=HELLO, stream=True, stream_options={"include_usage": True}))
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert len({c.id for c in chunks}) == 1
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == "You said: one two three"
-    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) == 5
-    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert [c.choices[0].finish_reason for c in finish] == ["stop"]
+    assert text == whole.choices[0].message.content  # temperature 0: the same answer
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices
+              and c.choices[0].finish_reason]
+    assert finish == [whole.choices[0].finish_reason]
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None
-    assert last.usage.completion_tokens == 5
+    assert whole.usage is not None
+    assert last.usage.completion_tokens == whole.usage.completion_tokens
     [record] = face.new_records(before, 1)
     assert (record["tenant"], record["mode"], record["outcome"]) == ("acme", "stream", "ok")
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (
@@ -187,11 +208,12 @@ def test_sdk_embeddings_one_and_many_each_one_record(face: Face) -> None:
 # ------------------------------------------------------------------ LangChain, LlamaIndex
 def test_langchain_chat_openai_invoke_and_stream(face: Face) -> None:
     llm = ChatOpenAI(base_url=face.url, api_key=face.keys["globex"],  # type: ignore[arg-type]
-                     model="chat", max_retries=0)
+                     model="chat", max_retries=0, temperature=0)
     before = len(face.records())
-    assert llm.invoke("hi there").content == "You said: hi there"
-    parts = [c.content for c in llm.stream("stream me")]
-    assert "".join(str(p) for p in parts) == "You said: stream me" and len(parts) >= 3
+    said = llm.invoke("What color is grass?").content
+    assert isinstance(said, str) and said.strip()
+    parts = [str(c.content) for c in llm.stream("What color is grass?")]
+    assert "".join(parts) == said and len([p for p in parts if p]) > 1
     records = face.new_records(before, 2)
     assert [(r["tenant"], r["mode"], r["outcome"]) for r in records] == [
         ("globex", "invoke", "ok"), ("globex", "stream", "ok")]
@@ -199,23 +221,27 @@ def test_langchain_chat_openai_invoke_and_stream(face: Face) -> None:
 
 def test_llamaindex_openai_like_chat_and_stream_chat(face: Face) -> None:
     llm = OpenAILike(api_base=face.url, api_key=face.keys["acme"], model="chat",
-                     is_chat_model=True, max_retries=0)
+                     is_chat_model=True, max_retries=0, temperature=0)
     before = len(face.records())
-    said = llm.chat([LlamaMessage(role="user", content="llama here")])
-    assert said.message.content == "You said: llama here"
-    deltas = [r.delta for r in llm.stream_chat([LlamaMessage(role="user", content="go on")])]
-    assert "".join(d or "" for d in deltas) == "You said: go on"
+    ask = [LlamaMessage(role="user", content="Name a fruit.")]
+    said = llm.chat(ask).message.content
+    assert isinstance(said, str) and said.strip()
+    deltas = [r.delta or "" for r in llm.stream_chat(ask)]
+    assert "".join(deltas) == said
     records = face.new_records(before, 2)
-    assert [(r["tenant"], r["mode"]) for r in records] == [("acme", "invoke"),
-                                                           ("acme", "stream")]
+    assert [(r["tenant"], r["mode"], r["outcome"]) for r in records] == [
+        ("acme", "invoke", "ok"), ("acme", "stream", "ok")]
 
 
-# ------------------------------------------------------------------ a client that leaves
+# ------------------------------------------------------------------ streams that end early
+STORY = [{"role": "user", "content": "Write a very long story about a dragon and a knight, "
+                                     "in ten chapters."}]
+
+
 def test_a_client_leaving_mid_stream_cancels_the_call(face: Face) -> None:
     before = len(face.records())
-    body = {"model": "long-chat", "stream": True,
-            "messages": [{"role": "user", "content": "count 300"}]}
-    with httpx.stream("POST", f"{face.url}/chat/completions", json=body, timeout=30,
+    body = {"model": "long-chat", "stream": True, "messages": STORY}
+    with httpx.stream("POST", f"{face.url}/chat/completions", json=body, timeout=120,
                       headers={"Authorization": f"Bearer {face.keys['acme']}"}) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -228,7 +254,36 @@ def test_a_client_leaving_mid_stream_cancels_the_call(face: Face) -> None:
     assert (record["capability"]["name"], record["mode"], record["outcome"]) == (
         "long-chat", "stream", "cancelled")
     assert record["error"]["code"] == "call_cancelled"
-    assert record["usage"]["output_tokens"] < 300  # charged what was generated, no more
+    assert 1 <= record["usage"]["output_tokens"] < 400  # charged what was generated
+    # the server is free again: the next call is answered (not stuck behind the story)
+    assert face.sdk().chat.completions.create(model="chat", messages=HELLO, max_tokens=2)
+
+
+def test_a_server_dying_mid_stream_ends_it_with_an_error_event(face: Face) -> None:
+    before = len(face.records())
+    with llama_server(face.llm / "fragile", port=face.fragile_port,
+                      model_dir=face.llm / "models") as server:
+        stream = face.sdk().chat.completions.create(model="fragile-chat", messages=STORY,
+                                                    stream=True)
+        got: list[str] = []
+        with pytest.raises(openai.APIError) as info:
+            _read_killing(stream, got, server)
+    assert "".join(got).strip()  # what came before the server died
+    body = info.value.body
+    assert isinstance(body, dict) and body["code"] == "backend_unavailable"
+    assert body["status"] == 502 and body["type"] == "server_error"
+    [record] = face.new_records(before, 1)
+    assert (record["mode"], record["outcome"], record["record_id"]) == (
+        "stream", "error", body["record_id"])
+    assert record["usage"]["output_tokens"] >= 3  # what it generated is still charged
+
+
+def _read_killing(stream: Any, got: list[str], server: Server) -> None:
+    """Read ``stream`` into ``got``, killing ``server`` after the fourth chunk."""
+    for chunk in stream:
+        got.append(chunk.choices[0].delta.content or "")
+        if len(got) == 4:
+            server.process.kill()
 
 
 # ------------------------------------------------------------------ bad input

@@ -5,15 +5,12 @@ config at ``$GATEWAY_TEST_CONFIG``. (No tests here: the mesh is built on first a
 
 Capabilities:
 
-* ``chat``: a chat generation (``ChatInput`` → ``TextOutput``, ``max_tokens=24``);
+* ``chat``: a chat generation (``ChatInput`` → ``TextOutput``, ``max_tokens=24``) on the
+  ``llm`` serving backend (a real llama.cpp server the config names);
 * ``long-chat``: the same with room for a long answer (a client leaves mid-stream);
+* ``fragile-chat``: a long answer on the ``fragile`` backend (a server a test kills);
 * ``embed``: ``text`` → ``embedding`` (8 floats, hashed character trigrams), in process;
 * ``echo``: a plain function (neither a chat nor an embedding model).
-
-The two chat capabilities run on the in-process serving backend with a Python model that
-speaks the generation wire format (a ``GenerationRequest`` in, ``{"text"}`` and usage out),
-until ``$OPENAI_TEST_LLM_URL`` names a real LLM backend (``openai+http://HOST:PORT/v1``): then
-they are served by it, as the model ``$OPENAI_TEST_LLM_MODEL``.
 """
 
 from __future__ import annotations
@@ -21,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -42,20 +37,24 @@ class Vector(BaseModel):
 
 
 def _caps() -> list[Any]:
-    serving = "llm" if os.environ.get("OPENAI_TEST_LLM_URL") else None
-
-    @capability("chat", model="chat-model@champion", serving=serving,
+    @capability("chat", model="gemma@champion", serving="llm",
                 price=Price(per_1k_input_tokens=0.1, per_1k_output_tokens=0.2),
                 generate=Generation(system="Answer in one short sentence.", max_tokens=24),
-                slo=SLO(timeout_s=60))
+                slo=SLO(timeout_s=120))
     def chat(payload: ChatInput) -> TextOutput:
         """A short answer to the conversation."""
         ...
 
-    @capability("long-chat", model="chat-model@champion", serving=serving,
+    @capability("long-chat", model="gemma@champion", serving="llm",
                 generate=Generation(max_tokens=400), slo=SLO(timeout_s=120))
     def long_chat(payload: ChatInput) -> TextOutput:
         """A long answer (the client leaves before it ends)."""
+        ...
+
+    @capability("fragile-chat", model="gemma@champion", serving="fragile",
+                generate=Generation(max_tokens=400), slo=SLO(timeout_s=120))
+    def fragile_chat(payload: ChatInput) -> TextOutput:
+        """A long answer from a server that dies while it writes."""
         ...
 
     @capability("embed", model="embedder@champion", price=Price(per_1k_tokens=0.01))
@@ -68,44 +67,10 @@ def _caps() -> list[Any]:
         """The text as it came."""
         return payload
 
-    return [chat, long_chat, embed, echo]
+    return [chat, long_chat, fragile_chat, embed, echo]
 
 
-# ------------------------------------------------------------------ the in-process models
-def _words(request: dict[str, Any]) -> list[str]:
-    """What the in-process chat model answers: the last user message, word by word, after
-    ``You said:`` (``max_tokens`` words at most; a word counts as a token here)."""
-    last = next(m["content"] for m in reversed(request["messages"]) if m["role"] == "user")
-    words = ["You", "said:", *last.split()]
-    if last.startswith("count "):
-        words = [str(i) for i in range(int(last.split()[1]))]
-    return words[:request["max_tokens"]]
-
-
-def _prompt_tokens(request: dict[str, Any]) -> int:
-    return sum(len(m["content"].split()) + 4 for m in request["messages"])
-
-
-def _generate(batch: list[dict[str, Any]]) -> list[Prediction]:
-    out = []
-    for request in batch:
-        words = _words(request)
-        out.append(Prediction({"text": " ".join(words)},
-                              usage=Usage.of_tokens(_prompt_tokens(request), len(words))))
-    return out
-
-
-def _stream(request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    words = _words(request)
-    for i, word in enumerate(words):
-        if len(words) > 100:
-            time.sleep(0.02)  # a long answer comes slowly: a client can leave mid-way
-        yield {"text": word if i == 0 else " " + word}
-    finish = "length" if len(words) >= request["max_tokens"] else "stop"
-    yield {"usage": {"input_tokens": _prompt_tokens(request), "output_tokens": len(words)},
-           "finish_reason": finish}
-
-
+# ------------------------------------------------------------------ the in-process embedder
 def _embed(batch: list[dict[str, Any]]) -> list[Prediction]:
     out = []
     for item in batch:
@@ -121,13 +86,9 @@ def _embed(batch: list[dict[str, Any]]) -> list[Prediction]:
 
 def _build() -> Mesh:
     built = Mesh.from_config(os.environ["GATEWAY_TEST_CONFIG"], capabilities=_caps())
-    local = built.local_serving
-    models = {"embedder": local.register("embedder", "1", _embed).source}
-    if not os.environ.get("OPENAI_TEST_LLM_URL"):
-        models["chat-model"] = local.register("chat-model", "1", _generate,
-                                              stream=_stream).source
-    else:
-        models["chat-model"] = os.environ["OPENAI_TEST_LLM_MODEL"]
+    # the LLM backends serve what their URL names; the registry entry names it for records
+    models = {"embedder": built.local_serving.register("embedder", "1", _embed).source,
+              "gemma": "llama.cpp server: gemma-3-270m"}
 
     async def publish() -> None:
         registry = built.ports.registry

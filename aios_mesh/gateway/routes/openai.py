@@ -16,9 +16,10 @@ policy, redaction, quota, prompt, scheduling, record — and leaves one decision
   field optional) and whose output has an ``embedding`` field (a list of floats); each string
   of ``input`` is one call (bulk mode, concurrently), each with its own record.
 
-What the body may not change: the capability declares ``max_tokens`` and ``temperature``;
-the body's ``max_tokens``, ``max_completion_tokens`` and ``temperature`` are accepted and
-not applied (the generation runs under the declared limits). ``n`` above 1, ``tools`` and
+What the body may change: ``max_tokens`` (or ``max_completion_tokens``) may lower the
+capability's declared ``max_tokens``, never raise it (a higher one runs under the declared
+limit), and ``temperature`` replaces the declared one; both travel as call attributes (see
+:data:`aios_mesh.pipeline.prompt.LIMIT_ATTRIBUTES`). ``n`` above 1, ``tools`` and
 ``functions`` are refused (400); other OpenAI parameters are ignored.
 
 Errors are OpenAI's shape, ``{"error": {"message", "type", "code", "param"}}`` (plus the
@@ -31,10 +32,10 @@ from __future__ import annotations
 
 import base64
 import math
+import struct
 import time
 import typing
 import uuid
-from array import array
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -245,10 +246,13 @@ def _content(output: Any) -> str | None:
     return orjson.dumps(output).decode()
 
 
-def _finish_reason(spec: CapabilitySpec, usage: Mapping[str, int]) -> str:
-    """``length`` when the generation used all of its ``max_tokens``, else ``stop``."""
-    limit = spec.generate.max_tokens if spec.generate is not None else None
-    return "length" if limit is not None and usage["completion_tokens"] >= limit else "stop"
+def _finish_reason(spec: CapabilitySpec, asked: int | None, usage: Mapping[str, int]) -> str:
+    """``length`` when the generation used all of its ``max_tokens`` (the declared one, or
+    the lower one the body asked for), else ``stop``."""
+    if spec.generate is None:
+        return "stop"
+    limit = min(asked or spec.generate.max_tokens, spec.generate.max_tokens)
+    return "length" if usage["completion_tokens"] >= limit else "stop"
 
 
 def _chunk(ident: str, created: int, model: str, delta: Mapping[str, Any],
@@ -261,11 +265,8 @@ def _chunk(ident: str, created: int, model: str, delta: Mapping[str, Any],
 
 
 def _embedding(vector: Sequence[float], encoding: str) -> list[float] | str:
-    if encoding == "base64":  # little-endian float32, as OpenAI (and its SDK's decoder)
-        packed = array("f", vector)
-        if packed.itemsize != 4:  # pragma: no cover - every platform we run on
-            raise MeshError("float is not 32-bit here")
-        return base64.b64encode(packed.tobytes()).decode()
+    if encoding == "base64":  # little-endian float32, what OpenAI sends and its SDK decodes
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
     return [float(x) for x in vector]
 
 
@@ -350,12 +351,14 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
                                        "output model (constrained decoding)")
             payload = {"messages": [m.as_chat(i) for i, m in enumerate(body.messages)]}
             call: dict[str, Any] = {"tenant": tenant, "caller": principal.caller,
-                    "traceparent": _traceparent(request)}
+                                    "traceparent": _traceparent(request),
+                                    "attributes": _limits(body)}
             if body.stream:
                 mode = "stream"
                 include_usage = body.stream_options is not None \
                     and body.stream_options.include_usage
-                return await stream(spec, body.model, payload, call, include_usage, started)
+                return await stream(spec, body.model, payload, call, include_usage,
+                                    _asked(body), started)
             result = await mesh.ainvoke(spec.name, payload, **call)
         except MeshError as exc:
             observe(name, tenant, mode, started, error=exc)
@@ -368,7 +371,7 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
             headers[REVIEW_ID_HEADER] = result.review_id or ""
             finish = "content_filter"
         else:
-            finish = _finish_reason(spec, usage)
+            finish = _finish_reason(spec, _asked(body), usage)
         return _json({
             "id": f"chatcmpl-{record.record_id}", "object": "chat.completion",
             "created": int(time.time()), "model": body.model, "system_fingerprint": None,
@@ -378,7 +381,8 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
             "usage": usage}, headers=headers)
 
     async def stream(spec: CapabilitySpec, model: str, payload: dict[str, Any],
-                     call: dict[str, Any], include_usage: bool, started: float) -> Response:
+                     call: dict[str, Any], include_usage: bool, asked: int | None,
+                     started: float) -> Response:
         results: list[Result[Any]] = []
         chunks = cast(AsyncGenerator[dict[str, Any], None], mesh.stream(
             spec.name, payload, on_result=results.append, **call))
@@ -427,7 +431,7 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
             record = results[0].record
             observe(spec.name, tenant, "stream", started, record=record)
             usage = _usage(record)
-            yield _chunk(ident, created, model, {}, finish or _finish_reason(spec, usage),
+            yield _chunk(ident, created, model, {}, finish or _finish_reason(spec, asked, usage),
                          record_id=record.record_id, **usage_extra)
             if include_usage:
                 body = {"id": ident, "object": "chat.completion.chunk", "created": created,
@@ -483,6 +487,17 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
             Route("/v1/models/{model:path}", one_model, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"])]
+
+
+def _asked(body: _ChatRequest) -> int | None:
+    return body.max_completion_tokens or body.max_tokens
+
+
+def _limits(body: _ChatRequest) -> dict[str, Any] | None:
+    """The body's own limits as call attributes (the prompt step applies a lower
+    ``max_tokens`` than the capability declares, never a higher one, and ``temperature``)."""
+    asked = {"max_tokens": _asked(body), "temperature": body.temperature}
+    return {k: v for k, v in asked.items() if v is not None} or None
 
 
 def _traceparent(request: Request) -> Mapping[str, str] | None:
