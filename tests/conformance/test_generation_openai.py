@@ -86,7 +86,7 @@ async def test_an_early_close_reaches_the_server(server: Server, tmp_path: Path)
     long = generation_request("Count from 1 to 500, separated by commas.", max_tokens=600)
     it = adapter.stream(MODEL, long)
     await anext(it)
-    await it.aclose()  # type: ignore[attr-defined]
+    await it.aclose()
     # llama-cpp-python's server logs the disconnect and stops generating; 600 tokens would
     # hold its single generation slot for tens of seconds
     for _ in range(200):
