@@ -20,7 +20,8 @@ The contract of ``await decide(path, input)`` is RegoPolicy's, over HTTP:
 ``POST /v1/data/<package path>`` with ``{"input": input.to_document()}``; from the package
 document the adapter reads ``allow`` (boolean), ``reason`` (string), ``reason_code``
 (string), ``obligations``
-(``redact``, ``require_human``, ``max_cost``).
+(``redact``, ``require_human``, ``max_cost``, ``output``: the output guardrails), parsed by
+:func:`~aios_mesh.ports.policy.decision_from_result` exactly as the embedded adapter does.
 
 * ``allow`` true/false → a :class:`Decision` (a deny without reason gets
   ``"<pkg>.allow is false"``); ``allow`` absent → deny, ``"default deny: <pkg>.allow is

@@ -21,7 +21,10 @@ The contract of ``await decide(path, input)``
     a Rego package. The package defines ``allow`` (boolean) and optionally ``reason``
     (string), ``reason_code`` (a short identifier, e.g. ``currency_not_accepted``) and
     ``obligations`` (object: ``redact`` list of strings, ``require_human`` bool,
-    ``max_cost`` number), evaluated against ``input`` = :meth:`PolicyInput.to_document`.
+    ``max_cost`` number, ``output`` object — ``pii``, ``pii_kinds``, ``blocked_terms``,
+    ``on_blocked``, ``schema``: the output guardrails, docs/governance/output-guardrails.md),
+    evaluated against ``input`` = :meth:`PolicyInput.to_document`. The obligations are parsed
+    by :func:`~aios_mesh.ports.policy.decision_from_result`, the same for every engine.
 
     * ``allow`` true/false → ``Decision(allow, reason, Obligations(...), policy=path,
       bundle_hash=...)``. A deny without a ``reason`` gets ``"<pkg>.allow is false"``.

@@ -327,7 +327,11 @@ def schema_review(call: Call, error: InvalidOutput, review: Callable[[], ReviewQ
 
 
 def install_output_guard(pipeline: Pipeline, guard: OutputGuard) -> None:
-    """Put ``guard`` after ``invoke`` and its stream hold before it (what the default
-    pipeline declares; for a pipeline built without them)."""
+    """Put ``guard`` right after ``invoke`` and its stream hold right before it, replacing
+    the guard steps the pipeline already has (a pipeline built from the default list has
+    them; this swaps in one with other detectors, or adds them to a custom pipeline)."""
+    for step in (guard.hold, guard):
+        if step.name in pipeline.names:
+            pipeline.remove(step.name)
     pipeline.add(guard.hold, before="invoke")
     pipeline.add(guard, after="invoke")

@@ -453,3 +453,52 @@ def test_url_options(tmp_path: Path) -> None:
     policy = load_adapter("policy", "opa+http://opa:8181?tls=true&timeout=2",
                           base_dir=tmp_path)
     assert policy.base_url == "https://opa:8181"
+
+
+# --------------------------------------------------------------------------- output obligations
+
+_OUTPUT_REGO = """package guard.output
+import rego.v1
+default allow := true
+terms contains "project falcon"
+terms contains "falcon-x" if input.tenant == "acme"
+obligations := {"redact": ["email"], "output": {
+	"pii": "mask", "pii_kinds": ["email", "iban"], "blocked_terms": terms,
+	"on_blocked": "review", "schema": "review"}}
+"""
+
+_BAD_OUTPUT_REGO = """package guard.bad_output
+import rego.v1
+default allow := true
+obligations := {"output": {"pii": "mask", "toxicity": "deny"}}
+"""
+
+
+async def test_output_obligations_parse_alike_on_both_adapters(
+        opa_fake: tuple[str, RegopyOpaFake], tmp_path: Path) -> None:
+    from aios_mesh.ports.policy import OutputObligations
+
+    folder = tmp_path / "policies" / "guard"
+    folder.mkdir(parents=True)
+    (folder / "output.rego").write_text(_OUTPUT_REGO)
+    (folder / "bad_output.rego").write_text(_BAD_OUTPUT_REGO)
+    url, _ = opa_fake
+    policy = await OpaPolicy(url, bundle=folder.parent).start()
+    embedded = RegoPolicy.from_path(folder.parent)
+    try:
+        for adapter in (policy, embedded):
+            decision = await adapter.decide("guard/output", policy_input("acme"))
+            assert decision.obligations.redact == ("email",)
+            output = decision.obligations.output
+            # a Rego set arrives as a JSON array (sorted by the engine): order-free check
+            assert sorted(output.blocked_terms) == ["falcon-x", "project falcon"]
+            assert output == OutputObligations(pii="mask", pii_kinds=("email", "iban"),
+                                               blocked_terms=output.blocked_terms,
+                                               on_blocked="review", schema="review")
+            other = await adapter.decide("guard/output", policy_input("initech"))
+            assert other.obligations.output.blocked_terms == ("project falcon",)
+            with pytest.raises(InvalidOutput, match="unknown output obligation"):
+                await adapter.decide("guard/bad_output", policy_input("acme"))
+    finally:
+        await policy.aclose()
+        await embedded.aclose()

@@ -354,3 +354,12 @@ def test_schema_review_parks_an_off_schema_answer(tmp_path: Path) -> None:
                  policy_checks=(PolicyCheck(Decision(True, policy="p")),))
     assert not schema_review(plain, error, lambda: queue)
     queue.close()
+
+
+def test_installing_twice_replaces_the_steps(tmp_path: Path) -> None:
+    with make_mesh(tmp_path, ScriptedServing(), OutputObligations()) as mesh:
+        again = OutputGuard(mesh.review_queue)
+        install_output_guard(mesh.pipeline, again)
+        names = mesh.pipeline.names
+        assert names.count("guard_output") == 1 and mesh.pipeline.step("guard_output") is again
+        assert names.index("guard_output_hold") == names.index("invoke") - 1
