@@ -201,8 +201,8 @@ def test_sdk_embeddings_one_and_many_each_one_record(face: Face) -> None:
     assert many.data[1].embedding == one.data[0].embedding  # same text, same vector
     assert many.usage.prompt_tokens == 3 + 3 and one.usage.prompt_tokens == 3
     records = face.new_records(before, 3)
-    assert sorted((r["tenant"], r["capability"]["name"]) for r in records) == [
-        ("acme", "embed"), ("globex", "embed"), ("globex", "embed")]
+    assert sorted((r["tenant"], r["capability"]["name"], r["mode"]) for r in records) == [
+        ("acme", "embed", "invoke"), ("globex", "embed", "bulk"), ("globex", "embed", "bulk")]
 
 
 # ------------------------------------------------------------------ LangChain, LlamaIndex

@@ -14,7 +14,8 @@ policy, redaction, quota, prompt, scheduling, record — and leaves one decision
   :class:`~aios_mesh.generation.TextOutput` text, or the structured output as JSON text;
 * an **embedding model** is a capability whose input has a ``text: str`` field (every other
   field optional) and whose output has an ``embedding`` field (a list of floats); each string
-  of ``input`` is one call (bulk mode, concurrently), each with its own record.
+  of ``input`` is one call with its own record: one string is an interactive call, a list
+  runs as bulk rows, concurrently (the fair scheduler serves them after interactive calls).
 
 What the body may change: ``max_tokens`` (or ``max_completion_tokens``) may lower the
 capability's declared ``max_tokens``, never raise it (a higher one runs under the declared
@@ -444,7 +445,7 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
 
     async def embeddings(request: Request) -> Response:
         started = time.perf_counter()
-        name, tenant = "(unknown)", ""
+        name, tenant, mode = "(unknown)", "", "bulk"
         try:
             principal = await gateway.principal(request)
             tenant = principal.tenant
@@ -456,13 +457,19 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
                                   hint="an embedding model takes text: str and answers an "
                                        "embedding; GET /v1/models lists them")
             texts = [body.input] if isinstance(body.input, str) else body.input
-            answers = await mesh.ainvoke_many(spec.name, [{"text": t} for t in texts],
-                                              tenant=tenant, caller=principal.caller,
-                                              return_exceptions=True)
-            failed = next((a for a in answers if isinstance(a, MeshError)), None)
-            if failed is not None:  # all or nothing, as OpenAI answers
-                raise failed
-            results = [cast(Result[Any], a) for a in answers]
+            if len(texts) == 1:  # someone waits on it: an interactive call
+                mode = "invoke"
+                results = [await mesh.ainvoke(spec.name, {"text": texts[0]}, tenant=tenant,
+                                              caller=principal.caller,
+                                              traceparent=_traceparent(request))]
+            else:  # a batch: bulk rows, concurrently, after interactive calls
+                answers = await mesh.ainvoke_many(spec.name, [{"text": t} for t in texts],
+                                                  tenant=tenant, caller=principal.caller,
+                                                  return_exceptions=True)
+                failed = next((a for a in answers if isinstance(a, MeshError)), None)
+                if failed is not None:  # all or nothing, as OpenAI answers
+                    raise failed
+                results = [cast(Result[Any], a) for a in answers]
             data = []
             for index, result in enumerate(results):
                 vector = list(getattr(result.output, "embedding", None) or [])
@@ -473,10 +480,10 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
                 data.append({"object": "embedding", "index": index,
                              "embedding": _embedding(vector, body.encoding_format)})
         except MeshError as exc:
-            observe(name, tenant, "bulk", started, error=exc)
+            observe(name, tenant, mode, started, error=exc)
             return openai_error(exc)
         for result in results:
-            observe(name, tenant, "bulk", started, record=result.record)
+            observe(name, tenant, mode, started, record=result.record)
         prompt = sum(_usage(r.record)["prompt_tokens"] for r in results)
         return _json({"object": "list", "data": data, "model": body.model,
                       "usage": {"prompt_tokens": prompt, "total_tokens": prompt}},
