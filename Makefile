@@ -12,6 +12,8 @@ STAMP  := $(VENV)/.installed
 # Model servers live in their own environments (their dependency pins clash with the main one).
 BENTO  := .nox/bentoml/.installed
 TRITON := .nox/triton/.installed
+# LiteLLM's proxy, the peer of benchmarks/llm.py (benchmarks only; its pins are its own)
+LITELLM := .nox/litellm/.installed
 # Debian's chromium for the review console's browser tests (Playwright drives it; it never
 # downloads a browser of its own). A file target: skipped when /usr/bin/chromium exists.
 CHROMIUM := /usr/bin/chromium
@@ -46,6 +48,13 @@ $(TRITON): serving/triton/requirements.txt
 		-r serving/triton/requirements.txt
 	@touch $(TRITON)
 
+$(LITELLM): serving/litellm/requirements.txt
+	@echo "==> creating the LiteLLM proxy environment in .nox/litellm (benchmarks only, first run)"
+	@test -x .nox/litellm/bin/python || $(PYTHON) -m venv .nox/litellm
+	@.nox/litellm/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r serving/litellm/requirements.txt
+	@touch $(LITELLM)
+
 demo: $(STAMP)
 	@$(BIN)/nox --no-install --reuse-existing-virtualenvs -s demo
 
@@ -58,7 +67,7 @@ test: $(STAMP) $(BENTO) $(TRITON) $(CHROMIUM)
 
 servers: $(BENTO) $(TRITON)
 
-bench: $(BENTO) $(TRITON)  # the serving benchmarks start real servers
+bench: $(BENTO) $(TRITON) $(LITELLM)  # the serving benchmarks start real servers
 lint typecheck bench docs: $(STAMP)
 	@$(BIN)/nox --no-install --reuse-existing-virtualenvs -s $@
 
