@@ -160,7 +160,7 @@ def test_an_unknown_prompt_alias_is_a_recorded_not_found(config: tuple[Path, str
     with Mesh.from_config(path) as mesh:
         with pytest.raises(NotFound) as info:
             mesh.invoke("triage-staging", {"text": "x"}, tenant="acme")
-        assert info.value.hint and "staging" in info.value.message
+        assert info.value.hint and "staging" in info.value.message and name in info.value.message
     lines = [json.loads(x)["record"] for x in
              (path.parent / "state" / "audit.jsonl").read_text().splitlines()]
     failed = [r for r in lines if isinstance(r.get("capability"), dict)
