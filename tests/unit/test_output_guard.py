@@ -299,6 +299,27 @@ async def test_a_held_stream_is_released_masked(tmp_path: Path) -> None:
                                                          "count": 1}
 
 
+async def test_only_a_stream_with_output_obligations_is_held(tmp_path: Path) -> None:
+    produced: list[int] = []
+
+    def count(payload: dict[str, Any]) -> Any:
+        for i in range(5):
+            produced.append(i)
+            yield {"token": str(i)}
+
+    serving = InProcessServing()
+    serving.register("clf", "3", lambda batch: [{"text": "x"} for _ in batch], stream=count)
+    mesh = make_mesh(tmp_path, serving, OutputObligations(pii="mask"))
+    seen: dict[str, int] = {}
+    for tenant in ("acme", "globex"):  # acme's policy has output obligations, globex's not
+        produced.clear()
+        async for _ in mesh.stream("answer-ticket", {"text": "x"}, tenant=tenant, buffer=1):
+            seen.setdefault(tenant, len(produced))  # how far the backend got by chunk one
+    await mesh.aclose()
+    assert seen["acme"] == 5  # held: the first chunk left after the whole answer was checked
+    assert seen["globex"] < 5  # streamed as produced (one buffered chunk at most)
+
+
 async def test_a_denied_stream_sends_nothing(tmp_path: Path) -> None:
     chunks = [{"token": "the"}, {"token": "falcon"}]
     mesh = make_mesh(tmp_path, _streaming(chunks), OutputObligations(blocked_terms=("falcon",)))
