@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from aios_mesh_llamacpp.testing import SERVED_MODEL, llama_server
 from aios_mesh_openai import CountingOpenAIServing, OpenAIServing
+from aios_mesh_openai.sse import sse_data
 
 from aios_mesh.backends import load_adapter
-from aios_mesh.errors import BackendUnavailable, ConfigError, InvalidOutput
+from aios_mesh.errors import BackendUnavailable, ConfigError, InvalidOutput, NotFound
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Serving
 from aios_mesh.testing.conformance.generation import (
@@ -161,3 +162,28 @@ async def test_nothing_listening_is_backend_unavailable(tmp_path: Path) -> None:
         await adapter.infer(MODEL, generation_request(max_tokens=2))
     assert info.value.retryable and info.value.hint
     await adapter.aclose()
+
+
+async def test_a_wrong_path_is_not_found(server: Server, tmp_path: Path) -> None:
+    adapter = load_adapter("serving", f"openai+http://{server.address}/v2?api_key_env="
+                                      "LLM_TEST_KEY", base_dir=tmp_path)
+    with pytest.raises(NotFound) as info:
+        await adapter.infer(MODEL, generation_request(max_tokens=2))
+    assert "/v1" in (info.value.hint or "") and not info.value.retryable
+    await adapter.aclose()
+
+
+async def _lines(*lines: str) -> AsyncIterator[str]:
+    for line in lines:
+        yield line
+
+
+@pytest.mark.parametrize(("lines", "events"), [
+    (["data: {\"a\": 1}", "", "data: [DONE]", ""], ['{"a": 1}', "[DONE]"]),
+    ([": ping", "", "event: x", "data:{\"b\"", "data: : 2}", "", "data: [DONE]"],
+     ['{"b"\n: 2}', "[DONE]"]),
+    (["data: 1\r", "\r", "data: [DONE]", "", "data: after"], ["1", "[DONE]"]),
+    (["data: cut"], ["cut"]),
+], ids=["plain", "comments-and-multiline", "crlf-and-stop", "no-blank-line"])
+async def test_sse_events(lines: list[str], events: list[str]) -> None:
+    assert [e async for e in sse_data(_lines(*lines))] == events
