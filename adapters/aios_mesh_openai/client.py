@@ -69,8 +69,8 @@ from aios_mesh_openai.sse import DONE, sse_data
 __all__ = ["DIALECTS", "OpenAIServing", "read_api_key"]
 
 _SCHEMES: Final = ("openai+http", "openai+https")
-OPTIONS: Final = frozenset({"model", "api_key_env", "api_key_file", "response_format",
-                            "connect_timeout", "read_timeout", "tokenize", "context_window"})
+_OPTIONS: Final = frozenset({"model", "api_key_env", "api_key_file", "response_format",
+                             "connect_timeout", "read_timeout", "tokenize", "context_window"})
 #: Structured-output dialects (``?response_format=``).
 DIALECTS: Final = ("json_schema", "json_object", "none")
 _CONTEXT_WORDS: Final = ("length", "window", "exceed", "too long", "maximum")
@@ -149,7 +149,7 @@ class OpenAIServing(ServingBase):
                               hint=f"use one of: {', '.join(_SCHEMES)}")
         transport = options.pop("transport", None)
         url = url.with_options(options)
-        url.check_options(OPTIONS, what="OpenAI-compatible")
+        url.check_options(_OPTIONS, what="OpenAI-compatible")
         if url.username or url.password:
             raise ConfigError(f"{url.redacted()} carries credentials in the URL",
                               hint="give the key with api_key_env=VAR or api_key_file=PATH")

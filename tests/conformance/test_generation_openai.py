@@ -14,7 +14,13 @@ from aios_mesh_openai import CountingOpenAIServing, OpenAIServing
 from aios_mesh_openai.sse import sse_data
 
 from aios_mesh.backends import load_adapter
-from aios_mesh.errors import BackendUnavailable, ConfigError, InvalidOutput, NotFound
+from aios_mesh.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    InvalidOutput,
+    NotFound,
+)
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Serving
 from aios_mesh.testing.conformance.generation import (
@@ -187,3 +193,11 @@ async def _lines(*lines: str) -> AsyncIterator[str]:
 ], ids=["plain", "comments-and-multiline", "crlf-and-stop", "no-blank-line"])
 async def test_sse_events(lines: list[str], events: list[str]) -> None:
     assert [e async for e in sse_data(_lines(*lines))] == events
+
+
+async def test_a_read_timeout_is_backend_timeout(server: Server, tmp_path: Path) -> None:
+    adapter = load_adapter("serving", url(server, read_timeout="50ms"), base_dir=tmp_path)
+    with pytest.raises(BackendTimeout) as info:  # 20 tokens take far longer than 50 ms
+        await adapter.infer(MODEL, generation_request(max_tokens=20))
+    assert info.value.retryable and info.value.hint
+    await adapter.aclose()
