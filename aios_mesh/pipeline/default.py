@@ -20,6 +20,7 @@ from aios_mesh.config import MeshConfig
 from aios_mesh.pipeline.admission import Admission, AdmissionStep
 from aios_mesh.pipeline.cache import CacheStep, ResponseCache
 from aios_mesh.pipeline.confidence import ConfidenceGate
+from aios_mesh.pipeline.fair import FairScheduler
 from aios_mesh.pipeline.invoke import BreakerBoard, InvokeStep, Targets
 from aios_mesh.pipeline.policy import DecisionCache, PolicyStep
 from aios_mesh.pipeline.prompt import PromptStep
@@ -71,8 +72,17 @@ def default_steps(parts: StepParts) -> list[Step]:
         PromptStep(parts.resolver.resolve_prompt, ports.serving_for),
         QuotaStep(lambda: ports.quota),
         CacheStep(parts.response_cache),
-        AdmissionStep(parts.admission),
+        AdmissionStep(_admission(parts)),
         InvokeStep(target=parts.targets, resolver=parts.resolver, breakers=parts.breakers,
                    budget=parts.budget, retry=parts.config.retry, review=parts.review),
         ConfidenceGate(parts.review, default_policy=everywhere),
     ]
+
+
+def _admission(parts: StepParts) -> list[Admission]:
+    """The controllers given to the mesh, then the fair scheduler when ``[scheduler]``
+    enables it (it queues last: a call a bulkhead refuses never waits for a slot)."""
+    controllers = list(parts.admission)
+    if parts.config.scheduler.enabled:
+        controllers.append(FairScheduler.from_config(parts.config))
+    return controllers

@@ -519,3 +519,21 @@ def test_each_capability_enters_only_the_steps_that_apply_to_it(tmp_path: Path) 
     assert [s.name for s in mesh.pipeline.plan(spec(policy="demo/tickets"))] == [
         "validate_input", "policy", "redact", "resolve_model", "quota", "invoke",
         "confidence_gate"]
+
+
+def test_the_scheduler_table_puts_the_fair_scheduler_in_the_admission_stage(
+        tmp_path: Path) -> None:
+    from aios_mesh.pipeline.admission import AdmissionStep
+    from aios_mesh.pipeline.fair import FairScheduler
+
+    def controllers(mesh: Mesh) -> list[Any]:
+        [stage] = [s for s in mesh.pipeline.steps if isinstance(s, AdmissionStep)]
+        return stage.controllers
+
+    with make_mesh(tmp_path / "off", ScriptedServing()) as mesh:
+        assert controllers(mesh) == []
+    on = {"scheduler": {"enabled": True, "backends": {"default": 1}, "weights": {"acme": 2}}}
+    with make_mesh(tmp_path / "on", ScriptedServing(), config=on) as mesh:
+        [fair] = controllers(mesh)
+        assert isinstance(fair, FairScheduler)
+        assert mesh.pipeline.plan(spec())[-2].name == "admission"  # now in every plan
