@@ -12,7 +12,8 @@ of them. :class:`FairScheduler` puts a queue per backend in front of it::
                  slot frees ─▶ next = least weighted service so far ─▶ [gpu: 1 in flight]
 
 * **Concurrency per backend**: at most ``limit`` calls of a backend (``call.spec.serving``,
-  ``default`` when unnamed) run at once; the others wait.
+  ``default`` when unnamed) run at once; the others wait. Capabilities that name a model are
+  scheduled; in-process handlers are not (see :meth:`FairScheduler.applies`).
 * **Weighted fair queues per tenant**: start-time fair queuing (SFQ; P. Goyal, H. M. Vin,
   H. Cheng, "Start-time Fair Queueing: a scheduling algorithm for integrated services packet
   switching networks", SIGCOMM 1996). Each waiting call gets a virtual start tag: its
@@ -228,7 +229,8 @@ class FairScheduler:
         bulk_aging_s: a bulk call that has waited this long goes before interactive ones;
             None: never (bulk waits while any interactive call waits).
         smoothing: the EWMA factor of the mean service time (weight of the newest sample).
-        capabilities: only these capabilities pass through it (default: all).
+        capabilities: only these capabilities pass through it (default: every capability
+            that names a model).
         clock: monotonic seconds (tests drive aging with their own).
     """
 
@@ -278,7 +280,13 @@ class FairScheduler:
                    weights=conf.weights, bulk_aging_s=conf.bulk_aging_s)
 
     def applies(self, spec: CapabilitySpec) -> bool:
-        return self._only is None or spec.name in self._only
+        """Capabilities that name a model (they call a serving backend). A handler runs in
+        the caller's process and may call other capabilities: queueing it behind a slot its
+        own nested call needs could deadlock, so handlers pass only when named in
+        ``capabilities``."""
+        if self._only is not None:
+            return spec.name in self._only
+        return spec.model is not None
 
     async def admit(self, call: Call) -> Release:
         priority = priority_of(call)

@@ -11,6 +11,7 @@ import itertools
 import json
 import threading
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from pydantic import BaseModel
 
 from aios_mesh import SLO, Call, CapabilitySpec, ConcurrencyLimit, Mesh, MeshError
 from aios_mesh.config import MeshConfig, config_from_mapping
+from aios_mesh.embedded.serving import InProcessServing
 from aios_mesh.errors import ConfigError, InvalidInput, Overloaded
 from aios_mesh.pipeline.call import Release
 from aios_mesh.pipeline.fair import FairScheduler, priority_of
@@ -486,11 +488,31 @@ class Arrivals:
         return lambda: None
 
 
-def mesh_with(tmp_path: Path, admission: list[Any], spec: CapabilitySpec) -> Mesh:
+Model = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def mesh_with(tmp_path: Path, admission: list[Any], answer: Model,
+                    slo: SLO | None = None) -> Mesh:
+    """A mesh whose capability ``gen`` calls model ``m@champion`` on the in-process serving
+    backend, where ``answer`` (async: it sleeps like a busy server) answers each call."""
+
+    async def predict(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [await answer(item) for item in batch]
+
+    serving = InProcessServing()
     doc = {"state_dir": str(tmp_path), "tenants": {"noisy": {}, "quiet": {}},
+           "backends": {"registry": "memory://"},
            "telemetry": {"otel": False, "lineage": False, "decision_events": False},
            "relay": {"mode": "thread"}}
-    return Mesh(config_from_mapping(doc), capabilities=[spec], admission=admission)
+    spec = CapabilitySpec(name="gen", input=Text, output=Echo, model="m@champion",
+                          slo=slo or SLO())
+    mesh = Mesh(config_from_mapping(doc), capabilities=[spec], adapters={"serving": serving},
+                admission=admission)
+    version = await mesh.ports.registry.register("m", "inprocess:m")
+    # infer_batch awaits an async predictor; BatchPredictor's type names only the sync form
+    serving.register("m", version.version, predict)  # type: ignore[arg-type]
+    await mesh.ports.registry.set_alias("m", "champion", version.version)
+    return mesh
 
 
 async def flood(tmp_path: Path, limiter: Any) -> list[int]:
@@ -499,13 +521,12 @@ async def flood(tmp_path: Path, limiter: Any) -> list[int]:
     noisy calls started between its arrival at the limiter and its own start."""
     log: list[str] = []
 
-    async def backend(payload: Text) -> Echo:
-        log.append(f"start:{payload.text}")
+    async def backend(item: dict[str, Any]) -> dict[str, Any]:
+        log.append(f"start:{item['text']}")
         await asyncio.sleep(0.005)
-        return Echo(text=payload.text)
+        return {"text": item["text"]}
 
-    spec = CapabilitySpec(name="gen", input=Text, output=Echo, handler=backend)
-    mesh = mesh_with(tmp_path, [Arrivals(log), limiter], spec)
+    mesh = await mesh_with(tmp_path, [Arrivals(log), limiter], backend)
     stop = asyncio.Event()
 
     async def noisy(i: int) -> None:
@@ -543,22 +564,20 @@ async def test_a_quiet_tenant_is_not_starved_by_sixteen_noisy_callers(tmp_path: 
 async def test_an_overloaded_call_is_recorded_as_rejected(tmp_path: Path) -> None:
     gate, held = asyncio.Event(), asyncio.Event()
 
-    async def slow(payload: Text) -> Echo:
+    async def slow(item: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(0.05)
-        if payload.text == "hold":
+        if item["text"] == "hold":
             held.set()
             await gate.wait()
-        return Echo(text=payload.text)
+        return {"text": item["text"]}
 
-    spec = CapabilitySpec(name="slow", input=Text, output=Echo, handler=slow,
-                          slo=SLO(p95_ms=60))
     scheduler = FairScheduler(default_concurrency=1)
-    mesh = mesh_with(tmp_path, [scheduler], spec)
-    await mesh.ainvoke("slow", {"text": "prime"}, tenant="quiet")  # mean ≥ 50 ms
-    holding = asyncio.create_task(mesh.ainvoke("slow", {"text": "hold"}, tenant="noisy"))
+    mesh = await mesh_with(tmp_path, [scheduler], slow, SLO(p95_ms=60))
+    await mesh.ainvoke("gen", {"text": "prime"}, tenant="quiet")  # mean ≥ 50 ms
+    holding = asyncio.create_task(mesh.ainvoke("gen", {"text": "hold"}, tenant="noisy"))
     await held.wait()
     with pytest.raises(Overloaded) as err:  # ≥ 50 ms wait + ≥ 50 ms service > 60 ms
-        await mesh.ainvoke("slow", {"text": "late"}, tenant="quiet")
+        await mesh.ainvoke("gen", {"text": "late"}, tenant="quiet")
     assert err.value.retry_after_s is not None and err.value.retry_after_s > 0
     gate.set()
     await holding
@@ -571,3 +590,16 @@ async def test_an_overloaded_call_is_recorded_as_rejected(tmp_path: Path) -> Non
     assert rejected[0]["tenant"] == "quiet"
     assert scheduler.load("default").in_flight == 0
 
+
+async def test_handlers_are_not_scheduled_unless_named(tmp_path: Path) -> None:
+    """An in-process handler may call other capabilities; queueing it for a slot its nested
+    call needs would deadlock, so only capabilities with a model are scheduled by default."""
+    handler = SPEC
+    model = SPEC.model_copy(update={"name": "gen", "handler": None, "model": "m@champion"})
+    assert not FairScheduler().applies(handler) and FairScheduler().applies(model)
+    assert FairScheduler(capabilities=["echo"]).applies(handler)
+    assert not FairScheduler(capabilities=["echo"]).applies(model)
+    mesh = Mesh(config_from_mapping({"state_dir": str(tmp_path), "relay": {"mode": "thread"}}),
+                capabilities=[handler], admission=[FairScheduler()])
+    assert "admission" not in [s.name for s in mesh.pipeline.plan(handler)]
+    await mesh.aclose()
