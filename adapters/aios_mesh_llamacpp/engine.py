@@ -113,18 +113,19 @@ class LlamaEngine:
     """A GGUF model loaded on first use, generating one request at a time.
 
     Args:
-        model_path: the ``.gguf`` file.
+        model: the ``.gguf`` file, or a function that finds (or assembles) it: called in the
+            worker thread on first use, so a slow assembly never blocks the event loop.
         n_ctx: the context window in tokens.
         threads: CPU threads for llama.cpp (None: its default).
         chat_format: a key of :data:`CHAT_FORMATS`.
     """
 
-    def __init__(self, model_path: Path, *, n_ctx: int, threads: int | None,
+    def __init__(self, model: Path | Callable[[], Path], *, n_ctx: int, threads: int | None,
                  chat_format: str) -> None:
         if chat_format not in CHAT_FORMATS:
             raise ConfigError(f"chat format {chat_format!r} is not one the engine can count",
                               hint=f"use one of: {', '.join(CHAT_FORMATS)}")
-        self.model_path = model_path
+        self._model = model
         self.n_ctx = n_ctx
         self.threads = threads
         self.chat_format = chat_format
@@ -157,17 +158,18 @@ class LlamaEngine:
             return found
         with self._load_lock:
             if self._llama is None:
-                if not self.model_path.is_file():
-                    raise ConfigError(f"no model file at {self.model_path}",
+                path = self._model if isinstance(self._model, Path) else self._model()
+                if not path.is_file():
+                    raise ConfigError(f"no model file at {path}",
                                       hint="point llamacpp:///PATH at a .gguf file, or use "
                                            "llamacpp://gemma3-270m")
                 try:
                     self._llama = _WatchedLlama(
-                        model_path=str(self.model_path), n_ctx=self.n_ctx,
+                        model_path=str(path), n_ctx=self.n_ctx,
                         n_threads=self.threads, chat_format=self.chat_format, verbose=False)
                 except (ValueError, RuntimeError, OSError) as exc:
                     raise BackendUnavailable(
-                        f"llama.cpp could not load {self.model_path.name}: "
+                        f"llama.cpp could not load {path.name}: "
                         f"{type(exc).__name__}",
                         hint="check that the file is a GGUF model llama.cpp supports and "
                              "that there is memory for n_ctx") from exc
@@ -211,6 +213,7 @@ class LlamaEngine:
     def count_tokens(self, messages: Sequence[Mapping[str, str]]) -> int:
         """Prompt tokens ``messages`` make, rendered and tokenised exactly as the chat
         handler will (the model must be loaded)."""
+        # llama's formatters are typed for its TypedDict messages; ours have the same shape
         rendered = self._formatter(messages=self.messages(messages))  # type: ignore[arg-type]
         return len(self.llama().tokenize(rendered.prompt.encode("utf-8"),
                                          add_bos=not rendered.added_special, special=True))

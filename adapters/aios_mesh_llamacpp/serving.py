@@ -3,7 +3,8 @@
 URL::
 
     llamacpp://gemma3-270m                      the default model (Gemma 3 270M, Q4_K_M),
-                                                assembled once under BASE_DIR/models
+                                                assembled once under BASE_DIR/models (on
+                                                first use, in the engine's thread)
     llamacpp:///models/my-model.gguf            a GGUF file relative to the config's folder
     llamacpp:////abs/path/my-model.gguf         an absolute path
     ...?n_ctx=2048&threads=2&chat_format=gemma  options (defaults shown; threads: llama.cpp's)
@@ -26,7 +27,8 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, Self
 
@@ -132,11 +134,13 @@ class LlamaCppServing(ServingBase):
                 raise ConfigError(f"{url.redacted()} names no model llama.cpp knows",
                                   hint=f"write llamacpp://{DEFAULT_MODEL} or "
                                        "llamacpp:///path/to/model.gguf")
-            path, name = gemma_model_path(base_dir / "models"), DEFAULT_MODEL
+            folder = base_dir / "models"
+            model: Path | Callable[[], Path] = partial(gemma_model_path, folder)
+            name = DEFAULT_MODEL
         else:
-            path = url.resolve_path(base_dir)
-            name = path.stem
-        engine = LlamaEngine(path, n_ctx=n_ctx, threads=threads, chat_format=chat_format)
+            model = url.resolve_path(base_dir)
+            name = model.stem
+        engine = LlamaEngine(model, n_ctx=n_ctx, threads=threads, chat_format=chat_format)
         return cls(engine, name=name)
 
     def __repr__(self) -> str:
