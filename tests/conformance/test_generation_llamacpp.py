@@ -119,3 +119,26 @@ async def test_a_missing_model_file_is_a_config_error(tmp_path: Path) -> None:
         await adapter.health()
     assert info.value.hint
     await adapter.aclose()
+
+
+async def test_concurrent_calls_queue_and_each_gets_its_answer(engine: LlamaCppServing) -> None:
+    model = ModelRef(name="gemma3-270m", version="1")
+    texts = ["Say one.", "Say two.", "Say three."]
+    alone = [(await engine.infer(model, generation_request(t, max_tokens=3))).output
+             for t in texts]
+    together = await asyncio.gather(*(engine.infer(model, generation_request(t, max_tokens=3))
+                                      for t in texts))
+    assert [p.output for p in together] == alone
+
+
+async def test_aclose_frees_the_model_and_a_later_call_loads_it_again(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    adapter = load_adapter("serving", f"llamacpp://gemma3-270m?n_ctx={N_CTX}",
+                           base_dir=tmp_path_factory.getbasetemp() / "llm")
+    model = ModelRef(name="gemma3-270m", version="1")
+    first = await adapter.infer(model, generation_request(max_tokens=2))
+    await adapter.aclose()
+    await adapter.aclose()
+    assert not adapter.engine.loaded
+    assert (await adapter.infer(model, generation_request(max_tokens=2))).output == first.output
+    await adapter.aclose()
