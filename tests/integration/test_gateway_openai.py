@@ -41,7 +41,7 @@ state_dir = "state"
 [backends]
 registry = "memory://"
 [backends.serving_named]
-llm = "openai+http://127.0.0.1:{llm}/v1?model={model}&tokenize=llamacpp"
+llm = "openai+http://127.0.0.1:{llm}/v1?model={model}&tokenize=llamacpp&context_window=2048"
 fragile = "openai+http://127.0.0.1:{fragile}/v1?model={model}"
 [retry]
 max_attempts = 1
@@ -360,6 +360,20 @@ def test_a_body_that_is_not_json_is_400_and_wrong_media_type_415(face: Face) -> 
     r = httpx.post(f"{face.url}/chat/completions", content=b"x", timeout=30,
                    headers={**headers, "Content-Type": "text/plain"})
     _error(r, 415, "unsupported_media_type")
+
+
+def test_a_prompt_over_the_context_window_is_400_before_any_token(face: Face) -> None:
+    before = len(face.records())
+    long = " ".join(f"word{i}" for i in range(2500))
+    with pytest.raises(openai.BadRequestError) as info:
+        face.sdk().chat.completions.create(model="chat", messages=[
+            {"role": "user", "content": long}])
+    body = info.value.body
+    assert isinstance(body, dict) and body["code"] == "context_length_exceeded"
+    assert "2048" in body["message"] and "word1" not in body["message"]
+    [record] = face.new_records(before, 1)
+    assert (record["record_id"], record["outcome"]) == (body["record_id"], "rejected")
+    assert record["usage"].get("output_tokens", 0) == 0  # nothing was generated
 
 
 def test_a_spent_quota_is_429_with_retry_after_and_its_record(face: Face) -> None:

@@ -295,7 +295,7 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
         """The capability ``model`` names: 404 if there is none (or its version differs),
         403 if the credential's scopes leave it out."""
         name, _, version = model.partition("@")
-        found = mesh.capabilities.get(name)
+        found = mesh.catalog.get(name) if name in mesh.catalog else None
         if found is None or (version and found.version != version):
             raise _ModelNotFound(f"the model {model!r} does not exist",
                                  hint="GET /v1/models lists the models this key may use")
@@ -315,7 +315,7 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
             principal = await gateway.principal(request)
         except MeshError as exc:
             return openai_error(exc)
-        data = [model_entry(s) for s in mesh.capabilities.values() if listed(principal, s)]
+        data = [model_entry(s) for s in mesh.catalog if listed(principal, s)]
         return _json({"object": "list", "data": data})
 
     async def one_model(request: Request) -> Response:
@@ -323,7 +323,7 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
             principal = await gateway.principal(request)
             model = request.path_params["model"]
             name = model.partition("@")[0]
-            spec = mesh.capabilities.get(name)
+            spec = mesh.catalog.get(name) if name in mesh.catalog else None
             if spec is None or not listed(principal, spec):  # out of scope reads as absent
                 raise _ModelNotFound(f"the model {model!r} does not exist",
                                      hint="GET /v1/models lists the models this key may use")
