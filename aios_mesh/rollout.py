@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from aios_mesh.capabilities import CapabilitySpec
 from aios_mesh.errors import FeatureNotSupported, InvalidInput, NotFound
-from aios_mesh.generation.prompt import is_prompt_uri, parse_prompt_uri
+from aios_mesh.generation.prompt import PromptTemplate, is_prompt_uri, parse_prompt_uri
 from aios_mesh.lockfile import PromptPin
 from aios_mesh.ports.registry import PromptRegistry, parse_model_spec
 from aios_mesh.recorder.shadow import ShadowRunner, open_shadow_db
@@ -145,7 +145,14 @@ async def _move_prompt(mesh: Mesh, spec: CapabilitySpec, to_version: str, action
     assert alias is not None  # _prompt_alias refuses a pinned version
     registry = _prompts(mesh)
     current = (await registry.resolve_prompt(prompt)).version
-    target = (await registry.resolve_prompt(f"{name}/{to_version}")).version  # NotFound
+    candidate = await registry.resolve_prompt(f"{name}/{to_version}")  # NotFound
+    target = candidate.version
+    # Refuse before the move a version that would fail every call of a capability that
+    # renders this alias (its variables must be fields of each one's input).
+    template = PromptTemplate.parse(candidate.template)
+    for other in mesh.capabilities.values():
+        if _registered_prompt(other) == prompt:
+            template.check_variables(other.input, where=f"{other.name} ({candidate.uri})")
     await registry.set_prompt_alias(name, alias, target)
     resolver = mesh.resolver
     resolver.invalidate(prompt)

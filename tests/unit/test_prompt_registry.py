@@ -201,6 +201,21 @@ def test_promote_and_rollback_move_the_prompt_alias_and_are_audited(world: World
         ("rollback", "prompt", PROMPT, "2", "1", "ben")]
 
 
+def test_promote_refuses_a_version_the_input_cannot_fill_and_leaves_the_alias(
+        world: World) -> None:
+    from aios_mesh import rollout
+
+    world.setup("v1 {{ text }}", "v2 {{ text }} for {{ account_id }}")
+    with pytest.raises(ConfigError) as info:
+        world.mesh.run_sync(rollout.promote(world.mesh, "triage-ticket", version="2",
+                                            prompt=True))
+    assert "account_id" in info.value.message and info.value.hint
+    assert world.mesh.run_sync(world.registry.resolve_prompt(f"{PROMPT}@production")
+                               ).version == "1"
+    assert world.ask()[1]["prompt"]["version"] == "1"
+    assert not [r for r in world.audit() if r.get("kind") == "alias_change"]
+
+
 def test_prompt_rollouts_need_a_registered_prompt_alias(tmp_path: Path) -> None:
     from aios_mesh import rollout
 
