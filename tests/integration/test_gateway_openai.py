@@ -321,6 +321,19 @@ def test_a_missing_or_wrong_key_is_401(face: Face) -> None:
     assert wrong not in json.dumps(info.value.body)  # the key is never echoed
 
 
+def test_no_key_or_personal_datum_reaches_an_error_the_log_or_a_record(face: Face) -> None:
+    secret_model = "jane.doe@example.com"
+    r = _post(face, "chat/completions", {"model": secret_model, "messages": [
+        {"role": "user", "content": "x"}]})
+    body = _error(r, 404, "model_not_found")
+    assert "jane.doe" not in json.dumps(body)  # the scrubber masked the caller's text
+    face.sdk().chat.completions.create(model="chat", max_tokens=2, messages=[
+        {"role": "user", "content": "Mail jane.doe@example.com the invoice"}])
+    seen = face.gw.process.log.read_text() + (face.state / "audit.jsonl").read_text()
+    assert "jane.doe@example.com" not in seen
+    assert not any(key in seen for key in face.keys.values())
+
+
 def test_a_model_outside_the_keys_scopes_is_403(face: Face) -> None:
     with pytest.raises(openai.PermissionDeniedError) as info:
         face.sdk("embed-only").chat.completions.create(model="chat", messages=[
