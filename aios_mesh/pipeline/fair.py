@@ -43,8 +43,9 @@ A call whose task is cancelled while it waits leaves its queue and holds nothing
 that raced the cancellation is handed to the next call. The release function frees the slot
 once, whatever the call's outcome.
 
-State is per process, shared by every event loop in it (the sync facade runs one loop per
-thread; a grant to a call waiting in another loop wakes it with
+State is per scheduler instance, which the mesh builds once (``[scheduler] enabled``), so
+per process for a process with one mesh: shared by every event loop in it (the sync facade
+runs one loop per thread; a grant to a call waiting in another loop wakes it with
 ``loop.call_soon_threadsafe``). Fairness across gateway workers or replicas is out of scope:
 each process schedules its own calls, so with ``N`` workers a backend sees up to ``N × limit``
 calls at once; size ``limit`` for that, or run one worker in front of a single-call server.
@@ -388,11 +389,11 @@ class FairScheduler:
 
         def release() -> None:
             nonlocal released
-            if released:
-                return
-            released = True
             took = max(0.0, self._clock() - granted_at)
             with self._lock:
+                if released:  # a second call gives back nothing
+                    return
+                released = True
                 backend.mean = took if backend.mean is None \
                     else backend.mean + self.smoothing * (took - backend.mean)
                 self._free(backend)
