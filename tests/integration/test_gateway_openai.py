@@ -42,6 +42,7 @@ state_dir = "state"
 registry = "memory://"
 [backends.serving_named]
 llm = "openai+http://127.0.0.1:{llm}/v1?model={model}&tokenize=llamacpp&context_window=2048"
+llm-json = "openai+http://127.0.0.1:{llm}/v1?model={model}&response_format=json_object"
 fragile = "openai+http://127.0.0.1:{fragile}/v1?model={model}"
 [retry]
 max_attempts = 1
@@ -118,7 +119,8 @@ HELLO = [{"role": "user", "content": "What color is the sky?"}]
 # ------------------------------------------------------------------ the official SDK
 def test_models_lists_the_chat_and_embedding_capabilities_a_key_may_call(face: Face) -> None:
     listed = face.sdk().models.list()
-    assert sorted(m.id for m in listed.data) == ["chat", "embed", "fragile-chat", "long-chat"]
+    assert sorted(m.id for m in listed.data) == ["chat", "embed", "fragile-chat", "long-chat",
+                                                 "triage"]
     assert all(m.object == "model" and m.owned_by == "aios-mesh" for m in listed.data)
     assert [m.id for m in face.sdk("embed-only").models.list().data] == ["embed"]
     assert face.sdk().models.retrieve("chat").id == "chat"
@@ -189,6 +191,18 @@ def test_sdk_streaming_matches_the_answer_and_ends_with_usage_and_done(face: Fac
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (
         record["usage"]["input_tokens"], record["usage"]["output_tokens"])
     assert (last.model_extra or {})["record_id"] == record["record_id"]
+
+
+def test_a_structured_capability_answers_its_json_streamed_or_not(face: Face) -> None:
+    ask = [{"role": "user", "content": "My parcel never arrived and I need it today!"}]
+    answer = face.sdk().chat.completions.create(model="triage", messages=ask)
+    content = answer.choices[0].message.content
+    assert content is not None
+    doc = json.loads(content)  # the output model, validated by the pipeline
+    assert set(doc) == {"queue", "urgent"} and doc["queue"] in ("billing", "shipping", "other")
+    streamed = face.sdk().chat.completions.create(model="triage", messages=ask, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert json.loads(text) == doc  # temperature 0: the same object, as it was written
 
 
 def test_sdk_embeddings_one_and_many_each_one_record(face: Face) -> None:

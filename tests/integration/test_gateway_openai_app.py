@@ -9,6 +9,9 @@ Capabilities:
   ``llm`` serving backend (a real llama.cpp server the config names);
 * ``long-chat``: the same with room for a long answer (a client leaves mid-stream);
 * ``fragile-chat``: a long answer on the ``fragile`` backend (a server a test kills);
+* ``triage``: a chat generation whose output is a model (``Triage``), so the answer is its
+  JSON under constrained decoding (the ``llm-json`` backend: the same server, asked for
+  llama-cpp-python's ``json_object`` dialect);
 * ``embed``: ``text`` → ``embedding`` (8 floats, hashed character trigrams), in process;
 * ``echo``: a plain function (neither a chat nor an embedding model).
 """
@@ -19,7 +22,7 @@ import asyncio
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -34,6 +37,11 @@ class Text(BaseModel):
 
 class Vector(BaseModel):
     embedding: list[float]
+
+
+class Triage(BaseModel):
+    queue: Literal["billing", "shipping", "other"]
+    urgent: bool
 
 
 def _caps() -> list[Any]:
@@ -57,6 +65,13 @@ def _caps() -> list[Any]:
         """A long answer from a server that dies while it writes."""
         ...
 
+    @capability("triage", model="gemma@champion", serving="llm-json",
+                generate=Generation(system="Route the customer's message.", max_tokens=32),
+                slo=SLO(timeout_s=120))
+    def triage(payload: ChatInput) -> Triage:
+        """Which queue a customer's message goes to (structured output)."""
+        ...
+
     @capability("embed", model="embedder@champion", price=Price(per_1k_tokens=0.01))
     def embed(payload: Text) -> Vector:
         """The text as a vector."""
@@ -67,7 +82,7 @@ def _caps() -> list[Any]:
         """The text as it came."""
         return payload
 
-    return [chat, long_chat, fragile_chat, embed, echo]
+    return [chat, long_chat, fragile_chat, triage, embed, echo]
 
 
 # ------------------------------------------------------------------ the in-process embedder
