@@ -603,3 +603,36 @@ async def test_handlers_are_not_scheduled_unless_named(tmp_path: Path) -> None:
                 capabilities=[handler], admission=[FairScheduler()])
     assert "admission" not in [s.name for s in mesh.pipeline.plan(handler)]
     await mesh.aclose()
+
+
+async def test_invoke_many_rows_are_bulk_and_wait_for_an_interactive_call(
+        tmp_path: Path) -> None:
+    """Rows of invoke_many (bulk mode) fill the queue; an interactive call of the same
+    tenant arriving meanwhile is served next, not after the rows queued ahead of it."""
+    log: list[str] = []
+
+    async def backend(item: dict[str, Any]) -> dict[str, Any]:
+        log.append(f"start:{item['text']}")
+        await asyncio.sleep(0.005)
+        return {"text": item["text"]}
+
+    queued = asyncio.Event()
+
+    class RowsArrived(Arrivals):
+        async def admit(self, call: Call) -> Release:
+            release = await super().admit(call)
+            if sum(e.startswith("arrive:noisy:row") for e in self.log) == 12:
+                queued.set()
+            return release
+
+    scheduler = FairScheduler(default_concurrency=1, bulk_aging_s=None)
+    mesh = await mesh_with(tmp_path, [RowsArrived(log), scheduler], backend)
+    rows = asyncio.create_task(mesh.ainvoke_many(
+        "gen", [{"text": f"row{i}"} for i in range(12)], tenant="noisy", concurrency=12))
+    await queued.wait()  # the last row is at the scheduler: one runs, eleven wait
+    await mesh.ainvoke("gen", {"text": "now"}, tenant="noisy")
+    assert len(await rows) == 12
+    await mesh.aclose()
+    arrived, started = log.index("arrive:noisy:now"), log.index("start:now")
+    assert sum(e.startswith("start:row") for e in log[arrived:started]) <= 1, log
+    assert sum(e.startswith("start:row") for e in log[started:]) >= 7  # they waited for it
