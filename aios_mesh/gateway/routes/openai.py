@@ -111,14 +111,6 @@ def openai_error(error: MeshError, *, param: str | None = None) -> Response:
     """``error`` as OpenAI's error JSON with its HTTP status (``Retry-After`` on 429/503
     when the error knows when to retry, ``WWW-Authenticate`` on 401)."""
     status = _status(error)
-    scrub = default_scrubber().text
-    code = "context_length_exceeded" if isinstance(error, ContextWindowExceeded) else error.code
-    body: dict[str, Any] = {"message": scrub(error.message), "type": _error_type(status),
-                            "code": code, "param": param or getattr(error, "param", None)}
-    if error.hint:
-        body["hint"] = scrub(error.hint)
-    if error.record_id:
-        body["record_id"] = error.record_id
     headers: dict[str, str] = {}
     retry_after = getattr(error, "retry_after_s", None)
     if isinstance(error, QuotaExceeded | Overloaded) and isinstance(retry_after, int | float):
@@ -127,8 +119,22 @@ def openai_error(error: MeshError, *, param: str | None = None) -> Response:
         headers["WWW-Authenticate"] = 'Bearer realm="aios-mesh"'
     if error.record_id:
         headers[RECORD_ID_HEADER] = error.record_id
-    return Response(orjson.dumps({"error": body}), status_code=status,
+    return Response(orjson.dumps({"error": _error_body(error, param)}), status_code=status,
                     media_type="application/json", headers=headers)
+
+
+def _error_body(error: MeshError, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's ``error`` object for ``error``: message and hint scrubbed, the mesh's code
+    (``context_length_exceeded`` in OpenAI's words), the record id when it was recorded."""
+    scrub = default_scrubber().text
+    code = "context_length_exceeded" if isinstance(error, ContextWindowExceeded) else error.code
+    body: dict[str, Any] = {"message": scrub(error.message), "type": _error_type(_status(error)),
+                            "code": code, "param": param or getattr(error, "param", None)}
+    if error.hint:
+        body["hint"] = scrub(error.hint)
+    if error.record_id:
+        body["record_id"] = error.record_id
+    return body
 
 
 class _BadRequest(InvalidInput):
@@ -419,9 +425,7 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
                         finish = chunk["finish_reason"]
             except MeshError as exc:
                 observe(spec.name, tenant, "stream", started, error=exc)
-                status = _status(exc)
-                error = orjson.loads(openai_error(exc).body)["error"]
-                error["status"] = status
+                error = {**_error_body(exc), "status": _status(exc)}  # the status it would be
                 yield b"data: " + orjson.dumps({"error": error}) + b"\n\n"
                 return
             except BaseException:  # cancelled or closed: the client went away
