@@ -204,10 +204,11 @@ async def promote(mesh: Mesh, capability: str, *, version: str | None = None,
             version = (await mesh.resolver.resolve_prompt(parse_prompt_uri(candidate))).version
         return await _move_prompt(mesh, spec, version, "promote", actor)
     if version is None:
-        if spec.canary is None:
-            raise InvalidInput(f"{capability} has no canary or shadow candidate",
+        candidate = spec.canary.model if spec.canary is not None else None
+        if candidate is None:
+            raise InvalidInput(f"{capability} has no canary or shadow candidate model",
                                hint="pass --version, or declare canary = {model = ...}")
-        version = (await mesh.resolver.resolve(spec.canary.model)).version
+        version = (await mesh.resolver.resolve(candidate)).version
     return await _move(mesh, spec, version, "promote", actor)
 
 
