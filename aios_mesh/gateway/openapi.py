@@ -146,7 +146,7 @@ def _fixed_paths() -> dict[str, Any]:
             "responses": {"200": {"description": "The decision record",
                                   "content": {"application/json": {"schema": any_object}}},
                           **_problems(401, 404)}}},
-        **_jobs_paths(), **_review_paths(),
+        **_jobs_paths(), **_review_paths(), **_openai_paths(),
         "/healthz": {"get": {"operationId": "healthz", "tags": ["health"],
                              "summary": "The process answers",
                              "responses": {"200": {"description": "alive"}}}},
@@ -196,6 +196,63 @@ def _jobs_paths() -> dict[str, Any]:
             "parameters": [_path("job_id")],
             "responses": {"200": job, **_problems(401, 404)}}},
     }
+
+
+def _openai_paths() -> dict[str, Any]:
+    """The OpenAI-compatible face (:mod:`aios_mesh.gateway.routes.openai`): OpenAI's own
+    request and answer shapes, its error object instead of problem details."""
+    error = {"content": {"application/json": {"schema": _OPENAI_ERROR}}}
+
+    def errors(*statuses: int) -> dict[str, Any]:
+        return {str(s): {"description": _REASONS[s], **error} for s in statuses}
+
+    model = {"type": "object", "required": ["id", "object", "created", "owned_by"]}
+    body = {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["model"], "properties": {
+            "model": {"type": "string", "description": "a capability: NAME or NAME@VERSION"}
+        }}}}}
+    calls = (400, 401, 403, 404, 413, 415, 429, 502, 503, 504)
+    return {
+        "/v1/models": {"get": {
+            "operationId": "openai_list_models", "tags": ["openai"],
+            "summary": "The chat and embedding capabilities this key may call, as OpenAI "
+                       "models",
+            "responses": {"200": _json("OpenAI's model list", {
+                "type": "object", "properties": {"object": {"const": "list"},
+                                                 "data": {"type": "array", "items": model}}}),
+                          **errors(401)}}},
+        "/v1/models/{model}": {"get": {
+            "operationId": "openai_get_model", "tags": ["openai"], "summary": "One model",
+            "parameters": [_path("model")],
+            "responses": {"200": _json("the model", model), **errors(401, 404)}}},
+        "/v1/chat/completions": {"post": {
+            "operationId": "openai_chat_completions", "tags": ["openai"],
+            "summary": "Call a chat capability (OpenAI chat completions; stream: true for "
+                       "Server-Sent Events)",
+            "requestBody": body,
+            "responses": {"200": {"description": "a chat.completion, or chat.completion.chunk "
+                                                 "events ending with data: [DONE]",
+                                  "content": {"application/json": {"schema": {
+                                      "type": "object"}},
+                                      "text/event-stream": {"schema": {"type": "string"}}}},
+                          **errors(*calls)}}},
+        "/v1/embeddings": {"post": {
+            "operationId": "openai_embeddings", "tags": ["openai"],
+            "summary": "Call an embedding capability once per input string",
+            "requestBody": body,
+            "responses": {"200": _json("OpenAI's embedding list"), **errors(*calls)}}},
+    }
+
+
+_OPENAI_ERROR = {"type": "object", "description": "OpenAI's error object", "required": ["error"],
+                 "properties": {"error": {"type": "object", "required": ["message", "type"],
+                                          "properties": {
+                                              "message": {"type": "string"},
+                                              "type": {"type": "string"},
+                                              "code": {"type": ["string", "null"]},
+                                              "param": {"type": ["string", "null"]},
+                                              "hint": {"type": "string"},
+                                              "record_id": {"type": "string"}}}}}
 
 
 def _review_paths() -> dict[str, Any]:

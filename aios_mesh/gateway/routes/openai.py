@@ -495,7 +495,7 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
                                                          for r in results)})
 
     return [Route("/v1/models", list_models, methods=["GET"]),
-            Route("/v1/models/{model:path}", one_model, methods=["GET"]),
+            Route("/v1/models/{model}", one_model, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"])]
 
