@@ -39,9 +39,9 @@ from aios_mesh.errors import (
 
 if TYPE_CHECKING:
     from aios_mesh.capabilities import SLO, Canary, CapabilitySpec, Fallback, Price, capability
-    from aios_mesh.generation import ChatInput, ChatMessage, Generation, TextOutput
     from aios_mesh.config import MeshConfig, load_config
     from aios_mesh.context import CallContext
+    from aios_mesh.generation import ChatInput, ChatMessage, Generation, TextOutput
     from aios_mesh.mesh import Mesh
     from aios_mesh.pipeline.admission import Admission, ConcurrencyLimit
     from aios_mesh.pipeline.call import Call
@@ -64,10 +64,10 @@ __all__ = [
     "CallContext",
     "Canary",
     "CapabilitySpec",
-    "CircuitOpen",
-    "ConcurrencyLimit",
     "ChatInput",
     "ChatMessage",
+    "CircuitOpen",
+    "ConcurrencyLimit",
     "ConfigError",
     "ContextWindowExceeded",
     "DecisionRecord",

@@ -34,7 +34,7 @@ from typing import Any, Final, Self
 
 from aios_mesh.backends import BackendURL
 from aios_mesh.errors import BackendTimeout, ConfigError, InvalidInput, MeshError
-from aios_mesh.generation.wire import completion_to_prediction
+from aios_mesh.generation.wire import completion_to_prediction, json_object_format
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Prediction, ServingBase
@@ -78,18 +78,10 @@ def llama_request(payload: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _llama_format(doc: Any) -> dict[str, Any] | None:
-    """OpenAI's ``response_format`` in llama-cpp-python's dialect: it constrains only
-    ``{"type": "json_object", "schema": ...}``."""
+    """OpenAI's ``response_format`` in llama-cpp-python's dialect (``text``: none)."""
     kind = doc.get("type") if isinstance(doc, Mapping) else None
-    if kind == "json_schema":
-        spec = doc.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, Mapping) else None
-        if not isinstance(schema, Mapping):
-            raise InvalidInput("response_format json_schema needs json_schema.schema",
-                               hint="use aios_mesh.generation.response_format(Model)")
-        return {"type": "json_object", "schema": dict(schema)}
-    if kind == "json_object":
-        return dict(doc)
+    if kind in ("json_schema", "json_object"):
+        return json_object_format(doc)
     if kind == "text":
         return None
     raise InvalidInput(f"response_format type {kind!r} is not one llama.cpp knows",

@@ -60,7 +60,12 @@ from aios_mesh.errors import (
     NotFound,
 )
 from aios_mesh.generation.tokens import estimate_tokens
-from aios_mesh.generation.wire import completion_to_prediction, stream_delta, usage_of
+from aios_mesh.generation.wire import (
+    completion_to_prediction,
+    json_object_format,
+    stream_delta,
+    usage_of,
+)
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Prediction, ServingBase
@@ -205,7 +210,7 @@ class OpenAIServing(ServingBase):
         fmt = body.pop("response_format", None)
         if fmt is not None and self.dialect != "none":
             body["response_format"] = fmt if self.dialect == "json_schema" \
-                else _json_object(fmt)
+                else json_object_format(fmt)
         return body
 
     def transport_error(self, exc: httpx.TransportError) -> MeshError:
@@ -371,16 +376,6 @@ class OpenAIServing(ServingBase):
             elif not loop.is_closed() and loop.is_running():
                 with contextlib.suppress(RuntimeError):
                     asyncio.run_coroutine_threadsafe(client.aclose(), loop)
-
-
-def _json_object(fmt: Mapping[str, Any]) -> dict[str, Any]:
-    """``json_schema`` in llama-cpp-python's dialect: ``{"type": "json_object", "schema"}``."""
-    if fmt.get("type") != "json_schema":
-        return dict(fmt)
-    spec = fmt.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, Mapping) else None
-    return {"type": "json_object", "schema": schema} if schema is not None \
-        else {"type": "json_object"}
 
 
 def _error_code(content: bytes) -> str | None:

@@ -18,11 +18,11 @@ from typing import Any, NotRequired, TypedDict
 
 from pydantic import BaseModel
 
-from aios_mesh.errors import InvalidOutput
+from aios_mesh.errors import InvalidInput, InvalidOutput
 from aios_mesh.ports.serving import Prediction, Usage
 
-__all__ = ["GenerationRequest", "completion_to_prediction", "response_format", "stream_delta",
-           "usage_of"]
+__all__ = ["GenerationRequest", "completion_to_prediction", "json_object_format",
+           "response_format", "stream_delta", "usage_of"]
 
 
 class GenerationRequest(TypedDict):
@@ -43,6 +43,20 @@ def response_format(output: type[BaseModel]) -> dict[str, Any]:
     return {"type": "json_schema",
             "json_schema": {"name": output.__name__, "schema": output.model_json_schema(),
                             "strict": True}}
+
+
+def json_object_format(fmt: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``json_schema`` response format in llama-cpp-python's dialect, which
+    constrains decoding only for ``{"type": "json_object", "schema": ...}`` (its server
+    answers 500 to ``json_schema``); other formats pass through."""
+    if fmt.get("type") != "json_schema":
+        return dict(fmt)
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, Mapping) else None
+    if not isinstance(schema, Mapping):
+        raise InvalidInput("response_format json_schema needs json_schema.schema",
+                           hint="build it with aios_mesh.generation.response_format(Model)")
+    return {"type": "json_object", "schema": dict(schema)}
 
 
 def usage_of(doc: Mapping[str, Any] | None) -> Usage | None:

@@ -3,10 +3,12 @@
 :meth:`Pipeline.add <aios_mesh.pipeline.runner.Pipeline.add>` and ``remove``.
 
     validate_input → policy → redact → resolve_model → prompt → quota → cache → admission
-    → invoke → confidence_gate
+    → guard_output_hold → invoke → guard_output → confidence_gate
 
 (``prompt`` renders and counts a generation's prompt, so the quota step can reserve its
-tokens; it is in the plan of generation capabilities only.)
+tokens; it is in the plan of generation capabilities only. ``guard_output`` applies the
+policy's output obligations to the answer; ``guard_output_hold`` holds a stream's chunks
+until it has: both only for capabilities a policy covers.)
 
 Steps get the ports and parts they use, never the mesh.
 """
@@ -21,6 +23,7 @@ from aios_mesh.pipeline.admission import Admission, AdmissionStep
 from aios_mesh.pipeline.cache import CacheStep, ResponseCache
 from aios_mesh.pipeline.confidence import ConfidenceGate
 from aios_mesh.pipeline.fair import FairScheduler
+from aios_mesh.pipeline.guard import OutputGuard
 from aios_mesh.pipeline.invoke import BreakerBoard, InvokeStep, Targets
 from aios_mesh.pipeline.policy import DecisionCache, PolicyStep
 from aios_mesh.pipeline.prompt import PromptStep
@@ -38,7 +41,8 @@ from aios_mesh.review import ReviewQueue
 __all__ = ["DEFAULT_STEP_NAMES", "StepParts", "default_steps"]
 
 DEFAULT_STEP_NAMES = ("validate_input", "policy", "redact", "resolve_model", "prompt", "quota",
-                      "cache", "admission", "invoke", "confidence_gate")
+                      "cache", "admission", "guard_output_hold", "invoke", "guard_output",
+                      "confidence_gate")
 
 
 @dataclass(slots=True)
@@ -63,6 +67,9 @@ def default_steps(parts: StepParts) -> list[Step]:
     """The default pipeline, built from ``parts``."""
     ports = parts.ports
     everywhere = parts.config.policy.default is not None  # obligations on every capability
+    # the output guard finds PII with the redactor's own detectors
+    guard = OutputGuard(parts.review, default_policy=everywhere,
+                        rules=getattr(parts.redactor, "rules", None))
     return [
         ValidateInput(parts.config.max_payload_bytes),
         PolicyStep(lambda: ports.policy, parts.decision_cache, parts.config.policy,
@@ -73,8 +80,10 @@ def default_steps(parts: StepParts) -> list[Step]:
         QuotaStep(lambda: ports.quota),
         CacheStep(parts.response_cache),
         AdmissionStep(_admission(parts)),
+        guard.hold,
         InvokeStep(target=parts.targets, resolver=parts.resolver, breakers=parts.breakers,
                    budget=parts.budget, retry=parts.config.retry, review=parts.review),
+        guard,
         ConfidenceGate(parts.review, default_policy=everywhere),
     ]
 

@@ -31,6 +31,7 @@ from aios_mesh.errors import (
 from aios_mesh.generation.wire import parse_structured, usage_of
 from aios_mesh.pipeline.batching import BatcherPool, MicroBatcher
 from aios_mesh.pipeline.call import Call
+from aios_mesh.pipeline.guard import schema_review
 from aios_mesh.pipeline.runner import StepBase
 from aios_mesh.pipeline.validate import digest, validation_message
 from aios_mesh.ports.base import Feature
@@ -184,6 +185,8 @@ class InvokeStep(StepBase):
             return
         except FALLBACK_ON as exc:
             if not call.spec.fallbacks:
+                if isinstance(exc, InvalidOutput) and schema_review(call, exc, self._review):
+                    return  # a policy sends off-schema answers to a human
                 raise
             primary: MeshError = exc
         last = primary
@@ -196,6 +199,8 @@ class InvokeStep(StepBase):
             call.fallback = str(fallback)
             call.primary_error = primary  # an answer came, but not the primary's
             return
+        if isinstance(last, InvalidOutput) and schema_review(call, last, self._review):
+            return  # a policy sends off-schema answers to a human
         raise last
 
     async def _fallback(self, call: Call, fallback: Fallback) -> None:

@@ -39,6 +39,7 @@ from aios_mesh.ports.policy import (
     Decision,
     DeclaresInputSchemas,
     Obligations,
+    OutputObligations,
     Policy,
     PolicyCheck,
     PolicyInput,
@@ -142,7 +143,8 @@ def _describe(error: jsonschema.exceptions.ValidationError) -> str:
 def merge_decisions(decisions: Iterable[Decision]) -> Decision:
     """All must allow: the first deny wins; an allow keeps the obligations of every policy
     (``redact`` kinds joined in order, ``require_human`` if any asks, the lowest
-    ``max_cost``) and names the last policy (the capability's own)."""
+    ``max_cost``, the stricter output obligations) and names the last policy (the
+    capability's own)."""
     taken = list(decisions)
     for d in taken:
         if not d.allow:
@@ -151,7 +153,9 @@ def merge_decisions(decisions: Iterable[Decision]) -> Decision:
     caps = [d.obligations.max_cost for d in taken if d.obligations.max_cost is not None]
     obligations = Obligations(redact=redact,
                               require_human=any(d.obligations.require_human for d in taken),
-                              max_cost=min(caps) if caps else None)
+                              max_cost=min(caps) if caps else None,
+                              output=OutputObligations.merge(d.obligations.output
+                                                             for d in taken))
     last = taken[-1]
     return dataclasses.replace(last, obligations=obligations)
 

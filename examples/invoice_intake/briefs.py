@@ -18,20 +18,22 @@ from aios_mesh.errors import MeshError
 from examples.invoice_intake.capabilities import BRIEF, ReviewBriefRequest
 from examples.invoice_intake.intake import CALLER, REQUIRED
 
-__all__ = ["LLM_MODEL", "brief_reviews", "publish_llm", "sample"]
+__all__ = ["LLM_MODEL", "LLM_SOURCE", "brief_reviews", "publish_llm", "sample"]
 
 #: The registry entry the brief capability asks for (``review-writer@champion``): a name for
 #: the LLM the ``llm`` serving backend runs, so records and the lock file pin it like a model.
 LLM_MODEL = "review-writer"
+#: What the entry points at: the weights (where they run is the ``llm`` backend's URL). An
+#: MLflow server takes only absolute, artifact-like sources, hence a URI of this form.
+LLM_SOURCE = "gguf://gemma-3-270m/Q4_K_M"
 
 Item = dict[str, Any]
 
 
-async def publish_llm(registry: Any, source: str = "llamacpp://gemma3-270m",
-                      alias: str = "champion") -> Any:
+async def publish_llm(registry: Any, alias: str = "champion") -> Any:
     """Register the LLM under :data:`LLM_MODEL` and point ``alias`` at it."""
-    ref = await registry.register(LLM_MODEL, source, tags={"engine": "llama.cpp",
-                                                           "weights": "gemma-3-270m Q4_K_M"})
+    ref = await registry.register(LLM_MODEL, LLM_SOURCE, tags={"engine": "llama.cpp",
+                                                               "weights": "gemma-3-270m Q4_K_M"})
     await registry.set_alias(LLM_MODEL, alias, ref.version)
     return ref
 

@@ -254,7 +254,7 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
             refs = asyncio.run(models.publish(mesh.port("registry"), trained))
         llm_url = mesh.config.backends.serving_named.get(BRIEF.serving or "")
         if llm_url is not None:  # the LLM is named in the registry like the models
-            refs[LLM_MODEL] = asyncio.run(publish_llm(mesh.port("registry"), llm_url))
+            refs[LLM_MODEL] = asyncio.run(publish_llm(mesh.port("registry")))
         timings["register"] = time.perf_counter() - t0
         with out.status("indexing each tenant's vendor master..."):
             vectors = {t: trained.embedder.embed([name for _, name in rows])

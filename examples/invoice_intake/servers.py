@@ -13,6 +13,8 @@
                             URL naming the same database follows it
 ``bentoml+http://``         a ``bentoml serve`` per serving backend, started by
                             :meth:`LocalStack.start_serving` once the models are registered
+``openai+http://``          a llama.cpp server (Gemma 3 270M) per named serving backend: the
+                            LLM that drafts review briefs
 ==========================  =============================================================
 
 ``private`` also moves every server it starts to a free port and rewrites the URLs, so tests
@@ -114,6 +116,7 @@ def local_stack(backends: Mapping[str, Any], workdir: Path, *,
         _start_or_use(live, "quota", "redis://", 6379, "redis",
                       lambda port: launcher("redis")(workdir / "redis", port=port))
         _database(live)
+        _start_llms(live)
         _reserve_serving_ports(live)
         yield live
 
@@ -161,6 +164,22 @@ def _start_or_use(live: LocalStack, key: str, scheme: str, default: int, label: 
         live.started.append(f"{label} on :{server.port}")
     else:
         live.started.append(f"{label}: the machine's, on :{_port(url, default)}")
+
+
+def _start_llms(live: LocalStack) -> None:
+    """A llama.cpp server for each ``openai+http://`` named serving backend."""
+    named = live.backends.get("serving_named", {})
+    for key, url in list(named.items()):
+        if not str(url).startswith("openai+http://"):
+            continue
+        port = free_port() if live.private else _port(url, 8080)
+        if not live.private and _listening(port):
+            live.started.append(f"LLM {key}: the one listening on :{port}")
+            continue
+        server = live.stack.enter_context(launcher("llamacpp")(live.workdir / f"llm-{key}",
+                                                                port=port))
+        named[key] = _with_port(url, server.port)
+        live.started.append(f"llama.cpp server (Gemma 3 270M) for {key} on :{server.port}")
 
 
 def _database(live: LocalStack) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from aios_mesh.review import ReviewQueue
 from examples.invoice_intake.run import PROFILES, RunResult, run
 
 pytestmark = pytest.mark.e2e
@@ -50,6 +51,20 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
 
 def test_embedded_run_ends_with_summary_and_report(embedded: RunResult) -> None:
     summary = embedded.summary
+    # an LLM drafted review briefs for a sample of the invoices waiting for a human, each
+    # attached to its review item (what the console shows) and charged in tokens
+    briefs = summary["briefs"]
+    assert briefs["briefed"] == min(6, briefs["waiting"]) and briefs["failed"] == 0
+    briefed = [i for i in embedded.items if "reason" in (i.get("brief") or {})]
+    assert len(briefed) == briefs["briefed"]
+    queue = ReviewQueue(embedded.state / "review.db")
+    try:
+        for item in briefed:
+            note = queue.get(item["review"]["id"]).notes or {}
+            assert set(note["brief"]) == {"reason", "missing_fields", "question_to_vendor"}
+    finally:
+        queue.close()
+    assert all(t["output"] > 0 for t in briefs["tokens"].values())
     assert embedded.exit_code == 0
     assert sum(summary["routes"].values()) == N
     assert summary["routes"].get("auto", 0) > N // 3, summary["routes"]
@@ -97,10 +112,11 @@ def test_pii_never_reaches_the_extractor(embedded: RunResult) -> None:
     assert any(r["redaction"]["applied"] for r in extract)
 
 
+@pytest.mark.timeout(900)  # six servers, two BentoML, an LLM: minutes on a busy 2-core host
 def test_server_profile_reaches_the_same_decisions(embedded: RunResult,
                                                    tmp_path: Path) -> None:
     servers = run(profile=PROFILES / "servers.toml", state=tmp_path / "servers", n=N,
-                  batch=30, private_servers=True)
+                  batch=30, private_servers=True, briefs=2)
     assert servers.exit_code == 0
     config = tomllib.loads((servers.state / "aios-mesh.toml").read_text())["backends"]
     assert config["registry"].startswith("mlflow+http://")
@@ -109,7 +125,10 @@ def test_server_profile_reaches_the_same_decisions(embedded: RunResult,
     assert config["lineage"].startswith("openlineage+kafka://")
     assert config["quota"].startswith("redis://")
     assert config["audit"].startswith("postgresql://")
-    assert set(servers.summary["served_by"]) >= {"bentoml"}, servers.summary["served_by"]
+    assert set(servers.summary["served_by"]) >= {"bentoml", "llm"}, servers.summary["served_by"]
+    # the review briefs came from a real llama.cpp server, through the openai+http adapter
+    assert config["serving_named"]["llm"].startswith("openai+http://")
+    assert servers.summary["briefs"]["briefed"] == 2
     assert servers.summary["audit_ok"] and servers.summary["outbox_pending"] == 0
     left = json.loads((embedded.state / "summary.json").read_text())["decisions"]
     right = json.loads((servers.state / "summary.json").read_text())["decisions"]
@@ -122,7 +141,7 @@ def test_gateway_profile_reaches_the_same_decisions(embedded: RunResult,
     key per tenant) on a private redis-server and a throw-away PostgreSQL database holding the
     audit log and the shared state; the business code is the embedded profile's."""
     gateway = run(profile=PROFILES / "gateway.toml", state=tmp_path / "gateway", n=N,
-                  batch=30, private_servers=True)
+                  batch=30, private_servers=True, briefs=0)
     assert gateway.exit_code == 0
     config = tomllib.loads((gateway.state / "aios-mesh.toml").read_text())["backends"]
     assert config["quota"].startswith("redis://")

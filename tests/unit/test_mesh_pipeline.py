@@ -517,8 +517,8 @@ def test_each_capability_enters_only_the_steps_that_apply_to_it(tmp_path: Path) 
     assert mesh.pipeline.plan(plain) is mesh.pipeline.plan(plain)  # worked out once
     # A policy alone brings redaction (obligations) and the review gate (require_human).
     assert [s.name for s in mesh.pipeline.plan(spec(policy="demo/tickets"))] == [
-        "validate_input", "policy", "redact", "resolve_model", "quota", "invoke",
-        "confidence_gate"]
+        "validate_input", "policy", "redact", "resolve_model", "quota", "guard_output_hold",
+        "invoke", "guard_output", "confidence_gate"]
 
 
 def test_the_scheduler_table_puts_the_fair_scheduler_in_the_admission_stage(

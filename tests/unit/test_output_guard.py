@@ -384,3 +384,18 @@ def test_installing_twice_replaces_the_steps(tmp_path: Path) -> None:
         names = mesh.pipeline.names
         assert names.count("guard_output") == 1 and mesh.pipeline.step("guard_output") is again
         assert names.index("guard_output_hold") == names.index("invoke") - 1
+
+
+def test_an_off_schema_answer_goes_to_review_when_a_policy_says_so(tmp_path: Path) -> None:
+    obligations = {"acme": OutputObligations(schema="review")}
+    with make_mesh(tmp_path, ScriptedServing({"wrong": "shape"}), obligations) as mesh:
+        parked = mesh.invoke("answer-ticket", {"text": "x"}, tenant="acme")
+        with pytest.raises(InvalidOutput):  # no such obligation: the error stands
+            mesh.invoke("answer-ticket", {"text": "x"}, tenant="globex")
+        item = mesh.review_queue().get(parked.review_id or "")
+    assert parked.needs_review and parked.output is None
+    assert item.reason == "policy obligation output.schema: the answer does not match Answer"
+    rec = records(tmp_path)
+    assert [r["outcome"] for r in rec] == ["review", "error"]
+    assert guard_of(rec[0]) == {"action": "review", "kinds": ["schema"], "count": 1,
+                                "error": "invalid_output"}

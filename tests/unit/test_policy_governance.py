@@ -383,7 +383,7 @@ def test_example_policies_declare_every_input() -> None:
     schemas = RegoPolicy.from_path(EXAMPLE_POLICIES).input_schemas
     assert not schemas.missing
     assert set(schemas.validators) == {"mesh.default", "invoices.extract", "invoices.match",
-                                       "invoices.route"}
+                                       "invoices.route", "invoices.brief"}
 
 
 def example_mesh(tmp_path: Path, mismatch: str) -> Mesh:
