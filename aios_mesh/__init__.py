@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from aios_mesh.mesh import Mesh
     from aios_mesh.pipeline.admission import Admission, ConcurrencyLimit
     from aios_mesh.pipeline.call import Call
+    from aios_mesh.pipeline.fair import FairScheduler
     from aios_mesh.pipeline.runner import Pipeline, Step, StepBase
     from aios_mesh.ports.container import Ports
     from aios_mesh.record import DecisionRecord, Outcome
@@ -72,6 +73,7 @@ __all__ = [
     "ContextWindowExceeded",
     "DecisionRecord",
     "Deferred",
+    "FairScheduler",
     "Fallback",
     "FeatureNotSupported",
     "Forbidden",
@@ -124,6 +126,7 @@ _LAZY = {
     "Mesh": "aios_mesh.mesh",
     "Admission": "aios_mesh.pipeline.admission",
     "ConcurrencyLimit": "aios_mesh.pipeline.admission",
+    "FairScheduler": "aios_mesh.pipeline.fair",
     "Call": "aios_mesh.pipeline.call",
     "Pipeline": "aios_mesh.pipeline.runner",
     "Step": "aios_mesh.pipeline.runner",

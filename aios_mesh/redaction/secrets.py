@@ -97,7 +97,9 @@ def secret_rules() -> tuple[Rule, ...]:
     # One alternation: a string is searched once for every format; the whole match goes
     # (some plugins' groups point at the secret inside a longer match, e.g. a URL's password).
     known = re.compile("|".join(sources))
-    words = "|".join((*DENYLIST, "token", "access_?key", "client_?secret"))
+    # "tokenize=llamacpp" names an option, not a credential: a key that goes on from
+    # "token" into "tokeniz..." / "tokenis..." is no secret's name
+    words = "|".join((*DENYLIST, "token(?!i[sz])", "access_?key", "client_?secret"))
     pair = re.compile(rf"(?i)(?:{words})\w*[\"']?\s*[:=]\s*[\"']?"
                       r"([^\s\"',;&}\[\]]{3,})")
     bearer = re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{8,}=*)")

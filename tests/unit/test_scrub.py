@@ -49,12 +49,19 @@ def test_ids_digests_timestamps_and_names_are_left_alone(text: str) -> None:
     assert Scrubber().text(text) == text
 
 
+@pytest.mark.parametrize("text", ["context_window needs tokenize=llamacpp",
+                                  "tokeniser: sentencepiece"])
+def test_options_named_after_tokenizing_are_no_secrets(text: str) -> None:
+    assert Scrubber().text(text) == text
+
+
 @pytest.mark.parametrize(("text", "masked"), [
     ("login failed: password=hunter2 for svc", "login failed: password=[SECRET] for svc"),
     ('{"api_key": "abc123def"}', '{"api_key": "[SECRET]"}'),
     ("DB_PASSWORD: s3cr3t!", "DB_PASSWORD: [SECRET]"),
     ("Authorization: Bearer abc.def.ghijkl", "Authorization: Bearer [SECRET]"),
     ("client_secret=xyz987;next", "client_secret=[SECRET];next"),
+    ("access_token=qqq tokens=zzz1", "access_token=[SECRET] tokens=[SECRET]"),
 ])
 def test_password_like_pairs_mask_the_value_and_keep_the_name(text: str, masked: str) -> None:
     assert Scrubber().text(text) == masked
