@@ -154,8 +154,10 @@ class BatchPolicy(BaseModel):
 
 
 class Canary(BaseModel):
-    """Send ``percent`` of calls to ``model`` (canary) or mirror them there (shadow).
+    """Send ``percent`` of calls to the candidate (canary) or mirror them there (shadow).
 
+    The candidate is a ``model`` (``name@alias``), a ``prompt`` (``prompts:/NAME@ALIAS``, for
+    a generation with a registered prompt: the canary variant renders it instead), or both.
     The canary split is sticky: it hashes tenant + normalised input, so one question always
     meets the same version (consistent answers, cache hits, deterministic replays), and
     ``percent`` is the share of distinct questions that go to the candidate.
@@ -163,9 +165,24 @@ class Canary(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str
+    model: str | None = None
+    prompt: str | None = None
     percent: float = Field(0.0, ge=0, le=100)
     shadow: bool = False
+
+    @model_validator(mode="after")
+    def _candidate(self) -> Canary:
+        if self.model is None and self.prompt is None:
+            raise ValueError("a canary names its candidate: model = 'name@alias', "
+                             "prompt = 'prompts:/NAME@ALIAS', or both")
+        if self.prompt is not None:
+            from aios_mesh.generation.prompt import is_prompt_uri, parse_prompt_uri
+
+            if not is_prompt_uri(self.prompt):
+                raise ValueError("canary.prompt names a registered prompt: "
+                                 "'prompts:/NAME@ALIAS'")
+            parse_prompt_uri(self.prompt)
+        return self
 
 
 class CapabilitySpec(BaseModel):
@@ -231,6 +248,10 @@ class CapabilitySpec(BaseModel):
             raise ValueError(f"capability {self.name!r} needs a 'model' (name@alias) or a "
                              "handler function")
         gen = self.generate
+        if self.canary is not None and self.canary.prompt is not None \
+                and (gen is None or not gen.registered):
+            raise ValueError(f"capability {self.name!r} has a canary prompt but no registered "
+                             "prompt of its own (generate.prompt = 'prompts:/NAME@ALIAS')")
         if gen is not None:
             if gen.prompt is None and not issubclass(self.input, ChatInput):
                 raise ValueError(f"capability {self.name!r} generates without a prompt, so "

@@ -72,7 +72,7 @@ from aios_mesh.redaction import Redactor, RuleRedactor, TokenizingRedactor
 from aios_mesh.redaction.scrub import Scrubber
 from aios_mesh.relay import ProcessRunner, RelayRunner, RelaySpec, ThreadRunner, relay_loop
 from aios_mesh.resilience import RetryBudget
-from aios_mesh.resolver import AliasResolver
+from aios_mesh.resolver import AliasResolver, prompt_specs
 from aios_mesh.result import Result
 from aios_mesh.review import ReviewItem, ReviewQueue, resolve_review
 from aios_mesh.routes import Route
@@ -513,7 +513,8 @@ class Mesh(SyncFacade):
         return self.run_sync(self.aprepare(*capabilities))
 
     def lock(self) -> Path:
-        """Pin every capability's model alias to its current version in the lock file."""
+        """Pin every capability's model alias and registered prompt alias to its current
+        version in the lock file."""
         path = self.config.lock_path
         if path is None:
             raise MeshError("no lock_file is configured", hint="set lock_file in the config")
@@ -526,7 +527,7 @@ class Mesh(SyncFacade):
         async def pin() -> None:
             retrieval = self.ports.retrieval if collections else None
             indexes = {c: await retrieval.snapshot(c) for c in collections} if retrieval else {}
-            await self.resolver.lock_all(models, indexes)
+            await self.resolver.lock_all(models, indexes, prompts=prompt_specs(specs))
 
         self.run_sync(pin())
         return path

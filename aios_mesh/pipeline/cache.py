@@ -59,7 +59,10 @@ def cache_key(call: Call) -> str | None:
     spec, ref = call.spec, call.model_ref
     if spec.cache_ttl_s is None or ref is None or call.input_sha256 is None:
         return None
-    return f"{call.tenant}\0{spec.key}\0{ref.name}\0{ref.version}\0{call.input_sha256}"
+    # a generation's answer depends on the prompt version it rendered as much as the model's
+    prompt = "" if call.prompt is None else f"{call.prompt.name}/{call.prompt.version}"
+    return (f"{call.tenant}\0{spec.key}\0{ref.name}\0{ref.version}\0{prompt}\0"
+            f"{call.input_sha256}")
 
 
 class CacheStep(StepBase):

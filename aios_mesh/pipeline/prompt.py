@@ -60,7 +60,10 @@ class PromptStep(StepBase):
             messages.extend({"role": m["role"], "content": m["content"]}
                             for m in fields["messages"])
         else:
-            template = await self._template(call, gen.prompt)
+            canary = spec.canary
+            prompt = canary.prompt if call.variant == "canary" and canary is not None \
+                and canary.prompt is not None else gen.prompt
+            template = await self._template(call, prompt)
             messages.extend(m.model_dump() for m in template.render(fields))
         structured = (gen.structured if gen.structured is not None
                       else not issubclass(spec.output, TextOutput))

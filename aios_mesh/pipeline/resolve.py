@@ -32,11 +32,13 @@ class ResolveModel(StepBase):
             digest = hashlib.sha256(f"{call.tenant}\0{sticky}".encode()).digest()
             bucket = int.from_bytes(digest[:4], "big") % 10_000
             if bucket < canary.percent * 100:
-                call.variant = "canary"
-                call.model_ref = await self.resolver.resolve(canary.model)
-                await self._note_live(call, canary.model)
-                return
-            call.variant = "primary"
+                call.variant = "canary"  # the prompt step renders a canary prompt for it
+                if canary.model is not None:
+                    call.model_ref = await self.resolver.resolve(canary.model)
+                    await self._note_live(call, canary.model)
+                    return
+            else:
+                call.variant = "primary"
         # Most calls find the model in the cache: no coroutine for them (~8 µs cold each).
         call.model_ref = self.resolver.cached(spec.model) or await self.resolver.resolve(
             spec.model)

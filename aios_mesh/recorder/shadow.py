@@ -104,7 +104,7 @@ class ShadowRunner:
 
     async def _shadow(self, job: ShadowJob) -> tuple[Any, ...]:
         spec = job.spec
-        assert spec.canary is not None
+        assert spec.canary is not None and spec.canary.model is not None
         ref = await self.resolver.resolve(spec.canary.model)
         _, serving = self._serving(spec.serving)
         started = time.perf_counter()
@@ -155,7 +155,9 @@ class ShadowProcessor:
     def process(self, item: Recorded) -> None:
         call = item.call
         spec = call.spec if call is not None else None
+        # a prompt-only candidate is not shadowed yet (it would need the call re-rendered)
         if spec is None or spec.canary is None or not spec.canary.shadow or call is None \
+                or spec.canary.model is None \
                 or call.output is None or call.model_ref is None:
             return
         self.runner.submit(ShadowJob(spec, call.payload or {}, call.tenant,
