@@ -13,6 +13,8 @@ prompt does not queue behind a running generation.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -52,6 +54,24 @@ CHAT_FORMATS: Final[Mapping[str, llama_chat_format.ChatFormatter]] = {
 #: Formats whose template has no system turn and silently drops system messages; the engine
 #: puts the system text before the first user message instead (as Gemma's own template does).
 _NO_SYSTEM_TURN: Final = frozenset({"gemma"})
+
+_log = logging.getLogger("aios_mesh.llamacpp")
+# llama.cpp's C library logs to stderr on its own, and llama-cpp-python prints some of it
+# whatever `verbose` says ("using full-size SWA cache" at error level on every load): its
+# lines go to this logger at debug level instead. (llama.cpp's levels say little: routine
+# lines come as warnings and errors; a real failure reaches us as an exception.)
+
+
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+def _llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    if _log.isEnabledFor(logging.DEBUG):  # most runs: not even decoded
+        _log.debug("%s", text.decode("utf-8", "replace").rstrip())
+
+
+def _route_llama_logs() -> None:
+    """Send llama.cpp's log lines to :data:`_log` (process-wide; set before each load so a
+    library that set its own callback since does not print again)."""
+    llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
 
 
 @dataclass(slots=True, eq=False)
@@ -163,6 +183,7 @@ class LlamaEngine:
                     raise ConfigError(f"no model file at {path}",
                                       hint="point llamacpp:///PATH at a .gguf file, or use "
                                            "llamacpp://gemma3-270m")
+                _route_llama_logs()
                 try:
                     self._llama = _WatchedLlama(
                         model_path=str(path), n_ctx=self.n_ctx,
