@@ -197,6 +197,17 @@ async def test_a_missing_template_variable_is_invalid_input(llm_mesh: Mesh,
     assert rec["outcome"] == "rejected" and rec["error"]["code"] == "invalid_input"
 
 
+@both
+async def test_a_template_variable_of_the_wrong_type_is_invalid_input(
+        llm_mesh: Mesh, tmp_path: Path, server: Server) -> None:
+    served = completions_served(server)
+    with pytest.raises(InvalidInput, match="text"):
+        await llm_mesh.ainvoke("classify", {"text": ["not", "a", "string"]}, tenant="acme")
+    [rec] = records(tmp_path)
+    assert rec["outcome"] == "rejected" and rec["error"]["code"] == "invalid_input"
+    assert completions_served(server) == served
+
+
 async def test_invalid_json_under_a_schema_is_retried_then_typed_without_the_answer(
         tmp_path: Path, model_file: Path, server: Server) -> None:
     """With the constraint switched off (?response_format=none) the tiny model writes prose;
