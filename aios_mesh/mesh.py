@@ -394,7 +394,8 @@ class Mesh(SyncFacade):
                      parent: Mapping[str, Any] | None = None,
                      traceparent: Mapping[str, str] | None = None,
                      buffer: int = 16,
-                     on_result: Callable[[Result[Any]], None] | None = None
+                     on_result: Callable[[Result[Any]], None] | None = None,
+                     record_id: str | None = None
                      ) -> AsyncIterator[dict[str, Any]]:
         """Yield output chunks as a streaming backend makes them.
 
@@ -404,6 +405,8 @@ class Mesh(SyncFacade):
         stops early (``break``, ``aclose()``) ends the call as ``cancelled``, and whatever it
         reserved is given back. ``on_result`` gets the call's :class:`Result` (its record)
         after the last chunk, before the iteration ends (the gateway's closing SSE event).
+        ``record_id`` (from :func:`aios_mesh.record.new_record_id`) names the call's record
+        up front, so a front door can hand it out before the first chunk.
         """
         chunks: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, buffer))
         gone = False
@@ -418,7 +421,7 @@ class Mesh(SyncFacade):
                 return await self._call(capability, payload, tenant=tenant, caller=caller,
                                         attributes=attributes, parent=parent,
                                         traceparent=traceparent, resume=None, mode="stream",
-                                        emit=emit)
+                                        emit=emit, record_id=record_id)
             finally:
                 if not gone:
                     await chunks.put(_END)

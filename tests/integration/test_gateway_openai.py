@@ -171,8 +171,11 @@ def test_the_body_may_lower_max_tokens_never_raise_it(face: Face) -> None:
 def test_sdk_streaming_matches_the_answer_and_ends_with_usage_and_done(face: Face) -> None:
     whole = face.sdk().chat.completions.create(model="chat", messages=HELLO)
     before = len(face.records())
-    chunks = list(face.sdk().chat.completions.create(
-        model="chat", messages=HELLO, stream=True, stream_options={"include_usage": True}))
+    with face.sdk().chat.completions.with_streaming_response.create(
+            model="chat", messages=HELLO, stream=True,
+            stream_options={"include_usage": True}) as response:
+        named = response.headers["x-aios-record-id"]  # before the first chunk
+        chunks = list(response.parse())
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert len({c.id for c in chunks}) == 1
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -190,7 +193,8 @@ def test_sdk_streaming_matches_the_answer_and_ends_with_usage_and_done(face: Fac
     assert (record["tenant"], record["mode"], record["outcome"]) == ("acme", "stream", "ok")
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (
         record["usage"]["input_tokens"], record["usage"]["output_tokens"])
-    assert (last.model_extra or {})["record_id"] == record["record_id"]
+    assert (last.model_extra or {})["record_id"] == record["record_id"] == named
+    assert chunks[0].id == f"chatcmpl-{named}"
 
 
 def test_a_structured_capability_answers_its_json_streamed_or_not(face: Face) -> None:

@@ -36,7 +36,6 @@ import math
 import struct
 import time
 import typing
-import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -60,7 +59,7 @@ from aios_mesh.gateway.identity import Principal, Unauthenticated
 from aios_mesh.gateway.problems import status_for
 from aios_mesh.gateway.routes.calls import EventStream
 from aios_mesh.generation.messages import ChatInput, TextOutput
-from aios_mesh.record import DecisionRecord
+from aios_mesh.record import DecisionRecord, new_record_id
 from aios_mesh.redaction.scrub import default_scrubber
 from aios_mesh.result import Result
 
@@ -391,8 +390,9 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
                      call: dict[str, Any], include_usage: bool, asked: int | None,
                      started: float) -> Response:
         results: list[Result[Any]] = []
+        record_id = new_record_id()  # named up front: the header and every chunk's id carry it
         chunks = cast(AsyncGenerator[dict[str, Any], None], mesh.stream(
-            spec.name, payload, on_result=results.append, **call))
+            spec.name, payload, on_result=results.append, record_id=record_id, **call))
         tenant = call["tenant"]
         # The first chunk decides the status: a call refused before it answers is an error
         # response with its status, not a 200 stream that says so.
@@ -403,7 +403,7 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
         except MeshError:
             await chunks.aclose()
             raise
-        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        ident, created = f"chatcmpl-{record_id}", int(time.time())
         usage_extra = {"usage": None} if include_usage else {}
 
         async def events() -> AsyncGenerator[bytes, None]:
@@ -445,7 +445,7 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
                 yield b"data: " + orjson.dumps(body) + b"\n\n"
             yield b"data: [DONE]\n\n"
 
-        return EventStream(events())
+        return EventStream(events(), headers={"x-aios-record-id": record_id})
 
     async def embeddings(request: Request) -> Response:
         started = time.perf_counter()
