@@ -13,6 +13,7 @@ prompt does not queue behind a running generation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import threading
@@ -35,6 +36,8 @@ from aios_mesh.errors import (
     InvalidInput,
     MeshError,
 )
+from aios_mesh.generation.wire import final_chunk, stream_delta
+from aios_mesh.ports.serving import Usage
 
 __all__ = ["CHAT_FORMATS", "Interrupted", "LlamaEngine", "Watch"]
 
@@ -241,50 +244,46 @@ class LlamaEngine:
 
     # -- generating (in the worker) ------------------------------------------------------------
 
-    def complete(self, kwargs: dict[str, Any], watch: Watch) -> dict[str, Any]:
-        """One whole chat completion (llama's own answer, usage included)."""
+    @contextlib.contextmanager
+    def _generating(self, kwargs: dict[str, Any],
+                    watch: Watch) -> Iterator[tuple[_WatchedLlama, int]]:
+        """One generation at a time: the model and the prompt's token count, the watch armed
+        while the block runs and disarmed after it, however it ends."""
         with self._busy:
-            llama, _ = self._prepare(kwargs, watch)
+            llama, prompt = self._prepare(kwargs, watch)
             try:
-                answer = llama.create_chat_completion(**kwargs, stream=False)
+                yield llama, prompt
             except Interrupted:
                 self.interrupted += 1
                 raise
             finally:
                 llama.watch = None
                 self._running.discard(watch)
-            assert isinstance(answer, dict)
-            return dict(answer)
+
+    def complete(self, kwargs: dict[str, Any], watch: Watch) -> dict[str, Any]:
+        """One whole chat completion (llama's own answer, usage included)."""
+        with self._generating(kwargs, watch) as (llama, _):
+            answer = llama.create_chat_completion(**kwargs, stream=False)
+        assert isinstance(answer, dict)
+        return dict(answer)
 
     def stream(self, kwargs: dict[str, Any], watch: Watch,
                emit: Callable[[dict[str, Any]], bool]) -> None:
         """Stream a chat completion: ``emit({"text": delta})`` per piece, then
-        ``emit({"usage": ..., "finish_reason": ...})``; an error is emitted as
+        :func:`~aios_mesh.generation.wire.final_chunk`; an error is emitted as
         ``{"error": MeshError}``. ``emit`` returns False once nobody listens."""
         try:
-            with self._busy:
-                llama, prompt = self._prepare(kwargs, watch)
-                finish: str | None = None
-                try:
-                    chunks = cast(Iterator[dict[str, Any]],
-                                  llama.create_chat_completion(**kwargs, stream=True))
-                    for chunk in chunks:
-                        choice: dict[str, Any] = (chunk["choices"][0] if chunk.get("choices")
-                                                  else {})
-                        delta = choice.get("delta") or {}
-                        content = delta.get("content")
-                        finish = choice.get("finish_reason") or finish
-                        if content and not emit({"text": content}):
-                            watch.stop.set()
-                except Interrupted:
-                    self.interrupted += 1
-                    raise
-                finally:
-                    llama.watch = None
-                    self._running.discard(watch)
-                emit({"usage": {"input_tokens": prompt,
-                                "output_tokens": watch.completion_tokens},
-                      "finish_reason": finish or "stop"})
+            finish: str | None = None
+            with self._generating(kwargs, watch) as (llama, prompt):
+                chunks = cast(Iterator[dict[str, Any]],
+                              llama.create_chat_completion(**kwargs, stream=True))
+                for chunk in chunks:
+                    choices = chunk.get("choices") or ()
+                    finish = (choices[0].get("finish_reason") if choices else None) or finish
+                    content = stream_delta(chunk)
+                    if content and not emit({"text": content}):
+                        watch.stop.set()
+            emit(final_chunk(Usage.of_tokens(prompt, watch.completion_tokens), finish))
         except Exception as exc:  # handed to the consumer, typed
             emit({"error": self.translate(exc)})
 

@@ -37,7 +37,7 @@ from aios_mesh.errors import BackendTimeout, ConfigError, InvalidInput, MeshErro
 from aios_mesh.generation.wire import completion_to_prediction, json_object_format
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.registry import ModelRef
-from aios_mesh.ports.serving import Prediction, ServingBase
+from aios_mesh.ports.serving import PerItemServing, Prediction
 from aios_mesh_llamacpp.engine import CHAT_FORMATS, LlamaEngine, Watch
 from aios_mesh_llamacpp.model import DEFAULT_MODEL, GEMMA_CHAT_FORMAT, gemma_model_path
 
@@ -88,7 +88,7 @@ def _llama_format(doc: Any) -> dict[str, Any] | None:
                        hint="use json_schema, json_object or text")
 
 
-class LlamaCppServing(ServingBase):
+class LlamaCppServing(PerItemServing):
     """llama.cpp in process (``llama_cpp.Llama``): generation, streaming, token counting.
 
     The model loads on the first call (about a second for Gemma 3 270M), in the engine's
@@ -176,12 +176,6 @@ class LlamaCppServing(ServingBase):
         except Exception as exc:
             raise self.engine.translate(exc) from exc
         return completion_to_prediction(answer, structured=bool(payload.get("structured")))
-
-    async def infer_batch(self, model: ModelRef, payloads: Sequence[Mapping[str, Any]], *,
-                          timeout: float | None = None) -> list[Prediction]:
-        """One completion per payload (they run one after another in the engine)."""
-        return list(await asyncio.gather(*(self.infer(model, p, timeout=timeout)
-                                           for p in payloads)))
 
     def stream(self, model: ModelRef, payload: Mapping[str, Any], *,
                timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:

@@ -42,7 +42,7 @@ import json
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -62,13 +62,14 @@ from aios_mesh.errors import (
 from aios_mesh.generation.tokens import estimate_tokens
 from aios_mesh.generation.wire import (
     completion_to_prediction,
+    final_chunk,
     json_object_format,
     stream_delta,
     usage_of,
 )
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.registry import ModelRef
-from aios_mesh.ports.serving import Prediction, ServingBase
+from aios_mesh.ports.serving import PerItemServing, Prediction, Usage
 from aios_mesh_openai.sse import DONE, sse_data
 
 __all__ = ["DIALECTS", "OpenAIServing", "read_api_key"]
@@ -110,7 +111,7 @@ def read_api_key(url: BackendURL, base_dir: Path) -> str | None:
     return None
 
 
-class OpenAIServing(ServingBase):
+class OpenAIServing(PerItemServing):
     """Chat completions over HTTP (``POST {base}/chat/completions``), streamed or not.
 
     Args:
@@ -277,12 +278,6 @@ class OpenAIServing(ServingBase):
                                 hint="check that the URL is an OpenAI-compatible API root")
         return completion_to_prediction(doc, structured=bool(payload.get("structured")))
 
-    async def infer_batch(self, model: ModelRef, payloads: Sequence[Mapping[str, Any]], *,
-                          timeout: float | None = None) -> list[Prediction]:
-        """One request per payload, concurrently (servers batch on their side)."""
-        return list(await asyncio.gather(*(self.infer(model, p, timeout=timeout)
-                                           for p in payloads)))
-
     def stream(self, model: ModelRef, payload: Mapping[str, Any], *,
                timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
         """``{"text": delta}`` chunks, then ``{"usage": ..., "finish_reason": ...}``. Closing
@@ -335,13 +330,9 @@ class OpenAIServing(ServingBase):
             if not ended:
                 raise BackendUnavailable(f"{what}: the stream ended before [DONE]",
                                          hint="the server stopped mid-generation; see its log")
-            if reported is not None:
-                usage: dict[str, Any] = {"input_tokens": reported.input_tokens,
-                                         "output_tokens": reported.output_tokens}
-            else:  # the server reports none: a streamed piece is about one token
-                usage = {"input_tokens": await self.prompt_tokens(model, payload),
-                         "output_tokens": pieces, "estimated": True}
-            yield {"usage": usage, "finish_reason": finish or "stop"}
+            # the server reports none: a streamed piece is about one token
+            yield final_chunk(reported or Usage.of_tokens(
+                await self.prompt_tokens(model, payload), pieces, estimated=True), finish)
         finally:
             await response.aclose()
 

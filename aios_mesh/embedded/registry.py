@@ -21,7 +21,6 @@ each call is atomic.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -36,11 +35,10 @@ from aios_mesh.ports.prompts import (
     check_prompt_version,
     template_text,
 )
-from aios_mesh.ports.registry import ModelRef, PromptRef, parse_model_spec
+from aios_mesh.ports.registry import RESERVED_ALIAS, ModelRef, PromptRef, parse_model_spec
 
 __all__ = ["MemoryRegistry"]
 
-_RESERVED = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
 _HINT = "register it first (registry.register(...)) or run `aios-mesh lock`"
 _PROMPT_HINT = "register it first (`aios-mesh prompts register NAME --template-file F`)"
 
@@ -134,7 +132,7 @@ class MemoryRegistry:
     async def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point ``name@alias`` at ``version`` (creating or moving the alias)."""
         parse_model_spec(f"{name}@{alias}")
-        if _RESERVED.match(alias):
+        if RESERVED_ALIAS.match(alias):
             raise InvalidInput(f"alias {alias!r} is reserved",
                                hint="'latest' always means the newest version and 'v<n>' "
                                     "version n; choose another alias such as 'champion'")

@@ -21,8 +21,8 @@ from pydantic import BaseModel
 from aios_mesh.errors import InvalidInput, InvalidOutput
 from aios_mesh.ports.serving import Prediction, Usage
 
-__all__ = ["GenerationRequest", "completion_to_prediction", "json_object_format",
-           "response_format", "stream_delta", "usage_of"]
+__all__ = ["GenerationRequest", "completion_to_prediction", "final_chunk", "json_object_format",
+           "response_format", "stream_delta", "usage_of", "usage_of_chunk"]
 
 
 class GenerationRequest(TypedDict):
@@ -111,3 +111,24 @@ def stream_delta(chunk: Mapping[str, Any]) -> str:
     delta = choices[0].get("delta") or {}
     content = delta.get("content")
     return content if isinstance(content, str) else ""
+
+
+def final_chunk(usage: Usage, finish_reason: str | None) -> dict[str, Any]:
+    """The last chunk of a streamed generation: what it used and why it stopped."""
+    doc: dict[str, Any] = {"input_tokens": usage.input_tokens,
+                           "output_tokens": usage.output_tokens}
+    if usage.estimated:
+        doc["estimated"] = True
+    return {"usage": doc, "finish_reason": finish_reason or "stop"}
+
+
+def usage_of_chunk(chunk: Mapping[str, Any]) -> Usage | None:
+    """The usage a generation's last streamed chunk reports (:func:`final_chunk`'s shape, or
+    a server's ``prompt_tokens`` naming); None for any other chunk."""
+    doc = chunk.get("usage")
+    if not isinstance(doc, Mapping):
+        return None
+    if "input_tokens" in doc:
+        return Usage.of_tokens(int(doc["input_tokens"]), int(doc.get("output_tokens", 0)),
+                               estimated=bool(doc.get("estimated", False)))
+    return usage_of(doc)

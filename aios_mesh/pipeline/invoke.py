@@ -28,7 +28,7 @@ from aios_mesh.errors import (
     MeshError,
     NotFound,
 )
-from aios_mesh.generation.wire import parse_structured, usage_of
+from aios_mesh.generation.wire import parse_structured, usage_of_chunk
 from aios_mesh.pipeline.batching import BatcherPool, MicroBatcher
 from aios_mesh.pipeline.call import Call
 from aios_mesh.pipeline.guard import schema_review
@@ -360,14 +360,3 @@ def _backend_failed(error: MeshError) -> bool:
     caller's own mistakes nor a breaker that was already open."""
     return isinstance(error, FALLBACK_ON) and not isinstance(error, CircuitOpen)
 
-
-def usage_of_chunk(chunk: dict[str, Any]) -> Usage | None:
-    """The usage a generation's last streamed chunk reports (``{"usage": {"input_tokens",
-    "output_tokens"}}`` from an adapter, or the server's ``prompt_tokens`` naming)."""
-    doc = chunk.get("usage")
-    if not isinstance(doc, dict):
-        return None
-    if "input_tokens" in doc:
-        return Usage.of_tokens(int(doc["input_tokens"]), int(doc.get("output_tokens", 0)),
-                               estimated=bool(doc.get("estimated", False)))
-    return usage_of(doc)

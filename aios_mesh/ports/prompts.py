@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from aios_mesh.errors import ConfigError, InvalidInput
 from aios_mesh.generation.prompt import PromptTemplate
-from aios_mesh.ports.registry import parse_model_spec
+from aios_mesh.ports.registry import RESERVED_ALIAS, parse_model_spec
 
 __all__ = [
     "ListsPrompts",
@@ -40,7 +39,6 @@ __all__ = [
     "template_text",
 ]
 
-_RESERVED = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +77,7 @@ def check_prompt_alias(name: str, alias: str) -> None:
         raise InvalidInput(f"{alias!r} is not an alias",
                            hint="an alias is letters, digits, '_' and '-', e.g. 'production'"
                            ) from None
-    if _RESERVED.match(alias):
+    if RESERVED_ALIAS.match(alias):
         raise InvalidInput(f"alias {alias!r} is reserved",
                            hint="'latest' always means the newest version and 'v<n>' version "
                                 "n; choose another alias such as 'production'")

@@ -9,7 +9,12 @@ from typing import Any, Protocol, runtime_checkable
 from aios_mesh.errors import InvalidInput
 from aios_mesh.ports.base import Feature
 
-__all__ = ["ModelRef", "ModelRegistry", "PromptRef", "PromptRegistry", "parse_model_spec"]
+__all__ = ["RESERVED_ALIAS", "ModelRef", "ModelRegistry", "PromptRef", "PromptRegistry",
+           "parse_model_spec"]
+
+#: Aliases no one may set (as in MLflow): ``latest`` means the newest version, ``v<n>`` version
+#: n — for models and prompts alike.
+RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
 
 _SPEC = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?:@(?P<alias>[A-Za-z0-9_\-]+)"
                    r"|/(?P<version>[0-9]+))?$")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias, runtime_checkable
@@ -10,7 +11,8 @@ from aios_mesh.errors import FeatureNotSupported, InvalidOutput
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.registry import ModelRef
 
-__all__ = ["BatchPredictor", "Prediction", "Serving", "ServingBase", "Usage", "as_prediction"]
+__all__ = ["BatchPredictor", "PerItemServing", "Prediction", "Serving", "ServingBase", "Usage",
+           "as_prediction"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +129,18 @@ class ServingBase:
 
     async def aclose(self) -> None:
         return None
+
+
+class PerItemServing(ServingBase):
+    """For backends whose primitive is one item (an LLM's chat completion): ``infer`` is
+    implemented, and a batch is its items run concurrently (the backend queues or batches
+    them on its side)."""
+
+    async def infer(self, model: ModelRef, payload: Mapping[str, Any], *,
+                    timeout: float | None = None) -> Prediction:
+        raise NotImplementedError
+
+    async def infer_batch(self, model: ModelRef, payloads: Sequence[Mapping[str, Any]], *,
+                          timeout: float | None = None) -> list[Prediction]:
+        return list(await asyncio.gather(*(self.infer(model, p, timeout=timeout)
+                                           for p in payloads)))
