@@ -43,7 +43,8 @@ class PromptStep(StepBase):
         self._prompts = prompts
         self._serving = serving
         self._inline: dict[str, PromptTemplate] = {}
-        self._checked: set[tuple[str, str, str]] = set()
+        # (capability, prompt version) → its template, parsed and checked once
+        self._registered: dict[tuple[str, str], PromptTemplate] = {}
 
     def applies(self, spec: CapabilitySpec) -> bool:
         return spec.generate is not None
@@ -102,11 +103,12 @@ class PromptStep(StepBase):
             return found
         ref = await self._prompts(parse_prompt_uri(prompt))
         call.prompt = ref
-        template = PromptTemplate.parse(ref.template)
-        key = (spec.key, ref.name, ref.version)
-        if key not in self._checked:  # a registered version may name fields the input lacks
+        key = (spec.key, ref.uri)
+        template = self._registered.get(key)
+        if template is None:  # a registered version may name fields the input lacks
+            template = PromptTemplate.parse(ref.template)
             template.check_variables(spec.input, where=f"{spec.name} ({ref.uri})")
-            self._checked.add(key)
+            self._registered[key] = template
         return template
 
 
