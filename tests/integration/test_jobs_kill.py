@@ -88,7 +88,10 @@ def test_rows_run_exactly_once_when_the_gateway_is_killed_mid_job(tmp_path: Path
             left_answered += answered(tmp_path / "state" / "jobs.db")
     assert kills >= 3, "the job ended before the gateway was killed mid-job"
     assert 0 < seen_done < rows
-    assert left_answered > 0  # some kills hit the window between answer and record
+    # Whether a kill lands between a row's answer and its settlement is chance (it missed in
+    # CI once), so it is reported, not asserted: test_jobs_store's
+    # test_a_takeover_settles_what_a_dead_runner_left builds each of those states on purpose.
+    print(f"kills={kills} rows left answered-but-unsettled={left_answered}")
     with gateway(port, env):
         state = progress(url, job_id)
         lines = [json.loads(x) for x in httpx.get(f"{url}/v1/jobs/{job_id}/results",
