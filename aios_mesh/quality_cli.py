@@ -37,6 +37,8 @@ def _pct(value: float | None) -> str:
 def _secs(value: float | None) -> str:
     if value is None:
         return "-"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
     return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
