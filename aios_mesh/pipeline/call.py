@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -79,6 +79,9 @@ class Call:
     admitted: list[Release] = field(default_factory=list)  # held until the call ends
     error: MeshError | None = None
     primary_error: MeshError | None = None  # why the primary did not answer (fallback did)
+    # an operator paused the capability (aios_mesh.lifecycle.pause): the invoke step skips
+    # the primary and parks the call ("human") or runs the fallback chain ("fallback")
+    paused: Literal["human", "fallback"] | None = None
     done: bool = False
 
     @property

@@ -5,6 +5,10 @@
     validate_input → policy → redact → resolve_model → prompt → quota → cache → admission
     → guard_output_hold → invoke → guard_output → confidence_gate
 
+The admission stage always holds the pause controller first
+(:class:`~aios_mesh.lifecycle.pause.PauseControl`: ``aios-mesh pause``), then the
+controllers given to the mesh, then the fair scheduler when ``[scheduler]`` enables it.
+
 (``prompt`` renders and counts a generation's prompt, so the quota step can reserve its
 tokens; it is in the plan of generation capabilities only. ``guard_output`` applies the
 policy's output obligations to the answer; ``guard_output_hold`` holds a stream's chunks
@@ -19,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from aios_mesh.config import MeshConfig
+from aios_mesh.lifecycle.pause import PauseControl, PauseStore
 from aios_mesh.pipeline.admission import Admission, AdmissionStep
 from aios_mesh.pipeline.cache import CacheStep, ResponseCache
 from aios_mesh.pipeline.confidence import ConfidenceGate
@@ -37,6 +42,7 @@ from aios_mesh.redaction import Redactor
 from aios_mesh.resilience import RetryBudget
 from aios_mesh.resolver import AliasResolver
 from aios_mesh.review import ReviewQueue
+from aios_mesh.state import SharedState, open_state
 
 __all__ = ["DEFAULT_STEP_NAMES", "StepParts", "default_steps"]
 
@@ -61,6 +67,8 @@ class StepParts:
     budget: RetryBudget
     response_cache: ResponseCache = field(default_factory=ResponseCache)
     admission: Sequence[Admission] = ()
+    #: the mesh's shared state (stores such as the pause table; None: opened from config)
+    state: SharedState | None = None
 
 
 def default_steps(parts: StepParts) -> list[Step]:
@@ -89,9 +97,22 @@ def default_steps(parts: StepParts) -> list[Step]:
 
 
 def _admission(parts: StepParts) -> list[Admission]:
-    """The controllers given to the mesh, then the fair scheduler when ``[scheduler]``
-    enables it (it queues last: a call a bulkhead refuses never waits for a slot)."""
+    """The pause controller, the controllers given to the mesh, then the fair scheduler
+    when ``[scheduler]`` enables it (it queues last: a call a bulkhead refuses never waits
+    for a slot). A :class:`PauseControl` among the given ones (another ``refresh_s``) takes
+    the default one's place; one without a store gets the mesh's."""
     controllers = list(parts.admission)
+    pause = next((c for c in controllers if isinstance(c, PauseControl)), None)
+    if pause is None:
+        pause = PauseControl()
+        controllers.insert(0, pause)
+
+    def store() -> PauseStore:
+        state = parts.state if parts.state is not None else open_state(
+            parts.config.backends.state, folder=parts.config.state_path)
+        return PauseStore(state)
+
+    pause.bind(store)
     if parts.config.scheduler.enabled:
         controllers.append(FairScheduler.from_config(parts.config))
     return controllers

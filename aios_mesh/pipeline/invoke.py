@@ -176,6 +176,9 @@ class InvokeStep(StepBase):
     async def before(self, call: Call) -> None:
         if call.cache == "hit":
             return
+        if call.paused is not None:  # an operator paused it: the primary is not called
+            await self._paused(call)
+            return
         self.budget.record_call()
         if call.mode == "stream":
             await self._stream(call, self._target(call, call.model_ref))
@@ -219,12 +222,34 @@ class InvokeStep(StepBase):
             call.model_ref = model
             call.serving = "function"
         else:  # human: park the call; the outcome becomes "review" with no output yet
-            call.review_reason = "fallback chain reached human review"
-            call.review_id = self._review().enqueue(
-                record_id=call.record_id, tenant=call.tenant, capability=call.spec.key,
-                reason=call.review_reason, payload=call.payload or {}, proposed=None,
-                resume=call.resume)
-            call.done = True
+            self._park(call, "fallback chain reached human review")
+
+    def _park(self, call: Call, reason: str) -> None:
+        call.review_reason = reason
+        call.review_id = self._review().enqueue(
+            record_id=call.record_id, tenant=call.tenant, capability=call.spec.key,
+            reason=reason, payload=call.payload or {}, proposed=None, resume=call.resume)
+        call.done = True
+
+    async def _paused(self, call: Call) -> None:
+        """A paused capability (:mod:`aios_mesh.lifecycle.pause`): the call is parked for a
+        human, or answered by the fallback chain; ``call.primary_error`` (set by the pause
+        controller) says why the primary was skipped, so the record does."""
+        if call.paused == "human":
+            self._park(call, call.review_reason or "paused")
+            return
+        self.budget.record_call()
+        last: MeshError | None = call.primary_error
+        for fallback in call.spec.fallbacks:
+            try:
+                await self._fallback(call, fallback)
+            except FALLBACK_ON as exc:
+                last = exc
+                continue
+            call.fallback = str(fallback)
+            return
+        assert last is not None  # the controller refuses a pause to no fallback
+        raise last
 
     async def _run(self, call: Call, target: Target) -> None:
         """Attempts with timeout, retries (bounded by max_attempts and the budget), breaker."""
