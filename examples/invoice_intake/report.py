@@ -1,8 +1,10 @@
 """One self-contained HTML report of an invoice intake run (inline SVG + CSS, no JS/CDN).
 
-:func:`write_report` renders five sections — summary, latency per capability, cost per
-tenant, automation rate, and the OpenLineage graph of one workflow run — with the
-standard library only; every value drawn is HTML-escaped (see :mod:`.svg`).
+:func:`write_report` renders its sections — summary, latency per capability, cost per
+tenant, automation rate, review briefs, quality from reviewers (accuracy, override and
+automation rates and the reliability curve per model version), and the OpenLineage graph of
+one workflow run — with the standard library only; every value drawn is HTML-escaped (see
+:mod:`.svg`).
 """
 
 from __future__ import annotations
@@ -254,6 +256,91 @@ def _automation_section(invoices: Sequence[Mapping[str, Any]]) -> str:
     return overall + _legend([(r, colours[r]) for r in routes]) + chart + table
 
 
+# --------------------------------------------------------------------------- quality
+
+
+def _share(value: Any) -> str:
+    number = _float(value)
+    return "—" if number is None else f"{100 * number:.1f}%"
+
+
+def _seconds(value: Any) -> str:
+    number = _float(value)
+    return "—" if number is None else _ms(1000 * number)
+
+
+def _reliability_chart(versions: Sequence[Mapping[str, Any]]) -> str:
+    """Mean confidence (x) against the reviewers' accuracy (y) per confidence bin, one
+    line per model version; the dashed diagonal is a perfectly calibrated model."""
+    left, right, top, bottom = 60.0, 400.0, 14.0, 354.0
+    x, y = svg.Scale(0.0, 1.0, left, right), svg.Scale(0.0, 1.0, bottom, top)
+    ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    body = [*svg.axis_x(x, ticks, bottom, label="confidence (mean per bin)", grid_to=top),
+            *svg.axis_y(y, ticks, left, label="accuracy against reviewers", grid_to=right),
+            svg.line(x(0), y(0), x(1), y(1), stroke="#888", dash="5 4", cls="diagonal",
+                     title="perfectly calibrated")]
+    peak = max((int(b["count"]) for v in versions for b in v["calibration"]["curve"]),
+               default=1)
+    legend = []
+    for i, v in enumerate(versions):
+        colour = svg.PALETTE[i % len(svg.PALETTE)]
+        name = f"{v['capability']} {v['model']} v{v['model_version']}"
+        legend.append((f"{name} (ECE {float(v['calibration']['ece']):.3f})", colour))
+        curve = sorted(v["calibration"]["curve"], key=lambda b: float(b["mean_confidence"]))
+        points = [(x(float(b["mean_confidence"])), y(float(b["accuracy"]))) for b in curve]
+        if len(points) > 1:
+            body.append(svg.path("M" + " L".join(f"{px:.1f},{py:.1f}" for px, py in points),
+                                 stroke=colour, width=2.0, cls="reliability-line"))
+        for (px, py), b in zip(points, curve, strict=True):
+            body.append(svg.circle(px, py, 3 + 5 * math.sqrt(int(b["count"]) / peak),
+                                   fill=colour, opacity=0.8, cls="reliability-point",
+                                   title=f"{name}: confidence {float(b['mean_confidence']):.2f}"
+                                         f", accuracy {float(b['accuracy']):.2f}, "
+                                         f"{int(b['count'])} labels"))
+    chart = svg.document(right + 20, bottom + 40, body, label="Reliability curve",
+                         cls="chart reliability")
+    return _legend(legend) + chart
+
+
+def _quality_section(quality: Mapping[str, Any] | None) -> str:
+    if quality is None:
+        return _empty("quality from reviewers was not computed")
+    versions = list(quality.get("versions") or [])
+    if not versions:
+        return _empty("no calls of a capability with a model version recorded")
+    rows = [(f"{v['capability']}@{v['capability_version']}",
+             f"{v['model']} v{v['model_version']}", v["calls"], _share(v["automation_rate"]),
+             v["interventions"], v["labelled"], _share(v["accuracy"]),
+             _share(v["override_rate"]),
+             "—" if v["calibration"] is None else f"{float(v['calibration']['ece']):.3f}",
+             _seconds(v["resolution_p50_s"])) for v in versions]
+    table = _table(("Capability", "Model version", "Answered", "Automation", "To a human",
+                    "Labelled", "Accuracy", "Override", "ECE", "Resolution p50"), rows,
+                   cls="quality", numeric=tuple(range(2, 10)))
+    parts = []
+    if not quality.get("labels"):
+        waiting = sum(int(v["interventions"]) for v in versions)
+        parts.append(_empty(
+            f"no labels yet: no reviewer has decided a review item of this run ({waiting} "
+            "calls wait in the review queue). Decide some in the review console or with "
+            "`aios-mesh review approve|reject`; `aios-mesh quality` then shows accuracy, "
+            "override rate and the calibration of confidence."))
+    else:
+        parts.append('<p class="note">Reviewers\' verdicts as labels: accuracy = proposals '
+                     "kept, override = corrected or rejected; only reviewed calls have "
+                     "labels, and calls go to review when the model is unsure, so these "
+                     "describe the low-confidence slice. ECE = expected calibration error "
+                     "(10 bins).</p>")
+    parts.append(table)
+    if quality.get("unmatched"):
+        parts.append(_empty(f"{quality['unmatched']} labels name a call that is not in this "
+                            "audit log; they count in no version"))
+    calibrated = [v for v in versions if v.get("calibration")]
+    if calibrated:
+        parts.append(_reliability_chart(calibrated))
+    return "".join(parts)
+
+
 # --------------------------------------------------------------------------- lineage
 
 
@@ -459,7 +546,8 @@ def _briefs_section(invoices: Sequence[Mapping[str, Any]]) -> str:
 
 def render_report(*, title: str, summary: Sequence[tuple[str, str]],
                   calls: Sequence[Mapping[str, Any]], invoices: Sequence[Mapping[str, Any]],
-                  lineage: Sequence[Mapping[str, Any]]) -> str:
+                  lineage: Sequence[Mapping[str, Any]],
+                  quality: Mapping[str, Any] | None = None) -> str:
     """The report as one HTML string (see :func:`write_report`)."""
     sections = (
         ("summary", "Summary", _summary_section(summary)),
@@ -467,6 +555,7 @@ def render_report(*, title: str, summary: Sequence[tuple[str, str]],
         ("cost", "Cost per tenant", _cost_section(calls, invoices)),
         ("automation", "Automation rate", _automation_section(invoices)),
         ("briefs", "Review briefs drafted by the LLM", _briefs_section(invoices)),
+        ("quality", "Quality from reviewers", _quality_section(quality)),
         ("lineage", "Lineage of one workflow run", _lineage_section(lineage)),
     )
     parts = "".join(f'<section id="{sid}"><h2>{esc(heading)}</h2>{content}</section>'
@@ -479,7 +568,8 @@ def render_report(*, title: str, summary: Sequence[tuple[str, str]],
 
 def write_report(path: Path, *, title: str, summary: list[tuple[str, str]],
                  calls: list[dict[str, Any]], invoices: list[dict[str, Any]],
-                 lineage: list[dict[str, Any]]) -> Path:
+                 lineage: list[dict[str, Any]],
+                 quality: Mapping[str, Any] | None = None) -> Path:
     """Write the HTML report to ``path`` atomically (temp file + ``os.replace``).
 
     Args:
@@ -491,13 +581,15 @@ def write_report(path: Path, *, title: str, summary: list[tuple[str, str]],
             ``"brief"`` (``{"reason", "missing_fields", "question_to_vendor"}``) where the
             LLM drafted one.
         lineage: OpenLineage RunEvent dicts of one workflow run and its capability calls.
+        quality: ``QualityReport.to_dict()`` of :mod:`aios_mesh.lifecycle.quality` (the
+            reviewers' labels per model version), or ``None`` where it was not computed.
 
     Returns:
         ``path``.
     """
     path = Path(path)
     html = render_report(title=title, summary=summary, calls=calls, invoices=invoices,
-                         lineage=lineage)
+                         lineage=lineage, quality=quality)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -313,6 +313,7 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
         runs = list(dict.fromkeys(r for r in map(_workflow_run, records) if r is not None))
         mesh.flush()
         report_ok = asyncio.run(_verify(mesh))
+        reviewed = _quality(mesh)
         pending = mesh.outbox().pending()
         signals = mesh.relay.stats if mesh.relay is not None else None
     finally:
@@ -320,6 +321,7 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
 
     summary = _summarise(items, records, truth, report_ok, pending, signals, timings,
                          len(runs), n)
+    summary["quality"] = reviewed
     if brief_summary is not None:
         summary["briefs"] = brief_summary
         summary["table"][-1:-1] = _brief_rows(brief_summary)
@@ -334,7 +336,8 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
     report = write_report(state / "report.html", title="aios-mesh · invoice intake",
                           summary=[(k, str(v)) for k, v in summary["table"]],
                           calls=[_call_row(r) for r in records],
-                          invoices=[_invoice_row(i, truth) for i in items], lineage=lineage)
+                          invoices=[_invoice_row(i, truth) for i in items], lineage=lineage,
+                          quality=reviewed)
     (state / "summary.json").write_text(json.dumps({**summary, "decisions": _decisions(items)},
                                                    indent=1, default=str))
     _print_summary(out, summary, state, report)
@@ -385,6 +388,16 @@ async def _recorded(mesh: Any, since: int) -> list[DecisionRecord]:
     decision is an entry too, with a ``kind``: not a call)."""
     entries = await mesh.port("audit").read(since)
     return [_record_of(e.record) for e in entries if "kind" not in e.record]
+
+
+def _quality(mesh: Any) -> dict[str, Any]:
+    """The reviewers' labels joined with the decision records, per capability and model
+    version (:mod:`aios_mesh.lifecycle.quality`). The job decides no review itself: until a
+    reviewer does (console, ``aios-mesh review``), there are no labels, and only the
+    automation rates and interventions are filled."""
+    from aios_mesh.lifecycle.quality import quality
+
+    return asyncio.run(quality(mesh)).to_dict()
 
 
 async def _verify(mesh: Any) -> tuple[bool, int, list[Any]]:

@@ -15,6 +15,7 @@ __all__ = [
     "PALETTE",
     "Scale",
     "axis_x",
+    "axis_y",
     "circle",
     "document",
     "esc",
@@ -168,4 +169,23 @@ def axis_x(scale: Scale, ticks: Iterable[float], y: float, *, fmt: str = "{:g}",
     if label:
         out.append(text((scale.start + scale.stop) / 2, y + 32, label, anchor="middle",
                         size=12, cls="axis-label"))
+    return out
+
+
+def axis_y(scale: Scale, ticks: Iterable[float], x: float, *, fmt: str = "{:g}",
+           label: str | None = None, grid_to: float | None = None) -> list[str]:
+    """A vertical axis at ``x`` (``scale`` maps values to y pixels): baseline, tick marks,
+    tick labels, optional grid lines reaching ``grid_to`` and a rotated label."""
+    out = [line(x, scale.start, x, scale.stop, cls="axis")]
+    for tick in ticks:
+        y = scale(tick)
+        if grid_to is not None:
+            out.append(line(x, y, grid_to, y, stroke="#e3e3e3", cls="grid"))
+        out.append(line(x - 4, y, x, y, cls="tick"))
+        out.append(text(x - 7, y + 4, fmt.format(tick), anchor="end", size=11,
+                        cls="tick-label"))
+    if label:
+        mid = (scale.start + scale.stop) / 2
+        out.append(text(x - 36, mid, label, anchor="middle", size=12, cls="axis-label",
+                        transform=f"rotate(-90 {_num(x - 36)} {_num(mid)})"))
     return out

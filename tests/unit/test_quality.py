@@ -373,3 +373,31 @@ review_threshold = 0.8
     assert typo.exit_code == 2 and "did you mean 'triage'" in typo.output
     bad = runner.invoke(cli, ["quality", "--since", "yesterday", "--config", str(config)])
     assert bad.exit_code == 2 and "ISO 8601" in bad.output
+
+
+# --------------------------------------------------------------------------- the main job's report
+
+
+def test_the_invoice_report_shows_quality_per_version_and_the_reliability_curve(
+        world: Any) -> None:
+    import xml.etree.ElementTree as ET
+
+    from examples.invoice_intake.report import render_report
+
+    mesh, _ = world
+    doc = json.loads(json.dumps(mesh.run_sync(quality(mesh)).to_dict()))  # as summary.json
+    html = render_report(title="t", summary=[], calls=[], invoices=[], lineage=[],
+                         quality=doc)
+    section = html[html.index('<section id="quality">'):]
+    section = section[:section.index("</section>")]
+    assert "Quality from reviewers" in section and "no labels yet" not in section
+    assert "clf v3" in section and "60.0%" in section and "0.256" in section
+    chart = section[section.index("<svg"):section.index("</svg>") + 6]
+    root = ET.fromstring(chart)  # well-formed on its own
+    points = root.findall(".//{http://www.w3.org/2000/svg}circle")
+    assert len(points) == 4 + 2  # the non-empty bins of v3 and of v4
+
+    empty = render_report(title="t", summary=[], calls=[], invoices=[], lineage=[],
+                          quality={**doc, "labels": 0, "versions": [
+                              {**v, "calibration": None} for v in doc["versions"]]})
+    assert "no labels yet" in empty and "reliability" not in empty.split('id="quality"')[1]
