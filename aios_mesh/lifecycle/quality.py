@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import threading
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from aios_mesh.errors import FeatureNotSupported, InvalidInput, MeshError
+from aios_mesh.errors import FeatureNotSupported, InvalidInput, MeshError, UnknownCapability
 from aios_mesh.review import Label
 
 if TYPE_CHECKING:
@@ -289,7 +290,9 @@ async def quality(mesh: Mesh, capability: str | None = None, *, tenant: str | No
         mesh: the mesh whose review queue and audit log are read (``mesh.review_queue()``,
             ``mesh.ports.audit``).
         capability: ``name`` (every version) or ``name@version``; default every capability.
-            An unknown name is :class:`~aios_mesh.errors.UnknownCapability` (a ``NotFound``).
+            A name that is neither declared nor in the audit log nor labelled is
+            :class:`~aios_mesh.errors.UnknownCapability` (a ``NotFound``, with a "did you
+            mean").
         tenant: only this tenant's calls and labels.
         since: an ISO 8601 time (or ``datetime``; without a zone, UTC): calls that started
             and labels given at or after it.
@@ -301,8 +304,11 @@ async def quality(mesh: Mesh, capability: str | None = None, *, tenant: str | No
         best = max(report.versions, key=lambda v: v.accuracy or 0)
     """
     name, _, version = (capability or "").partition("@")
-    if capability is not None:
-        mesh.capability(name)  # UnknownCapability, with a "did you mean", on a typo
+    # A capability this process does not declare (a CLI run on a job's state folder without
+    # its --app) is still reported when the log or the queue knows it; only a name nobody
+    # knows is an error, raised after the pass with what the log does hold.
+    declared = not name or name in mesh.capabilities
+    seen: set[str] = set()
     start = _since(since)
     queue = mesh.review_queue()
     labels = queue.labels(tenant=tenant, capability=capability, since=start)
@@ -328,6 +334,8 @@ async def quality(mesh: Mesh, capability: str | None = None, *, tenant: str | No
             cap = rec.get("capability")
             if rec.get("kind") is not None or not isinstance(cap, dict):
                 continue  # alias changes, review decisions: not calls
+            if not declared:
+                seen.add(str(cap.get("name")))
             if name and (cap.get("name") != name or (version and str(cap.get("version"))
                                                       != version)):
                 continue
@@ -367,6 +375,14 @@ async def quality(mesh: Mesh, capability: str | None = None, *, tenant: str | No
                 if isinstance(confidence, int | float) and not isinstance(confidence, bool):
                     tally.correct.append(right)
                     tally.confidence.append(float(confidence))
+    if not declared and not labels and name not in seen:
+        known = sorted(set(mesh.capabilities) | seen)
+        close = difflib.get_close_matches(name, known, n=1)
+        raise UnknownCapability(
+            f"no capability named {name!r} is declared, recorded or labelled",
+            hint=f"did you mean {close[0]!r}?" if close else
+            "`aios-mesh capabilities` lists what is declared; without a name, every "
+            "capability in the audit log is reported")
     unmatched = [label.record_id for label in labels if label.record_id not in matched]
     versions = tuple(_version(key, tally) for key, tally in sorted(
         tallies.items(), key=lambda kv: tuple(str(part) for part in kv[0])))

@@ -371,6 +371,15 @@ review_threshold = 0.8
         assert shown in text.output
     typo = runner.invoke(cli, ["quality", "triag", "--config", str(config)])
     assert typo.exit_code == 2 and "did you mean 'triage'" in typo.output
+    # the same state read without the capability declared (a job's folder, no --app):
+    # the audit log and the queue know it, so it is reported, and a typo is still caught
+    bare = tmp_path / "bare.toml"
+    bare.write_text(config.read_text().split("[[capabilities]]")[0])
+    again = runner.invoke(cli, ["quality", "triage", "--config", str(bare), "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["versions"] == json.loads(out.output)["versions"]
+    typo = runner.invoke(cli, ["quality", "triag", "--config", str(bare)])
+    assert typo.exit_code == 2 and "did you mean 'triage'" in typo.output
     bad = runner.invoke(cli, ["quality", "--since", "yesterday", "--config", str(config)])
     assert bad.exit_code == 2 and "ISO 8601" in bad.output
 
