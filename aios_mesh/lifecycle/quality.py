@@ -466,6 +466,7 @@ class QualityMetrics:
         # adapters their connections) per thread, so a thread per refresh would leak them
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aios-mesh-quality")
         self._pending: Future[None] | None = None
+        self._closed = False
 
     def install(self, meter_provider: metrics.MeterProvider | None = None) -> QualityMetrics:
         """Create the gauges on ``meter_provider`` (default the global one); returns self."""
@@ -493,13 +494,18 @@ class QualityMetrics:
             if time.monotonic() - self._at < self.refresh_s:
                 return self._report
             pending = self._pending
+            if self._closed:
+                return self._report
             if pending is None or pending.done():
                 pending = self._pending = self._pool.submit(self._compute)
         wait([pending], timeout=self.timeout_s)
         return self._report
 
     def close(self) -> None:
-        """Stop the helper thread (a refresh under way finishes first)."""
+        """Stop the helper thread (a refresh under way finishes first); later scrapes
+        show the last report."""
+        with self._lock:
+            self._closed = True
         self._pool.shutdown(wait=True)
 
     def _compute(self) -> None:

@@ -304,6 +304,18 @@ def test_metrics_export_the_report_and_refresh_at_most_once_per_period(world: An
         metrics.close()
 
 
+def test_a_closed_exporter_shows_its_last_report_and_computes_no_more(world: Any) -> None:
+    mesh, _ = world
+    reader = InMemoryMetricReader()
+    metrics = QualityMetrics(mesh, refresh_s=1e-9).install(  # every scrape is stale
+        MeterProvider(metric_readers=[reader]))
+    _gauges(reader)
+    metrics.close()
+    done = metrics.refreshes
+    assert done >= 1
+    assert _gauges(reader)["aios_mesh.quality.accuracy"] and metrics.refreshes == done
+
+
 async def test_a_scrape_from_inside_an_event_loop_still_gets_a_report(world: Any) -> None:
     mesh, _ = world
     reader = InMemoryMetricReader()
