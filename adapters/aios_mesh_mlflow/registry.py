@@ -13,11 +13,19 @@ folder; default ``artifacts`` beside the database).
 
 Every MLflow call runs in :func:`asyncio.to_thread` on one :class:`mlflow.MlflowClient` bound
 to this registry's URI; the process-global ``mlflow.set_tracking_uri`` is never touched.
+
+Documents kept with a model version (:class:`~aios_mesh.ports.registry.ModelDocuments`: drift
+references, gate reports) are JSON artifacts of a run: the version's own run when it has one,
+else a run made for it in the ``aios-mesh`` experiment (its id in the version's tag
+``aios.doc.run``). The version's tag ``aios.doc.<key>`` names the artifact
+(``runs:/<run>/aios-mesh/<name>/<version>/<key>.json``), so MLflow's UI shows where it is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,7 +36,12 @@ from aios_mesh.backends import BackendURL
 from aios_mesh.errors import ConfigError, InvalidInput, MeshError, NotFound
 from aios_mesh.ports.base import Feature
 from aios_mesh.ports.health import http_probe
-from aios_mesh.ports.registry import ModelRef, parse_model_spec
+from aios_mesh.ports.registry import (
+    ModelRef,
+    check_document,
+    check_document_key,
+    parse_model_spec,
+)
 from aios_mesh_mlflow._common import (
     TRACKING_URI_TAG,
     read_signature,
@@ -46,6 +59,10 @@ T = TypeVar("T")
 _SCHEMES = ("mlflow+sqlite", "mlflow+http", "mlflow+https")
 _OPTIONS = frozenset({"artifacts"})
 _HINT = "register it (registry.register(...) or `mlflow models` tooling) or run `aios-mesh lock`"
+#: Model-version tag naming the run made to hold a version's documents (when it has no run).
+DOC_RUN_TAG = "aios.doc.run"
+#: Prefix of the model-version tags naming each document's artifact.
+DOC_TAG_PREFIX = "aios.doc."
 
 
 class MlflowRegistry(MlflowPrompts):
@@ -70,7 +87,8 @@ class MlflowRegistry(MlflowPrompts):
     → :class:`ConfigError`.
     """
 
-    features: frozenset[Feature] = frozenset({Feature.ALIASES, Feature.PROMPTS})
+    features: frozenset[Feature] = frozenset({Feature.ALIASES, Feature.PROMPTS,
+                                              Feature.DOCUMENTS})
 
     def __init__(self, tracking_uri: str, *, artifact_root: Path | None = None,
                  display: str | None = None) -> None:
@@ -240,6 +258,65 @@ class MlflowRegistry(MlflowPrompts):
         await self._run(f"set alias {name}@{alias} → {version}", call,
                         not_found_hint=f"register model {name!r} version {version} first")
 
+    async def put_document(self, name: str, version: str, key: str,
+                           document: dict[str, Any]) -> None:
+        """Keep ``document`` (a JSON object) with version ``version`` of ``name`` under
+        ``key``, replacing an earlier one: a JSON artifact of the version's run (or of a run
+        made for it in the ``aios-mesh`` experiment), named by the version's tag
+        ``aios.doc.<key>``.
+
+        Example::
+
+            await registry.put_document("invoice-extractor", "3", "gate.report",
+                                        {"passed": True, "accuracy": 0.94})
+        """
+        check_document_key(key)
+        data = check_document(document).decode()
+        version = _check_version(version)
+        folder = f"aios-mesh/{name}/{version}"
+
+        def call(c: Any) -> None:
+            mv = c.get_model_version(name, version)
+            tags = {str(k): str(v) for k, v in (mv.tags or {}).items()}
+            run_id = str(mv.run_id or tags.get(DOC_RUN_TAG) or "")
+            if not run_id:  # a version registered from a bare URI: give it a run of its own
+                run = c.create_run(self._experiment(c, "aios-mesh"),
+                                   run_name=f"{name}-v{version}-documents",
+                                   tags={"aios.model": name, "aios.model_version": version})
+                run_id = str(run.info.run_id)
+                c.set_terminated(run_id)
+                c.set_model_version_tag(name, version, DOC_RUN_TAG, run_id)
+            c.log_text(run_id, data, f"{folder}/{key}.json")
+            c.set_model_version_tag(name, version, f"{DOC_TAG_PREFIX}{key}",
+                                    f"runs:/{run_id}/{folder}/{key}.json")
+
+        await self._run(f"put document {key!r} of {name}/{version}", call,
+                        not_found_hint=f"register model {name!r} version {version} first")
+
+    async def get_document(self, name: str, version: str, key: str) -> dict[str, Any] | None:
+        """The document kept under ``key`` with that version, or ``None``."""
+        check_document_key(key)
+        version = _check_version(version)
+
+        def call(c: Any) -> dict[str, Any] | None:
+            mv = c.get_model_version(name, version)
+            uri = str((mv.tags or {}).get(f"{DOC_TAG_PREFIX}{key}") or "")
+            if not uri.startswith("runs:/"):
+                return None
+            run_id, _, path = uri.removeprefix("runs:/").partition("/")
+            with tempfile.TemporaryDirectory(prefix="aios-doc-") as tmp:
+                local = c.download_artifacts(run_id, path, tmp)
+                with open(local, encoding="utf-8") as file:
+                    loaded = json.load(file)
+            if not isinstance(loaded, dict):  # pragma: no cover - written by put_document
+                raise InvalidInput(f"document {key!r} of {name}/{version} is not an object",
+                                   hint=f"write it again with put_document (tag {uri})")
+            return loaded
+
+        return await self._run(f"get document {key!r} of {name}/{version}", call,
+                               not_found_hint=f"check that model {name!r} has version "
+                                              f"{version}")
+
     async def health(self) -> None:
         """``GET /health`` of a tracking server (a sqlite registry has nothing to reach);
         :class:`~aios_mesh.errors.BackendUnavailable` with a hint when it does not answer."""
@@ -260,23 +337,23 @@ class MlflowRegistry(MlflowPrompts):
     async def ensure_experiment(self, name: str = "aios-mesh") -> str:
         """The id of experiment ``name``, created if missing (for logging models to this
         registry). On sqlite its artifacts go under :attr:`artifact_root`, not ``./mlruns``."""
+        return await self._run(f"ensure experiment {name!r}",
+                               lambda c: self._experiment(c, name))
 
-        def call(c: Any) -> str:
-            found = c.get_experiment_by_name(name)
-            if found is not None:
-                return str(found.experiment_id)
-            location = None
-            if self.artifact_root is not None:
-                self.artifact_root.mkdir(parents=True, exist_ok=True)
-                location = self.artifact_root.as_uri()
-            try:
-                return str(c.create_experiment(name, artifact_location=location))
-            except Exception as exc:  # created concurrently
-                if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                return str(c.get_experiment_by_name(name).experiment_id)
-
-        return await self._run(f"ensure experiment {name!r}", call)
+    def _experiment(self, c: Any, name: str) -> str:
+        found = c.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        location = None
+        if self.artifact_root is not None:
+            self.artifact_root.mkdir(parents=True, exist_ok=True)
+            location = self.artifact_root.as_uri()
+        try:
+            return str(c.create_experiment(name, artifact_location=location))
+        except Exception as exc:  # created concurrently
+            if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return str(c.get_experiment_by_name(name).experiment_id)
 
     async def publish_model(self, folder: str | Path, name: str, *, alias: str | None = None,
                             experiment: str = "aios-mesh", run_name: str | None = None,
@@ -314,6 +391,14 @@ class MlflowRegistry(MlflowPrompts):
 
     def __repr__(self) -> str:
         return f"MlflowRegistry({self._display!r})"
+
+
+def _check_version(version: str) -> str:
+    version = str(version)
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidInput(f"version {version!r} is not a version number",
+                           hint="pass the version as '3'")
+    return str(int(version))
 
 
 def _check_name(name: str) -> None:

@@ -15,12 +15,16 @@ same rules as the MLflow adapter, so the conformance suite holds for both:
 Prompts (:class:`~aios_mesh.ports.registry.PromptRegistry`) follow the same rules in a
 namespace of their own, with the template checks of :mod:`aios_mesh.ports.prompts`.
 
+Documents (:class:`~aios_mesh.ports.registry.ModelDocuments`) are kept per version as JSON
+bytes, so a caller's later change to its dict never reaches the stored copy.
+
 Everything is a dict lookup under no lock: the methods never await, so on one event loop
 each call is atomic.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -35,7 +39,14 @@ from aios_mesh.ports.prompts import (
     check_prompt_version,
     template_text,
 )
-from aios_mesh.ports.registry import RESERVED_ALIAS, ModelRef, PromptRef, parse_model_spec
+from aios_mesh.ports.registry import (
+    RESERVED_ALIAS,
+    ModelRef,
+    PromptRef,
+    check_document,
+    check_document_key,
+    parse_model_spec,
+)
 
 __all__ = ["MemoryRegistry"]
 
@@ -47,6 +58,7 @@ _PROMPT_HINT = "register it first (`aios-mesh prompts register NAME --template-f
 class _Model:
     versions: list[ModelRef] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)
+    documents: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (version, key)
 
 
 @dataclass
@@ -66,7 +78,8 @@ class MemoryRegistry:
         assert (await registry.resolve("clf@champion")).version == "1"
     """
 
-    features: frozenset[Feature] = frozenset({Feature.ALIASES, Feature.PROMPTS})
+    features: frozenset[Feature] = frozenset({Feature.ALIASES, Feature.PROMPTS,
+                                              Feature.DOCUMENTS})
 
     def __init__(self) -> None:
         self._models: dict[str, _Model] = {}
@@ -139,6 +152,26 @@ class MemoryRegistry:
         model = self._model(name)
         ref = self._version(model, name, str(version))
         model.aliases[alias] = ref.version
+
+    # -- documents -------------------------------------------------------------------------
+
+    async def put_document(self, name: str, version: str, key: str,
+                           document: dict[str, Any]) -> None:
+        """Keep ``document`` (a JSON object) with version ``version`` of ``name`` under
+        ``key``, replacing an earlier one."""
+        check_document_key(key)
+        data = check_document(document)
+        model = self._model(name)
+        ref = self._version(model, name, str(version))
+        model.documents[(ref.version, key)] = data
+
+    async def get_document(self, name: str, version: str, key: str) -> dict[str, Any] | None:
+        """The document kept under ``key`` with that version, or ``None``."""
+        check_document_key(key)
+        model = self._model(name)
+        ref = self._version(model, name, str(version))
+        data = model.documents.get((ref.version, key))
+        return None if data is None else dict(json.loads(data))
 
     # -- prompts ---------------------------------------------------------------------------
 

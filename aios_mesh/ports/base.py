@@ -38,6 +38,9 @@ class Feature(enum.StrEnum):
     ALIASES = "aliases"
     #: versioned prompts with aliases (:class:`~aios_mesh.ports.registry.PromptRegistry`)
     PROMPTS = "prompts"
+    #: JSON documents stored with a model version (drift references, gate reports):
+    #: :class:`~aios_mesh.ports.registry.ModelDocuments`
+    DOCUMENTS = "documents"
 
 
 def require_feature(adapter: object, feature: Feature, *, what: str | None = None) -> None:

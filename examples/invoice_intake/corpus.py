@@ -23,12 +23,14 @@ from datetime import date, timedelta
 __all__ = [
     "CURRENCIES",
     "LAYOUTS",
+    "NEW_LAYOUT",
     "NOISE_KINDS",
     "TENANTS",
     "Invoice",
     "Truth",
     "Vendor",
     "make_corpus",
+    "shifted_corpus",
     "training_corpus",
     "vendor_master",
 ]
@@ -866,3 +868,48 @@ def make_corpus(n: int = 540, *, seed: int = 7) -> list[Invoice]:
 def training_corpus(n: int = 1500, *, seed: int = 1234) -> list[Invoice]:
     """A disjoint training corpus (different seed; ids "train-acme-0001", ...)."""
     return _corpus(n, seed, "train-")
+
+
+# --------------------------------------------------------------------------- drift scenario
+
+#: A layout neither corpus has: a marketplace's e-mail receipt (drift tests and benchmarks).
+NEW_LAYOUT = "marketplace"
+
+
+def _marketplace(rng: random.Random, inv: Invoice) -> str:
+    t = inv.truth
+    assert t.currency is not None and t.total is not None
+    amount = _fmt_number(t.total, t.currency, "us")
+    lines = [rng.choice(("From: receipts@marketplace.example", "From: no-reply@shop.example")),
+             f"Subject: Your order with {t.vendor_name} - invoice {t.invoice_number}", "",
+             rng.choice(("Hello,", "Hi there,", "Dear customer,")), "",
+             f"thank you for your order from {t.vendor_name}, sold via our marketplace.",
+             f"Invoice {t.invoice_number} was issued on {t.invoice_date}.", "",
+             f"Order total: {amount} {t.currency}",
+             rng.choice(("Paid with card.", "Payment by invoice, due in 14 days.",
+                         "Paid with marketplace credit.")), "",
+             "Questions? Reply to this e-mail.", "-- the marketplace team"]
+    return "\n".join(lines) + "\n"
+
+
+def shifted_corpus(n: int = 500, *, seed: int = 99,
+                   currencies: tuple[str, ...] = ("JPY", "CHF")) -> list[Invoice]:
+    """Invoices the evaluation corpus does not look like: printed in :data:`NEW_LAYOUT` and
+    in ``currencies`` only (a currency mix far from the usual one) — what a drift monitor
+    should notice (ids "shift-acme-0001", ...). Truth is the meant values, as elsewhere."""
+    rng = random.Random(f"shifted:{seed}")
+    masters = {t: vendor_master(t) for t in TENANTS}
+    counters = dict.fromkeys(TENANTS, 0)
+    out: list[Invoice] = []
+    while len(out) < n:
+        tenant = rng.choices(TENANTS, weights=(0.45, 0.35, 0.20))[0]
+        base = _make_invoice(rng, "", tenant, masters[tenant])
+        t = base.truth
+        if (t.currency not in currencies or t.total is None or t.invoice_number is None
+                or t.invoice_date is None or base.noise):
+            continue
+        counters[tenant] += 1
+        out.append(Invoice(id=f"shift-{tenant}-{counters[tenant]:04d}", tenant=tenant,
+                           text=_marketplace(rng, base), layout=NEW_LAYOUT, truth=t, pii=(),
+                           malformed=False))
+    return out

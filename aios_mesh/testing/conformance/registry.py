@@ -16,6 +16,9 @@ must store them without fetching anything and hand them back unchanged in
 ``ModelRef.source``. Versions are strings (``"1"``, ``"2"`` ...), numbered per model from 1.
 As in MLflow, the alias ``latest`` always means the highest version, and ``latest`` and
 ``v<digits>`` cannot be set as aliases.
+
+:class:`RegistryDocuments` covers registries that declare ``Feature.DOCUMENTS``: JSON
+documents kept with a model version by key (:class:`~aios_mesh.ports.registry.ModelDocuments`).
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ import pytest
 
 from aios_mesh.errors import InvalidInput, MeshError, NotFound
 from aios_mesh.ports.base import Feature
-from aios_mesh.ports.registry import ModelRef, ModelRegistry
+from aios_mesh.ports.registry import ModelDocuments, ModelRef, ModelRegistry
 
-__all__ = ["RegistryAliases", "RegistryBasic"]
+__all__ = ["RegistryAliases", "RegistryBasic", "RegistryDocuments"]
 
 
 def _name() -> str:
@@ -220,3 +223,93 @@ class RegistryAliases:
         with pytest.raises(NotFound) as info:
             await adapter.set_alias(_name(), "champion", "1")
         _assert_hint(info.value)
+
+
+class RegistryDocuments:
+    """put_document → get_document per (model, version, key); replace; None for a key never
+    written; NotFound for an unknown model or version; InvalidInput for a bad key or document."""
+
+    DOC: dict[str, Any] = {"format": "conformance/1", "n": 3, "share": 0.25,
+                           "names": ["a", "b"], "nested": {"ok": True, "none": None},
+                           "text": "Zürich – ¥ 1 000"}
+
+    async def test_declares_documents(self, adapter: Any) -> None:
+        assert Feature.DOCUMENTS in adapter.features
+        assert isinstance(adapter, ModelDocuments)
+
+    async def test_put_then_get_round_trips(self, adapter: Any) -> None:
+        name = _name()
+        await _register(adapter, name, 1)
+        await adapter.put_document(name, "1", "drift.reference", self.DOC)
+        assert await adapter.get_document(name, "1", "drift.reference") == self.DOC
+
+    async def test_unwritten_key_is_none(self, adapter: Any) -> None:
+        name = _name()
+        await _register(adapter, name, 1)
+        assert await adapter.get_document(name, "1", "gate.report") is None
+        await adapter.put_document(name, "1", "drift.reference", {"a": 1})
+        assert await adapter.get_document(name, "1", "gate.report") is None
+
+    async def test_put_again_replaces(self, adapter: Any) -> None:
+        name = _name()
+        await _register(adapter, name, 1)
+        await adapter.put_document(name, "1", "gate.report", {"passed": False})
+        await adapter.put_document(name, "1", "gate.report", {"passed": True, "n": 2})
+        assert await adapter.get_document(name, "1", "gate.report") == {"passed": True, "n": 2}
+
+    async def test_documents_are_per_version_and_key(self, adapter: Any) -> None:
+        name = _name()
+        await _register(adapter, name, 1)
+        await _register(adapter, name, 2)
+        await adapter.put_document(name, "1", "drift.reference", {"v": 1})
+        await adapter.put_document(name, "2", "drift.reference", {"v": 2})
+        await adapter.put_document(name, "2", "gate.report", {"g": 2})
+        assert await adapter.get_document(name, "1", "drift.reference") == {"v": 1}
+        assert await adapter.get_document(name, "2", "drift.reference") == {"v": 2}
+        assert await adapter.get_document(name, "1", "gate.report") is None
+        # documents do not move versions or aliases
+        assert (await adapter.resolve(name)).version == "2"
+
+    async def test_stored_copy_is_not_the_callers_dict(self, adapter: Any) -> None:
+        name = _name()
+        await _register(adapter, name, 1)
+        doc: dict[str, Any] = {"items": [1, 2]}
+        await adapter.put_document(name, "1", "gate.report", doc)
+        doc["items"].append(3)
+        got = await adapter.get_document(name, "1", "gate.report")
+        assert got == {"items": [1, 2]}
+        got["items"].append(4)
+        assert await adapter.get_document(name, "1", "gate.report") == {"items": [1, 2]}
+
+    @pytest.mark.parametrize("where", ["model", "version"])
+    async def test_unknown_model_or_version_is_not_found(self, adapter: Any,
+                                                         where: str) -> None:
+        name = _name()
+        await _register(adapter, name, 1)
+        target = (_name(), "1") if where == "model" else (name, "7")
+        for call in (adapter.put_document(*target, "gate.report", {"a": 1}),
+                     adapter.get_document(*target, "gate.report")):
+            with pytest.raises(NotFound) as info:
+                await call
+            _assert_hint(info.value)
+
+    @pytest.mark.parametrize("key", ["", "Upper", "has space", "a/b", "-lead", "x" * 65])
+    async def test_malformed_key_is_invalid_input(self, adapter: Any, key: str) -> None:
+        name = _name()
+        await _register(adapter, name, 1)
+        with pytest.raises(InvalidInput) as info:
+            await adapter.put_document(name, "1", key, {"a": 1})
+        _assert_hint(info.value)
+        with pytest.raises(InvalidInput):
+            await adapter.get_document(name, "1", key)
+
+    @pytest.mark.parametrize("document", [["not", "an", "object"], {"x": float("nan")},
+                                          {"x": object()}])
+    async def test_non_json_document_is_invalid_input(self, adapter: Any,
+                                                      document: Any) -> None:
+        name = _name()
+        await _register(adapter, name, 1)
+        with pytest.raises(InvalidInput) as info:
+            await adapter.put_document(name, "1", "gate.report", document)
+        _assert_hint(info.value)
+        assert await adapter.get_document(name, "1", "gate.report") is None
