@@ -48,6 +48,8 @@ from pydantic import (
 from aios_mesh.errors import ConfigError
 from aios_mesh.generation.messages import ChatInput
 from aios_mesh.generation.spec import Generation
+from aios_mesh.lifecycle.gates import PromotionGates
+from aios_mesh.lifecycle.versions import VERSION_PATTERN, major_of
 from aios_mesh.ports.registry import parse_model_spec
 from aios_mesh.ports.serving import Usage
 
@@ -192,6 +194,8 @@ class CapabilitySpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     name: str
+    #: ``MAJOR[.MINOR[.PATCH]]``; callers pin a major (``name@2``), see
+    #: :mod:`aios_mesh.lifecycle.versions`
     version: str = "1"
     description: str = ""
     input: type[BaseModel]
@@ -215,6 +219,13 @@ class CapabilitySpec(BaseModel):
     cache_ttl_s: float | None = Field(None, gt=0, description="cache answers this long")
     generate: Generation | None = Field(None, description="an LLM answers: its prompt, "
                                                           "max_tokens, temperature")
+    agreement: str | None = Field(None, description="'module:function' deciding whether two "
+                                                   "answers agree (shadow, compare, gates); "
+                                                   "default: equal")
+    gates: PromotionGates | None = Field(None, description="what a candidate model must show "
+                                                           "before `promote` moves the alias")
+    deprecated: str | None = Field(None, description="why and until when this version is "
+                                                    "served, e.g. 'use @2; removed 2027-06'")
     handler: Callable[..., Any] | None = Field(None, exclude=True)
 
     @field_validator("name")
@@ -223,6 +234,16 @@ class CapabilitySpec(BaseModel):
         if not _NAME.match(value):
             raise ValueError(f"capability name {value!r} must be kebab-case, "
                              "e.g. 'extract-invoice-fields'")
+        return value
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # ``version = 2`` in TOML
+        if not isinstance(value, str) or not VERSION_PATTERN.match(value):
+            raise ValueError(f"capability version {value!r} must be MAJOR[.MINOR[.PATCH]] "
+                             "in numbers, e.g. '2' or '2.1'")
         return value
 
     @field_validator("model")
@@ -236,6 +257,14 @@ class CapabilitySpec(BaseModel):
     @classmethod
     def _generation(cls, value: Any) -> Any:
         return Generation(**value) if isinstance(value, Mapping) else value
+
+    @field_validator("agreement")
+    @classmethod
+    def _agreement(cls, value: str | None) -> str | None:
+        if value is not None and ":" not in value:
+            raise ValueError(f"agreement {value!r} is not an import path: write "
+                             "'package.module:function'")
+        return value
 
     @field_validator("estimate", mode="before")
     @classmethod
@@ -271,6 +300,11 @@ class CapabilitySpec(BaseModel):
     def key(self) -> str:
         """``name@version``, as it appears in records and the lock file."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def major(self) -> str:
+        """The major version callers pin (``name@major``)."""
+        return major_of(self.version)
 
     @classmethod
     def from_config(cls, doc: Mapping[str, Any]) -> CapabilitySpec:

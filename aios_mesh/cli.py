@@ -33,7 +33,9 @@ from typer.core import TyperGroup
 from aios_mesh.errors import ConfigError, MeshError
 from aios_mesh.gateway_cli import gateway_command
 from aios_mesh.keys_cli import keys_app
+from aios_mesh.lifecycle_cli import lifecycle_commands
 from aios_mesh.prompts_cli import prompts_app
+from aios_mesh.quality_cli import quality_command
 from aios_mesh.quota_cli import quota_app
 from aios_mesh.vault_cli import vault_app
 
@@ -87,10 +89,11 @@ def capabilities(
         help="Print the input and output JSON schema of this capability.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List the registered capabilities (name, version, model, policy, SLO, price)."""
+    """List the registered capabilities (name, version, model, policy, SLO, price); a
+    name served in two majors is listed once per version (call one as NAME@MAJOR)."""
     try:
         mesh = _mesh(config, app_ref)
-        specs = mesh.capabilities
+        specs = list(mesh.catalog)
         if schema is not None:
             spec = mesh.capability(schema)
             doc = {"input": spec.input.model_json_schema(),
@@ -99,16 +102,18 @@ def capabilities(
             return
         if as_json:
             console.print_json(orjson.dumps([
-                {"name": s.name, "version": s.version, "model": s.model, "policy": s.policy,
+                {"name": s.name, "version": s.version, "deprecated": s.deprecated,
+                 "model": s.model, "policy": s.policy,
                  "timeout_s": s.slo.timeout_s, "fallbacks": [str(f) for f in s.fallbacks]}
-                for s in specs.values()]).decode())
+                for s in specs]).decode())
             return
         table = Table(title="capabilities")
         for col in ("name", "version", "model", "policy", "timeout", "fallbacks", "review <"):
             table.add_column(col)
-        for s in specs.values():
+        for s in specs:
+            version = s.version if s.deprecated is None else f"{s.version} (deprecated)"
             table.add_row(*map(escape, (
-                s.name, s.version, s.model or "(function)", s.policy or "-",
+                s.name, version, s.model or "(function)", s.policy or "-",
                 f"{s.slo.timeout_s}s", ", ".join(str(f) for f in s.fallbacks) or "-",
                 "-" if s.review_threshold is None else str(s.review_threshold))))
         console.print(table)
@@ -121,7 +126,8 @@ def capabilities(
 
 @app.command()
 def invoke(
-    name: Annotated[str, typer.Argument(help="Capability name, e.g. classify-ticket.")],
+    name: Annotated[str, typer.Argument(help="Capability name, e.g. classify-ticket, or "
+                                             "NAME@MAJOR for one version.")],
     tenant: Annotated[str, typer.Option(help="Tenant the call is made for.")],
     payload: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--json", help="Payload as a JSON object; '-' reads standard input.")] = None,
@@ -435,14 +441,17 @@ def compare(
 
 
 def _alias_change(action: str, capability: str, version: str | None, actor: str,
-                  config: Path | None, app_ref: str | None) -> None:
+                  config: Path | None, app_ref: str | None, *,
+                  examples: Path | None = None, force: bool = False) -> None:
     from aios_mesh import rollout
+    from aios_mesh.lifecycle.evaluation import examples_from_jsonl
 
     try:
         with _mesh(config, app_ref) as mesh:
             if action == "promote":
-                change = mesh.run_sync(rollout.promote(mesh, capability, version=version,
-                                                        actor=actor))
+                change = mesh.run_sync(rollout.promote(
+                    mesh, capability, version=version, actor=actor, force=force,
+                    examples=None if examples is None else examples_from_jsonl(examples)))
             else:
                 change = mesh.run_sync(rollout.rollback(mesh, capability, actor=actor))
     except MeshError as exc:
@@ -459,11 +468,26 @@ def promote(
     version: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Version to promote. Default: the capability's canary/shadow candidate.")] = None,
     actor: Annotated[str, typer.Option(help="Who is promoting (recorded).")] = "cli",
+    eval_set: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--eval", help="Labelled set for the gates: a JSONL file of "
+                       '{"input": {...}, "expected": {...}}. Default: the reviewers\' '
+                       "verdicts.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Promote even if a declared gate fails (recorded as forced).")
+    ] = False,
     config: ConfigOpt = None,
     app_ref: AppOpt = None,
 ) -> None:
-    """Move the capability's MLflow alias to the candidate version (recorded)."""
-    _alias_change("promote", capability, version, actor, config, app_ref)
+    """Move the capability's MLflow alias to the candidate version (recorded).
+
+    A capability that declares gates is promoted only when they pass: both versions are
+    evaluated on the labelled set and the candidate's shadow agreement is read; the gate
+    report goes to the audit log and onto the candidate's model version either way.
+
+    Example: aios-mesh promote extract-invoice-fields --version 4 --eval golden.jsonl
+    """
+    _alias_change("promote", capability, version, actor, config, app_ref,
+                  examples=eval_set, force=force)
 
 
 @app.command()
@@ -485,6 +509,9 @@ app.add_typer(keys_app(_mesh, _fail, ConfigOpt), name="keys")
 app.add_typer(vault_app(_mesh, _fail, ConfigOpt), name="vault")
 app.add_typer(prompts_app(_mesh, _fail, ConfigOpt, AppOpt), name="prompts")
 app.command("gateway")(gateway_command(_fail, ConfigOpt, AppOpt))
+app.command("quality")(quality_command(_mesh, _fail, ConfigOpt, AppOpt))
+for _name, _command in lifecycle_commands(_mesh, _fail, ConfigOpt, AppOpt).items():
+    app.command(_name)(_command)  # pause, resume, paused, revert
 
 
 @review_app.command("list")

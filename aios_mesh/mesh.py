@@ -45,6 +45,8 @@ from aios_mesh.config import MeshConfig, UrlSource, config_from_mapping, load_co
 from aios_mesh.context import CallContext
 from aios_mesh.embedded.serving import InProcessServing
 from aios_mesh.errors import CallCancelled, MeshError, UnknownTenant
+from aios_mesh.lifecycle.pause import pause_control
+from aios_mesh.lifecycle.rollback import AutoRollback
 from aios_mesh.lineage_naming import DatasetNames
 from aios_mesh.outbox import Outbox
 from aios_mesh.pipeline import Call, Pipeline
@@ -141,7 +143,7 @@ class Mesh(SyncFacade):
             breakers=BreakerBoard(self.config.breaker),
             budget=RetryBudget(self.config.retry.budget_ratio,
                                self.config.retry.min_retries_per_s),
-            admission=admission)
+            admission=admission, state=self.state)
         self.parts = parts
         self.pipeline = Pipeline(default_steps(parts) if steps is None else steps)
         self.sinks: list[RecordSink] = []
@@ -193,7 +195,8 @@ class Mesh(SyncFacade):
 
     def _default_processors(self) -> list[RecordProcessor]:
         chain: list[RecordProcessor] = [TelemetryProcessor(self.telemetry),
-                                        ShadowProcessor(self.shadow)]
+                                        ShadowProcessor(self.shadow),
+                                        AutoRollback(self)]  # canaries with gates only
         if self.config.telemetry.lineage or self.config.telemetry.decision_events:
             chain.append(RelayProcessor(self.relay))
         chain.append(SinkProcessor(self.sinks))
@@ -549,6 +552,9 @@ class Mesh(SyncFacade):
         await self.ports.aclose(lambda what: self.telemetry.failed(what))
         if isinstance(self.parts.redactor, TokenizingRedactor):
             await self.parts.redactor.aclose()  # the token vault's connections
+        pause = pause_control(self)
+        if pause is not None:
+            pause.close()  # the pause store's connection and its reader thread
         if self._review is not None:
             self._review.close()
             self._review = None

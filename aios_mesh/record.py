@@ -111,6 +111,8 @@ class DecisionRecord:
     capability: str
     capability_version: str
     outcome: Outcome
+    #: the served version's deprecation notice (only on calls to a deprecated version)
+    deprecated: str | None = None
     mode: CallMode = "invoke"
     trace_id: str | None = None
     span_id: str | None = None
@@ -152,7 +154,10 @@ class DecisionRecord:
             "latency_ms": self.latency_ms,
             "tenant": self.tenant,
             "caller": self.caller,
-            "capability": {"name": self.capability, "version": self.capability_version},
+            "capability": ({"name": self.capability, "version": self.capability_version}
+                           if self.deprecated is None else
+                           {"name": self.capability, "version": self.capability_version,
+                            "deprecated": self.deprecated}),
             "trace": {"trace_id": self.trace_id, "span_id": self.span_id},
             "parent": self.parent,
             "policy": self.policy,

@@ -117,6 +117,14 @@ class Label:
     labelled_by: str
     created_at: str
 
+    @property
+    def proposal_kept(self) -> bool:
+        """Whether the reviewer kept the model's proposal: approved as it was, or
+        "corrected" to exactly the proposal (a correction that changes nothing is an
+        approval)."""
+        return self.verdict == "approved" or (self.verdict == "corrected"
+                                              and self.output == self.proposed)
+
 
 def _load(blob: bytes | str | None) -> Any:
     return None if blob is None else orjson.loads(blob)
@@ -321,7 +329,9 @@ async def resolve_review(queue: ReviewQueue, catalog: Catalog, audit: AuditLog,
     """
     item = queue.get(review_id)
     if output is not None:
-        spec = catalog.get(item.capability.split("@", 1)[0])
+        # the version that proposed it, or the one now serving its major (same promise)
+        name, _, version = item.capability.partition("@")
+        spec = catalog.get(f"{name}@{version.split('.', 1)[0]}" if version else name)
         try:
             output = spec.output.model_validate(dict(output)).model_dump(mode="json")
         except ValidationError as exc:

@@ -17,22 +17,55 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import statistics
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aios_mesh.capabilities import CapabilitySpec
-from aios_mesh.errors import FeatureNotSupported, InvalidInput, NotFound
+from aios_mesh.errors import FeatureNotSupported, InvalidInput, MeshError, NotFound
 from aios_mesh.generation.prompt import PromptTemplate, is_prompt_uri, parse_prompt_uri
+from aios_mesh.lifecycle.evaluation import Example, evaluate_version, examples_from_reviews
+from aios_mesh.lifecycle.gates import GateFailed, GateReport, judge
 from aios_mesh.lockfile import PromptPin
-from aios_mesh.ports.registry import PromptRegistry, parse_model_spec
+from aios_mesh.ports.registry import ModelDocuments, PromptRegistry, parse_model_spec
 from aios_mesh.recorder.shadow import ShadowRunner, open_shadow_db
 
 if TYPE_CHECKING:
     from aios_mesh.mesh import Mesh
 
-__all__ = ["AliasChange", "ShadowRunner", "compare", "promote", "rollback"]
+__all__ = ["AliasChange", "GateFailed", "RolloutBusy", "ShadowRunner", "check_gates", "compare",
+           "promote", "rollback", "rollout_lock"]
+
+
+class RolloutBusy(MeshError):
+    """Another rollout operation (compare, promote, rollback) of the same capability is
+    running; its result would be stale or racing."""
+
+    code = "rollout_busy"
+    retryable = True
+
+
+@contextlib.contextmanager
+def rollout_lock(mesh: Mesh, capability: str) -> Iterator[None]:
+    """Held while one compare, promote or rollback of ``capability`` runs (an ``flock`` in
+    the state folder: every process on this host sharing it sees it); a second one meanwhile
+    is refused with :class:`RolloutBusy` rather than queued behind it."""
+    folder = mesh.config.state_path / "rollout"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{capability}.lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RolloutBusy(f"a compare, promote or rollback of {capability} is running",
+                              hint="wait for it to finish, then try again") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -46,18 +79,19 @@ async def compare(mesh: Mesh, capability: str) -> dict[str, Any]:
     """Candidate vs primary: shadow agreement/latency/cost and canary outcomes from the
     audit log."""
     spec = mesh.capability(capability)
+    with rollout_lock(mesh, spec.name):
+        return await _compare(mesh, spec)
+
+
+async def _compare(mesh: Mesh, spec: CapabilitySpec) -> dict[str, Any]:
+    capability = spec.name
     out: dict[str, Any] = {"capability": capability, "primary": spec.model,
                            "candidate": spec.canary.model if spec.canary else None}
     prompt = _registered_prompt(spec)
     if prompt is not None:
         out["primary_prompt"] = prompt
         out["candidate_prompt"] = getattr(spec.canary, "prompt", None)
-    db = open_shadow_db(mesh.config.state_path / "shadow.db")
-    try:
-        rows = db.execute("SELECT agree, primary_ms, candidate_ms, candidate_cost, error "
-                          "FROM shadow WHERE capability = ?", (capability,)).fetchall()
-    finally:
-        db.close()
+    rows = _shadow_rows(mesh, capability)
     answered = [r for r in rows if r[4] is None]
     out["shadow"] = {
         "calls": len(rows),
@@ -84,6 +118,21 @@ async def compare(mesh: Mesh, capability: str) -> dict[str, Any]:
                                               if r.get("prompt")})} if prompt else {})}
         for name, recs in sorted(variants.items())}
     return out
+
+
+def _shadow_rows(mesh: Mesh, capability: str, candidate_version: str | None = None
+                 ) -> list[tuple[Any, ...]]:
+    """(agree, primary_ms, candidate_ms, candidate_cost, error) of each shadow comparison."""
+    sql = ("SELECT agree, primary_ms, candidate_ms, candidate_cost, error FROM shadow "
+           "WHERE capability = ?")
+    args: tuple[str, ...] = (capability,)
+    if candidate_version is not None:
+        sql, args = sql + " AND candidate_version = ?", (capability, candidate_version)
+    db = open_shadow_db(mesh.config.state_path / "shadow.db")
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
 
 
 def _registered_prompt(spec: CapabilitySpec) -> str | None:
@@ -189,27 +238,76 @@ def _prompts(mesh: Mesh) -> PromptRegistry:
 
 
 async def promote(mesh: Mesh, capability: str, *, version: str | None = None,
-                  actor: str = "unknown", prompt: bool = False) -> AliasChange:
+                  actor: str = "unknown", prompt: bool = False,
+                  examples: Sequence[Example] | None = None, force: bool = False
+                  ) -> AliasChange:
     """Move the capability's alias to ``version`` (default: the canary/shadow candidate).
+
+    A capability that declares ``gates`` is promoted only when they pass
+    (:func:`check_gates`; the report is kept either way); ``force=True`` moves the alias
+    regardless and says so in the audit log. ``examples`` is the labelled set (default: the
+    reviewers' verdicts).
 
     With ``prompt=True`` the alias of its registered prompt moves instead (default: the
     version the canary's candidate ``prompt`` names)."""
     spec = mesh.capability(capability)
-    if prompt:
+    with rollout_lock(mesh, spec.name):
+        if prompt:
+            if version is None:
+                candidate = getattr(spec.canary, "prompt", None)
+                if not isinstance(candidate, str):
+                    raise InvalidInput(f"{capability} has no candidate prompt",
+                                       hint="pass --version, or declare a canary prompt")
+                version = (await mesh.resolver.resolve_prompt(
+                    parse_prompt_uri(candidate))).version
+            return await _move_prompt(mesh, spec, version, "promote", actor)
         if version is None:
-            candidate = getattr(spec.canary, "prompt", None)
-            if not isinstance(candidate, str):
-                raise InvalidInput(f"{capability} has no candidate prompt",
-                                   hint="pass --version, or declare a canary prompt")
-            version = (await mesh.resolver.resolve_prompt(parse_prompt_uri(candidate))).version
-        return await _move_prompt(mesh, spec, version, "promote", actor)
-    if version is None:
-        candidate = spec.canary.model if spec.canary is not None else None
-        if candidate is None:
-            raise InvalidInput(f"{capability} has no canary or shadow candidate model",
-                               hint="pass --version, or declare canary = {model = ...}")
-        version = (await mesh.resolver.resolve(candidate)).version
-    return await _move(mesh, spec, version, "promote", actor)
+            candidate = spec.canary.model if spec.canary is not None else None
+            if candidate is None:
+                raise InvalidInput(f"{capability} has no canary or shadow candidate model",
+                                   hint="pass --version, or declare canary = {model = ...}")
+            version = (await mesh.resolver.resolve(candidate)).version
+        if spec.gates is not None:
+            report = await check_gates(mesh, spec, version, examples=examples, actor=actor,
+                                       forced=force)
+            if not report.passed and not force:
+                why = "; ".join(f"{r.gate}: {r.reason} (observed {r.observed}, limit "
+                                f"{r.threshold})" for r in report.failures())
+                raise GateFailed(f"{spec.name} stays on version {report.champion.version}: "
+                                 f"{why}", hint="improve the candidate or gather more "
+                                                "evidence; `--force` overrides (audited)")
+        return await _move(mesh, spec, version, "promote", actor)
+
+
+async def check_gates(mesh: Mesh, spec: CapabilitySpec, version: str, *,
+                      examples: Sequence[Example] | None = None, actor: str = "unknown",
+                      forced: bool = False) -> GateReport:
+    """Evaluate the champion (what the capability's alias points at now) and the candidate
+    ``version`` on the labelled set, read the candidate's shadow comparisons, and judge the
+    capability's gates. The report is appended to the audit log and, where the registry
+    keeps documents, stored on the candidate's model version."""
+    if spec.gates is None or spec.model is None:
+        raise InvalidInput(f"{spec.name} declares no promotion gates",
+                           hint="declare gates = {min_quality = ..., ...} on the capability")
+    name, _, _ = parse_model_spec(spec.model)
+    registry = mesh.ports.registry
+    champion = await registry.resolve(spec.model)
+    candidate = await registry.resolve(f"{name}/{version}")  # NotFound if missing
+    chosen = list(examples) if examples is not None else examples_from_reviews(mesh, spec)
+    before = await evaluate_version(mesh, spec, champion, chosen)
+    after = await evaluate_version(mesh, spec, candidate, chosen)
+    rows = [r for r in _shadow_rows(mesh, spec.name, candidate.version) if r[4] is None]
+    agreement = (round(sum(r[0] for r in rows) / len(rows), 6) if rows else None)
+    report = GateReport(spec.name, name, before, after, len(rows), agreement,
+                        judge(spec.gates, before, after, shadow_calls=len(rows),
+                              shadow_agreement=agreement),
+                        evaluation_set="given" if examples is not None else "reviews")
+    document = {**report.document(), "actor": actor, "forced": forced}
+    await mesh.ports.audit.append(document)
+    if isinstance(registry, ModelDocuments):
+        await registry.put_document(name, candidate.version,
+                                    "promotion.gate", document)
+    return report
 
 
 async def rollback(mesh: Mesh, capability: str, *, actor: str = "unknown",
@@ -217,6 +315,13 @@ async def rollback(mesh: Mesh, capability: str, *, actor: str = "unknown",
     """Move the alias back to where the last promote of this capability found it (of its
     registered prompt with ``prompt=True``)."""
     spec = mesh.capability(capability)
+    with rollout_lock(mesh, spec.name):
+        return await _rollback(mesh, spec, actor=actor, prompt=prompt)
+
+
+async def _rollback(mesh: Mesh, spec: CapabilitySpec, *, actor: str, prompt: bool
+                    ) -> AliasChange:
+    capability = spec.name
     target = "prompt" if prompt else "model"
     last = None
     for entry in await mesh.ports.audit.read():

@@ -40,7 +40,13 @@ class Principal:
     credential: str = ""
 
     def may_call(self, capability: str) -> bool:
-        return self.scopes is None or capability in self.scopes
+        """A scope names a capability (every version: ``NAME``) or one major (``NAME@2``);
+        ``capability`` is what the caller asked for (``NAME``, ``NAME@2``, ``NAME@2.1``)."""
+        if self.scopes is None or capability in self.scopes:
+            return True
+        name, _, version = capability.partition("@")
+        return name in self.scopes or (bool(version) and
+                                       f"{name}@{version.split('.', 1)[0]}" in self.scopes)
 
     def require_call(self, capability: str) -> None:
         """Raise :class:`Forbidden` unless this principal may call ``capability``."""

@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 from aios_mesh import __version__
 from aios_mesh.capabilities import CapabilitySpec
+from aios_mesh.lifecycle.versions import version_key
 
 __all__ = ["describe", "openapi_document"]
 
@@ -25,7 +26,8 @@ _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
 def describe(spec: CapabilitySpec) -> dict[str, Any]:
     """What the catalog says about one capability: version, schemas, SLO and price."""
-    return {"name": spec.name, "version": spec.version, "description": spec.description,
+    return {"name": spec.name, "version": spec.version, "major": spec.major,
+            "deprecated": spec.deprecated, "description": spec.description,
             "input_schema": spec.input.model_json_schema(),
             "output_schema": spec.output.model_json_schema(),
             "slo": spec.slo.model_dump(), "price": spec.price.model_dump(),
@@ -93,12 +95,17 @@ def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
             "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
 
-def _operations(spec: CapabilitySpec, refs: dict[Any, Any]) -> dict[str, Any]:
+def _operations(spec: CapabilitySpec, refs: dict[Any, Any], *, newest: bool = True
+                ) -> dict[str, Any]:
+    """The call paths of one version: ``/v1/capabilities/NAME/...`` for a name's newest
+    version, ``/v1/capabilities/NAME@MAJOR/...`` for an older major served beside it."""
     body = {"required": True, "content": {"application/json": {
         "schema": refs[(spec.input, "validation")]}}}
     output = refs[(spec.output, "validation")]
-    base = f"/v1/capabilities/{spec.name}"
-    invoke = {"operationId": f"invoke_{spec.name.replace('-', '_')}",
+    address = spec.name if newest else f"{spec.name}@{spec.major}"
+    base = f"/v1/capabilities/{address}"
+    op = spec.name.replace("-", "_") + ("" if newest else f"_v{spec.major}")
+    invoke = {"operationId": f"invoke_{op}",
               "summary": spec.description or f"Call {spec.name}", "tags": ["calls"],
               "parameters": _CALL_HEADERS, "requestBody": body, "responses": {
                   "200": {"description": "The answer and its decision record id",
@@ -109,7 +116,7 @@ def _operations(spec: CapabilitySpec, refs: dict[Any, Any]) -> dict[str, Any]:
     paths: dict[str, Any] = {f"{base}/invoke": {"post": invoke}}
     if spec.model is not None:
         paths[f"{base}/stream"] = {"post": {
-            "operationId": f"stream_{spec.name.replace('-', '_')}",
+            "operationId": f"stream_{op}",
             "summary": f"Stream {spec.name}'s answer as Server-Sent Events", "tags": ["calls"],
             "parameters": _CALL_HEADERS, "requestBody": body, "responses": {
                 "200": {"description": "`chunk` events, then one `done` (record id, cost) "
@@ -296,8 +303,13 @@ def openapi_document(specs: Iterable[CapabilitySpec], *, server_url: str | None 
     chosen = list(specs)
     refs, schemas = _components(chosen)
     paths = _fixed_paths()
+    newest: dict[str, CapabilitySpec] = {}
     for spec in chosen:
-        paths.update(_operations(spec, refs))
+        if spec.name not in newest or version_key(spec.version) > version_key(
+                newest[spec.name].version):
+            newest[spec.name] = spec
+    for spec in chosen:
+        paths.update(_operations(spec, refs, newest=newest[spec.name] is spec))
     paths.update(extra_paths or {})
     doc: dict[str, Any] = {
         "openapi": "3.1.0",

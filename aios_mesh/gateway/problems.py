@@ -36,6 +36,7 @@ from aios_mesh.errors import (
     StepFailed,
 )
 from aios_mesh.gateway.identity import Forbidden, Unauthenticated
+from aios_mesh.lifecycle.pause import CapabilityPaused
 from aios_mesh.redaction.scrub import default_scrubber
 
 __all__ = ["PROBLEM_JSON", "problem", "problem_body", "status_for"]
@@ -52,6 +53,7 @@ _STATUS: tuple[tuple[type[MeshError], int], ...] = (
     (QuotaExceeded, 429),
     (Overloaded, 503),
     (CircuitOpen, 503),
+    (CapabilityPaused, 503),  # an operator paused it: try again after `aios-mesh resume`
     (BackendTimeout, 504),
     (BackendUnavailable, 502),
     (InvalidOutput, 502),

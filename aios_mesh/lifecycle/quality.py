@@ -232,15 +232,15 @@ def _since(since: str | datetime | None) -> str | None:
 
 
 def proposal_kept(label: Label) -> bool:
-    """Whether the reviewer kept the model's proposal: approved as it was, or "corrected"
-    to exactly the proposal (a correction that changes nothing is an approval).
+    """Whether the reviewer kept the model's proposal (:attr:`Label.proposal_kept
+    <aios_mesh.review.Label.proposal_kept>`: approved as it was, or "corrected" to exactly
+    the proposal).
 
     Example::
 
         accuracy = sum(map(proposal_kept, labels)) / len(labels)
     """
-    return label.verdict == "approved" or (label.verdict == "corrected"
-                                           and label.output == label.proposed)
+    return label.proposal_kept
 
 
 _Key = tuple[str, str, str, str, str | None]

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aios_mesh.errors import MeshError, UnknownTenant
+from aios_mesh.lifecycle.versions import announce_deprecation
 from aios_mesh.lineage_naming import DatasetNames
 from aios_mesh.lockfile import LockFile
 from aios_mesh.record import CallMode, DecisionRecord, Outcome, utc_now_iso
@@ -120,6 +121,8 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
     # A call that failed says why; one the fallback chain answered (or parked for review)
     # says why its primary did not: a failure is never hidden behind a fallback.
     shown = error if error is not None else call.primary_error
+    if call.spec.deprecated is not None:
+        announce_deprecation(call.spec)
     if shown is not None and shown is not error:
         scrub.error(shown)
     return DecisionRecord(
@@ -130,8 +133,9 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
         # a declared tenant is a name; an undeclared one is only what the caller sent
         tenant=text(start.tenant) if isinstance(error, UnknownTenant) else name(start.tenant),
         caller=text(start.caller),
-        capability=name(start.capability),  # registered: the catalog found it
+        capability=name(call.spec.name),  # registered (the caller may have said name@major)
         capability_version=call.spec.version,
+        deprecated=None if call.spec.deprecated is None else text(call.spec.deprecated),
         outcome=outcome_of(error, call.review_id, call.primary_error),
         mode=start.mode,
         trace_id=trace_id,

@@ -22,6 +22,7 @@ from typing import Any
 
 from aios_mesh.capabilities import CapabilitySpec
 from aios_mesh.errors import MeshError
+from aios_mesh.lifecycle.agreement import agreement_of
 from aios_mesh.ports.serving import Serving
 from aios_mesh.recorder.processor import Recorded
 from aios_mesh.resolver import AliasResolver
@@ -109,12 +110,12 @@ class ShadowRunner:
         _, serving = self._serving(spec.serving)
         started = time.perf_counter()
         error = None
-        agree = None
+        agree: float | None = None
         cost = None
         try:
             prediction = await serving.infer(ref, job.payload, timeout=spec.slo.timeout_s)
             output = spec.output.model_validate(prediction.output).model_dump(mode="json")
-            agree = int(output == job.primary_output)
+            agree = agreement_of(spec)(job.primary_output, output)
             cost = spec.price.cost(prediction.usage)
         except MeshError as exc:
             error = f"{type(exc).__name__}: {exc.message}"

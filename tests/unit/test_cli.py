@@ -200,7 +200,9 @@ handler = "shoutapp:shout"
     assert "'shout' is declared in the config file and in code" in result.output
 
 
-def test_the_same_name_twice_in_config_is_an_error(app_dir: Path) -> None:
+def test_the_same_major_twice_in_config_is_an_error(app_dir: Path) -> None:
+    """Two majors of one name are served side by side (test_capability_versions); two
+    tables for the same major would let one silently win."""
     from aios_mesh.config import config_from_mapping
     from aios_mesh.errors import ConfigError
     from aios_mesh.mesh import Mesh
@@ -209,7 +211,7 @@ def test_the_same_name_twice_in_config_is_an_error(app_dir: Path) -> None:
              "handler": "shoutapp:shout"}
     with pytest.raises(ConfigError, match="declared twice in the config file") as err:
         Mesh(config_from_mapping({"state_dir": str(app_dir / "s"),
-                                  "capabilities": [table, {**table, "version": "2"}]}))
+                                  "capabilities": [table, {**table, "version": "1.1"}]}))
     assert err.value.hint
 
 

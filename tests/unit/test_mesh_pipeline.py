@@ -508,21 +508,22 @@ def test_each_capability_enters_only_the_steps_that_apply_to_it(tmp_path: Path) 
     plain, guarded = spec(), spec(name="guarded", policy="demo/tickets", cache_ttl_s=60,
                                   external=True, review_threshold=0.5)
     mesh = make_mesh(tmp_path, ScriptedServing(), caps=[plain, guarded])
+    # the admission stage is in every plan (its pause controller must see each call, and
+    # what is paused may change after the plan is made); only generations render a prompt
     assert [s.name for s in mesh.pipeline.plan(plain)] == [
-        "validate_input", "resolve_model", "quota", "invoke"]
-    # the admission stage has no controllers here, so no call enters it; only generations
-    # render a prompt
+        "validate_input", "resolve_model", "quota", "admission", "invoke"]
     assert [s.name for s in mesh.pipeline.plan(guarded)] == [
-        n for n in mesh.pipeline.names if n not in ("admission", "prompt")]
+        n for n in mesh.pipeline.names if n != "prompt"]
     assert mesh.pipeline.plan(plain) is mesh.pipeline.plan(plain)  # worked out once
     # A policy alone brings redaction (obligations) and the review gate (require_human).
     assert [s.name for s in mesh.pipeline.plan(spec(policy="demo/tickets"))] == [
-        "validate_input", "policy", "redact", "resolve_model", "quota", "guard_output_hold",
-        "invoke", "guard_output", "confidence_gate"]
+        "validate_input", "policy", "redact", "resolve_model", "quota", "admission",
+        "guard_output_hold", "invoke", "guard_output", "confidence_gate"]
 
 
 def test_the_scheduler_table_puts_the_fair_scheduler_in_the_admission_stage(
         tmp_path: Path) -> None:
+    from aios_mesh.lifecycle.pause import PauseControl
     from aios_mesh.pipeline.admission import AdmissionStep
     from aios_mesh.pipeline.fair import FairScheduler
 
@@ -531,9 +532,9 @@ def test_the_scheduler_table_puts_the_fair_scheduler_in_the_admission_stage(
         return stage.controllers
 
     with make_mesh(tmp_path / "off", ScriptedServing()) as mesh:
-        assert controllers(mesh) == []
+        assert [type(c) for c in controllers(mesh)] == [PauseControl]  # always there
     on = {"scheduler": {"enabled": True, "backends": {"default": 1}, "weights": {"acme": 2}}}
     with make_mesh(tmp_path / "on", ScriptedServing(), config=on) as mesh:
-        [fair] = controllers(mesh)
-        assert isinstance(fair, FairScheduler)
+        [pause, fair] = controllers(mesh)  # a paused call never waits for a slot
+        assert isinstance(pause, PauseControl) and isinstance(fair, FairScheduler)
         assert mesh.pipeline.plan(spec())[-2].name == "admission"  # now in every plan

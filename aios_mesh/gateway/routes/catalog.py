@@ -1,5 +1,6 @@
-"""The catalog: ``GET /v1/capabilities`` (what this credential may call, with version,
-schemas, SLO and price), ``GET /v1/capabilities/{name}`` and ``GET /v1/openapi.json``.
+"""The catalog: ``GET /v1/capabilities`` (what this credential may call: every version
+served, with schemas, SLO and price), ``GET /v1/capabilities/{name}`` (``name``,
+``name@major`` or ``name@version``) and ``GET /v1/openapi.json``.
 
 A capability outside the credential's scopes is not listed, and asking for it by name is a
 404 like a name that does not exist (a key's scopes say nothing about the rest)."""
@@ -22,7 +23,7 @@ __all__ = ["routes"]
 
 
 def _visible(gateway: Gateway, principal: Principal) -> list[CapabilitySpec]:
-    return [s for s in gateway.mesh.capabilities.values() if principal.may_call(s.name)]
+    return [s for s in gateway.mesh.catalog if principal.may_call(s.name)]  # every version
 
 
 def routes(gateway: Gateway) -> Sequence[BaseRoute]:
@@ -35,7 +36,7 @@ def routes(gateway: Gateway) -> Sequence[BaseRoute]:
     async def one_capability(request: Request) -> Response:
         principal = await gateway.principal(request)
         name = request.path_params["name"]
-        if not principal.may_call(name) or name not in gateway.mesh.capabilities:
+        if not principal.may_call(name) or name not in gateway.mesh.catalog:
             raise NotFound(f"no capability {name!r}",
                            hint="GET /v1/capabilities lists what this credential may call")
         return JSONResponse(describe(gateway.mesh.capability(name)))
