@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 
     from aios_mesh.capabilities import CapabilitySpec
     from aios_mesh.ports.audit import AuditLog
-    from aios_mesh.ports.orchestrator import Orchestrator
+    from aios_mesh.ports.orchestrator import Execution, Orchestrator
     from aios_mesh.recorder.processor import Recorded
     from aios_mesh.redaction.scrub import Scrubber
 
@@ -629,7 +629,11 @@ class RetrainWorkflow:
     the mesh's orchestrator port with the alarm's numbers as inputs.
 
     ``inputs`` maps the alarm (its :meth:`DriftAlarm.to_dict` document) to the workflow's
-    inputs; the default passes ``capability``, ``model_version`` and ``worst_feature``.
+    inputs; the default passes ``capability``, ``model_version`` and ``worst_feature``. With
+    ``wait`` (the default) the workflow runs to completion with ``orchestrator.run`` on a
+    thread of its own, so a long retraining never holds up the monitor, and local
+    orchestrators (``flyte-local://``, whose ``submit`` needs a running event loop) work;
+    ``wait=False`` only submits it (a remote Flyte cluster runs it).
 
         install_drift_monitor(mesh, settings, on_alarm=RetrainWorkflow(
             lambda: mesh.ports.orchestrator, "retrain.flows:retrain_extractor",
@@ -638,19 +642,46 @@ class RetrainWorkflow:
 
     def __init__(self, orchestrator: Callable[[], Orchestrator], workflow: str, *,
                  run: Callable[[Coroutine[Any, Any, Any]], Any],
-                 inputs: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+                 inputs: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 wait: bool = True) -> None:
         self.orchestrator = orchestrator
         self.workflow = workflow
         self.run = run
+        self.wait = wait
         self.inputs = inputs or (lambda doc: {k: doc[k] for k in
                                               ("capability", "model_version", "worst_feature")})
-        #: execution ids started, newest last
+        #: execution ids started, oldest first
         self.executions: list[str] = []
+        #: finished executions (``wait=True``), oldest first
+        self.finished: list[Execution] = []
+        self._threads: list[threading.Thread] = []
 
     def __call__(self, alarm: DriftAlarm) -> None:
-        execution = self.run(self.orchestrator().submit(self.workflow,
-                                                        self.inputs(alarm.to_dict())))
-        self.executions.append(str(execution))
+        inputs = self.inputs(alarm.to_dict())
+        if not self.wait:
+            self.executions.append(str(self.run(self.orchestrator().submit(self.workflow,
+                                                                           inputs))))
+            return
+
+        def work() -> None:
+            try:
+                execution = self.run(self.orchestrator().run(self.workflow, inputs))
+            except Exception:
+                _log.warning("retraining workflow %s did not start", self.workflow,
+                             exc_info=True)
+                return
+            self.executions.append(execution.id)
+            self.finished.append(execution)
+
+        thread = threading.Thread(target=work, daemon=True, name="aios-mesh-retrain")
+        self._threads.append(thread)
+        thread.start()
+
+    def join(self, timeout: float = 60.0) -> bool:
+        """Wait for the workflows started so far; False if one is still running."""
+        for thread in self._threads:
+            thread.join(timeout)
+        return not any(t.is_alive() for t in self._threads)
 
 
 @dataclass(slots=True)
@@ -679,6 +710,9 @@ class DriftMonitor:
         publish: puts ``(topic, event)`` pairs in the outbox (``mesh.publish_many``).
         run: runs a coroutine to completion on this thread (``mesh.run_sync``).
         on_alarm: called with each alarm after it is recorded (e.g. :class:`RetrainWorkflow`).
+        listeners: called with ``(capability, model_version)`` of each alarm, before
+            ``on_alarm`` (the automatic rollback's ``drift_alarm``: a drifting canary is
+            rolled back).
         scrubber: masks declared names in what is recorded (``mesh.recorder.scrubber``).
         meter_provider: OpenTelemetry meters (default: the global provider).
     """
@@ -691,6 +725,7 @@ class DriftMonitor:
                  publish: Callable[[Iterable[tuple[str, Event]]], int],
                  run: Callable[[Coroutine[Any, Any, Any]], Any],
                  on_alarm: AlarmHook | None = None,
+                 listeners: Sequence[Callable[[str, str], None]] = (),
                  scrubber: Scrubber | None = None,
                  meter_provider: MeterProvider | None = None) -> None:
         from opentelemetry import metrics
@@ -701,6 +736,7 @@ class DriftMonitor:
         self.publish = publish
         self.run = run
         self.on_alarm = on_alarm
+        self.listeners = list(listeners)
         self.scrubber = scrubber
         self.alarms: list[DriftAlarm] = []
         self.failures = 0
@@ -839,6 +875,12 @@ class DriftMonitor:
         except Exception:
             self.failures += 1
             _log.warning("drift alarm event not published", exc_info=True)
+        for listener in self.listeners:
+            try:
+                listener(alarm.capability, alarm.model_version)
+            except Exception:
+                self.failures += 1
+                _log.warning("drift alarm listener %r failed", listener, exc_info=True)
         if self.on_alarm is not None:
             try:
                 self.on_alarm(alarm)
@@ -871,7 +913,9 @@ def install_drift_monitor(mesh: _MeshParts, settings: DriftSettings | None = Non
                           on_alarm: AlarmHook | None = None,
                           meter_provider: MeterProvider | None = None) -> DriftMonitor:
     """Add a :class:`DriftMonitor` to ``mesh``'s recorder, off the caller's path (behind
-    :class:`~aios_mesh.recorder.processors.Deferred`), and return it.
+    :class:`~aios_mesh.recorder.processors.Deferred`), and return it. Every record processor
+    already in the chain that has a ``drift_alarm(capability, model_version)`` method (the
+    automatic rollback) hears of each alarm.
 
         monitor = install_drift_monitor(mesh, DriftSettings(window=300))
     """
@@ -880,6 +924,8 @@ def install_drift_monitor(mesh: _MeshParts, settings: DriftSettings | None = Non
     monitor = DriftMonitor(settings, registry=lambda: mesh.ports.registry,
                            audit=lambda: mesh.ports.audit, publish=mesh.publish_many,
                            run=mesh.run_sync, on_alarm=on_alarm,
+                           listeners=[p.drift_alarm for p in mesh.recorder.processors
+                                      if callable(getattr(p, "drift_alarm", None))],
                            scrubber=mesh.recorder.scrubber, meter_provider=meter_provider)
     mesh.recorder.add(Deferred(monitor))
     return monitor

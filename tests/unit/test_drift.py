@@ -17,6 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import BaseModel
 
 from aios_mesh import CapabilitySpec, Mesh
+from aios_mesh import config as config_module
 from aios_mesh.config import config_from_mapping
 from aios_mesh.embedded.registry import MemoryRegistry
 from aios_mesh.embedded.serving import InProcessServing
@@ -36,6 +37,7 @@ from aios_mesh.lifecycle.drift import (
     schema_digest,
 )
 from aios_mesh.lifecycle.features import Features
+from aios_mesh.ports.orchestrator import Execution, ExecutionStatus
 from tests.unit.fakes import StaticPolicy, StaticRegistry
 
 
@@ -235,26 +237,38 @@ async def test_registry_without_documents_is_feature_not_supported() -> None:
                             _good_reference())
 
 
-def test_retrain_hook_submits_the_workflow_with_the_alarm() -> None:
+def test_retrain_hook_runs_or_submits_the_workflow_with_the_alarm() -> None:
     class Orchestrator:
         def __init__(self) -> None:
-            self.submitted: list[tuple[str, dict[str, Any]]] = []
+            self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+        async def run(self, workflow: str, inputs: dict[str, Any]) -> Execution:
+            self.calls.append(("run", workflow, inputs))
+            return Execution("exec-run", workflow, ExecutionStatus.SUCCEEDED, {"o0": 1})
 
         async def submit(self, workflow: str, inputs: dict[str, Any]) -> str:
-            self.submitted.append((workflow, inputs))
-            return "exec-1"
+            self.calls.append(("submit", workflow, inputs))
+            return "exec-submit"
 
     orchestrator = Orchestrator()
-    hook = RetrainWorkflow(lambda: orchestrator, "flows:retrain",  # type: ignore[arg-type,return-value]
-                           run=asyncio.run)
     rng = np.random.default_rng(3)
     detector = DriftDetector(_reference(rng))
     _first_alarm(detector, _features(rng, 400, shift=2.0))
-    hook(DriftAlarm("cap", "clf", "1", detector.check()))
-    assert orchestrator.submitted == [("flows:retrain", {"capability": "cap",
-                                                         "model_version": "1",
-                                                         "worst_feature": "x"})]
-    assert hook.executions == ["exec-1"]
+    alarm = DriftAlarm("cap", "clf", "1", detector.check())
+    expected = {"capability": "cap", "model_version": "1", "worst_feature": "x"}
+    waiting = RetrainWorkflow(lambda: orchestrator, "flows:retrain",  # type: ignore[arg-type,return-value]
+                              run=asyncio.run)
+    waiting(alarm)
+    assert waiting.join(10)
+    assert waiting.executions == ["exec-run"]
+    assert waiting.finished[0].status is ExecutionStatus.SUCCEEDED
+    fire = RetrainWorkflow(lambda: orchestrator, "flows:retrain",  # type: ignore[arg-type,return-value]
+                           run=asyncio.run, wait=False,
+                           inputs=lambda doc: {"feature": doc["worst_feature"]})
+    fire(alarm)
+    assert fire.executions == ["exec-submit"]
+    assert orchestrator.calls == [("run", "flows:retrain", expected),
+                                  ("submit", "flows:retrain", {"feature": "x"})]
 
 
 # --------------------------------------------------------------------------- monitor
@@ -278,6 +292,25 @@ async def mesh(tmp_path: Path) -> Any:
 async def test_monitor_on_a_mesh_raises_one_alarm_as_audit_event_and_metric(
         mesh: Mesh, tmp_path: Path) -> None:
     await log_reference(mesh, "clf@champion", _good_reference())
+
+    class Rollback:  # what the automatic rollback offers the monitor
+        name = "auto-rollback"
+        heard: list[tuple[str, str]] = []
+
+        def process(self, item: Any) -> None:
+            return None
+
+        def flush(self, timeout: float) -> bool:
+            return True
+
+        def close(self) -> None:
+            return None
+
+        def drift_alarm(self, capability: str, model_version: str) -> None:
+            self.heard.append((capability, model_version))
+
+    rollback = Rollback()
+    mesh.recorder.add(rollback)
     metrics = InMemoryMetricReader()
     monitor = install_drift_monitor(
         mesh, DriftSettings(window=100, check_every=20, min_count=20),
@@ -296,6 +329,7 @@ async def test_monitor_on_a_mesh_raises_one_alarm_as_audit_event_and_metric(
     alarm = monitor.alarms[0]
     assert (alarm.capability, alarm.model, alarm.model_version) == ("classify-ticket", "clf",
                                                                     "1")
+    assert rollback.heard == [("classify-ticket", "1")]
     # the audit entry: numbers and feature names, no value of any call
     lines = (tmp_path / "audit.jsonl").read_text().splitlines()
     entries = [json.loads(line)["record"] for line in lines]
@@ -348,3 +382,40 @@ async def test_monitor_refuses_a_reference_of_another_schema(mesh: Mesh) -> None
     await mesh.ainvoke("classify-ticket", {"text": "hi"}, tenant="acme")
     assert await asyncio.to_thread(mesh.flush)
     assert monitor.failures == 1 and monitor.alarms == []  # logged, never raised
+
+
+_CONFIGURED = hasattr(config_module, "DriftConfig")
+
+
+@pytest.mark.skipif(not _CONFIGURED, reason="the [drift] config section is not merged yet")
+async def test_drift_section_installs_the_monitor(tmp_path: Path) -> None:
+    registry = MemoryRegistry()
+    await registry.register("clf", "inprocess:clf/1")
+    await registry.set_alias("clf", "champion", "1")
+    await log_reference(registry, "clf@champion", _good_reference())
+    serving = InProcessServing()
+    serving.register_function("clf", "1", predict)
+    doc = {"state_dir": str(tmp_path), "tenants": {"acme": {}}, "relay": {"mode": "thread"},
+           "telemetry": {"lineage": False},
+           "drift": {"window": 100, "check_every": 20, "min_count": 20}}
+    mesh = Mesh(config_from_mapping(doc), capabilities=[SPEC],
+                adapters={"serving": serving, "policy": StaticPolicy(), "registry": registry})
+    try:
+        monitor = getattr(mesh, "drift")  # noqa: B009 - typed once the patch is in
+        assert monitor is not None and monitor.settings.window == 100
+        rng = random.Random(4)
+        for payload in [calm(rng) for _ in range(120)] + [shouting(rng) for _ in range(80)]:
+            await mesh.ainvoke("classify-ticket", payload, tenant="acme")
+        assert await asyncio.to_thread(mesh.flush)
+        assert len(monitor.alarms) == 1
+    finally:
+        await mesh.aclose()
+    without = Mesh(config_from_mapping({"state_dir": str(tmp_path / "b"),
+                                        "relay": {"mode": "thread"}}))
+    try:
+        assert getattr(without, "drift") is None  # noqa: B009
+    finally:
+        await without.aclose()
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping({"drift": {"window": 50, "check_every": 60}})
+    assert "check_every" in info.value.message
