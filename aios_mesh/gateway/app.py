@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute
 
 from aios_mesh.errors import InvalidInput, MeshError, PayloadTooLarge
 from aios_mesh.gateway.identity import Authenticator, Forbidden, Principal
-from aios_mesh.gateway.metrics import GatewayMetrics
+from aios_mesh.gateway.metrics import GatewayMetrics, LifecycleMetrics
 from aios_mesh.gateway.problems import problem
 from aios_mesh.state import SharedState
 
@@ -59,12 +59,16 @@ class GatewaySettings:
             reference); ``None`` refuses file references. Never an arbitrary path.
         job_lease_s: how long a replica's runner holds a bulk job without renewing it; after
             a crash another replica (or the restarted one) resumes the job this much later.
+        metrics_refresh_s: the lifecycle and business metrics on ``/metrics`` are read from
+            the audit log, the review queue and the pause store at most this often, and
+            only while scraped (:class:`~aios_mesh.gateway.metrics.LifecycleMetrics`).
     """
 
     max_body_bytes: int = 1 << 20
     max_bulk_bytes: int = 256 << 20
     job_files: Path | None = None
     job_lease_s: float = 30.0
+    metrics_refresh_s: float = 30.0
 
 
 class Gateway:
@@ -81,8 +85,10 @@ class Gateway:
         #: What runs while the app is up (a bulk job runner ...): each is entered when the
         #: app starts and exited, in reverse order, when it stops.
         self.background: list[Callable[[], contextlib.AbstractAsyncContextManager[object]]] = []
-        #: Calls, errors, latency and cost, for ``/metrics``: a route counts each call here.
-        self.metrics = GatewayMetrics()
+        #: Calls, errors, latency and cost, for ``/metrics``: a route counts each call here;
+        #: the lifecycle KPIs are read from the stores, off the caller's path.
+        self.metrics = GatewayMetrics(LifecycleMetrics(mesh,
+                                                       refresh_s=settings.metrics_refresh_s))
 
     async def principal(self, request: HTTPConnection) -> Principal:
         """Who sent ``request`` (raises ``Unauthenticated``, answered as 401).
