@@ -429,6 +429,9 @@ class DriftDetector:
                 continue
             array = np.sort(_rounded(np.asarray(values, dtype=np.float64)))
             edges = np.unique(np.quantile(array, np.linspace(0, 1, settings.bins + 1)))
+            # an open bin above the reference's maximum: values beyond it (or any other value
+            # when the reference is constant) must not share the maximum's bin
+            edges = np.append(edges, np.nextafter(edges[-1], np.inf))
             counts = np.bincount(np.searchsorted(edges, array, side="right"),
                                  minlength=len(edges) + 1).astype(np.float64)
             self._numeric[name] = _Numeric(array, edges, counts)

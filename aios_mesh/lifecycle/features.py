@@ -9,10 +9,13 @@ the payload. The rules, per field (nested models are followed, dotted names, 3 l
 * **text** (``str`` without a declared short maximum): ``NAME.length``, ``NAME.lines``,
   ``NAME.tokens`` (whitespace-separated), ``NAME.digits``, ``NAME.upper`` and
   ``NAME.non_ascii`` (shares of the characters, 0..1) — plus the category ``NAME``: the value
-  itself when it looks like a *code* (at most :data:`CODE_MAX_LEN` characters of ``A-Z``,
-  ``0-9``, ``-``, ``_``, ``.``: currency, country, unit codes), ``"<text>"`` otherwise, and
-  ``"<none>"`` when missing. So a predicted currency counts as a class, and a free text never
-  leaks its words into a category (its letters are never stored, only its statistics);
+  itself when it reads as a *code or label* (one token of at most :data:`CODE_MAX_LEN`
+  letters, digits, ``-``, ``_``, ``.``, ``:``, ``/``: a currency, a country, a predicted
+  class such as ``billing``), ``"<text>"`` otherwise, and ``"<none>"`` when missing; an
+  optional text also gets ``NAME.missing``. So a predicted class or currency counts in the
+  class mix, and free text never leaks its words into a category (only its statistics are
+  kept). A drift reference drops categories with many values (identifiers, dates), so
+  ``NAME.missing`` is what still tells whether the field was found;
 * **category**: ``bool``, ``Literal[...]``, an ``Enum``, a ``str`` with ``max_length <=``
   :data:`CODE_MAX_LEN`: the value as text (``"true"``/``"false"`` for booleans);
 * **number**: ``int``/``float``/``Decimal`` as they are (non-finite values are skipped);
@@ -62,13 +65,13 @@ __all__ = [
     "text_stats",
 ]
 
-#: The longest string that still counts as a code (a category) rather than text.
-CODE_MAX_LEN = 8
+#: The longest one-token string that still counts as a code or label (a category).
+CODE_MAX_LEN = 16
 #: The numeric statistics every text field yields, in order (suffixes of the field's name).
 TEXT_STATS = ("length", "lines", "tokens", "digits", "upper", "non_ascii")
 #: Nested models are followed this deep (a self-referencing model stops here).
 _MAX_DEPTH = 3
-_CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+_CODE_PUNCTUATION = frozenset("-_.:/")
 _NONE = "<none>"
 _TEXT = "<text>"
 
@@ -116,12 +119,14 @@ class FeatureSchema:
 
 
 def is_code(value: str) -> bool:
-    """Whether ``value`` reads as a code (``"EUR"``, ``"DE"``, ``"A-1"``): a category.
+    """Whether ``value`` reads as a code or a label (``"EUR"``, ``"de-CH"``, ``"billing"``):
+    a category.
 
-    >>> is_code("EUR"), is_code("Acme Ltd"), is_code("")
-    (True, False, False)
+    >>> is_code("EUR"), is_code("billing"), is_code("Acme Ltd"), is_code("")
+    (True, True, False, False)
     """
-    return 0 < len(value) <= CODE_MAX_LEN and _CODE_CHARS.issuperset(value)
+    return 0 < len(value) <= CODE_MAX_LEN and all(
+        c.isascii() and (c.isalnum() or c in _CODE_PUNCTUATION) for c in value)
 
 
 def text_stats(text: str) -> tuple[float, float, float, float, float, float]:
@@ -283,6 +288,8 @@ def _one(plan: FieldPlan, value: Any, out: Features) -> None:
             _text(plan.name, value, out)
         else:
             out.categorical[plan.name] = _NONE if value is None else _TEXT
+        if plan.optional:
+            out.categorical[f"{plan.name}.missing"] = "yes" if value is None else "no"
     elif kind == "category":
         out.categorical[plan.name] = _NONE if value is None else _category(value)
     elif kind == "number":

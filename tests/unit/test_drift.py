@@ -172,7 +172,7 @@ def test_reference_json_round_trip_and_contents() -> None:
     assert again == ref
     assert ref.calls == 400 and ref.capability == "classify-ticket"
     assert ref.schema_digest == schema_digest(Ticket, Triage)
-    assert set(ref.categorical["output.label"]) == {"<text>"}  # "calm" is not a code
+    assert ref.categorical["output.label"] == {"calm": 400}  # a label: the class mix
     assert "input.text.length" in ref.numeric
     # free text never lands in a reference: only its statistics
     assert "please" not in ref.to_json()
@@ -335,7 +335,7 @@ async def test_monitor_on_a_mesh_raises_one_alarm_as_audit_event_and_metric(
     entries = [json.loads(line)["record"] for line in lines]
     (entry,) = [e for e in entries if e.get("kind") == "drift_alarm"]
     assert entry["alarm_id"] == alarm.id and entry["model_version"] == "1"
-    assert {t["feature"] for t in entry["drifted"]} & {"input.text.upper",
+    assert {t["feature"] for t in entry["drifted"]} & {"output.label", "input.text.upper",
                                                        "input.text.length"}
     audit_text = json.dumps(entry)
     assert "MISSING" not in audit_text and secret[:20] not in audit_text

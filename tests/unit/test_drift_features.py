@@ -74,12 +74,13 @@ def test_missing_values_and_model_instances() -> None:
     assert "input.amount" not in f.numeric
     assert f.categorical["input.color"] == "blue"
     assert f.categorical["input.address.city"] == "<none>"
-    assert f.categorical["input.text"] == "<text>"  # "x" is lower case: not a code
+    assert f.categorical["input.text"] == "x"  # one short token: a label
 
 
 def test_codes_are_categories_and_text_is_not() -> None:
     assert is_code("EUR") and is_code("DE-BY") and is_code("A1.2")
-    assert not is_code("Euro") and not is_code("ACME LTD") and not is_code("TOOLONGCODE")
+    assert is_code("Euro") and is_code("billing") and is_code("en:US/x")
+    assert not is_code("ACME LTD") and not is_code("a" * 17) and not is_code("Zürich")
 
 
 def test_call_features_prefix_input_and_output() -> None:
