@@ -53,8 +53,8 @@ from aios_mesh.lifecycle.versions import VERSION_PATTERN, major_of
 from aios_mesh.ports.registry import parse_model_spec
 from aios_mesh.ports.serving import Usage
 
-__all__ = ["SLO", "BatchPolicy", "Canary", "CapabilitySpec", "Fallback", "Generation", "Price",
-           "capability", "import_object"]
+__all__ = ["SLO", "BatchPolicy", "Canary", "Candidate", "CapabilitySpec", "Fallback",
+           "Generation", "Price", "capability", "import_object"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
@@ -81,12 +81,19 @@ def import_object(path: str) -> Any:
 
 
 class SLO(BaseModel):
-    """Service level: per-attempt timeout and the latency target the mesh reports against."""
+    """Service level: the per-attempt timeout, and the contract the SLO router keeps for a
+    capability with ``candidates`` (:mod:`aios_mesh.lifecycle.slo`): p95 latency, cost per
+    call, the share of good calls (``objective``: the error budget is ``1 - objective``), and
+    what to do when no candidate meets it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     timeout_s: float = Field(10.0, gt=0, le=3600)
     p95_ms: float | None = Field(None, gt=0)
+    max_cost: float | None = Field(None, ge=0, description="most a call may cost (per call)")
+    objective: float = Field(0.95, gt=0, lt=1, description="share of calls that must be good "
+                                                           "(answered within p95_ms)")
+    on_unmet: Literal["best_effort", "reject"] = "best_effort"
 
 
 class Price(BaseModel):
@@ -107,6 +114,21 @@ class Price(BaseModel):
                 + self.per_1k_input_tokens * usage.input_tokens / 1000.0
                 + self.per_1k_output_tokens * usage.output_tokens / 1000.0
                 + self.per_gpu_second * usage.gpu_seconds)
+
+
+class Candidate(BaseModel):
+    """A serving backend that can answer a capability (the same model version deployed on
+    it), for SLO routing: ``serving`` names one of ``[backends.serving_named]`` (None: the
+    default backend); ``price`` is a call's price there (default: the capability's)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    serving: str | None = None
+    price: Price | None = None
+
+    @property
+    def label(self) -> str:
+        return self.serving or "default"
 
 
 class Fallback(BaseModel):
@@ -219,6 +241,8 @@ class CapabilitySpec(BaseModel):
     cache_ttl_s: float | None = Field(None, gt=0, description="cache answers this long")
     generate: Generation | None = Field(None, description="an LLM answers: its prompt, "
                                                           "max_tokens, temperature")
+    candidates: tuple[Candidate, ...] = Field((), description="backends the SLO router "
+                                                              "chooses among, per call")
     agreement: str | None = Field(None, description="'module:function' deciding whether two "
                                                    "answers agree (shadow, compare, gates); "
                                                    "default: equal")

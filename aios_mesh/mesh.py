@@ -143,7 +143,7 @@ class Mesh(SyncFacade):
             breakers=BreakerBoard(self.config.breaker),
             budget=RetryBudget(self.config.retry.budget_ratio,
                                self.config.retry.min_retries_per_s),
-            admission=admission, state=self.state)
+            admission=admission, state=self.state, publish=self.publish)
         self.parts = parts
         self.pipeline = Pipeline(default_steps(parts) if steps is None else steps)
         self.sinks: list[RecordSink] = []

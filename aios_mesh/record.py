@@ -135,6 +135,8 @@ class DecisionRecord:
     confidence: float | None = None
     cache: str | None = None
     variant: str | None = None
+    #: the SLO router's choice (``{"backend": ..., "slo_met": ...}``; only when it routed)
+    route: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     input_sha256: str | None = None
     output_sha256: str | None = None
@@ -184,4 +186,5 @@ class DecisionRecord:
             "input_sha256": self.input_sha256,
             "output_sha256": self.output_sha256,
             "datasets": self.datasets,
+            **({} if self.route is None else {"route": self.route}),
         }

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from aios_mesh.capabilities import CapabilitySpec
+from aios_mesh.capabilities import CapabilitySpec, Price
 from aios_mesh.errors import MeshError
 from aios_mesh.ports.policy import Decision, PolicyCheck
 from aios_mesh.ports.quota import Reservation
@@ -60,6 +60,11 @@ class Call:
     prompt_tokens: int = 0  # a generation's prompt, counted (or estimated) before the call
     variables: dict[str, Any] | None = None  # the (redacted) input fields a prompt rendered
     serving: str | None = None
+    #: the serving backend the SLO router chose, its price there and the route's record
+    #: entry (None: the capability's own backend and price)
+    backend: str | None = None
+    price: Price | None = None
+    route: dict[str, Any] | None = None
     prediction: Prediction | None = None
     output: BaseModel | None = None
     output_sha256: str | None = None

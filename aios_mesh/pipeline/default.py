@@ -19,11 +19,12 @@ Steps get the ports and parts they use, never the mesh.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aios_mesh.config import MeshConfig
 from aios_mesh.lifecycle.pause import PauseControl, PauseStore
+from aios_mesh.lifecycle.slo import SLORouter
 from aios_mesh.pipeline.admission import Admission, AdmissionStep
 from aios_mesh.pipeline.cache import CacheStep, ResponseCache
 from aios_mesh.pipeline.confidence import ConfidenceGate
@@ -38,6 +39,7 @@ from aios_mesh.pipeline.resolve import ResolveModel
 from aios_mesh.pipeline.runner import Step
 from aios_mesh.pipeline.validate import ValidateInput
 from aios_mesh.ports.container import Ports
+from aios_mesh.ports.events import Event
 from aios_mesh.redaction import Redactor
 from aios_mesh.resilience import RetryBudget
 from aios_mesh.resolver import AliasResolver
@@ -69,6 +71,8 @@ class StepParts:
     admission: Sequence[Admission] = ()
     #: the mesh's shared state (stores such as the pause table; None: opened from config)
     state: SharedState | None = None
+    #: queues an application event durably (the mesh's outbox): SLO alerts go out through it
+    publish: Callable[[str, Event], Awaitable[None]] | None = None
 
 
 def default_steps(parts: StepParts) -> list[Step]:
@@ -97,7 +101,9 @@ def default_steps(parts: StepParts) -> list[Step]:
 
 
 def _admission(parts: StepParts) -> list[Admission]:
-    """The pause controller, the controllers given to the mesh, then the fair scheduler
+    """The pause controller, the controllers given to the mesh, the SLO router (for
+    capabilities with ``candidates``; a given :class:`SLORouter` replaces it), then the fair
+    scheduler
     when ``[scheduler]`` enables it (it queues last: a call a bulkhead refuses never waits
     for a slot). A :class:`PauseControl` among the given ones (another ``refresh_s``) takes
     the default one's place; one without a store gets the mesh's."""
@@ -113,6 +119,9 @@ def _admission(parts: StepParts) -> list[Admission]:
         return PauseStore(state)
 
     pause.bind(store)
+    if not any(isinstance(c, SLORouter) for c in controllers):
+        ports = parts.ports
+        controllers.append(SLORouter(lambda: ports.audit, parts.publish))
     if parts.config.scheduler.enabled:
         controllers.append(FairScheduler.from_config(parts.config))
     return controllers

@@ -140,7 +140,9 @@ class Targets:
             return Target("function", model, handler=spec.handler, context=self._context(call))
         if ref is None:
             raise NotFound(f"capability {spec.name} has no model to call")
-        label, serving = self._serving(spec.serving)
+        # the SLO router's choice of backend, else the capability's own
+        label, serving = self._serving(call.backend if call.backend is not None
+                                       else spec.serving)
         batcher = None
         if spec.batch is not None and spec.batch.max_size > 1 and call.mode != "stream":
             batcher = self.batchers.get(label, serving, ref, max_size=spec.batch.max_size,
@@ -339,7 +341,7 @@ class InvokeStep(StepBase):
                 if generation:  # what was generated is charged, also when the stream broke
                     call.usage = reported or Usage.of_tokens(
                         call.prompt_tokens, len(text), estimated=True)
-                    call.cost = call.spec.price.cost(call.usage)
+                    call.cost = (call.price or call.spec.price).cost(call.usage)
         except MeshError as exc:  # CallCancelled too: the consumer left, not the backend
             if _backend_failed(exc):
                 bulkhead.record_failure(probes, type(exc).__name__)
@@ -361,7 +363,7 @@ class InvokeStep(StepBase):
                                           else {"text": joined}, usage=call.usage))
             return
         call.usage = Usage(calls=1)
-        call.cost = call.spec.price.cost(call.usage)
+        call.cost = (call.price or call.spec.price).cost(call.usage)
 
     @staticmethod
     def _accept(call: Call, prediction: Prediction) -> None:
@@ -377,7 +379,7 @@ class InvokeStep(StepBase):
         call.output = output
         call.output_sha256 = digest(prediction.output)
         call.usage = prediction.usage
-        call.cost = spec.price.cost(prediction.usage)
+        call.cost = (call.price or spec.price).cost(prediction.usage)
 
 
 def _backend_failed(error: MeshError) -> bool:

@@ -190,6 +190,12 @@ class Ports:
     def audit(self) -> AuditLog:
         return self.get("audit")
 
+    def add_serving(self, name: str, adapter: Serving) -> None:
+        """Serve the named backend ``name`` with ``adapter`` (an instance built in code), as
+        if declared under ``[backends.serving_named]``; it is closed with the others."""
+        with self._lock:
+            self._named[name] = adapter
+
     def serving_for(self, name: str | None) -> tuple[str, Serving]:
         """``(label, adapter)`` of the default serving backend (``name`` None) or of one
         declared under ``[backends.serving_named]``; the label names it in records."""

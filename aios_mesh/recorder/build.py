@@ -163,6 +163,7 @@ def build_record(start: CallStart, spec: CapabilitySpec | None, call: Call | Non
         confidence=call.confidence,
         cache=call.cache,
         variant=call.variant,
+        route=call.route,
         error=shown.to_dict() if shown is not None else None,
         input_sha256=call.input_sha256,
         output_sha256=call.output_sha256,

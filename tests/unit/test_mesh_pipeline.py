@@ -524,6 +524,7 @@ def test_each_capability_enters_only_the_steps_that_apply_to_it(tmp_path: Path) 
 def test_the_scheduler_table_puts_the_fair_scheduler_in_the_admission_stage(
         tmp_path: Path) -> None:
     from aios_mesh.lifecycle.pause import PauseControl
+    from aios_mesh.lifecycle.slo import SLORouter
     from aios_mesh.pipeline.admission import AdmissionStep
     from aios_mesh.pipeline.fair import FairScheduler
 
@@ -532,9 +533,11 @@ def test_the_scheduler_table_puts_the_fair_scheduler_in_the_admission_stage(
         return stage.controllers
 
     with make_mesh(tmp_path / "off", ScriptedServing()) as mesh:
-        assert [type(c) for c in controllers(mesh)] == [PauseControl]  # always there
+        # always there (the SLO router acts only for capabilities with candidates)
+        assert [type(c) for c in controllers(mesh)] == [PauseControl, SLORouter]
     on = {"scheduler": {"enabled": True, "backends": {"default": 1}, "weights": {"acme": 2}}}
     with make_mesh(tmp_path / "on", ScriptedServing(), config=on) as mesh:
-        [pause, fair] = controllers(mesh)  # a paused call never waits for a slot
+        [pause, router, fair] = controllers(mesh)  # a paused call never waits for a slot
         assert isinstance(pause, PauseControl) and isinstance(fair, FairScheduler)
+        assert isinstance(router, SLORouter)  # a routed call queues for its chosen backend
         assert mesh.pipeline.plan(spec())[-2].name == "admission"  # now in every plan
