@@ -56,6 +56,7 @@ __all__ = [
     "BackendsConfig",
     "BreakerConfig",
     "CacheConfig",
+    "DriftConfig",
     "GatewayConfig",
     "JwtConfig",
     "LimitsConfig",
@@ -248,6 +249,45 @@ class RelayConfig(_Strict):
     max_backoff_s: float = Field(10.0, gt=0, le=600)
 
 
+class DriftConfig(_Strict):
+    """Drift monitoring (docs/guides/lifecycle.md#drift): every answered call of a model
+    version is compared with the reference window logged with that version
+    (:func:`aios_mesh.lifecycle.drift.log_reference`); an alarm is an event on
+    ``aios.mesh.drift``, a metric, an audit entry and, with ``retrain_workflow``, a workflow
+    run through the orchestrator port. The statistics and the correction for testing again
+    and again: :mod:`aios_mesh.lifecycle.drift`."""
+
+    #: calls in the sliding window compared with the reference
+    window: int = Field(200, ge=20, le=1_000_000)
+    #: calls between two checks (once the window is full)
+    check_every: int = Field(25, ge=1)
+    #: chance of any false alarm within ``horizon`` calls of unchanged traffic
+    alpha: float = Field(0.01, gt=0, lt=1)
+    horizon: int = Field(100_000, ge=1)
+    #: Jensen-Shannon distance (0..1) a feature must reach to count
+    min_effect: float = Field(0.15, ge=0, lt=1)
+    #: values a feature needs in each window to be tested
+    min_count: int = Field(30, ge=5)
+    #: quantile bins of the reference for a numeric feature's effect size
+    bins: int = Field(10, ge=2, le=100)
+    #: more distinct values than this in the reference: an identifier, not tested
+    max_categories: int = Field(20, ge=2)
+    #: "registry" (the document kept with each model version) or a folder of
+    #: <capability>.json / <capability>@<version>.json references
+    reference: str = Field("registry", min_length=1)
+    #: "module:workflow" started with the alarm's numbers (capability, model_version,
+    #: worst_feature) on every alarm
+    retrain_workflow: str | None = Field(None, min_length=3, pattern=r"^[\w.]+:\w+$")
+
+    @field_validator("check_every")
+    @classmethod
+    def _within_window(cls, value: int, info: ValidationInfo) -> int:
+        window = info.data.get("window")
+        if window is not None and value > window:
+            raise ValueError(f"check_every ({value}) must not exceed window ({window})")
+        return value
+
+
 class BackendsConfig(_Strict):
     """One URL per port; ``serving_named`` adds extra serving backends capabilities can pick."""
 
@@ -403,6 +443,8 @@ class MeshConfig(_Strict):
     scheduler: SchedulerConfig = SchedulerConfig()
     #: signed checkpoints of the audit log in a store apart from it (docs/governance/anchoring.md)
     anchors: AnchorConfig | None = None
+    #: drift monitoring per capability and model version (docs/guides/lifecycle.md#drift)
+    drift: DriftConfig | None = None
 
     @field_validator("tenants")
     @classmethod

@@ -34,8 +34,9 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from aios_mesh._sync import SyncFacade, SyncRunner
 from aios_mesh.backends import PortName
@@ -81,6 +82,9 @@ from aios_mesh.routes import Route
 from aios_mesh.state import open_state
 from aios_mesh.telemetry import Telemetry
 from aios_mesh.vault_setup import tokenizer_from_config
+
+if TYPE_CHECKING:
+    from aios_mesh.lifecycle.drift import DriftMonitor
 
 __all__ = ["BeforeRecord", "Mesh", "RecordSink", "Result"]
 
@@ -159,6 +163,8 @@ class Mesh(SyncFacade):
         for spec in declared([CapabilitySpec.from_config(d) for d in self.config.capabilities],
                              capabilities):  # a name declared twice is a ConfigError
             self.register(spec)
+        #: the drift monitor, when ``[drift]`` is configured (docs/guides/lifecycle.md#drift)
+        self.drift = self._install_drift() if self.config.drift is not None else None
         # The relay starts with the mesh: a backlog left by a crash ships without any call.
         self.relay.start()
 
@@ -168,6 +174,25 @@ class Mesh(SyncFacade):
                                          folder=self.config.state_path,
                                          base_dir=self.config.base_dir)
         return RuleRedactor()
+
+    def _install_drift(self) -> DriftMonitor:
+        """The ``[drift]`` monitor, behind Deferred on the recorder (scipy loads only here)."""
+        from aios_mesh.lifecycle.drift import (
+            DriftSettings,
+            RetrainWorkflow,
+            install_drift_monitor,
+        )
+
+        conf = self.config.drift
+        assert conf is not None
+        settings = DriftSettings.from_config(conf)
+        if settings.reference != "registry":  # a folder, relative to the config file
+            folder = Path(settings.reference)
+            settings = replace(settings, reference=str(
+                folder if folder.is_absolute() else self.config.base_dir / folder))
+        hook = RetrainWorkflow(lambda: self.ports.orchestrator, conf.retrain_workflow,
+                               run=self.run_sync) if conf.retrain_workflow else None
+        return install_drift_monitor(self, settings, on_alarm=hook)
 
     def _make_relay(self) -> RelayRunner:
         """The background relay of this mesh's state folder (see :mod:`aios_mesh.relay`)."""

@@ -9,10 +9,14 @@ import pytest
 
 from aios_mesh.backends import load_adapter
 from aios_mesh.embedded.registry import MemoryRegistry
-from aios_mesh.testing.conformance.registry import RegistryAliases, RegistryBasic
+from aios_mesh.testing.conformance.registry import (
+    RegistryAliases,
+    RegistryBasic,
+    RegistryDocuments,
+)
 
 
-class TestMemoryRegistry(RegistryBasic, RegistryAliases):
+class TestMemoryRegistry(RegistryBasic, RegistryAliases, RegistryDocuments):
     @pytest.fixture
     async def adapter(self, tmp_path: Path) -> AsyncIterator[MemoryRegistry]:
         registry = load_adapter("registry", "memory://", base_dir=tmp_path)

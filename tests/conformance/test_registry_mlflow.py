@@ -17,7 +17,11 @@ from aios_mesh_mlflow.testing import (
 
 from aios_mesh.backends import load_adapter, parse_url
 from aios_mesh.errors import BackendUnavailable, ConfigError, InvalidInput, NotFound
-from aios_mesh.testing.conformance.registry import RegistryAliases, RegistryBasic
+from aios_mesh.testing.conformance.registry import (
+    RegistryAliases,
+    RegistryBasic,
+    RegistryDocuments,
+)
 from aios_mesh.testing.processes import free_port
 
 SERVER_FIXTURES = frozenset({"server_url", "pg_server_url"})
@@ -56,7 +60,7 @@ def pg_server_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.mark.integration
-class TestMlflowSqlite(RegistryBasic, RegistryAliases):
+class TestMlflowSqlite(RegistryBasic, RegistryAliases, RegistryDocuments):
     @pytest.fixture
     async def adapter(self, sqlite_url: tuple[str, Path]) -> AsyncIterator[MlflowRegistry]:
         url, base = sqlite_url
@@ -78,7 +82,7 @@ class TestMlflowSqlite(RegistryBasic, RegistryAliases):
 
 
 @pytest.mark.integration
-class TestMlflowServer(RegistryBasic, RegistryAliases):
+class TestMlflowServer(RegistryBasic, RegistryAliases, RegistryDocuments):
     @pytest.fixture
     async def adapter(self, server_url: str, tmp_path: Path) -> AsyncIterator[MlflowRegistry]:
         registry = load_adapter("registry", f"mlflow+{server_url}", base_dir=tmp_path)

@@ -17,7 +17,6 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import BaseModel
 
 from aios_mesh import CapabilitySpec, Mesh
-from aios_mesh import config as config_module
 from aios_mesh.config import config_from_mapping
 from aios_mesh.embedded.registry import MemoryRegistry
 from aios_mesh.embedded.serving import InProcessServing
@@ -384,10 +383,6 @@ async def test_monitor_refuses_a_reference_of_another_schema(mesh: Mesh) -> None
     assert monitor.failures == 1 and monitor.alarms == []  # logged, never raised
 
 
-_CONFIGURED = hasattr(config_module, "DriftConfig")
-
-
-@pytest.mark.skipif(not _CONFIGURED, reason="the [drift] config section is not merged yet")
 async def test_drift_section_installs_the_monitor(tmp_path: Path) -> None:
     registry = MemoryRegistry()
     await registry.register("clf", "inprocess:clf/1")
