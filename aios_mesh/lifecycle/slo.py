@@ -14,8 +14,8 @@ on each) and its SLO::
     ]
 
 :class:`SLORouter`, an admission controller, keeps live statistics per candidate
-(capability × backend × model version: the latency of its recent calls within ``window_s``,
-their errors) and sends each call to the cheapest candidate that meets the SLO (p95 at most
+(capability × backend × model version: the latency and errors of its latest ``recent`` calls
+within ``window_s``) and sends each call to the cheapest candidate that meets the SLO (p95 at most
 ``p95_ms``, error rate within the error budget, price at most ``max_cost``). A candidate with
 too little evidence counts as meeting it (so a new backend gets traffic), and a breached one
 is probed with one call per ``probe_s`` so its recovery is seen. The model version is not
@@ -133,6 +133,7 @@ class SLORouter:
         audit: where route changes and alerts are recorded (``lambda: mesh.ports.audit``).
         publish: queues an alert event (``mesh.publish``); None: no event.
         window_s: how far back a candidate's statistics reach.
+        recent: at most this many of its latest calls are judged (p95, error rate).
         min_calls: evidence below which a candidate counts as meeting the SLO.
         probe_s: a breached candidate gets one call per this many seconds.
         burn_windows: the alert window pairs.
@@ -142,12 +143,14 @@ class SLORouter:
 
     def __init__(self, audit: Callable[[], AuditLog],
                  publish: Callable[[str, Event], Awaitable[None]] | None = None, *,
-                 window_s: float = 30.0, min_calls: int = 20, probe_s: float = 1.0,
+                 window_s: float = 30.0, recent: int = 50, min_calls: int = 20,
+                 probe_s: float = 1.0,
                  burn_windows: Sequence[BurnWindow] = DEFAULT_BURN_WINDOWS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._audit = audit
         self._publish = publish
         self.window_s = window_s
+        self.recent = max(recent, min_calls)
         self.min_calls = min_calls
         self.probe_s = probe_s
         self.burn_windows = tuple(burn_windows)
@@ -173,7 +176,9 @@ class SLORouter:
         out = []
         for cand in spec.candidates:
             stats = self._stats.get((spec.name, cand.label, version))
-            calls = stats.recent(now, self.window_s) if stats is not None else []
+            # the latest ``recent`` calls within the window: a degrading backend shows in a
+            # few calls, not after it has spoiled a twentieth of a long history
+            calls = stats.recent(now, self.window_s)[-self.recent:] if stats is not None else []
             if stats is None or (len(calls) < self.min_calls and not stats.breached):
                 p95, errors, meets = None, 0.0, True  # new: it gets traffic to show itself
             elif not calls:
