@@ -1,10 +1,13 @@
 """One self-contained HTML report of an invoice intake run (inline SVG + CSS, no JS/CDN).
 
-:func:`write_report` renders its sections — summary, latency per capability, cost per
-tenant, automation rate, review briefs, quality from reviewers (accuracy, override and
-automation rates and the reliability curve per model version), and the OpenLineage graph of
-one workflow run — with the standard library only; every value drawn is HTML-escaped (see
-:mod:`.svg`).
+:func:`write_report` renders its sections — the run (date, profile, every model, prompt and
+index version used and the lock file's pins), summary, latency per capability, cost per
+tenant, automation rate, why invoices went to humans or were denied (reason codes per
+tenant), sample record ids per route, review briefs, quality from reviewers (accuracy,
+override and automation rates and the reliability curve per model version; labelled by a
+simulated reviewer in the main job), drift (alarms and per-feature statistics, or "drift
+monitor off"), and the OpenLineage graph of one workflow run — with the standard library
+only; every value drawn is HTML-escaped (see :mod:`.svg`).
 """
 
 from __future__ import annotations
@@ -302,12 +305,21 @@ def _reliability_chart(versions: Sequence[Mapping[str, Any]]) -> str:
     return _legend(legend) + chart
 
 
-def _quality_section(quality: Mapping[str, Any] | None) -> str:
+def _quality_section(quality: Mapping[str, Any] | None,
+                     reviewer: Mapping[str, Any] | None = None) -> str:
     if quality is None:
         return _empty("quality from reviewers was not computed")
+    note = ""  # labels a simulation gave must say so wherever the section shows numbers
+    if reviewer is not None and reviewer.get("simulated"):
+        note = ('<p class="note simulated"><strong>Simulated reviewer.</strong> '
+                f"{esc(reviewer['decided'])} of {esc(reviewer['waiting'])} review items were "
+                f"decided by {esc(reviewer['reviewer'])}, a step of this job that compares "
+                "each proposal with the generated corpus's ground truth (approve when it "
+                "matches, correct it otherwise) — not a person. Real labels come from "
+                "people in the review console or <code>aios-mesh review</code>.</p>")
     versions = list(quality.get("versions") or [])
     if not versions:
-        return _empty("no calls of a capability with a model version recorded")
+        return note + _empty("no calls of a capability with a model version recorded")
     rows = [(f"{v['capability']}@{v['capability_version']}",
              f"{v['model']} v{v['model_version']}", v["calls"], _share(v["automation_rate"]),
              v["interventions"], v["labelled"], _share(v["accuracy"]),
@@ -338,6 +350,117 @@ def _quality_section(quality: Mapping[str, Any] | None) -> str:
     calibrated = [v for v in versions if v.get("calibration")]
     if calibrated:
         parts.append(_reliability_chart(calibrated))
+    return note + "".join(parts)
+
+
+# --------------------------------------------------------------------------- run facts
+
+
+def _run_section(run: Mapping[str, Any] | None, versions: Mapping[str, Any] | None) -> str:
+    if run is None and versions is None:
+        return _empty("no run information")
+    parts = []
+    if run is not None:
+        parts.append(_table(("What", "Value"), [
+            ("run date (UTC)", run.get("date", "—")), ("profile", run.get("profile", "—")),
+            ("invoices", run.get("invoices", "—")), ("state folder", run.get("state", "—"))],
+            cls="run"))
+    if versions is not None:
+        used = [("model", m["name"], m["version"], m.get("alias") or "—", m["calls"])
+                for m in versions.get("models", [])]
+        used += [("prompt", p["name"], p["version"], p.get("alias") or "—", p["calls"])
+                 for p in versions.get("prompts", [])]
+        used += [("index", i["collection"], i["snapshot"], "—", i["calls"])
+                 for i in versions.get("indexes", [])]
+        parts.append("<h3>Versions the calls used (from the decision records)</h3>")
+        parts.append(_table(("Kind", "Name", "Version", "Alias", "Calls"), used,
+                            cls="versions", numeric=(4,)) if used
+                     else _empty("no call named a model, prompt or index"))
+        lock = versions.get("lock") or {}
+        pins = [("model", spec, p["version"]) for spec, p in lock.get("models", {}).items()]
+        pins += [("prompt", spec, p["version"]) for spec, p in lock.get("prompts", {}).items()]
+        pins += [("index", name, snap) for name, snap in lock.get("indexes", {}).items()]
+        parts.append(f"<h3>Pinned by the lock file {esc(lock.get('file', ''))} "
+                     f"({esc(lock.get('created_at', '—'))})</h3>")
+        parts.append(_table(("Kind", "Spec", "Version"), pins, cls="lock") if pins
+                     else _empty("no lock file"))
+    return "".join(parts)
+
+
+def _reasons_section(reasons: Mapping[str, Any] | None) -> str:
+    if reasons is None:
+        return _empty("reason codes were not collected")
+    parts = ['<p class="note">Reason codes of the calls that went to a human (the policy\'s '
+             "code, else the review item's reason: <code>low_confidence</code>, "
+             "<code>policy_require_human</code>, <code>paused</code>, "
+             "<code>fallback_to_human</code>) and of the denied calls (the policy's "
+             "code), per tenant.</p>"]
+    for kind, heading in (("review", "Sent to a human"), ("denied", "Denied")):
+        by_tenant: Mapping[str, Mapping[str, int]] = reasons.get(kind) or {}
+        rows = [(tenant, code, n) for tenant, codes in by_tenant.items()
+                for code, n in codes.items()]
+        parts.append(f"<h3>{esc(heading)}</h3>")
+        parts.append(_table(("Tenant", "Reason code", "Calls"), rows, cls=f"reasons {kind}",
+                            numeric=(2,)) if rows else _empty(f"no {kind} calls"))
+    return "".join(parts)
+
+
+def _samples_section(samples: Mapping[str, Sequence[Mapping[str, str]]] | None) -> str:
+    if not samples:
+        return _empty("no sample records")
+    rows = [(route, s["invoice"], s["tenant"], s["record_id"])
+            for route, picked in samples.items() for s in picked]
+    return ('<p class="note">A few invoices per route with the record of the call that '
+            "decided it: <code>aios-mesh records show RECORD_ID</code> shows the whole "
+            "decision (policy, model version, redaction, cost).</p>"
+            + _table(("Route", "Invoice", "Tenant", "Record id"), rows, cls="samples"))
+
+
+def _effect_chart(features: Sequence[Mapping[str, Any]]) -> str:
+    """Effect size (Jensen–Shannon distance, 0..1) of each drifted feature, as bars."""
+    left, width, row = 230.0, 300.0, 22.0
+    x = svg.Scale(0.0, 1.0, left, left + width)
+    top = 10.0
+    bottom = top + row * len(features)
+    body = list(svg.axis_x(x, [0.0, 0.25, 0.5, 0.75, 1.0], bottom,
+                           label="effect (Jensen–Shannon distance)", grid_to=top))
+    for i, f in enumerate(features):
+        y = top + i * row
+        effect = _float(f.get("effect")) or 0.0
+        body.append(svg.text(left - 6, y + row * 0.65, svg.truncate(str(f["feature"]), 34),
+                             anchor="end"))
+        body.append(svg.rect(left, y + 3, x(effect) - left, row - 6, fill="#D55E00",
+                             cls="drift-bar",
+                             title=f"{f['feature']}: effect {effect:.3f}, "
+                                   f"p {f.get('p_value')}"))
+    return svg.document(left + width + 30, bottom + 40, body, label="Drifted features",
+                        cls="chart drift")
+
+
+def _drift_section(drift: Mapping[str, Any] | None) -> str:
+    if drift is None or drift.get("monitor") == "off":
+        return _empty("drift monitor off: no drift monitor watched this run's calls, so there "
+                      "are no drift statistics (install_drift_monitor, see the lifecycle "
+                      "guide)")
+    alarms = list(drift.get("alarms") or [])
+    if not alarms:
+        return _empty("drift monitor on: no alarm in this run")
+    parts = [_table(("At", "Capability", "Model version", "Calls", "Features tested",
+                     "Worst feature", "Effect"),
+                    [(a.get("at"), a.get("capability"), a.get("model_version"), a.get("calls"),
+                      a.get("features_tested"), a.get("worst_feature"),
+                      f"{_float(a.get('worst_effect')) or 0.0:.3f}") for a in alarms],
+                    cls="drift-alarms", numeric=(3, 4, 6))]
+    last = alarms[-1]
+    features = sorted(last.get("drifted") or [], key=lambda f: -(_float(f.get("effect")) or 0))
+    if features:
+        parts.append(f"<h3>Drifted features of the last alarm ({esc(last.get('capability'))} "
+                     f"v{esc(last.get('model_version'))})</h3>")
+        parts.append(_table(("Feature", "Test", "Statistic", "p-value", "Effect"),
+                            [(f.get("feature"), f.get("test"), f.get("statistic"),
+                              f.get("p_value"), f.get("effect")) for f in features],
+                            cls="drift-features", numeric=(2, 3, 4)))
+        parts.append(_effect_chart(features))
     return "".join(parts)
 
 
@@ -547,15 +670,25 @@ def _briefs_section(invoices: Sequence[Mapping[str, Any]]) -> str:
 def render_report(*, title: str, summary: Sequence[tuple[str, str]],
                   calls: Sequence[Mapping[str, Any]], invoices: Sequence[Mapping[str, Any]],
                   lineage: Sequence[Mapping[str, Any]],
-                  quality: Mapping[str, Any] | None = None) -> str:
+                  quality: Mapping[str, Any] | None = None,
+                  run: Mapping[str, Any] | None = None,
+                  versions: Mapping[str, Any] | None = None,
+                  reasons: Mapping[str, Any] | None = None,
+                  samples: Mapping[str, Sequence[Mapping[str, str]]] | None = None,
+                  reviewer: Mapping[str, Any] | None = None,
+                  drift: Mapping[str, Any] | None = None) -> str:
     """The report as one HTML string (see :func:`write_report`)."""
     sections = (
+        ("run", "Run", _run_section(run, versions)),
         ("summary", "Summary", _summary_section(summary)),
         ("latency", "Latency per capability", _latency_section(calls)),
         ("cost", "Cost per tenant", _cost_section(calls, invoices)),
         ("automation", "Automation rate", _automation_section(invoices)),
+        ("reasons", "Why humans, why denied", _reasons_section(reasons)),
+        ("samples", "Sample records per route", _samples_section(samples)),
         ("briefs", "Review briefs drafted by the LLM", _briefs_section(invoices)),
-        ("quality", "Quality from reviewers", _quality_section(quality)),
+        ("quality", "Quality from reviewers", _quality_section(quality, reviewer)),
+        ("drift", "Drift", _drift_section(drift)),
         ("lineage", "Lineage of one workflow run", _lineage_section(lineage)),
     )
     parts = "".join(f'<section id="{sid}"><h2>{esc(heading)}</h2>{content}</section>'
@@ -569,7 +702,13 @@ def render_report(*, title: str, summary: Sequence[tuple[str, str]],
 def write_report(path: Path, *, title: str, summary: list[tuple[str, str]],
                  calls: list[dict[str, Any]], invoices: list[dict[str, Any]],
                  lineage: list[dict[str, Any]],
-                 quality: Mapping[str, Any] | None = None) -> Path:
+                 quality: Mapping[str, Any] | None = None,
+                 run: Mapping[str, Any] | None = None,
+                 versions: Mapping[str, Any] | None = None,
+                 reasons: Mapping[str, Any] | None = None,
+                 samples: Mapping[str, Sequence[Mapping[str, str]]] | None = None,
+                 reviewer: Mapping[str, Any] | None = None,
+                 drift: Mapping[str, Any] | None = None) -> Path:
     """Write the HTML report to ``path`` atomically (temp file + ``os.replace``).
 
     Args:
@@ -583,13 +722,23 @@ def write_report(path: Path, *, title: str, summary: list[tuple[str, str]],
         lineage: OpenLineage RunEvent dicts of one workflow run and its capability calls.
         quality: ``QualityReport.to_dict()`` of :mod:`aios_mesh.lifecycle.quality` (the
             reviewers' labels per model version), or ``None`` where it was not computed.
+        run: ``{"date", "profile", "invoices", "state"}`` of the run.
+        versions: ``{"models", "prompts", "indexes", "lock"}``: what the records used (with
+            call counts) and what the lock file pins.
+        reasons: ``{"review": {tenant: {code: n}}, "denied": {...}}``.
+        samples: route → ``[{"invoice", "tenant", "record_id"}, ...]``.
+        reviewer: the simulated reviewer's summary (the quality section says the labels
+            are simulated), or ``None``.
+        drift: ``{"monitor": "on"|"off", "alarms": [...]}``: the alarms (audit entries) with
+            their drifted features' statistics.
 
     Returns:
         ``path``.
     """
     path = Path(path)
     html = render_report(title=title, summary=summary, calls=calls, invoices=invoices,
-                         lineage=lineage, quality=quality)
+                         lineage=lineage, quality=quality, run=run, versions=versions,
+                         reasons=reasons, samples=samples, reviewer=reviewer, drift=drift)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

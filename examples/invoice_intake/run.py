@@ -10,7 +10,11 @@
 5. run the Flyte workflow (:mod:`.workflow`) batch by batch over the generated invoices; with
    ``[intake.gateway]`` (the ``gateway`` profile) its tasks call the capabilities through
    ``aios-mesh gateway --workers N`` (:mod:`.gateway`, :mod:`.calls`), not in process;
-6. verify the audit chain, print the summary, write ``summary.json`` and the HTML report.
+6. a **simulated** reviewer decides a fixed sample of the review queue against the corpus's
+   ground truth (:mod:`.reviewer`; ``--reviewer-sample``), so quality has labels;
+7. verify the audit chain, print the summary, write ``summary.json`` and the HTML report
+   (run date, profile, every model/prompt/index version, reason codes behind reviews and
+   denials, sample record ids per route, drift, quality from reviewers).
 
 The exit code is 0 when every invoice reached a route, every event left the outbox and the
 audit chain verifies.
@@ -28,9 +32,10 @@ import statistics
 import time
 import tomllib
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +142,20 @@ def _accuracy(items: list[dict[str, Any]], truth: Mapping[str, Any]) -> dict[str
     return {name: hits[name] / len(read) if read else 0.0 for name in FIELDS}
 
 
+#: Record ids shown per route in the report and ``summary.json`` (``samples``).
+SAMPLE_IDS = 5
+
+
 def run(*, profile: Path, state: Path, n: int = 540, batch: int = 30,
         private_servers: bool = False, console: Console | None = None,
-        briefs: int = 6) -> RunResult:
+        briefs: int = 6, reviewer_sample: int | None = None) -> RunResult:
     """Run the whole job on ``profile`` with all state under ``state`` (recreated); an LLM
-    drafts review briefs for up to ``briefs`` of the invoices routed to humans."""
+    drafts review briefs for up to ``briefs`` of the invoices routed to humans; a simulated
+    reviewer decides up to ``reviewer_sample`` review items against the ground truth
+    (default :data:`~examples.invoice_intake.reviewer.DEFAULT_SAMPLE`; 0: none)."""
+    from examples.invoice_intake.reviewer import DEFAULT_SAMPLE
+
+    started = datetime.now(UTC)
     out = console or Console()
     # MLflow logs every run URL and pickling advice at INFO/WARNING; the summary says it all
     # (the variable applies if mlflow is imported after this, the logger if it was before)
@@ -180,7 +194,11 @@ def run(*, profile: Path, state: Path, n: int = 540, batch: int = 30,
         gateway = doc.get("intake", {}).get("gateway")
         result = _run_job(out, config, state, n, batch, live, timings, stack,
                           _Front(gateway, private_servers) if gateway is not None else None,
-                          briefs=briefs)
+                          briefs=briefs, reviewer_sample=DEFAULT_SAMPLE
+                          if reviewer_sample is None else reviewer_sample,
+                          run_info={"date": started.isoformat(timespec="seconds"),
+                                    "profile": profile.stem, "profile_file": str(profile),
+                                    "invoices": n, "batch": batch})
     return result
 
 
@@ -222,7 +240,8 @@ def _start_gateway(out: Console, stack: ExitStack, front: _Front, mesh: Any, con
 
 def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: Any,
              timings: dict[str, float], stack: ExitStack | None = None,
-             front: _Front | None = None, briefs: int = 0) -> RunResult:
+             front: _Front | None = None, briefs: int = 0, reviewer_sample: int = 0,
+             run_info: dict[str, Any] | None = None) -> RunResult:
     from aios_mesh_flyte import close_meshes, current_mesh
 
     from examples.invoice_intake import models
@@ -236,6 +255,7 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
         index_vendors,
     )
     from examples.invoice_intake.corpus import make_corpus
+    from examples.invoice_intake.reviewer import simulate_reviews
     from examples.invoice_intake.workflow import invoice_intake
 
     records: list[DecisionRecord] = []
@@ -308,12 +328,17 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
                 brief_summary = brief_reviews(mesh, items, briefs,
                                               advance=lambda: progress.advance(task))
             timings["briefs"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        reviewer = simulate_reviews(mesh, items, truth, reviewer_sample)
+        timings["reviewer"] = time.perf_counter() - t0
         if gateway is not None:  # the gateway's workers made the calls and their records
             records.extend(asyncio.run(_recorded(mesh, since)))
         runs = list(dict.fromkeys(r for r in map(_workflow_run, records) if r is not None))
         mesh.flush()
         report_ok = asyncio.run(_verify(mesh))
         reviewed = _quality(mesh)
+        review_reasons = {item.id: item.reason for item in mesh.review_queue().list(None)}
+        drift = asyncio.run(_drift(mesh))
         pending = mesh.outbox().pending()
         signals = mesh.relay.stats if mesh.relay is not None else None
     finally:
@@ -322,6 +347,14 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
     summary = _summarise(items, records, truth, report_ok, pending, signals, timings,
                          len(runs), n)
     summary["quality"] = reviewed
+    summary["run"] = {**(run_info or {}), "state": str(state)}
+    summary["versions"] = _versions(records, mesh.config.lock_path)
+    summary["reasons"] = _reasons(records, review_reasons)
+    summary["samples"] = _samples(items)
+    summary["reviewer"] = reviewer
+    summary["drift"] = drift
+    summary["table"][:0] = _run_rows(summary["run"], summary["versions"])
+    summary["table"][-1:-1] = _reviewer_rows(reviewer, drift)
     if brief_summary is not None:
         summary["briefs"] = brief_summary
         summary["table"][-1:-1] = _brief_rows(brief_summary)
@@ -337,7 +370,9 @@ def _run_job(out: Console, config: Path, state: Path, n: int, batch: int, live: 
                           summary=[(k, str(v)) for k, v in summary["table"]],
                           calls=[_call_row(r) for r in records],
                           invoices=[_invoice_row(i, truth) for i in items], lineage=lineage,
-                          quality=reviewed)
+                          quality=reviewed, run=summary["run"],
+                          versions=summary["versions"], reasons=summary["reasons"],
+                          samples=summary["samples"], reviewer=reviewer, drift=drift)
     (state / "summary.json").write_text(json.dumps({**summary, "decisions": _decisions(items)},
                                                    indent=1, default=str))
     _print_summary(out, summary, state, report)
@@ -398,6 +433,151 @@ def _quality(mesh: Any) -> dict[str, Any]:
     from aios_mesh.lifecycle.quality import quality
 
     return asyncio.run(quality(mesh)).to_dict()
+
+
+def _versions(records: Sequence[DecisionRecord], lock_path: Path | None) -> dict[str, Any]:
+    """Every model, prompt and index snapshot the run's calls used (from the records, with
+    their call counts) and what the lock file pins (name, version, alias: never a source
+    URI or tag, which may name a server)."""
+    models: Counter[tuple[str, str, str]] = Counter()
+    prompts: Counter[tuple[str, str, str]] = Counter()
+    indexes: Counter[tuple[str, str]] = Counter()
+    for record in records:
+        model, prompt = record.model or {}, record.prompt or {}
+        if model.get("name"):
+            models[(str(model["name"]), str(model.get("version")),
+                    str(model.get("alias") or ""))] += 1
+        if prompt.get("name"):
+            prompts[(str(prompt["name"]), str(prompt.get("version")),
+                     str(prompt.get("alias") or ""))] += 1
+        for collection, snapshot in (record.index_snapshots or {}).items():
+            indexes[(str(collection), str(snapshot))] += 1
+    lock: dict[str, Any] = {}
+    if lock_path is not None and lock_path.is_file():
+        from aios_mesh.lockfile import LockFile
+
+        pinned = LockFile.read(lock_path)
+        if pinned is not None:
+            lock = {"file": lock_path.name, "created_at": pinned.created_at,
+                    "models": {spec: {"name": r.name, "version": r.version, "alias": r.alias}
+                               for spec, r in sorted(pinned.models.items())},
+                    "prompts": {spec: {"name": p.name, "version": p.version,
+                                       "alias": p.alias}
+                                for spec, p in sorted(pinned.prompts.items())},
+                    "indexes": dict(sorted(pinned.indexes.items()))}
+    return {"models": [{"name": n, "version": v, "alias": a or None, "calls": c}
+                       for (n, v, a), c in sorted(models.items())],
+            "prompts": [{"name": n, "version": v, "alias": a or None, "calls": c}
+                        for (n, v, a), c in sorted(prompts.items())],
+            "indexes": [{"collection": n, "snapshot": v, "calls": c}
+                        for (n, v), c in sorted(indexes.items())],
+            "lock": lock}
+
+
+def review_reason_code(reason: str) -> str:
+    """A review item's reason as a code: ``low_confidence`` (below the capability's
+    threshold), ``policy_require_human`` (a policy obligation), ``paused`` (an operator
+    paused the capability), ``fallback_to_human`` (a fallback chain ended in review).
+
+    >>> review_reason_code("confidence 0.319 below 0.35")
+    'low_confidence'
+    """
+    if reason.startswith("confidence"):
+        return "low_confidence"
+    if reason.startswith("policy"):
+        return "policy_require_human"
+    if reason.startswith("paused"):
+        return "paused"
+    return "fallback_to_human" if "fallback" in reason else "other"
+
+
+def _policy_code(record: DecisionRecord) -> str | None:
+    """The reason code the policy gave (its own, or the first of its checks')."""
+    policy = record.policy or {}
+    if policy.get("reason_code"):
+        return str(policy["reason_code"])
+    for check in policy.get("checks") or []:
+        if isinstance(check, Mapping) and check.get("reason_code"):
+            return str(check["reason_code"])
+    return None
+
+
+def _reasons(records: Sequence[DecisionRecord], review_reasons: Mapping[str, str]
+             ) -> dict[str, dict[str, dict[str, int]]]:
+    """Why calls went to humans and why they were denied: counts per reason code, per
+    tenant (``{"review": {tenant: {code: n}}, "denied": {...}}``). A review's code is the
+    policy's when it gave one, else its review item's reason as a code
+    (:func:`review_reason_code`); a denial's is the policy's (or the error's code)."""
+    out: dict[str, dict[str, Counter[str]]] = {"review": defaultdict(Counter),
+                                                 "denied": defaultdict(Counter)}
+    for record in records:
+        if record.outcome == "review":
+            code = _policy_code(record) or review_reason_code(
+                review_reasons.get(record.review_id or "", ""))
+            out["review"][record.tenant][code] += 1
+        elif record.outcome == "denied":
+            code = _policy_code(record) or str((record.error or {}).get("code") or "denied")
+            out["denied"][record.tenant][code] += 1
+    return {kind: {tenant: dict(sorted(codes.items())) for tenant, codes in sorted(
+        by_tenant.items())} for kind, by_tenant in out.items()}
+
+
+def _samples(items: Sequence[Mapping[str, Any]], k: int = SAMPLE_IDS
+             ) -> dict[str, list[dict[str, str]]]:
+    """Up to ``k`` invoices per route (in invoice order) with the record id of the call that
+    decided the route (the last one), to look up with ``aios-mesh records show ID``."""
+    out: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for item in sorted(items, key=lambda i: str(i["invoice"])):
+        route = str(item.get("route"))
+        if len(out[route]) < k and item.get("records"):
+            out[route].append({"invoice": str(item["invoice"]), "tenant": str(item["tenant"]),
+                               "record_id": str(item["records"][-1])})
+    return dict(sorted(out.items()))
+
+
+async def _drift(mesh: Any) -> dict[str, Any]:
+    """The drift panel: whether a drift monitor watched this run's calls, and the alarms in
+    the audit log with the statistics of each drifted feature."""
+    monitor = any(p.name in ("drift", "deferred:drift") for p in mesh.recorder.processors)
+    alarms = []
+    for entry in await mesh.port("audit").read():
+        rec = entry.record
+        if rec.get("kind") != "drift_alarm":
+            continue
+        alarms.append({k: rec.get(k) for k in (
+            "alarm_id", "at", "capability", "model", "model_version", "calls", "window",
+            "per_test_alpha", "features_tested", "worst_feature", "worst_effect",
+            "drifted")})
+    return {"monitor": "on" if monitor else "off", "alarms": alarms}
+
+
+def _run_rows(info: Mapping[str, Any], versions: Mapping[str, Any]) -> list[tuple[str, str]]:
+    rows = [("run", f"{info.get('date', '?')} · profile {info.get('profile', '?')}")]
+    rows.append(("models used", ", ".join(
+        f"{m['name']} v{m['version']}" + (f"@{m['alias']}" if m["alias"] else "")
+        for m in versions["models"]) or "—"))
+    if versions["prompts"]:
+        rows.append(("prompts used", ", ".join(f"{p['name']} v{p['version']}"
+                                               for p in versions["prompts"])))
+    if versions["indexes"]:
+        rows.append(("index snapshots", ", ".join(f"{i['collection']} {i['snapshot']}"
+                                                  for i in versions["indexes"])))
+    return rows
+
+
+def _reviewer_rows(reviewer: Mapping[str, Any], drift: Mapping[str, Any]
+                   ) -> list[tuple[str, str]]:
+    verdicts: Counter[str] = Counter()
+    for per in reviewer["by_capability"].values():
+        verdicts.update(per)
+    detail = ", ".join(f"{v} {n}" for v, n in sorted(verdicts.items()))
+    rows = [("simulated reviewer (not a person)",
+             f"{reviewer['decided']} of {reviewer['waiting']} review items decided against "
+             f"the ground truth" + (f" ({detail})" if detail else "")
+             + f" · --reviewer-sample {reviewer['sample']}")]
+    rows.append(("drift monitor", "off" if drift["monitor"] == "off" else
+                 f"on · {len(drift['alarms'])} alarms"))
+    return rows
 
 
 async def _verify(mesh: Any) -> tuple[bool, int, list[Any]]:
