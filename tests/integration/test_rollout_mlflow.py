@@ -127,3 +127,38 @@ def test_rollback_without_a_promote_is_a_typed_error(config: tuple[Path, str],
     result = CliRunner().invoke(app, ["rollback", "shout", "--config", str(path)])
     assert result.exit_code == 2
     assert "NotFound" in result.output and "no promote of shout" in result.output
+
+
+def test_a_gated_promote_is_refused_on_evidence_and_the_report_is_on_the_version(
+        config: tuple[Path, str], server_url: str, tmp_path: Path) -> None:
+    """Gates on a real MLflow server: v2 is worse on the labelled set, so the promote is
+    refused; the gate report is in the audit log and kept with version 2 in MLflow (an
+    artifact of its run, tagged on the version); --force then promotes, recorded as forced."""
+    path, name = config
+    path.write_text(path.read_text() + "gates = { min_quality = 0.9, min_samples = 4 }\n")
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(json.dumps({"input": {"text": q}, "expected": {"text": q.upper()}})
+                              + "\n" for q in QUESTIONS))
+    refused = CliRunner().invoke(app, ["promote", "shout", "--eval", str(golden), "--config",
+                                       str(path)])
+    assert refused.exit_code == 2, refused.output
+    assert "GateFailed" in refused.output and "min_quality" in refused.output
+    assert _champion(server_url, name, tmp_path) == "1"  # the alias did not move
+
+    async def stored() -> dict[str, object] | None:
+        registry = load_adapter("registry", f"mlflow+{server_url}", base_dir=tmp_path)
+        try:
+            return await registry.get_document(name, "2", "promotion.gate")
+        finally:
+            await registry.aclose()
+
+    report = asyncio.run(stored())
+    assert report is not None and report["passed"] is False
+    assert report["candidate"]["quality"] == 0.5 and report["champion"]["quality"] == 1.0
+
+    assert "v1 → v2" in _cli("promote", "shout", "--eval", str(golden), "--force",
+                             "--actor", "ops", "--config", str(path))
+    assert _champion(server_url, name, tmp_path) == "2"
+    lines = [json.loads(x) for x in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    gates = [e["record"] for e in lines if e["record"].get("kind") == "promotion_gate"]
+    assert [(g["passed"], g["forced"]) for g in gates] == [(False, False), (False, True)]
