@@ -84,7 +84,7 @@ from aios_mesh.telemetry import Telemetry
 from aios_mesh.vault_setup import tokenizer_from_config
 
 if TYPE_CHECKING:
-    from aios_mesh.lifecycle.drift import DriftMonitor
+    from aios_mesh.lifecycle.drift_monitor import DriftMonitor
 
 __all__ = ["BeforeRecord", "Mesh", "RecordSink", "Result"]
 
@@ -177,11 +177,8 @@ class Mesh(SyncFacade):
 
     def _install_drift(self) -> DriftMonitor:
         """The ``[drift]`` monitor, behind Deferred on the recorder (scipy loads only here)."""
-        from aios_mesh.lifecycle.drift import (
-            DriftSettings,
-            RetrainWorkflow,
-            install_drift_monitor,
-        )
+        from aios_mesh.lifecycle.drift import DriftSettings
+        from aios_mesh.lifecycle.drift_monitor import RetrainWorkflow, install_drift_monitor
 
         conf = self.config.drift
         assert conf is not None

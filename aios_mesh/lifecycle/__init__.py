@@ -8,7 +8,8 @@
   labelled set, and the promotion gates ``aios-mesh promote`` judges;
 * :mod:`~aios_mesh.lifecycle.quality` — review outcomes as labels: accuracy against reviewers,
   override and automation rates, calibration of confidence;
-* :mod:`~aios_mesh.lifecycle.features`, :mod:`~aios_mesh.lifecycle.drift` — input and
+* :mod:`~aios_mesh.lifecycle.features`, :mod:`~aios_mesh.lifecycle.drift`,
+  :mod:`~aios_mesh.lifecycle.drift_monitor` — input and
   prediction drift against a reference window logged with the model;
 * :mod:`~aios_mesh.lifecycle.slo` — SLO routing among candidate backends and burn-rate alerts;
 * :mod:`~aios_mesh.lifecycle.rollback` — automatic rollback of a canary that breaches its

@@ -25,11 +25,10 @@ from aios_mesh.lifecycle.drift import (
     DOCUMENT_KEY,
     DriftReference,
     DriftSettings,
-    RetrainWorkflow,
-    install_drift_monitor,
     load_reference,
     log_reference,
 )
+from aios_mesh.lifecycle.drift_monitor import RetrainWorkflow, install_drift_monitor
 from aios_mesh.ports.orchestrator import ExecutionStatus
 from tests.unit.fakes import StaticPolicy
 from tests.unit.test_drift import SPEC, calm, predict, shouting

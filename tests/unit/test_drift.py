@@ -25,15 +25,17 @@ from aios_mesh.lifecycle.drift import (
     DOCUMENT_KEY,
     DRIFT_EVENT_TYPE,
     DRIFT_TOPIC,
-    DriftAlarm,
     DriftDetector,
     DriftReference,
     DriftSettings,
-    RetrainWorkflow,
-    install_drift_monitor,
     load_reference,
     log_reference,
     schema_digest,
+)
+from aios_mesh.lifecycle.drift_monitor import (
+    DriftAlarm,
+    RetrainWorkflow,
+    install_drift_monitor,
 )
 from aios_mesh.lifecycle.features import Features
 from aios_mesh.ports.orchestrator import Execution, ExecutionStatus
