@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from examples.invoice_intake.reviewer import DEFAULT_SAMPLE
 from examples.invoice_intake.run import PROFILES, run
 
 EPILOG = """\
@@ -45,17 +46,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="invoices routed to humans that an LLM (Gemma 3 270M on "
                              "llama.cpp) drafts a review brief for; a sample, since each "
                              "takes seconds on a CPU (default: %(default)s; 0: none)")
+    parser.add_argument("--reviewer-sample", type=int, default=DEFAULT_SAMPLE, metavar="N",
+                        help="review items a SIMULATED reviewer decides against the corpus's "
+                             "ground truth, so quality from reviewers has labels; at most "
+                             "half the queue (default: %(default)s; 0: none)")
     parser.add_argument("--private-servers", action="store_true",
                         help="start every server on a free port, with a private NATS, Redis "
                              "and a throw-away PostgreSQL database (what the tests do)")
     args = parser.parse_args(argv)
-    if args.n < 1 or args.batch < 1 or args.briefs < 0:
-        parser.error("--n and --batch must be at least 1, --briefs at least 0")
+    if args.n < 1 or args.batch < 1 or args.briefs < 0 or args.reviewer_sample < 0:
+        parser.error("--n and --batch must be at least 1, --briefs and --reviewer-sample "
+                     "at least 0")
     profile = args.config or PROFILES / f"{args.profile}.toml"
     if not profile.is_file():
         parser.error(f"profile {profile} does not exist")
     return run(profile=profile, state=args.state, n=args.n, batch=args.batch,
-               private_servers=args.private_servers, briefs=args.briefs).exit_code
+               private_servers=args.private_servers, briefs=args.briefs,
+               reviewer_sample=args.reviewer_sample).exit_code
 
 
 if __name__ == "__main__":

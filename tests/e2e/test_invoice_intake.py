@@ -97,8 +97,13 @@ def test_report_holds_every_plot(embedded: RunResult) -> None:
 def test_every_invoice_has_an_event_and_a_record(embedded: RunResult) -> None:
     decisions = json.loads((embedded.state / "summary.json").read_text())["decisions"]
     assert len(decisions) == N
-    audit = (embedded.state / "audit.jsonl").read_text().splitlines()
-    assert len(audit) == embedded.summary["records"]
+    audit = [json.loads(line)["record"]
+             for line in (embedded.state / "audit.jsonl").read_text().splitlines()]
+    calls = [r for r in audit if "kind" not in r]  # the rest: the simulated reviewer's
+    assert len(calls) == embedded.summary["records"]
+    decided = [r for r in audit if r.get("kind") == "review_decision"]
+    assert len(decided) == embedded.summary["reviewer"]["decided"] > 0
+    assert len(audit) == len(calls) + len(decided)
     for item in embedded.items:
         assert item["published"] and item["records"], item
 
@@ -106,7 +111,8 @@ def test_every_invoice_has_an_event_and_a_record(embedded: RunResult) -> None:
 def test_pii_never_reaches_the_extractor(embedded: RunResult) -> None:
     records = [json.loads(line)["record"]
                for line in (embedded.state / "audit.jsonl").read_text().splitlines()]
-    extract = [r for r in records if r["capability"]["name"] == "extract-invoice-fields"]
+    extract = [r for r in records if "kind" not in r  # a call, not a reviewer's decision
+               and r["capability"]["name"] == "extract-invoice-fields"]
     assert extract and all(r["policy"]["obligations"]["redact"] for r in extract
                            if r["outcome"] != "denied")
     assert any(r["redaction"]["applied"] for r in extract)

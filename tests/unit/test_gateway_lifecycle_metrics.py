@@ -272,7 +272,7 @@ def test_a_running_gateway_refreshes_when_scraped(tmp_path: Path) -> None:
 def test_every_exported_name_is_documented() -> None:
     """The table the dashboard test reads names every family, and the guide shows each."""
     guide = (Path(__file__).resolve().parents[2] / "docs" / "guides"
-             / "lifecycle-seeing.md").read_text()
+             / "lifecycle.md").read_text()
     for name, (kind, labels, doc) in LIFECYCLE_METRICS.items():
         assert name.startswith("aios_mesh_") and kind in ("counter", "gauge", "histogram")
         assert doc.endswith(".") and len(set(labels)) == len(labels)
