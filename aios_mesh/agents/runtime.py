@@ -49,6 +49,11 @@ __all__ = ["AgentRuntime", "AgentStepFailed", "agent", "planner"]
 _TIMEOUT_GRACE_S = 5.0
 
 
+#: After each observation: small models otherwise call the same tool again and again.
+_NEXT = ('\nIf this answers the task, reply with action "final" and the answer; otherwise '
+         'call the tool you still need.')
+
+
 class AgentStepFailed(MeshError):
     """An LLM step of an agent run failed (its own record says why). Never retried as a
     whole: a retry would run the agent's tool calls again."""
@@ -91,6 +96,7 @@ class AgentRuntime:
         steps: list[str | None] = []
         calls: list[ToolCallSummary] = []
         refusals: list[dict[str, Any]] = []
+        answered: dict[str, Any] = {}  # (tool, arguments) -> the output it gave
         ended: MeshError | None = None
         try:
             while True:
@@ -103,9 +109,10 @@ class AgentRuntime:
                                        tokens=tracker.tokens, cost=round(tracker.cost, 10))
                 messages.append({"role": "assistant", "content": json.dumps(
                     {"action": decided.action, "arguments": decided.arguments}, default=str)})
-                observation = await self._act(ctx, tracker, decided, calls, refusals)
+                observation = await self._act(ctx, tracker, decided, calls, refusals,
+                                              answered)
                 messages.append({"role": "user", "content": "Observation: "
-                                 + json.dumps(observation, default=str)})
+                                 + json.dumps(observation, default=str) + _NEXT})
         except MeshError as exc:
             ended = exc
             raise
@@ -156,10 +163,16 @@ class AgentRuntime:
                                 "answer: build it with aios_mesh.agents.action_model") from exc
 
     async def _act(self, ctx: CallContext, tracker: BudgetTracker, decided: NextAction,
-                   calls: list[ToolCallSummary], refusals: list[dict[str, Any]]
-                   ) -> dict[str, Any]:
+                   calls: list[ToolCallSummary], refusals: list[dict[str, Any]],
+                   seen: dict[str, Any]) -> dict[str, Any]:
         """Call the chosen tool (or refuse it); what the LLM sees next."""
         tool = decided.action
+        key = json.dumps([tool, decided.arguments], sort_keys=True, default=str)
+        if key in seen:
+            # the same call again: no second child call; the model is shown what it had
+            refusals.append({"reason": "repeated", "step": tracker.steps, "tool": tool})
+            return {"tool": tool, "repeated": "you already made this call",
+                    "earlier": seen[key]}
         if tool not in self.spec.tools:
             # the model's own text: only a digest of it goes into the audit entry
             refusals.append({"reason": "not_allowed", "step": tracker.steps,
@@ -198,7 +211,8 @@ class AgentRuntime:
                                      outcome=str(record.outcome)))
         if result.output is None:
             return {"tool": tool, "review": record.review_id}
-        return {"tool": tool, "output": result.output.model_dump(mode="json")}
+        seen[key] = result.output.model_dump(mode="json")
+        return {"tool": tool, "output": seen[key]}
 
     async def _audit(self, ctx: CallContext, tracker: BudgetTracker,
                      steps: list[str | None], calls: list[ToolCallSummary],

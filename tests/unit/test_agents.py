@@ -288,3 +288,13 @@ def test_a_tool_its_own_policy_denies_is_recorded_and_the_agent_sees_it(
     assert TOOL_CALLS == []
     assert "needs_human" in SEEN[1][-1]
     assert run.result.tool_calls[0].outcome == "denied"
+
+
+def test_a_repeated_identical_call_is_not_made_twice(tmp_path: Path) -> None:
+    steps = [call("lookup-order", order_id="A-17"), call("lookup-order", order_id="A-17"),
+             final("shipped")]
+    run = Run(tmp_path, scripted_planner(lambda i, _o, _c: (steps[i], 1)))
+    assert run.result is not None and run.result.steps == 3
+    assert len(run.children("lookup-order")) == 1 and TOOL_CALLS == ["A-17"]
+    assert '"repeated"' in SEEN[2][-1] and '"shipped"' in SEEN[2][-1]
+    assert [r["reason"] for r in run.audit[0]["refusals"]] == ["repeated"]
