@@ -239,7 +239,7 @@ def bad_canary_one(seed: int) -> int | None:
     spec = CapabilitySpec(name="extract-invoice-fields", input=InvoiceText,
                           output=InvoiceFields, model="extractor@champion",
                           canary=Canary(model="extractor@challenger", percent=CANARY_PERCENT),
-                          gates=PromotionGates(min_quality=0.9, min_samples=20),
+                          gates=PromotionGates(max_quality_drop=0.1, min_samples=20),
                           review_threshold=REVIEW_BELOW)
     with tempfile.TemporaryDirectory() as tmp:
         mesh = _mesh_for(Path(tmp), spec)
@@ -281,7 +281,7 @@ def bad_canary_rollback_calls() -> dict[str, Any]:
             "bad_canary_rollback_calls_per_seed": per_seed,
             "bad_canary": {
                 "scenario": {"canary_percent": CANARY_PERCENT, "review_below": REVIEW_BELOW,
-                             "gates": {"min_quality": 0.9, "min_samples": 20},
+                             "gates": {"max_quality_drop": 0.1, "min_samples": 20},
                              "calls": CANARY_GIVE_UP, "seeds": list(SEEDS)},
                 "notes": "The full mesh in process (in-process serving: the champion answers "
                          "the corpus's true fields, the canary the same with a wrong total); "

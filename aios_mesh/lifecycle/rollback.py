@@ -6,10 +6,12 @@ rolled back by moving its alias back to the champion's version, with the evidenc
 the canary's and the primary's recent calls and, every ``check_every`` canary calls (off the
 caller's path), judges:
 
-* **quality** (``gates.min_quality``): the reviewers' verdicts on canary calls (a proposal
-  kept counts as right); breached when a one-sided binomial test says the canary's accuracy
-  is below ``min_quality`` at level ``alpha`` — so a handful of wrong answers from an
-  always-wrong canary is enough, and a good canary's unlucky streak is not;
+* **quality**, once ``min_samples`` of the canary's calls are labelled (a proposal kept
+  counts as right): ``gates.max_quality_drop`` compares its accuracy with the primary's on
+  the same kind of reviewed calls (one-sided Fisher exact test) — what to use when reviewers
+  see only the unsure slice of traffic; ``gates.min_quality`` is an absolute floor for the
+  canary's reviewed accuracy (one-sided binomial test). Either way a few dozen wrong answers
+  from an always-wrong canary are enough, and a good canary's unlucky streak is not;
 * **errors** (``gates.max_error_rate``): canary calls ending in ``error``; breached when a
   binomial test says the rate is above the limit at level ``alpha``;
 * **latency** (``gates.max_latency_ratio``): canary p95 over primary p95, once both have
@@ -101,6 +103,7 @@ class _Window:
     canary: deque[tuple[str, bool, float, str]] = field(
         default_factory=lambda: deque(maxlen=5000))  # record id, error, latency, version
     primary_ms: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
+    primary_ids: deque[str] = field(default_factory=lambda: deque(maxlen=5000))
     since_check: int = 0
     checks: int = 0
     drifted: set[str] = field(default_factory=set)
@@ -162,8 +165,10 @@ class AutoRollback:
             if window.since_check >= self.check_every:
                 window.since_check = 0
                 self._schedule(spec.name)
-        elif record.outcome != "error":
-            window.primary_ms.append(record.latency_ms)
+        else:
+            window.primary_ids.append(record.record_id)
+            if record.outcome != "error":
+                window.primary_ms.append(record.latency_ms)
 
     def drift_alarm(self, capability: str, model_version: str) -> None:
         """A drift alarm for ``capability``'s model version: if that is the canary's, the
@@ -238,16 +243,8 @@ class AutoRollback:
         found: list[Breach] = []
         if version in window.drifted:
             found.append(Breach("drift", 0.0, 1.0, len(calls)))
-        if gates.min_quality is not None and calls:
-            ids = {c[0] for c in calls}
-            labels = [lb for lb in self.mesh.review_queue().labels(capability=spec.name)
-                      if lb.record_id in ids and lb.proposed is not None]
-            if labels:
-                right = sum(lb.proposal_kept for lb in labels)
-                p = binomtest(right, len(labels), gates.min_quality, alternative="less").pvalue
-                if p < level:
-                    found.append(Breach("min_quality", gates.min_quality,
-                                        right / len(labels), len(labels), p))
+        if (gates.min_quality is not None or gates.max_quality_drop is not None) and calls:
+            found.extend(self._judge_quality(spec, gates, window, calls, level))
         if gates.max_error_rate is not None and calls:
             errors = sum(1 for c in calls if c[1])
             p = binomtest(errors, len(calls), gates.max_error_rate,
@@ -263,6 +260,50 @@ class AutoRollback:
                 if ratio > gates.max_latency_ratio:
                     found.append(Breach("max_latency_ratio", gates.max_latency_ratio, ratio,
                                         len(answered)))
+        return found
+
+    def _judge_quality(self, spec: CapabilitySpec, gates: PromotionGates, window: _Window,
+                       calls: list[tuple[str, bool, float, str]], level: float
+                       ) -> list[Breach]:
+        """The reviewers' verdicts on canary calls, once there are ``min_samples`` of them:
+        against ``min_quality`` (one-sided binomial test) and against the primary's verdicts
+        on the same kind of calls (``max_quality_drop``: one-sided Fisher exact test).
+
+        The second is the one to rely on when reviewers see only a slice of traffic (calls
+        below a confidence threshold are the hard ones, where even a good model is often
+        wrong): both variants are judged on the same slice, so the review threshold cancels
+        out, while an absolute ``min_quality`` must be set for that slice."""
+        from scipy.stats import binomtest, fisher_exact
+
+        canary_ids = {c[0] for c in calls}
+        primary_ids = set(window.primary_ids)
+        canary: list[bool] = []
+        primary: list[bool] = []
+        for label in self.mesh.review_queue().labels(capability=spec.name):
+            if label.proposed is None:
+                continue  # parked with no proposal: nothing of the model's was judged
+            if label.record_id in canary_ids:
+                canary.append(label.proposal_kept)
+            elif label.record_id in primary_ids:
+                primary.append(label.proposal_kept)
+        if len(canary) < gates.min_samples:
+            return []
+        right = sum(canary)
+        found: list[Breach] = []
+        if gates.min_quality is not None:
+            p = binomtest(right, len(canary), gates.min_quality, alternative="less").pvalue
+            if p < level:
+                found.append(Breach("min_quality", gates.min_quality, right / len(canary),
+                                    len(canary), p))
+        if gates.max_quality_drop is not None and len(primary) >= gates.min_samples:
+            drop = sum(primary) / len(primary) - right / len(canary)
+            if drop > gates.max_quality_drop:
+                table = [[right, len(canary) - right],
+                         [sum(primary), len(primary) - sum(primary)]]
+                p = fisher_exact(table, alternative="less").pvalue
+                if p < level:
+                    found.append(Breach("max_quality_drop", gates.max_quality_drop, drop,
+                                        len(canary), p))
         return found
 
     async def _roll_back(self, spec: CapabilitySpec, canary_model: str, from_version: str,

@@ -14,10 +14,11 @@ What the canary's quality gate can see: calls reach a reviewer *because* the ext
 unsure (confidence below ``review_threshold`` = 0.35, about one call in ten), and on that
 slice the champion itself reads all five fields right only about a third of the time (on all
 calls: above 90 %); no subset of the fields a payment needs (total, currency, invoice number)
-reaches 0.9 there either. A ``min_quality`` of 0.9 would roll back a canary as good as the
-champion, so the gate here is :data:`MIN_QUALITY`, below the champion's reviewed accuracy, and
-the test checks on the reviewers' labels of this very run (``aios_mesh.lifecycle.quality``)
-that the champion gives no evidence of being below it while the bad canary is.
+reaches 0.9 there either. An absolute ``min_quality`` of 0.9 would roll back a canary as good
+as the champion, so the gate here is :data:`MAX_DROP`: the canary's reviewed accuracy against
+the champion's on the same slice of reviewed calls (a one-sided Fisher exact test), which holds
+whatever the review threshold; the test checks on the reviewers' labels of this very run
+(``aios_mesh.lifecycle.quality``) that the canary really is that much worse.
 
 The deliberately worse extractor is the main job's pipeline trained on labels with a join bug
 (each invoice's total taken from the next invoice): it never learns where a total is, so it
@@ -40,7 +41,6 @@ from typing import Any
 
 import mlflow
 import pytest
-from scipy.stats import binomtest
 
 from aios_mesh import Mesh
 from aios_mesh.capabilities import Canary, CapabilitySpec
@@ -81,9 +81,9 @@ CALM = 300
 #: many calls, then stays at 50 %. The alarm must come within :data:`DRIFT_BOUND` calls.
 RAMP = 500
 DRIFT_BOUND = 500
-#: The canary's quality gate: below the champion's accuracy on reviewed calls (see the module
-#: docstring; the test checks the champion clears it on this run's labels).
-MIN_QUALITY = 0.25
+#: The canary's quality gate: at most this much below the champion's accuracy on the same
+#: slice of reviewed calls (see the module docstring).
+MAX_DROP = 0.1
 CANARY_PERCENT = 10.0
 #: Calls the bad canary may answer before it is rolled back (the benchmark's target).
 CANARY_BOUND = 200
@@ -297,7 +297,7 @@ def test_a_worse_extractor_as_canary_is_rolled_back(champion: Published,
     spec = CapabilitySpec(**{**dict(EXTRACT),
                              "canary": Canary(model="invoice-extractor@challenger",
                                               percent=CANARY_PERCENT),
-                             "gates": PromotionGates(min_quality=MIN_QUALITY,
+                             "gates": PromotionGates(max_quality_drop=MAX_DROP,
                                                      min_samples=20)})
     state = tmp_path / "canary"
     invoices = make_corpus(3000, seed=303)
@@ -339,8 +339,8 @@ def test_a_worse_extractor_as_canary_is_rolled_back(champion: Published,
         ("invoice-extractor", "challenger", "2", "1")
     assert 0 < entry["canary_calls"] <= canary_before_rollback
     (evidence,) = entry["evidence"]
-    assert evidence["gate"] == "min_quality" and evidence["threshold"] == MIN_QUALITY
-    assert evidence["observed"] < MIN_QUALITY and evidence["samples"] >= 5
+    assert evidence["gate"] == "max_quality_drop" and evidence["threshold"] == MAX_DROP
+    assert evidence["observed"] > MAX_DROP and evidence["samples"] >= 20
     assert evidence["p_value"] < 0.01 / 1000  # the per-check level (Bonferroni)
 
     # MLflow itself says so: the alias names the champion's version again
@@ -348,14 +348,11 @@ def test_a_worse_extractor_as_canary_is_rolled_back(champion: Published,
     assert str(client.get_model_version_by_alias("invoice-extractor", "challenger").version) == "1"
     assert str(client.get_model_version_by_alias("invoice-extractor", "champion").version) == "1"
 
-    # the gate is honest: the reviewers' labels of this run give no evidence that the
-    # champion is below it (not even at a plain 5 %, let alone at the rollback's level),
-    # and the canary's reviewed accuracy is below it
+    # the gate is honest: on the reviewers' labels of this run the canary is more than
+    # MAX_DROP below the champion
     by_version = {v.model_version: v for v in report.versions}
     v1, v2 = by_version["1"], by_version["2"]
     print(f"reviewed accuracy: champion {v1.accuracy:.3f} of {v1.labelled}, "
           f"canary {v2.accuracy:.3f} of {v2.labelled}")
     assert v1.labelled >= 50 and v1.accuracy is not None
-    right = round(v1.accuracy * v1.labelled)  # proposals the reviewers kept
-    assert binomtest(right, v1.labelled, MIN_QUALITY, alternative="less").pvalue > 0.05, v1
-    assert v2.accuracy is not None and v2.accuracy < MIN_QUALITY
+    assert v2.accuracy is not None and v2.accuracy < v1.accuracy - MAX_DROP

@@ -50,10 +50,10 @@ def broken(item: dict[str, Any]) -> dict[str, Any]:
 
 def world(tmp_path: Path, candidate: Any, gates: PromotionGates, *,
           canary: str = "extractor@challenger", percent: float = 50.0,
-          review: bool = True) -> Mesh:
+          review: bool = True, champion: Any = good) -> Mesh:
     serving = InProcessServing()
     registry = MemoryRegistry()
-    serving.register_function("extractor", "1", good)
+    serving.register_function("extractor", "1", champion)
     serving.register_function("extractor", "2", candidate)
     spec = CapabilitySpec(name="extract-fields", input=Invoice, output=Fields,
                           model="extractor@champion", gates=gates,
@@ -127,6 +127,32 @@ def test_an_always_wrong_canary_is_rolled_back_on_the_reviewers_labels(tmp_path:
 
         [event] = mesh.run_sync(announced())
         assert event.event.data["evidence"] == entry["evidence"]
+
+
+def half_wrong(item: dict[str, Any]) -> dict[str, Any]:
+    """A model that is right on every other question (a hard slice of traffic)."""
+    number = int(item["text"].split(":")[1].split(".")[0])
+    return good(item) if number % 2 else wrong(item)
+
+
+def test_on_a_hard_slice_the_canary_is_judged_against_the_primary(tmp_path: Path) -> None:
+    """Reviewers see the unsure calls, where even the champion is often wrong: an absolute
+    floor would roll back a canary as good as the champion; the drop against the primary on
+    the same slice does not, and still catches a worse one."""
+    same = world(tmp_path / "same", half_wrong,
+                 PromotionGates(max_quality_drop=0.1, min_samples=10), champion=half_wrong)
+    with same:
+        traffic(same, 160)
+        assert rollbacks(same) == []
+    worse = world(tmp_path / "worse", wrong,
+                  PromotionGates(max_quality_drop=0.1, min_samples=10), champion=half_wrong)
+    with worse:
+        traffic(worse, 160)
+        [entry] = rollbacks(worse)
+        [evidence] = entry["evidence"]
+        # the primary keeps about half its proposals on this slice, the canary none
+        assert evidence["gate"] == "max_quality_drop" and 0.3 < evidence["observed"] < 0.7
+        assert evidence["samples"] >= 10  # min_samples labelled canary calls first
 
 
 def test_a_good_canary_stays(tmp_path: Path) -> None:
