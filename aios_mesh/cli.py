@@ -34,6 +34,7 @@ from aios_mesh.errors import ConfigError, MeshError
 from aios_mesh.gateway_cli import gateway_command
 from aios_mesh.keys_cli import keys_app
 from aios_mesh.lifecycle_cli import lifecycle_commands
+from aios_mesh.mcp_cli import mcp_command
 from aios_mesh.prompts_cli import prompts_app
 from aios_mesh.quality_cli import quality_command
 from aios_mesh.quota_cli import quota_app
@@ -510,6 +511,7 @@ app.add_typer(vault_app(_mesh, _fail, ConfigOpt), name="vault")
 app.add_typer(prompts_app(_mesh, _fail, ConfigOpt, AppOpt), name="prompts")
 app.command("gateway")(gateway_command(_fail, ConfigOpt, AppOpt))
 app.command("quality")(quality_command(_mesh, _fail, ConfigOpt, AppOpt))
+app.command("mcp")(mcp_command(_mesh, _fail, ConfigOpt, AppOpt))
 for _name, _command in lifecycle_commands(_mesh, _fail, ConfigOpt, AppOpt).items():
     app.command(_name)(_command)  # pause, resume, paused, revert
 
