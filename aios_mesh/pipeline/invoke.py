@@ -194,6 +194,17 @@ class InvokeStep(StepBase):
                     return  # a policy sends off-schema answers to a human
                 raise
             primary: MeshError = exc
+        last = await self._fallbacks(call, primary)
+        if last is None:
+            call.primary_error = primary  # an answer came, but not the primary's
+            return
+        if isinstance(last, InvalidOutput) and schema_review(call, last, self._review):
+            return  # a policy sends off-schema answers to a human
+        raise last
+
+    async def _fallbacks(self, call: Call, primary: MeshError) -> MeshError | None:
+        """Try the fallback chain in order: ``None`` once one answered (``call.fallback``
+        names it), else the last error (``primary`` when no fallback is declared)."""
         last = primary
         for fallback in call.spec.fallbacks:
             try:
@@ -202,11 +213,8 @@ class InvokeStep(StepBase):
                 last = exc
                 continue
             call.fallback = str(fallback)
-            call.primary_error = primary  # an answer came, but not the primary's
-            return
-        if isinstance(last, InvalidOutput) and schema_review(call, last, self._review):
-            return  # a policy sends off-schema answers to a human
-        raise last
+            return None
+        return last
 
     async def _fallback(self, call: Call, fallback: Fallback) -> None:
         if fallback.kind == "model":
@@ -241,17 +249,10 @@ class InvokeStep(StepBase):
             self._park(call, call.review_reason or "paused")
             return
         self.budget.record_call()
-        last: MeshError | None = call.primary_error
-        for fallback in call.spec.fallbacks:
-            try:
-                await self._fallback(call, fallback)
-            except FALLBACK_ON as exc:
-                last = exc
-                continue
-            call.fallback = str(fallback)
-            return
-        assert last is not None  # the controller refuses a pause to no fallback
-        raise last
+        assert call.primary_error is not None  # set by the pause controller
+        last = await self._fallbacks(call, call.primary_error)
+        if last is not None:  # (the controller refuses a pause to no fallback)
+            raise last
 
     async def _run(self, call: Call, target: Target) -> None:
         """Attempts with timeout, retries (bounded by max_attempts and the budget), breaker."""

@@ -677,7 +677,29 @@ def render_report(*, title: str, summary: Sequence[tuple[str, str]],
                   samples: Mapping[str, Sequence[Mapping[str, str]]] | None = None,
                   reviewer: Mapping[str, Any] | None = None,
                   drift: Mapping[str, Any] | None = None) -> str:
-    """The report as one HTML string (see :func:`write_report`)."""
+    """The report as one HTML string (:func:`write_report` writes it to a file).
+
+    Args:
+        title: page title.
+        summary: ``(label, value)`` rows, shown in order.
+        calls: ``{"capability", "tenant", "latency_ms", "cost", "outcome"}`` per call.
+        invoices: ``{"invoice", "tenant", "route", "amount", "currency", "correct"}``, and
+            ``"brief"`` (``{"reason", "missing_fields", "question_to_vendor"}``) where the
+            LLM drafted one.
+        lineage: OpenLineage RunEvent dicts of one workflow run and its capability calls.
+        quality: ``QualityReport.to_dict()`` of :mod:`aios_mesh.lifecycle.quality` (the
+            reviewers' labels per model version), or ``None`` where it was not computed.
+        run: ``{"date", "profile", "invoices", "state"}`` of the run.
+        versions: ``{"models", "prompts", "indexes", "lock"}``: what the records used (with
+            call counts) and what the lock file pins.
+        reasons: ``{"review": {tenant: {code: n}}, "denied": {...}}``.
+        samples: route → ``[{"invoice", "tenant", "record_id"}, ...]``.
+        reviewer: the simulated reviewer's summary (the quality section says the labels
+            are simulated), or ``None``.
+        drift: ``{"monitor": "on"|"off", "alarms": [...]}``: the alarms (audit entries) with
+            their drifted features' statistics.
+
+    """
     sections = (
         ("run", "Run", _run_section(run, versions)),
         ("summary", "Summary", _summary_section(summary)),
@@ -699,46 +721,15 @@ def render_report(*, title: str, summary: Sequence[tuple[str, str]],
             f"<body><h1>{esc(title)}</h1>{parts}</body></html>\n")
 
 
-def write_report(path: Path, *, title: str, summary: list[tuple[str, str]],
-                 calls: list[dict[str, Any]], invoices: list[dict[str, Any]],
-                 lineage: list[dict[str, Any]],
-                 quality: Mapping[str, Any] | None = None,
-                 run: Mapping[str, Any] | None = None,
-                 versions: Mapping[str, Any] | None = None,
-                 reasons: Mapping[str, Any] | None = None,
-                 samples: Mapping[str, Sequence[Mapping[str, str]]] | None = None,
-                 reviewer: Mapping[str, Any] | None = None,
-                 drift: Mapping[str, Any] | None = None) -> Path:
-    """Write the HTML report to ``path`` atomically (temp file + ``os.replace``).
-
-    Args:
-        path: destination file; parent directories are created.
-        title: page title.
-        summary: ``(label, value)`` rows, shown in order.
-        calls: ``{"capability", "tenant", "latency_ms", "cost", "outcome"}`` per call.
-        invoices: ``{"invoice", "tenant", "route", "amount", "currency", "correct"}``, and
-            ``"brief"`` (``{"reason", "missing_fields", "question_to_vendor"}``) where the
-            LLM drafted one.
-        lineage: OpenLineage RunEvent dicts of one workflow run and its capability calls.
-        quality: ``QualityReport.to_dict()`` of :mod:`aios_mesh.lifecycle.quality` (the
-            reviewers' labels per model version), or ``None`` where it was not computed.
-        run: ``{"date", "profile", "invoices", "state"}`` of the run.
-        versions: ``{"models", "prompts", "indexes", "lock"}``: what the records used (with
-            call counts) and what the lock file pins.
-        reasons: ``{"review": {tenant: {code: n}}, "denied": {...}}``.
-        samples: route → ``[{"invoice", "tenant", "record_id"}, ...]``.
-        reviewer: the simulated reviewer's summary (the quality section says the labels
-            are simulated), or ``None``.
-        drift: ``{"monitor": "on"|"off", "alarms": [...]}``: the alarms (audit entries) with
-            their drifted features' statistics.
+def write_report(path: Path, **content: Any) -> Path:
+    """Write the HTML report (:func:`render_report` of ``content``) to ``path`` atomically
+    (temp file + ``os.replace``); parent directories are created.
 
     Returns:
         ``path``.
     """
     path = Path(path)
-    html = render_report(title=title, summary=summary, calls=calls, invoices=invoices,
-                         lineage=lineage, quality=quality, run=run, versions=versions,
-                         reasons=reasons, samples=samples, reviewer=reviewer, drift=drift)
+    html = render_report(**content)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
