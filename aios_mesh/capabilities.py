@@ -83,8 +83,9 @@ def import_object(path: str) -> Any:
 class SLO(BaseModel):
     """Service level: the per-attempt timeout, and the contract the SLO router keeps for a
     capability with ``candidates`` (:mod:`aios_mesh.lifecycle.slo`): p95 latency, cost per
-    call, the share of good calls (``objective``: the error budget is ``1 - objective``), and
-    what to do when no candidate meets it."""
+    call, the answering model version's reviewed accuracy (``min_quality``), the share of good
+    calls (``objective``: the error budget is ``1 - objective``), and what to do when no
+    candidate meets it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -93,6 +94,9 @@ class SLO(BaseModel):
     max_cost: float | None = Field(None, ge=0, description="most a call may cost (per call)")
     objective: float = Field(0.95, gt=0, lt=1, description="share of calls that must be good "
                                                            "(answered within p95_ms)")
+    min_quality: float | None = Field(None, ge=0, le=1, description="reviewed accuracy the "
+                                                                    "answering model version "
+                                                                    "must keep")
     on_unmet: Literal["best_effort", "reject"] = "best_effort"
 
 

@@ -46,6 +46,7 @@ from aios_mesh.config import MeshConfig, UrlSource, config_from_mapping, load_co
 from aios_mesh.context import CallContext
 from aios_mesh.embedded.serving import InProcessServing
 from aios_mesh.errors import CallCancelled, MeshError, UnknownTenant
+from aios_mesh.lifecycle.live_quality import LiveQuality
 from aios_mesh.lifecycle.pause import pause_control
 from aios_mesh.lifecycle.rollback import AutoRollback
 from aios_mesh.lineage_naming import DatasetNames
@@ -137,6 +138,8 @@ class Mesh(SyncFacade):
             enabled_otel=self.config.telemetry.otel)
         self.resolver = AliasResolver(self._registry, ttl_s=self.config.cache.alias_ttl_s,
                                       lock_path=self.config.lock_path)
+        #: reviewed accuracy per capability and model version, for SLOs with min_quality
+        self.live_quality = LiveQuality(self.review_queue)
         parts = StepParts(
             config=self.config, ports=self.ports,
             redactor=redactor or self._default_redactor(), resolver=self.resolver,
@@ -147,7 +150,8 @@ class Mesh(SyncFacade):
             breakers=BreakerBoard(self.config.breaker),
             budget=RetryBudget(self.config.retry.budget_ratio,
                                self.config.retry.min_retries_per_s),
-            admission=admission, state=self.state, publish=self.publish)
+            admission=admission, state=self.state, publish=self.publish,
+            quality=self.live_quality.accuracy)
         self.parts = parts
         self.pipeline = Pipeline(default_steps(parts) if steps is None else steps)
         self.sinks: list[RecordSink] = []
@@ -218,7 +222,8 @@ class Mesh(SyncFacade):
     def _default_processors(self) -> list[RecordProcessor]:
         chain: list[RecordProcessor] = [TelemetryProcessor(self.telemetry),
                                         ShadowProcessor(self.shadow),
-                                        AutoRollback(self)]  # canaries with gates only
+                                        AutoRollback(self),  # canaries with gates only
+                                        self.live_quality]  # SLOs with min_quality only
         if self.config.telemetry.lineage or self.config.telemetry.decision_events:
             chain.append(RelayProcessor(self.relay))
         chain.append(SinkProcessor(self.sinks))

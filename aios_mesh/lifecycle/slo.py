@@ -16,7 +16,10 @@ on each) and its SLO::
 :class:`SLORouter`, an admission controller, keeps live statistics per candidate
 (capability × backend × model version: the latency and errors of its latest ``recent`` calls
 within ``window_s``) and sends each call to the cheapest candidate that meets the SLO (p95 at most
-``p95_ms``, error rate within the error budget, price at most ``max_cost``). A candidate with
+``p95_ms``, error rate within the error budget, price at most ``max_cost``). A model version
+whose reviewed accuracy (:class:`~aios_mesh.lifecycle.live_quality.LiveQuality`) is below
+``min_quality`` meets it on no backend: its calls are best effort (``route.slo_met: false``,
+``route.quality``) or refused, and count against the error budget. A candidate with
 too little evidence counts as meeting it (so a new backend gets traffic), and a breached one
 is probed with one call per ``probe_s`` so its recovery is seen. The model version is not
 the router's to choose: the rollout split (canary) and the lock file decided it before the
@@ -137,6 +140,9 @@ class SLORouter:
         min_calls: evidence below which a candidate counts as meeting the SLO.
         probe_s: a breached candidate gets one call per this many seconds.
         burn_windows: the alert window pairs.
+        quality: ``(capability, model version) -> (reviewed accuracy, labels)`` for
+            ``SLO.min_quality`` (the mesh's :class:`~aios_mesh.lifecycle.live_quality.
+            LiveQuality`); None: not judged.
     """
 
     name = "slo-router"
@@ -146,6 +152,7 @@ class SLORouter:
                  window_s: float = 30.0, recent: int = 50, min_calls: int = 20,
                  probe_s: float = 1.0,
                  burn_windows: Sequence[BurnWindow] = DEFAULT_BURN_WINDOWS,
+                 quality: Callable[[str, str], tuple[float, int] | None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._audit = audit
         self._publish = publish
@@ -154,6 +161,7 @@ class SLORouter:
         self.min_calls = min_calls
         self.probe_s = probe_s
         self.burn_windows = tuple(burn_windows)
+        self._quality = quality
         self._clock = clock
         self._stats: dict[tuple[str, str, str], _Stats] = {}
         self._budgets: dict[str, _Budget] = {}
@@ -205,18 +213,24 @@ class SLORouter:
         version = call.model_ref.version if call.model_ref is not None else ""
         now = self._clock()
         judged = self._judge(spec, version, now)
+        # a version answering below min_quality does so on every backend: the SLO is unmet
+        # whichever serves the call, so the choice of backend stays the latency/cost one
+        low = self._low_quality(spec, version)
         meeting = [j for j in judged if j[3]]
-        slo_met = bool(meeting)
+        slo_met = bool(meeting) and low is None
+        if not slo_met and spec.slo.on_unmet == "reject":
+            why = (f"model version {version} keeps {low:.0%} of its reviewed answers, "
+                   f"below min_quality {spec.slo.min_quality}" if low is not None else
+                   f"p95 ≤ {spec.slo.p95_ms} ms, errors within "
+                   f"{1 - spec.slo.objective:.3g}")
+            raise SLOUnattainable(
+                f"no backend of {spec.name} meets its SLO now ({why})",
+                hint="retry later; the mesh probes the backends and routes back as soon "
+                     "as one recovers", retry_after=self.probe_s)
         if meeting:
             chosen = min(meeting, key=lambda j: ((j[0].price or spec.price).per_call,
                                                  j[1] if j[1] is not None else 0.0))
         else:
-            if spec.slo.on_unmet == "reject":
-                raise SLOUnattainable(
-                    f"no backend of {spec.name} meets its SLO now (p95 ≤ {spec.slo.p95_ms} ms"
-                    f", errors within {1 - spec.slo.objective:.3g})",
-                    hint="retry later; the mesh probes the backends and routes back as soon "
-                         "as one recovers", retry_after=self.probe_s)
             # best effort: the fastest backend within the cost limit (a hard limit), else
             # the cheapest
             affordable = [j for j in judged if _affordable(spec, j[0])]
@@ -236,7 +250,8 @@ class SLORouter:
             await self._note_preference(spec, version, cand, judged, slo_met)
         call.backend = cand.serving
         call.price = cand.price
-        call.route = {"backend": cand.label, "slo_met": slo_met}
+        call.route = ({"backend": cand.label, "slo_met": slo_met} if low is None else
+                      {"backend": cand.label, "slo_met": False, "quality": round(low, 4)})
         key = (spec.name, cand.label, version)
         stats = self._stats.get(key)
         if stats is None:
@@ -249,10 +264,21 @@ class SLORouter:
             latency_ms = (end - started) * 1000.0
             failed = call.error is not None
             stats.calls.append((end, latency_ms, failed))
-            self._account(spec, end, failed or (spec.slo.p95_ms is not None
-                                                and latency_ms > spec.slo.p95_ms))
+            self._account(spec, end, failed or low is not None
+                          or (spec.slo.p95_ms is not None and latency_ms > spec.slo.p95_ms))
 
         return release
+
+    def _low_quality(self, spec: CapabilitySpec, version: str) -> float | None:
+        """The version's reviewed accuracy when it is below ``min_quality`` (on at least
+        ``min_calls`` verdicts), else None."""
+        floor = spec.slo.min_quality
+        if floor is None or self._quality is None:
+            return None
+        found = self._quality(spec.name, version)
+        if found is None or found[1] < self.min_calls or found[0] >= floor:
+            return None
+        return found[0]
 
     async def _note_preference(self, spec: CapabilitySpec, version: str, cand: Candidate,
                                judged: list[tuple[Candidate, float | None, float, bool]],

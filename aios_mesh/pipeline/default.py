@@ -73,6 +73,8 @@ class StepParts:
     state: SharedState | None = None
     #: queues an application event durably (the mesh's outbox): SLO alerts go out through it
     publish: Callable[[str, Event], Awaitable[None]] | None = None
+    #: a model version's reviewed accuracy, for ``SLO.min_quality`` (the mesh's LiveQuality)
+    quality: Callable[[str, str], tuple[float, int] | None] | None = None
 
 
 def default_steps(parts: StepParts) -> list[Step]:
@@ -121,7 +123,8 @@ def _admission(parts: StepParts) -> list[Admission]:
     pause.bind(store)
     if not any(isinstance(c, SLORouter) for c in controllers):
         ports = parts.ports
-        controllers.append(SLORouter(lambda: ports.audit, parts.publish))
+        controllers.append(SLORouter(lambda: ports.audit, parts.publish,
+                                     quality=parts.quality))
     if parts.config.scheduler.enabled:
         controllers.append(FairScheduler.from_config(parts.config))
     return controllers

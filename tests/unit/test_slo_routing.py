@@ -51,7 +51,7 @@ class Backend:
         return {"text": item["text"]}
 
 
-def world(tmp_path: Path, *, slo: SLO, burn: tuple[BurnWindow, ...] = ()
+def world(tmp_path: Path, *, slo: SLO, burn: tuple[BurnWindow, ...] = (), **spec_kw: Any
           ) -> tuple[Mesh, SLORouter, Clock, Backend, Backend]:
     clock = Clock()
     cheap, dear = Backend(clock, 5), Backend(clock, 8)
@@ -59,13 +59,15 @@ def world(tmp_path: Path, *, slo: SLO, burn: tuple[BurnWindow, ...] = ()
     spec = CapabilitySpec(name="echo", input=Q, output=A, model="m@champion", slo=slo,
                           price=Price(per_call=0.002),
                           candidates=(Candidate(serving="cheap", price=Price(per_call=0.001)),
-                                      Candidate(serving="dear", price=Price(per_call=0.003))))
+                                      Candidate(serving="dear", price=Price(per_call=0.003))),
+                          **spec_kw)
     config = config_from_mapping({"state_dir": str(tmp_path), "tenants": {"acme": {}},
                                   "telemetry": {"lineage": False, "decision_events": False}})
     holder: list[Mesh] = []
     router = SLORouter(lambda: holder[0].ports.audit, lambda t, e: holder[0].publish(t, e),
                        window_s=10.0, min_calls=10, probe_s=1.0, clock=clock,
-                       burn_windows=burn)
+                       burn_windows=burn,
+                       quality=lambda c, v: holder[0].live_quality.accuracy(c, v))
     mesh = Mesh(config, capabilities=[spec], adapters={"registry": registry},
                 admission=[router])
     holder.append(mesh)
@@ -166,6 +168,30 @@ def test_an_slo_no_candidate_meets_is_refused_and_the_budget_alert_fires(
 
         [event] = mesh.run_sync(announced())
         assert event.event.data["alert"] == "page"
+
+
+def test_a_version_below_min_quality_meets_the_slo_on_no_backend(tmp_path: Path) -> None:
+    """The reviewers reject what this model version answers: no backend can fix that, so its
+    calls are best effort, say so in the record, and count against the error budget."""
+    mesh, _, clock, _, dear = world(tmp_path, slo=SLO(p95_ms=50, min_quality=0.8),
+                                    review_threshold=0.5)
+    with mesh:
+        for result in calls(mesh, clock, 12):  # no confidence: each one goes to a reviewer
+            assert result.review_id is not None and result.record.route["slo_met"] is True
+            mesh.resolve_review(result.review_id, approve=False, reviewer="rita")
+        mesh.live_quality.refresh("echo")
+        assert mesh.live_quality.accuracy("echo", "1") == (0.0, 12)
+        [after] = calls(mesh, clock, 1)
+        assert after.record.route == {"backend": "cheap", "slo_met": False, "quality": 0.0}
+        assert dear.calls == 0  # no probing around: another backend serves the same version
+    refuse = world(tmp_path / "strict", slo=SLO(p95_ms=50, min_quality=0.8, on_unmet="reject"),
+                   review_threshold=0.5)[0]
+    with refuse:
+        for result in calls(refuse, Clock(), 12):
+            refuse.resolve_review(result.review_id or "", approve=False, reviewer="rita")
+        refuse.live_quality.refresh("echo")
+        with pytest.raises(SLOUnattainable, match=r"below min_quality 0\.8"):
+            refuse.invoke("echo", {"text": "again"}, tenant="acme")
 
 
 def test_the_slo_contract_is_checked_where_it_is_declared() -> None:
