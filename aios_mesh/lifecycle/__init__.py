@@ -11,7 +11,9 @@
 * :mod:`~aios_mesh.lifecycle.features`, :mod:`~aios_mesh.lifecycle.drift`,
   :mod:`~aios_mesh.lifecycle.drift_monitor` — input and
   prediction drift against a reference window logged with the model;
-* :mod:`~aios_mesh.lifecycle.slo` — SLO routing among candidate backends and burn-rate alerts;
+* :mod:`~aios_mesh.lifecycle.slo`, :mod:`~aios_mesh.lifecycle.live_quality` — SLO routing
+  among candidate backends (with each model version's reviewed accuracy) and burn-rate
+  alerts;
 * :mod:`~aios_mesh.lifecycle.rollback` — automatic rollback of a canary that breaches its
   gates;
 * :mod:`~aios_mesh.lifecycle.pause` — pause an automation (calls go to people or a declared
