@@ -20,6 +20,7 @@ import difflib
 import importlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,9 +111,31 @@ class SqliteState:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                timeout=self.busy_timeout_s)
-        conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+        self._wal(conn, store)
         return conn
+
+    def _wal(self, conn: sqlite3.Connection, store: str) -> None:
+        """Switch the file to WAL (it stays so). Switching takes an exclusive lock and does
+        not wait on the busy timeout: several processes opening a new store at once get
+        "database is locked" straight away, so the switch is retried until the timeout."""
+        deadline = time.monotonic() + self.busy_timeout_s
+        delay = 0.005
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() + delay > deadline:
+                    conn.close()
+                    raise BackendUnavailable(
+                        f"the state store {store!r} stayed locked for "
+                        f"{self.busy_timeout_s:g} s ({describe_exception(exc)})",
+                        hint="another process holds it; retry, or raise busy_timeout_s"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
     def version(self, store: str) -> int:
         conn = self._open(store)

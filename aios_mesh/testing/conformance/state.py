@@ -274,7 +274,7 @@ class StateConcurrency(StateFixtures):
         for w in workers:
             w.join(timeout=120)
         assert not any(w.is_alive() for w in workers), "a migrate() never returned"
-        assert errors == []
+        assert errors == [], [repr(e) for e in errors]
         assert results == [3] * self.threads
         assert adapter.version(store) == 3
         assert count_rows(store, table) == 2  # each insert ran once
