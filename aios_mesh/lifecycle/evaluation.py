@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from aios_mesh.errors import InvalidInput, MeshError
 from aios_mesh.lifecycle.agreement import agreement_of
 from aios_mesh.lifecycle.gates import VersionEvidence
+from aios_mesh.lifecycle.stats import p95
 from aios_mesh.pipeline.validate import validation_message
 from aios_mesh.ports.registry import ModelRef
 
@@ -122,10 +123,10 @@ async def evaluate_version(mesh: Mesh, spec: CapabilitySpec, ref: ModelRef,
         return VersionEvidence(ref.version, 0, None, None, None)
     quality = statistics.fmean(s[0] for s in scored)
     latencies = [s[1] for s in scored]
-    p95 = (statistics.quantiles(latencies, n=20, method="inclusive")[-1]
-           if len(latencies) > 1 else latencies[0])
+    slowest = p95(latencies)
+    assert slowest is not None  # scored is not empty
     costs = [s[2] for s in scored if s[2] is not None]
     return VersionEvidence(
-        ref.version, len(scored), round(quality, 6), round(p95, 3),
+        ref.version, len(scored), round(quality, 6), round(slowest, 3),
         round(statistics.fmean(costs), 10) if costs else None,
         errors=sum(1 for s in scored if s[2] is None))

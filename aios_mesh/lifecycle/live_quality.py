@@ -44,6 +44,7 @@ class LiveQuality:
         self.refresh_every = refresh_every
         self._ids: dict[tuple[str, str], deque[str]] = {}
         self._since: dict[str, int] = {}
+        self._first: dict[str, str] = {}  # when each capability's first call was watched
         self._accuracy: dict[tuple[str, str], tuple[float, int]] = {}
         self._lock = threading.Lock()
         self._busy: set[str] = set()
@@ -66,6 +67,7 @@ class LiveQuality:
                 ids = self._ids.setdefault(key, deque(maxlen=self.window))
         ids.append(item.record.record_id)
         name = call.spec.name
+        self._first.setdefault(name, item.record.started_at)
         self._since[name] = self._since.get(name, 0) + 1
         if self._since[name] >= self.refresh_every and name not in self._busy:
             self._since[name] = 0
@@ -80,7 +82,9 @@ class LiveQuality:
         versions = {v: set(ids) for (c, v), ids in list(self._ids.items()) if c == capability}
         kept = {v: 0 for v in versions}
         seen = {v: 0 for v in versions}
-        for label in self._review().labels(capability=capability):
+        # labels older than the first watched call judge none of them: not read
+        for label in self._review().labels(capability=capability,
+                                           since=self._first.get(capability)):
             if label.proposed is None:
                 continue
             for version, ids in versions.items():

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import statistics
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aios_mesh.errors import MeshError
 from aios_mesh.lifecycle.gates import PromotionGates
+from aios_mesh.lifecycle.stats import p95
 from aios_mesh.ports.events import Event
 from aios_mesh.ports.registry import parse_model_spec
 from aios_mesh.recorder.processor import Recorded
@@ -76,10 +76,6 @@ _log = logging.getLogger("aios_mesh.lifecycle")
 ROLLBACK_TOPIC = "aios.mesh.rollback"
 
 
-def _p95(values: list[float]) -> float:
-    return statistics.quantiles(values, n=20, method="inclusive")[-1]
-
-
 @dataclass(frozen=True, slots=True)
 class Breach:
     """Why a canary was rolled back: which gate, what was observed, on how many calls."""
@@ -104,6 +100,8 @@ class _Window:
         default_factory=lambda: deque(maxlen=5000))  # record id, error, latency, version
     primary_ms: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
     primary_ids: deque[str] = field(default_factory=lambda: deque(maxlen=5000))
+    #: when the first call was watched: labels older than that judge none of these calls
+    since: str | None = None
     since_check: int = 0
     checks: int = 0
     drifted: set[str] = field(default_factory=set)
@@ -157,6 +155,8 @@ class AutoRollback:
         if window is None:
             with self._lock:
                 window = self._windows.setdefault(spec.name, _Window())
+        if window.since is None:
+            window.since = record.started_at
         if record.variant == "canary":
             version = (record.model or {}).get("version", "")
             window.canary.append((record.record_id, record.outcome == "error",
@@ -256,7 +256,7 @@ class AutoRollback:
             answered = [c[2] for c in calls if not c[1]]
             if len(answered) >= gates.min_samples and len(window.primary_ms) >= \
                     gates.min_samples:
-                ratio = _p95(answered) / max(_p95(list(window.primary_ms)), 1e-9)
+                ratio = (p95(answered) or 0.0) / max(p95(list(window.primary_ms)) or 0.0, 1e-9)
                 if ratio > gates.max_latency_ratio:
                     found.append(Breach("max_latency_ratio", gates.max_latency_ratio, ratio,
                                         len(answered)))
@@ -279,7 +279,8 @@ class AutoRollback:
         primary_ids = set(window.primary_ids)
         canary: list[bool] = []
         primary: list[bool] = []
-        for label in self.mesh.review_queue().labels(capability=spec.name):
+        for label in self.mesh.review_queue().labels(capability=spec.name,
+                                                     since=window.since):
             if label.proposed is None:
                 continue  # parked with no proposal: nothing of the model's was judged
             if label.record_id in canary_ids:

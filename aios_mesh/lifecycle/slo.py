@@ -41,7 +41,6 @@ event on ``aios.mesh.slo`` and a warning in the log; it fires again only after i
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
 import time
 from collections import deque
@@ -51,6 +50,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aios_mesh.errors import Overloaded
+from aios_mesh.lifecycle.stats import p95 as latency_p95
 from aios_mesh.pipeline.call import Call, Release
 from aios_mesh.ports.events import Event
 
@@ -194,9 +194,7 @@ class SLORouter:
             else:
                 # enough evidence, or a breached candidate judged on its probes: it stays
                 # breached until its recent calls (the probes) meet the SLO again
-                answered = [c[1] for c in calls if not c[2]]
-                p95 = (statistics.quantiles(answered, n=20, method="inclusive")[-1]
-                       if len(answered) > 1 else (answered[0] if answered else None))
+                p95 = latency_p95([c[1] for c in calls if not c[2]])
                 errors = sum(c[2] for c in calls) / len(calls)
                 meets = (errors <= budget and p95 is not None
                          and (slo.p95_ms is None or p95 <= slo.p95_ms))
