@@ -29,6 +29,7 @@ implementation (used when ``model`` is not set, e.g. deterministic rules).
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib
 import inspect
 import re
@@ -254,6 +255,10 @@ class CapabilitySpec(BaseModel):
                                                            "before `promote` moves the alias")
     deprecated: str | None = Field(None, description="why and until when this version is "
                                                     "served, e.g. 'use @2; removed 2027-06'")
+    definition: str | None = Field(None, description="what defines a handler-served "
+                                                    "capability beyond its code, as canonical "
+                                                    "JSON (an agent's instructions, tools, "
+                                                    "budgets); `aios-mesh lock` pins it")
     handler: Callable[..., Any] | None = Field(None, exclude=True)
 
     @field_validator("name")
@@ -328,6 +333,13 @@ class CapabilitySpec(BaseModel):
     def key(self) -> str:
         """``name@version``, as it appears in records and the lock file."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def definition_sha256(self) -> str | None:
+        """The digest of :attr:`definition` the lock file pins (None: no definition)."""
+        if self.definition is None:
+            return None
+        return hashlib.sha256(self.definition.encode()).hexdigest()
 
     @property
     def major(self) -> str:

@@ -565,7 +565,10 @@ def _decide(item_id: str, approve: bool, reviewer: str, output: str | None, note
     except MeshError as exc:
         _fail(exc)
         return
-    resumed = f" → published to {item.resume['topic']}" if item.resume else ""
+    resume = item.resume or {}
+    resumed = (f" → published to {resume['topic']}" if resume.get("topic") else
+               f" → the agent run goes on with {{\"resume\": \"{item.id}\"}}"
+               if resume.get("agent_run") else "")
     console.print(f"[green]{escape(item.status)}[/] " + escape(f"{item.id} by {reviewer}{resumed}"))
 
 

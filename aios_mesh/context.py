@@ -9,6 +9,8 @@ from typing import Any, Protocol
 from aios_mesh.lineage import DEFAULT_NAMESPACE
 from aios_mesh.ports.container import Ports
 from aios_mesh.result import Result
+from aios_mesh.review import ReviewQueue
+from aios_mesh.state import SharedState
 
 __all__ = ["CallContext", "Invoker"]
 
@@ -18,6 +20,11 @@ class Invoker(Protocol):
 
     @property
     def ports(self) -> Ports: ...
+
+    #: where the mesh's own stores keep state (sqlite folder or PostgreSQL)
+    state: SharedState
+
+    def review_queue(self) -> ReviewQueue: ...
 
     async def ainvoke(self, capability: str, payload: Any, *, tenant: str,
                       caller: str = "anonymous", attributes: Mapping[str, Any] | None = None,
@@ -61,6 +68,17 @@ class CallContext:
     def ports(self) -> Ports:
         """The mesh's adapters (``ctx.ports.retrieval``, ``ctx.ports.registry``, ...)."""
         return self.mesh.ports
+
+    @property
+    def review(self) -> ReviewQueue:
+        """The mesh's human-review queue (an agent parks a tool call there for approval)."""
+        return self.mesh.review_queue()
+
+    @property
+    def state(self) -> SharedState:
+        """The mesh's shared state, for a handler's own durable store (see
+        :class:`~aios_mesh.state.Database`)."""
+        return self.mesh.state
 
     def note_index(self, collection: str, snapshot: str) -> None:
         """Record which index version answered (it goes into the decision record)."""

@@ -8,12 +8,18 @@ asking the registry, so a run next month answers with the same models and prompt
                                                "source": "models:/m-1", "run_id": "..."}},
      "prompts": {"review-brief@production": {"name": "review-brief", "version": "2",
                                              "alias": "production", "sha256": "9f2c..."}},
-     "indexes": {"vendors": "snapshot-id"}}
+     "indexes": {"vendors": "snapshot-id"},
+     "definitions": {"refund-agent@1": {"kind": "agent", "sha256": "41ab...",
+                                        "names": {"llm": "refund-planner",
+                                                  "tools": ["lookup-order", "open-refund"]}}}}
 
 A prompt pin holds the version and the digest of its template, not the text: the registry
 stays the one place prompts live (a second copy here could be edited by hand and drift), a
 version is fetched once per process, and the digest proves it is the text that was locked
-(a registry rebuilt with other text under the same number is refused, not used).
+(a registry rebuilt with other text under the same number is refused, not used). A
+definition pin does the same for a capability defined in code, an agent: its instructions,
+tools, LLM and budgets are digested; the same ``name@version`` with another definition is
+refused until its version is bumped or the lock rewritten.
 
 Reading is strict: a lock that is empty, a directory, unreadable, not JSON, of another format
 version or of the wrong shape is a :class:`~aios_mesh.errors.ConfigError` that names the file
@@ -26,6 +32,7 @@ fields without bumping ``lock_version``. Writing is atomic (temp file, fsync, re
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import tempfile
@@ -42,7 +49,7 @@ from aios_mesh.errors import ConfigError, InvalidInput
 from aios_mesh.ports.prompts import template_sha256
 from aios_mesh.ports.registry import ModelRef, PromptRef, parse_model_spec
 
-__all__ = ["LOCK_VERSION", "LockFile", "PromptPin"]
+__all__ = ["LOCK_VERSION", "DefinitionPin", "LockFile", "PromptPin"]
 
 LOCK_VERSION = 1
 
@@ -51,7 +58,8 @@ _SHAPE = ('{"lock_version": 1, "created_at": "<ISO time>", "models": {"<name>@<a
           '{"name": "<name>", "version": "<version>", "source": "<uri>", "run_id": null, '
           '"alias": "<alias>", "tags": {}}}, "prompts": {"<name>@<alias>": {"name": "<name>", '
           '"version": "<version>", "alias": "<alias>", "sha256": "<hex digest>"}}, '
-          '"indexes": {"<index>": "<snapshot id>"}}')
+          '"indexes": {"<index>": "<snapshot id>"}, "definitions": {"<name>@<version>": '
+          '{"kind": "agent", "sha256": "<hex digest>", "names": {}}}}')
 _MAX_PROBLEMS = 3
 
 
@@ -120,6 +128,41 @@ class _PromptEntry(BaseModel):
         return PromptPin(self.name, self.version, self.sha256, self.alias)
 
 
+@dataclass(frozen=True, slots=True)
+class DefinitionPin:
+    """One pinned capability definition (an agent's instructions, tools, LLM, budgets): its
+    digest, and what it names, for the reader of the lock."""
+
+    kind: str
+    sha256: str
+    names: dict[str, Any] = field(default_factory=dict)
+
+    #: what of a definition the lock shows its reader (the digest covers all of it)
+    SHOWN = ("llm", "tools", "approval")
+
+    @classmethod
+    def of(cls, definition: str) -> DefinitionPin:
+        """The pin of a capability's :attr:`~aios_mesh.capabilities.CapabilitySpec.definition`
+        (canonical JSON with a ``kind``)."""
+        doc = orjson.loads(definition)
+        return cls(str(doc.get("kind", "definition")),
+                   hashlib.sha256(definition.encode()).hexdigest(),
+                   {k: doc[k] for k in cls.SHOWN if k in doc})
+
+
+class _DefinitionEntry(BaseModel):
+    """One pinned definition, as ``LockFile.to_document`` writes it."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    kind: _NonEmpty
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    names: dict[str, Any] = Field(default_factory=dict)
+
+    def pin(self) -> DefinitionPin:
+        return DefinitionPin(self.kind, self.sha256, dict(self.names))
+
+
 class _LockDocument(BaseModel):
     """The whole lock file (format version 1)."""
 
@@ -130,6 +173,7 @@ class _LockDocument(BaseModel):
     models: dict[_Spec, _ModelEntry] = Field(default_factory=dict)
     prompts: dict[_Spec, _PromptEntry] = Field(default_factory=dict)
     indexes: dict[str, str] = Field(default_factory=dict)
+    definitions: dict[str, _DefinitionEntry] = Field(default_factory=dict)
 
 
 def _json_type(value: Any) -> str:
@@ -184,7 +228,8 @@ def _problems(exc: _ValidationError) -> list[str]:
 @dataclass
 class LockFile:
     """The pins of one lock file: model spec → :class:`ModelRef`, prompt spec →
-    :class:`PromptPin`, index → snapshot id.
+    :class:`PromptPin`, index → snapshot id, capability key (``name@version``) →
+    :class:`DefinitionPin` (an agent's definition).
 
     :meth:`read` loads (and validates) one, :meth:`write` stores one atomically.
     """
@@ -193,6 +238,7 @@ class LockFile:
     indexes: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     prompts: dict[str, PromptPin] = field(default_factory=dict)
+    definitions: dict[str, DefinitionPin] = field(default_factory=dict)
 
     @classmethod
     def read(cls, path: Path) -> LockFile | None:
@@ -240,7 +286,8 @@ class LockFile:
             raise cls._shape_error(path, doc, exc) from None
         return cls({spec: entry.ref() for spec, entry in lock.models.items()},
                    dict(lock.indexes), lock.created_at,
-                   {spec: entry.pin() for spec, entry in lock.prompts.items()})
+                   {spec: entry.pin() for spec, entry in lock.prompts.items()},
+                   {key: entry.pin() for key, entry in lock.definitions.items()})
 
     @staticmethod
     def _shape_error(path: Path, doc: Any, exc: _ValidationError) -> ConfigError:
@@ -279,6 +326,8 @@ class LockFile:
                                "sha256": p.sha256}
                         for spec, p in sorted(self.prompts.items())},
             "indexes": dict(sorted(self.indexes.items())),
+            "definitions": {key: {"kind": d.kind, "sha256": d.sha256, "names": dict(d.names)}
+                            for key, d in sorted(self.definitions.items())},
         }
 
     def write(self, path: Path) -> None:

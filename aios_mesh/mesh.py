@@ -50,6 +50,7 @@ from aios_mesh.lifecycle.live_quality import LiveQuality
 from aios_mesh.lifecycle.pause import pause_control
 from aios_mesh.lifecycle.rollback import AutoRollback
 from aios_mesh.lineage_naming import DatasetNames
+from aios_mesh.lockfile import DefinitionPin
 from aios_mesh.outbox import Outbox
 from aios_mesh.pipeline import Call, Pipeline
 from aios_mesh.pipeline.admission import Admission
@@ -547,7 +548,7 @@ class Mesh(SyncFacade):
 
     def lock(self) -> Path:
         """Pin every capability's model alias and registered prompt alias to its current
-        version in the lock file."""
+        version in the lock file, and every agent's definition to its digest."""
         path = self.config.lock_path
         if path is None:
             raise MeshError("no lock_file is configured", hint="set lock_file in the config")
@@ -556,11 +557,14 @@ class Mesh(SyncFacade):
         models += [f.target for s in specs for f in s.fallbacks
                    if f.kind == "model" and f.target]
         collections = sorted({c for s in specs for c in s.indexes})
+        definitions = {s.key: DefinitionPin.of(s.definition) for s in specs
+                       if s.definition is not None}
 
         async def pin() -> None:
             retrieval = self.ports.retrieval if collections else None
             indexes = {c: await retrieval.snapshot(c) for c in collections} if retrieval else {}
-            await self.resolver.lock_all(models, indexes, prompts=prompt_specs(specs))
+            await self.resolver.lock_all(models, indexes, prompts=prompt_specs(specs),
+                                         definitions=definitions)
 
         self.run_sync(pin())
         return path

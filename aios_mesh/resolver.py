@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aios_mesh.backends import load_adapter
 from aios_mesh.errors import ConfigError, FeatureNotSupported, MeshError
 from aios_mesh.generation.prompt import is_prompt_uri, parse_prompt_uri
-from aios_mesh.lockfile import LockFile, PromptPin
+from aios_mesh.lockfile import DefinitionPin, LockFile, PromptPin
 from aios_mesh.ports.prompts import template_sha256
 from aios_mesh.ports.registry import (
     ModelRef,
@@ -172,11 +172,13 @@ class AliasResolver:
                 del self._prompts[key]
 
     async def lock_all(self, specs: list[str], indexes: dict[str, str] | None = None,
-                       prompts: Sequence[str] = ()) -> LockFile:
+                       prompts: Sequence[str] = (),
+                       definitions: Mapping[str, DefinitionPin] | None = None) -> LockFile:
         """Resolve every model spec and every prompt spec (:func:`prompt_specs`) against the
-        registry (ignoring any old lock) and write the lock."""
+        registry (ignoring any old lock), add the capability ``definitions`` (an agent's,
+        by ``name@version``) and write the lock."""
         registry = await self._registry()
-        lock = LockFile()
+        lock = LockFile(definitions=dict(definitions or {}))
         for spec in sorted(set(specs)):
             lock.models[spec] = await registry.resolve(spec)
         if prompts:

@@ -329,14 +329,19 @@ async def resolve_review(queue: ReviewQueue, catalog: Catalog, audit: AuditLog,
     """
     item = queue.get(review_id)
     if output is not None:
-        # the version that proposed it, or the one now serving its major (same promise)
-        name, _, version = item.capability.partition("@")
-        spec = catalog.get(f"{name}@{version.split('.', 1)[0]}" if version else name)
+        tool = (item.resume or {}).get("tool")
+        if tool:  # an agent's tool call waiting for approval: a correction is its input
+            model = catalog.get(tool).input
+        else:
+            # the version that proposed it, or the one now serving its major (same promise)
+            name, _, version = item.capability.partition("@")
+            model = catalog.get(f"{name}@{version.split('.', 1)[0]}" if version
+                                else name).output
         try:
-            output = spec.output.model_validate(dict(output)).model_dump(mode="json")
+            output = model.model_validate(dict(output)).model_dump(mode="json")
         except ValidationError as exc:
             raise InvalidInput(f"the corrected output does not match "
-                               f"{spec.output.__name__}: {validation_message(exc)}"
+                               f"{model.__name__}: {validation_message(exc)}"
                                ) from None
     item = queue.resolve(review_id, approve=approve, reviewer=reviewer,
                          output=dict(output) if output is not None else None, note=note)

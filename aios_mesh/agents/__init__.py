@@ -14,8 +14,10 @@ Budgets per run (steps, tokens, cost, wall clock) end a runaway run with
     mesh = Mesh.local(capabilities=[refund, plan, lookup_order])
     mesh.invoke("refund-agent", {"task": "Where is order A-17?"}, tenant="acme")
 
-Not here yet: human approval of chosen tools, and pinning an agent's definition in the lock
-file (see docs/guides/agents.md).
+Tools named in ``approval`` wait for a human: the run parks in the review queue (its state in
+:class:`ParkedRuns`, on the shared state) and ``{"resume": review_id}`` goes on after the
+decision, in any process. ``aios-mesh lock`` pins each agent's definition (see
+docs/guides/agents.md).
 """
 
 from aios_mesh.agents.budget import (
@@ -24,6 +26,7 @@ from aios_mesh.agents.budget import (
     BudgetName,
     BudgetTracker,
 )
+from aios_mesh.agents.parking import ParkedRun, ParkedRuns
 from aios_mesh.agents.runtime import AgentRuntime, AgentStepFailed, agent, planner
 from aios_mesh.agents.spec import (
     FINAL,
@@ -38,4 +41,5 @@ from aios_mesh.agents.spec import (
 
 __all__ = ["FINAL", "AgentBudgetExceeded", "AgentInput", "AgentResult", "AgentRuntime",
            "AgentSpec", "AgentStepFailed", "AgentToolRefused", "BudgetName", "BudgetTracker",
-           "Budgets", "NextAction", "ToolCallSummary", "action_model", "agent", "planner"]
+           "Budgets", "NextAction", "ParkedRun", "ParkedRuns", "ToolCallSummary",
+           "action_model", "agent", "planner"]

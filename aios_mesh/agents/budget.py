@@ -77,6 +77,26 @@ class BudgetTracker:
                 "cost": round(self.cost, 10), "max_cost": b.max_cost,
                 "wall_s": round(self.elapsed(), 6), "max_wall_s": b.max_wall_s}
 
+    def snapshot(self) -> dict[str, float]:
+        """What a parked run keeps of its budgets (see :meth:`restore`)."""
+        return {"steps": self.steps, "tokens": self.tokens, "cost": self.cost,
+                "wall_s": self.elapsed(), "peak_tokens": self._peak_tokens,
+                "peak_cost": self._peak_cost}
+
+    @classmethod
+    def restore(cls, budgets: Budgets, used: dict[str, float], *,
+                clock: Callable[[], float] = time.monotonic) -> BudgetTracker:
+        """A tracker that goes on from a :meth:`snapshot`: what was used counts, the time
+        the run waited for a reviewer does not."""
+        tracker = cls(budgets, clock=clock)
+        tracker.started -= float(used.get("wall_s", 0.0))
+        tracker.steps = int(used.get("steps", 0))
+        tracker.tokens = int(used.get("tokens", 0))
+        tracker.cost = float(used.get("cost", 0.0))
+        tracker._peak_tokens = int(used.get("peak_tokens", 0))
+        tracker._peak_cost = float(used.get("peak_cost", 0.0))
+        return tracker
+
     def elapsed(self) -> float:
         return self._clock() - self.started
 

@@ -20,11 +20,14 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from aios_mesh.agents.budget import AgentBudgetExceeded, AgentToolRefused, BudgetTracker
+from aios_mesh.agents.parking import ParkedRun, ParkedRuns
 from aios_mesh.agents.spec import (
     FINAL,
     AgentInput,
@@ -40,6 +43,7 @@ from aios_mesh.context import CallContext
 from aios_mesh.errors import InvalidInput, InvalidOutput, MeshError, PolicyDenied
 from aios_mesh.generation import ChatInput, Generation
 from aios_mesh.generation.tokens import estimate_tokens
+from aios_mesh.pipeline.validate import digest
 from aios_mesh.result import Result
 
 __all__ = ["AgentRuntime", "AgentStepFailed", "agent", "planner"]
@@ -61,6 +65,38 @@ class AgentStepFailed(MeshError):
     code = "agent_step_failed"
 
 
+@dataclass(slots=True)
+class _Run:
+    """One run segment's working state (what a parked run keeps, see :mod:`.parking`)."""
+
+    tracker: BudgetTracker
+    messages: list[dict[str, str]]
+    steps: list[str | None] = field(default_factory=list)
+    calls: list[ToolCallSummary] = field(default_factory=list)
+    refusals: list[dict[str, Any]] = field(default_factory=list)
+    answered: dict[str, Any] = field(default_factory=dict)  # (tool, arguments) -> output
+    resumed_from: str | None = None
+    #: the reviewed call a resumed run makes first, and the tool a human approved
+    pending: NextAction | None = None
+    approved: str | None = None
+    #: the review item this segment parked on, or still waits on (nothing ran)
+    parked: str | None = None
+    waiting: str | None = None
+
+    @classmethod
+    def waiting_on(cls, parked: ParkedRun, tracker: BudgetTracker) -> _Run:
+        return cls(tracker=tracker, messages=[], resumed_from=parked.run_record_id,
+                   waiting=parked.review_id)
+
+    def result(self, *, answer: str, status: str = "answered",
+               review_id: str | None = None) -> AgentResult:
+        return AgentResult.model_validate({
+            "status": status, "answer": answer, "review_id": review_id,
+            "resumed_from": self.resumed_from, "steps": self.tracker.steps,
+            "tool_calls": self.calls, "refused": len(self.refusals),
+            "tokens": self.tracker.tokens, "cost": round(self.tracker.cost, 10)})
+
+
 class AgentRuntime:
     """Runs one agent's loop inside its capability's handler.
 
@@ -73,6 +109,8 @@ class AgentRuntime:
                  ) -> None:
         self.spec = spec
         self._clock = clock
+        #: the digest ``aios-mesh lock`` pins (the audit entry of every run names it)
+        self.definition_sha256 = digest(spec.definition())
 
     def system_prompt(self) -> str:
         """The instructions plus the tools and the answer protocol the LLM decides under."""
@@ -87,32 +125,38 @@ class AgentRuntime:
         return "\n".join(lines)
 
     async def run(self, task: AgentInput, ctx: CallContext) -> AgentResult:
-        """One run: decide, call, observe, until the LLM answers ``final`` or a budget ends
-        the run (:class:`AgentBudgetExceeded`)."""
+        """One run: decide, call, observe, until the LLM answers ``final``, a budget ends
+        the run (:class:`AgentBudgetExceeded`), or a tool call needs a human's approval (the
+        run parks and returns ``status="awaiting_approval"``; ``{"resume": review_id}``
+        goes on from there)."""
         spec = self.spec
-        tracker = BudgetTracker(spec.budgets, clock=self._clock)
-        messages: list[dict[str, str]] = [{"role": "system", "content": self.system_prompt()},
-                                          {"role": "user", "content": task.task}]
-        steps: list[str | None] = []
-        calls: list[ToolCallSummary] = []
-        refusals: list[dict[str, Any]] = []
-        answered: dict[str, Any] = {}  # (tool, arguments) -> the output it gave
+        if task.resume is not None:
+            run = await self._resume(task.resume, ctx)
+            if run.waiting is not None:
+                return run.result(answer="", status="awaiting_approval",
+                                  review_id=run.waiting)
+        else:
+            run = _Run(tracker=BudgetTracker(spec.budgets, clock=self._clock), messages=[
+                {"role": "system", "content": self.system_prompt()},
+                {"role": "user", "content": task.task or ""}])
         ended: MeshError | None = None
         try:
+            if run.pending is not None:  # a resumed run: the reviewed call comes first
+                await self._observe(ctx, run, run.pending)
             while True:
-                tracker.before_step()
-                limit = tracker.step_tokens(estimate_tokens(messages), spec.max_step_tokens)
-                decided = await self._llm_step(ctx, tracker, messages, limit, steps)
+                run.tracker.before_step()
+                limit = run.tracker.step_tokens(estimate_tokens(run.messages),
+                                                spec.max_step_tokens)
+                decided = await self._llm_step(ctx, run, limit)
                 if decided.action == FINAL:
-                    return AgentResult(answer=decided.answer, steps=tracker.steps,
-                                       tool_calls=calls, refused=len(refusals),
-                                       tokens=tracker.tokens, cost=round(tracker.cost, 10))
-                messages.append({"role": "assistant", "content": json.dumps(
+                    return run.result(answer=decided.answer)
+                run.messages.append({"role": "assistant", "content": json.dumps(
                     {"action": decided.action, "arguments": decided.arguments}, default=str)})
-                observation = await self._act(ctx, tracker, decided, calls, refusals,
-                                              answered)
-                messages.append({"role": "user", "content": "Observation: "
-                                 + json.dumps(observation, default=str) + _NEXT})
+                if decided.action in spec.approval:
+                    run.parked = await self._park(ctx, run, decided)
+                    return run.result(answer="", status="awaiting_approval",
+                                      review_id=run.parked)
+                await self._observe(ctx, run, decided)
         except MeshError as exc:
             ended = exc
             raise
@@ -122,7 +166,70 @@ class AgentRuntime:
                                     hint="see the run's audit entry and its child records")
             raise ended from exc
         finally:
-            await self._audit(ctx, tracker, steps, calls, refusals, ended)
+            await self._audit(ctx, run, ended)
+
+    async def _observe(self, ctx: CallContext, run: _Run, decided: NextAction) -> None:
+        observation = await self._act(ctx, run, decided)
+        run.messages.append({"role": "user", "content": "Observation: "
+                             + json.dumps(observation, default=str) + _NEXT})
+
+    async def _park(self, ctx: CallContext, run: _Run, decided: NextAction) -> str:
+        """Stop before a tool call that needs approval: a review item for the human (the
+        tool and its arguments; a correction replaces the arguments) and the run's state,
+        both on the shared state, so any process can resume it."""
+        run.tracker.before_call()  # a run out of budget ends here, not after the review
+        review_id = await asyncio.to_thread(
+            ctx.review.enqueue, record_id=ctx.record_id, tenant=ctx.tenant,
+            capability=ctx.capability or self.spec.name,
+            reason=f"agent tool call needs approval: {decided.action}",
+            payload={"tool": decided.action, "arguments": decided.arguments},
+            proposed=dict(decided.arguments),
+            resume={"agent_run": ctx.record_id, "tool": decided.action})
+        run.calls.append(ToolCallSummary(tool=decided.action, record_id=None,
+                                         outcome="awaiting_approval", review_id=review_id))
+        parked = ParkedRun(
+            review_id=review_id, tenant=ctx.tenant, agent=self.spec.name,
+            run_record_id=ctx.record_id, tool=decided.action, arguments=decided.arguments,
+            messages=run.messages, llm_steps=run.steps, tool_calls=run.calls,
+            refusals=run.refusals, answered=run.answered, used=run.tracker.snapshot())
+        await asyncio.to_thread(ParkedRuns(ctx.state).park, parked)
+        return review_id
+
+    async def _resume(self, review_id: str, ctx: CallContext) -> _Run:
+        """The parked run, claimed (exactly once), with the reviewer's decision as the
+        pending action: the approved (or corrected) call, or a refusal the LLM is shown."""
+        runs = ParkedRuns(ctx.state)
+        parked = await asyncio.to_thread(runs.get, review_id, tenant=ctx.tenant)
+        if parked.agent != self.spec.name:
+            raise InvalidInput(f"review item {review_id!r} belongs to agent {parked.agent!r}",
+                               hint=f"resume it with mesh.invoke({parked.agent!r}, ...)")
+        item = await asyncio.to_thread(ctx.review.get, review_id)
+        if item.status == "pending":
+            # still waiting: the same answer again, nothing taken, nothing called
+            return _Run.waiting_on(parked, BudgetTracker.restore(
+                self.spec.budgets, parked.used, clock=self._clock))
+        parked = await asyncio.to_thread(runs.claim, review_id, tenant=ctx.tenant,
+                                         by=ctx.record_id)
+        run = _Run(tracker=BudgetTracker.restore(self.spec.budgets, parked.used,
+                                                 clock=self._clock),
+                   messages=parked.messages, steps=parked.llm_steps, calls=parked.tool_calls,
+                   refusals=parked.refusals, answered=parked.answered,
+                   resumed_from=parked.run_record_id)
+        approved = item.status == "approved"
+        for call in run.calls:
+            if call.review_id == review_id:
+                call.outcome = "approved" if approved else "rejected"
+        if approved:
+            arguments = item.final_output if isinstance(item.final_output, dict) \
+                else parked.arguments
+            run.pending = NextAction(action=parked.tool, arguments=arguments)
+            run.approved = parked.tool
+        else:
+            run.refusals.append({"reason": "rejected_by_reviewer", "tool": parked.tool,
+                                 "review_id": review_id})
+            run.messages.append({"role": "user", "content": "Observation: " + json.dumps(
+                {"tool": parked.tool, "refused": "a reviewer rejected this call"}) + _NEXT})
+        return run
 
     async def _child(self, ctx: CallContext, tracker: BudgetTracker, capability: str,
                      payload: Mapping[str, Any], attributes: Mapping[str, Any] | None = None,
@@ -138,12 +245,11 @@ class AgentRuntime:
         tracker.add(tokens=int(usage.get("tokens", 0) or 0), cost=float(result.record.cost))
         return result
 
-    async def _llm_step(self, ctx: CallContext, tracker: BudgetTracker,
-                        messages: list[dict[str, str]], max_tokens: int,
-                        steps: list[str | None]) -> NextAction:
+    async def _llm_step(self, ctx: CallContext, run: _Run, max_tokens: int) -> NextAction:
+        tracker, steps = run.tracker, run.steps
         try:
-            result = await self._child(ctx, tracker, self.spec.llm, {"messages": messages},
-                                       {"max_tokens": max_tokens})
+            result = await self._child(ctx, tracker, self.spec.llm,
+                                       {"messages": run.messages}, {"max_tokens": max_tokens})
         except AgentBudgetExceeded:
             raise
         except MeshError as exc:
@@ -162,10 +268,9 @@ class AgentRuntime:
                                 "next action", hint="its output needs action, arguments, "
                                 "answer: build it with aios_mesh.agents.action_model") from exc
 
-    async def _act(self, ctx: CallContext, tracker: BudgetTracker, decided: NextAction,
-                   calls: list[ToolCallSummary], refusals: list[dict[str, Any]],
-                   seen: dict[str, Any]) -> dict[str, Any]:
+    async def _act(self, ctx: CallContext, run: _Run, decided: NextAction) -> dict[str, Any]:
         """Call the chosen tool (or refuse it); what the LLM sees next."""
+        tracker, calls, refusals, seen = run.tracker, run.calls, run.refusals, run.answered
         tool = decided.action
         key = json.dumps([tool, decided.arguments], sort_keys=True, default=str)
         if key in seen:
@@ -214,30 +319,38 @@ class AgentRuntime:
         seen[key] = result.output.model_dump(mode="json")
         return {"tool": tool, "output": seen[key]}
 
-    async def _audit(self, ctx: CallContext, tracker: BudgetTracker,
-                     steps: list[str | None], calls: list[ToolCallSummary],
-                     refusals: list[dict[str, Any]], ended: MeshError | None) -> None:
+    async def _audit(self, ctx: CallContext, run: _Run, ended: MeshError | None) -> None:
         """The run's own account in the audit log: budgets against use, which budget stopped
-        it, the record of every step and tool call, the refusals (no payload values)."""
+        it, the record of every step and tool call, the refusals (no payload values); for a
+        parked or resumed run, the review item and the run segment it goes on from."""
+        outcome = "ok" if ended is None else ended.code
+        if ended is None and (run.parked or run.waiting):
+            outcome = "awaiting_approval"
         await ctx.ports.audit.append({
             "kind": "agent_run", "record_id": ctx.record_id, "agent": self.spec.name,
             "agent_version": self.spec.version, "tenant": ctx.tenant,
-            "ended": "ok" if ended is None else ended.code,
-            "stopped_by": tracker.stopped_by, "budgets": tracker.used(),
-            "llm_steps": steps,
-            "tool_calls": [c.model_dump(mode="json") for c in calls],
-            "refusals": refusals})
+            "definition_sha256": self.definition_sha256,
+            "ended": outcome, "stopped_by": run.tracker.stopped_by,
+            "budgets": run.tracker.used(), "llm_steps": run.steps,
+            "tool_calls": [c.model_dump(mode="json") for c in run.calls],
+            "refusals": run.refusals, "parked_on": run.parked or run.waiting,
+            "resumed_from": run.resumed_from})
 
 
 def agent(name: str, *, instructions: str, llm: str,
           tools: Sequence[CapabilitySpec | str], budgets: Budgets | None = None,
           version: str = "1", description: str = "", policy: str | None = None,
           on_refused: str = "continue", max_step_tokens: int = 128,
+          approval: Sequence[CapabilitySpec | str] = (),
           clock: Callable[[], float] | None = None) -> CapabilitySpec:
     """An agent as a capability: its handler runs the loop (:class:`AgentRuntime`), its input
     is :class:`~aios_mesh.agents.AgentInput`, its output
     :class:`~aios_mesh.agents.AgentResult`. ``tools`` is the allow-list: capability specs
-    (their description and input schema are shown to the LLM) or names.
+    (their description and input schema are shown to the LLM) or names. Every call of a tool
+    in ``approval`` waits for a human: the run parks in the review queue and returns
+    ``status="awaiting_approval"`` with the ``review_id``; once a reviewer decided,
+    ``{"resume": review_id}`` goes on (in any process: the run is kept on the shared state).
+    The definition (instructions, tools, LLM, budgets) is what ``aios-mesh lock`` pins.
 
     Example::
 
@@ -260,7 +373,8 @@ def agent(name: str, *, instructions: str, llm: str,
     spec = AgentSpec.model_validate({
         "name": name, "version": version, "instructions": instructions, "llm": llm,
         "tools": tuple(names), "tool_docs": docs, "budgets": budgets or Budgets(),
-        "on_refused": on_refused, "max_step_tokens": max_step_tokens})
+        "on_refused": on_refused, "max_step_tokens": max_step_tokens,
+        "approval": tuple(t.name if isinstance(t, CapabilitySpec) else t for t in approval)})
     runtime = AgentRuntime(spec, clock=clock or time.monotonic)
 
     async def run_agent(task: AgentInput, ctx: CallContext) -> AgentResult:
@@ -269,6 +383,8 @@ def agent(name: str, *, instructions: str, llm: str,
     return CapabilitySpec(name=name, version=version, input=AgentInput, output=AgentResult,
                           description=description or instructions.strip().splitlines()[0],
                           handler=run_agent, policy=policy,
+                          definition=orjson.dumps(spec.definition(),
+                                                  option=orjson.OPT_SORT_KEYS).decode(),
                           slo=SLO(timeout_s=spec.budgets.max_wall_s + _TIMEOUT_GRACE_S))
 
 

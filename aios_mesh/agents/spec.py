@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 __all__ = ["FINAL", "AgentInput", "AgentResult", "AgentSpec", "Budgets", "NextAction",
            "ToolCallSummary", "action_model"]
@@ -65,6 +65,8 @@ class AgentSpec(BaseModel):
             allow-list and to arguments the tool's input schema rejects.
         max_step_tokens: the most completion tokens one LLM step may ask for (further
             lowered to what the token budget has left).
+        approval: tools (of ``tools``) whose every call waits for a human: the run parks in
+            the review queue and resumes after the decision (``{"resume": review_id}``).
 
     Example::
 
@@ -83,6 +85,20 @@ class AgentSpec(BaseModel):
     budgets: Budgets = Budgets()
     on_refused: Literal["continue", "end"] = "continue"
     max_step_tokens: int = Field(128, ge=1)
+    approval: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _approval_within_tools(self) -> AgentSpec:
+        unknown = sorted(set(self.approval) - set(self.tools))
+        if unknown:
+            raise ValueError(f"approval names tools the agent cannot call: {unknown}; "
+                             "list them in tools too")
+        return self
+
+    def definition(self) -> dict[str, Any]:
+        """What defines this agent beyond its code, as ``aios-mesh lock`` pins it: its
+        instructions, LLM, tools (with what the LLM is told of them), approvals, budgets."""
+        return {"kind": "agent", **self.model_dump(mode="json", exclude={"name", "version"})}
 
     @field_validator("tools")
     @classmethod
@@ -95,14 +111,24 @@ class AgentSpec(BaseModel):
 
 
 class AgentInput(BaseModel):
-    """What an agent is asked to do.
+    """What an agent is asked to do: a new ``task``, or ``resume`` a run parked for a human's
+    approval (the ``review_id`` it returned) once the reviewer decided.
 
-    Example: ``mesh.invoke("refund-agent", {"task": "Refund order A-17"}, tenant="acme")``.
+    Example: ``mesh.invoke("refund-agent", {"task": "Refund order A-17"}, tenant="acme")``,
+    later ``mesh.invoke("refund-agent", {"resume": result.output.review_id}, tenant="acme")``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(min_length=1)
+    task: str | None = Field(None, min_length=1)
+    resume: str | None = Field(None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> AgentInput:
+        if (self.task is None) == (self.resume is None):
+            raise ValueError("give either task (a new run) or resume (the review_id of a "
+                             "parked run), not both and not neither")
+        return self
 
 
 class ToolCallSummary(BaseModel):
@@ -112,12 +138,19 @@ class ToolCallSummary(BaseModel):
     record_id: str | None
     outcome: str
     code: str | None = None
+    #: the review item of a call that waited for a human's approval
+    review_id: str | None = None
 
 
 class AgentResult(BaseModel):
-    """An agent run's answer and what it took."""
+    """An agent run's answer and what it took; or, with ``status`` ``awaiting_approval``, the
+    review item (``review_id``) its next tool call waits on."""
 
+    status: Literal["answered", "awaiting_approval"] = "answered"
     answer: str
+    review_id: str | None = None
+    #: the record of the run segment this one resumed (a parked run's earlier record)
+    resumed_from: str | None = None
     steps: int
     tool_calls: list[ToolCallSummary] = []
     refused: int = 0

@@ -135,7 +135,8 @@ class Targets:
     def __call__(self, call: Call, ref: ModelRef | None) -> Target:
         spec = call.spec
         if spec.handler is not None and (ref is None or ref.name.startswith("function:")):
-            model = ModelRef(name=f"function:{spec.name}", version=spec.version)
+            # the resolve step's ref (it may name the handler's pinned definition)
+            model = ref or ModelRef(name=f"function:{spec.name}", version=spec.version)
             call.model_ref = model
             return Target("function", model, handler=spec.handler, context=self._context(call))
         if ref is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+from aios_mesh.capabilities import CapabilitySpec
+from aios_mesh.errors import ConfigError
 from aios_mesh.pipeline.call import Call
 from aios_mesh.pipeline.runner import StepBase
 from aios_mesh.ports.registry import ModelRef
@@ -21,7 +23,7 @@ class ResolveModel(StepBase):
     async def before(self, call: Call) -> None:
         spec = call.spec
         if spec.model is None:  # a function capability: its handler is the "model"
-            call.model_ref = ModelRef(name=f"function:{spec.name}", version=spec.version)
+            call.model_ref = self._function(spec)
             return
         canary = spec.canary
         if canary is not None and not canary.shadow and canary.percent > 0:
@@ -44,6 +46,25 @@ class ResolveModel(StepBase):
             spec.model)
         if self.resolver.lock is not None:
             await self._note_live(call, spec.model)
+
+    def _function(self, spec: CapabilitySpec) -> ModelRef:
+        """A handler's "model": its name and version, and for a capability defined beyond
+        its code (an agent) the digest of that definition, which must be the one the lock
+        pins (the record's ``model.source`` names it)."""
+        sha = spec.definition_sha256
+        if sha is None:
+            return ModelRef(name=f"function:{spec.name}", version=spec.version)
+        lock = self.resolver.lock
+        pin = lock.definitions.get(spec.key) if lock is not None else None
+        if pin is not None and pin.sha256 != sha:
+            raise ConfigError(
+                f"{spec.key} is not the definition the lock file pins (its instructions, "
+                "tools, LLM or budgets changed)",
+                hint=f"bump the version of {spec.name!r} for a changed definition, or run "
+                     "`aios-mesh lock` to pin this one", pinned=pin.sha256[:12],
+                found=sha[:12])
+        return ModelRef(name=f"function:{spec.name}", version=spec.version,
+                        source=f"definition:sha256:{sha}")
 
     async def _note_live(self, call: Call, model: str) -> None:
         # A pinned model answers at its pinned version; the record says whether the
