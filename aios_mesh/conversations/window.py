@@ -7,12 +7,13 @@ record; from a handler, a child call of the run). Both count with the cautious
 :func:`~aios_mesh.generation.estimate_tokens` and never return more than ``max_tokens`` —
 when the system prompt alone does not fit, they raise
 :class:`~aios_mesh.errors.ContextWindowExceeded`. What was dropped or summarised comes back
-as a :class:`WindowReport` for the caller to record (``report.as_attributes()``: call
-attributes, an audit entry).
+as a :class:`WindowReport` for the caller to record (``report.audit_entry(...)`` for the
+audit log, or ``report.to_dict()`` inside an entry of its own, as the agent runtime does).
 
     w = trim(store.history(sid, tenant="acme"), 2000, system="You help with orders.")
-    mesh.invoke("support-chat", {"messages": w.payload()}, tenant="acme",
-                attributes=w.report.as_attributes())
+    result = mesh.invoke("support-chat", {"messages": w.payload()}, tenant="acme")
+    await mesh.ports.audit.append(w.report.audit_entry(
+        record_id=result.record.record_id, tenant="acme", session=sid))
 """
 
 from __future__ import annotations
@@ -103,15 +104,24 @@ class WindowReport:
     summary_truncated: bool = False
     note: str | None = None
 
-    def as_attributes(self) -> dict[str, Any]:
-        """The report as JSON values (call attributes, an audit entry)."""
-        return {"conversation_window": {
-            "strategy": self.strategy, "max_tokens": self.max_tokens, "tokens": self.tokens,
-            "turns_in": self.turns_in, "turns_kept": self.turns_kept,
-            "superseded": self.superseded, "dropped": list(self.dropped),
-            "summarised": list(self.summarised),
-            "summary_record_id": self.summary_record_id, "summary_seq": self.summary_seq,
-            "summary_truncated": self.summary_truncated, "note": self.note}}
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON values (numbers and ids: no turn text)."""
+        return {"strategy": self.strategy, "max_tokens": self.max_tokens,
+                "tokens": self.tokens, "turns_in": self.turns_in,
+                "turns_kept": self.turns_kept, "superseded": self.superseded,
+                "dropped": list(self.dropped), "summarised": list(self.summarised),
+                "summary_record_id": self.summary_record_id, "summary_seq": self.summary_seq,
+                "summary_truncated": self.summary_truncated, "note": self.note}
+
+    def audit_entry(self, *, record_id: str | None, tenant: str, session: str
+                    ) -> dict[str, Any]:
+        """An audit-log entry (``kind`` ``conversation_window``) tying the window to the
+        call it was sent with (``record_id``): ``await mesh.ports.audit.append(entry)``.
+
+        Not call attributes: those are part of the policy input (and its decision cache
+        key), and a window changes with every call."""
+        return {"kind": "conversation_window", "record_id": record_id, "tenant": tenant,
+                "session": session, "conversation_window": self.to_dict()}
 
 
 @dataclass(frozen=True, slots=True)

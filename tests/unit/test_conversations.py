@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import json
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -452,3 +453,22 @@ def test_a_summary_from_inside_a_handler_is_a_child_call_of_the_run(
     child = next(r for r in records if r.capability == "summarise-chat")
     assert child.record_id == result.output.text
     assert child.parent is not None and child.parent["run_id"] == result.record.record_id
+
+
+def test_the_window_report_goes_into_the_audit_log(tmp_path: Path) -> None:
+    with Mesh.local(tmp_path, tenants=["acme"], capabilities=[SUMMARISER]) as mesh:
+        store = ConversationStore.for_mesh(mesh)
+        sid = store.create("acme").id
+        for i in range(8):
+            store.append(sid, tenant="acme", role="user", content=f"turn {i} " * 12)
+        w = trim(store.history(sid, tenant="acme"), 90, system="Be brief.")
+        result = mesh.invoke("summarise-chat", {"messages": w.payload()}, tenant="acme")
+        mesh.run_sync(mesh.ports.audit.append(w.report.audit_entry(
+            record_id=result.record.record_id, tenant="acme", session=sid)))
+        store.close()
+    entries = [json.loads(x)["record"] for x in
+               (tmp_path / "audit.jsonl").read_text().splitlines()]
+    entry = next(e for e in entries if e.get("kind") == "conversation_window")
+    assert entry["record_id"] == result.record.record_id and entry["session"] == sid
+    assert entry["conversation_window"]["dropped"] == list(w.report.dropped) != []
+    assert "turn 0" not in json.dumps(entry)  # numbers and ids, never the text
