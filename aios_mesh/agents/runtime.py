@@ -40,10 +40,12 @@ from aios_mesh.agents.spec import (
 )
 from aios_mesh.capabilities import SLO, CapabilitySpec
 from aios_mesh.context import CallContext
+from aios_mesh.conversations import ConversationStore, capability_summariser, session_window
 from aios_mesh.errors import InvalidInput, InvalidOutput, MeshError, PolicyDenied
 from aios_mesh.generation import ChatInput, Generation
 from aios_mesh.generation.tokens import estimate_tokens
 from aios_mesh.pipeline.validate import digest
+from aios_mesh.redaction import RuleRedactor
 from aios_mesh.result import Result
 
 __all__ = ["AgentRuntime", "AgentStepFailed", "agent", "planner"]
@@ -82,6 +84,8 @@ class _Run:
     #: the review item this segment parked on, or still waits on (nothing ran)
     parked: str | None = None
     waiting: str | None = None
+    #: what the conversation window did (``WindowReport.to_dict()``), for the audit entry
+    conversation: dict[str, Any] | None = None
 
     @classmethod
     def waiting_on(cls, parked: ParkedRun, tracker: BudgetTracker) -> _Run:
@@ -141,6 +145,8 @@ class AgentRuntime:
                 {"role": "user", "content": task.task or ""}])
         ended: MeshError | None = None
         try:
+            if task.session is not None and task.resume is None:
+                await self._load_session(ctx, run, task.session, task.task or "")
             if run.pending is not None:  # a resumed run: the reviewed call comes first
                 await self._observe(ctx, run, run.pending)
             while True:
@@ -149,6 +155,9 @@ class AgentRuntime:
                                                 spec.max_step_tokens)
                 decided = await self._llm_step(ctx, run, limit)
                 if decided.action == FINAL:
+                    if task.session is not None:
+                        await asyncio.to_thread(self._say, ctx, task.session, "assistant",
+                                                decided.answer)
                     return run.result(answer=decided.answer)
                 run.messages.append({"role": "assistant", "content": json.dumps(
                     {"action": decided.action, "arguments": decided.arguments}, default=str)})
@@ -167,6 +176,42 @@ class AgentRuntime:
             raise ended from exc
         finally:
             await self._audit(ctx, run, ended)
+
+    @staticmethod
+    def _store(ctx: CallContext) -> ConversationStore:
+        # the handler's input is what the pipeline saw (redacted when redaction ran); the
+        # store redacts again before writing, so a session never holds more than was shown
+        return ConversationStore(ctx.state, redactor=RuleRedactor())
+
+    def _say(self, ctx: CallContext, session: str, role: str, content: str) -> None:
+        """Append a turn of this run (its record id) to the session."""
+        with self._store(ctx) as store:
+            store.append(session, tenant=ctx.tenant, role=role, content=content,
+                         record_id=ctx.record_id)
+
+    async def _load_session(self, ctx: CallContext, run: _Run, session: str,
+                            task: str) -> None:
+        """Put the session's earlier turns (windowed to ``history_tokens``; a summary is a
+        child call counted against the run's budgets) between the instructions and the
+        task, and append the task to the session."""
+        summariser = None
+        if self.spec.history_summariser is not None:
+            async def invoke(capability: str, payload: Any, *,
+                             attributes: Mapping[str, Any] | None = None) -> Result[Any]:
+                return await self._child(ctx, run.tracker, capability, payload, attributes)
+
+            summariser = capability_summariser(invoke, self.spec.history_summariser)
+        store = await asyncio.to_thread(self._store, ctx)
+        try:
+            made = await session_window(
+                store, session, tenant=ctx.tenant, max_tokens=self.spec.history_tokens,
+                strategy="trim" if summariser is None else "summarise",
+                summariser=summariser)
+        finally:
+            store.close()
+        run.messages[1:1] = made.payload()
+        run.conversation = {"conversation_window": made.report.to_dict()}
+        await asyncio.to_thread(self._say, ctx, session, "user", task)
 
     async def _observe(self, ctx: CallContext, run: _Run, decided: NextAction) -> None:
         observation = await self._act(ctx, run, decided)
@@ -334,7 +379,7 @@ class AgentRuntime:
             "budgets": run.tracker.used(), "llm_steps": run.steps,
             "tool_calls": [c.model_dump(mode="json") for c in run.calls],
             "refusals": run.refusals, "parked_on": run.parked or run.waiting,
-            "resumed_from": run.resumed_from})
+            "resumed_from": run.resumed_from, **(run.conversation or {})})
 
 
 def agent(name: str, *, instructions: str, llm: str,
@@ -342,6 +387,7 @@ def agent(name: str, *, instructions: str, llm: str,
           version: str = "1", description: str = "", policy: str | None = None,
           on_refused: str = "continue", max_step_tokens: int = 128,
           approval: Sequence[CapabilitySpec | str] = (),
+          history_tokens: int = 1024, history_summariser: str | None = None,
           clock: Callable[[], float] | None = None) -> CapabilitySpec:
     """An agent as a capability: its handler runs the loop (:class:`AgentRuntime`), its input
     is :class:`~aios_mesh.agents.AgentInput`, its output
@@ -374,7 +420,8 @@ def agent(name: str, *, instructions: str, llm: str,
         "name": name, "version": version, "instructions": instructions, "llm": llm,
         "tools": tuple(names), "tool_docs": docs, "budgets": budgets or Budgets(),
         "on_refused": on_refused, "max_step_tokens": max_step_tokens,
-        "approval": tuple(t.name if isinstance(t, CapabilitySpec) else t for t in approval)})
+        "approval": tuple(t.name if isinstance(t, CapabilitySpec) else t for t in approval),
+        "history_tokens": history_tokens, "history_summariser": history_summariser})
     runtime = AgentRuntime(spec, clock=clock or time.monotonic)
 
     async def run_agent(task: AgentInput, ctx: CallContext) -> AgentResult:

@@ -67,6 +67,12 @@ class AgentSpec(BaseModel):
             lowered to what the token budget has left).
         approval: tools (of ``tools``) whose every call waits for a human: the run parks in
             the review queue and resumes after the decision (``{"resume": review_id}``).
+        history_tokens: the most prompt tokens a conversation session's earlier turns may
+            take in a run given ``AgentInput.session`` (the oldest are trimmed, or
+            summarised, to fit).
+        history_summariser: a chat capability that summarises the oldest turns instead of
+            trimming them (a child call of the run, counted against its budgets); ``None``:
+            trim.
 
     Example::
 
@@ -86,6 +92,8 @@ class AgentSpec(BaseModel):
     on_refused: Literal["continue", "end"] = "continue"
     max_step_tokens: int = Field(128, ge=1)
     approval: tuple[str, ...] = ()
+    history_tokens: int = Field(1024, ge=16)
+    history_summariser: str | None = None
 
     @model_validator(mode="after")
     def _approval_within_tools(self) -> AgentSpec:
@@ -116,12 +124,18 @@ class AgentInput(BaseModel):
 
     Example: ``mesh.invoke("refund-agent", {"task": "Refund order A-17"}, tenant="acme")``,
     later ``mesh.invoke("refund-agent", {"resume": result.output.review_id}, tenant="acme")``.
+
+    ``session``: a conversation session of the tenant
+    (:class:`~aios_mesh.conversations.ConversationStore`). A new run sees the session's
+    earlier turns (windowed to the agent's ``history_tokens``) before the task and appends
+    the task; the run (or the resumed run) that answers appends the answer.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     task: str | None = Field(None, min_length=1)
     resume: str | None = Field(None, min_length=1, max_length=64)
+    session: str | None = Field(None, min_length=1, max_length=128)
 
     @model_validator(mode="after")
     def _one_of(self) -> AgentInput:
