@@ -1,0 +1,18 @@
+# The exception agent and its planner (an LLM): tenant grants, no personal data to the LLM.
+package support.agent
+
+import rego.v1
+
+default allow := false
+
+granted if input.capability.name in data.support.grants[input.tenant]
+
+allow if granted
+
+reason := sprintf("tenant %s is not granted %s", [input.tenant, input.capability.name]) if {
+	not granted
+}
+
+reason_code := "not_granted" if not granted
+
+obligations := {"redact": ["email", "phone", "card"]}

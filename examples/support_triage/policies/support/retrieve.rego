@@ -1,0 +1,16 @@
+# Embedding for knowledge-base retrieval: tenant grants (the index is tenant-scoped).
+package support.retrieve
+
+import rego.v1
+
+default allow := false
+
+granted if input.capability.name in data.support.grants[input.tenant]
+
+allow if granted
+
+reason := sprintf("tenant %s is not granted %s", [input.tenant, input.capability.name]) if {
+	not granted
+}
+
+reason_code := "not_granted" if not granted
