@@ -1,0 +1,59 @@
+"""A small mesh for scale-out tests and examples, buildable in any Ray worker
+(``MeshFactory(build="aios_mesh.scale.testing:demo_mesh", args=(state_dir,))``).
+
+Capability ``upper``: ``{"text": t, "n": n}`` → ``{"text": t.upper(), "n": 2 n}``, answered
+in process by a handler, so a job exercises the whole pipeline (validation, policy, records)
+and nothing else. A row whose text is ``"crash-once"`` kills the worker process the first
+time it is seen (``<state_dir>/crashed`` marks it), for worker-killed-mid-batch tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from aios_mesh.capabilities import capability
+from aios_mesh.config import config_from_mapping
+from aios_mesh.mesh import Mesh
+
+__all__ = ["Text", "Upper", "demo_mesh", "upper"]
+
+_STATE: dict[str, Path] = {}
+
+
+class Text(BaseModel):
+    """The input of ``upper``."""
+
+    text: str
+    n: int
+
+
+class Upper(BaseModel):
+    """The output of ``upper``."""
+
+    text: str
+    n: int
+
+
+@capability("upper")
+def upper(item: Text) -> Upper:
+    """Upper-case the text, double the number (``crash-once``: see the module docstring)."""
+    if item.text == "crash-once" and "state" in _STATE:
+        marker = _STATE["state"] / "crashed"
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+    return Upper(text=item.text.upper(), n=item.n * 2)
+
+
+def demo_mesh(state_dir: str) -> Mesh:
+    """A mesh with ``upper`` and tenant ``acme`` on ``state_dir``."""
+    _STATE["state"] = Path(state_dir)
+    config = config_from_mapping({
+        "state_dir": state_dir, "tenants": {"acme": {}},
+        "telemetry": {"lineage": False, "decision_events": False, "otel": False},
+    })
+    return Mesh(config, capabilities=[upper])
