@@ -71,7 +71,7 @@ def _routes_chart(tickets: Sequence[Mapping[str, Any]]) -> str:
 
 def _groundedness_chart(tickets: Sequence[Mapping[str, Any]], threshold: float) -> str:
     scores = [float(t["groundedness"]) for t in tickets if t.get("handled_by") == "draft"
-              and t.get("answer") is not None]
+              and (t.get("answer") is not None or t.get("draft_review"))]
     if not scores:
         return "<p>no drafted answers</p>"
     bins = [0] * 10

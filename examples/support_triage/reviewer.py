@@ -8,11 +8,12 @@ wording it shares in spirit). It decides through the call a person's decision ta
 
 How it decides, per capability that parked the item:
 
-* ``route-ticket`` (an answer a human must see first) — approve when the ticket's category
-  was right and, for a drafted answer, it cites the article that really answers the ticket;
-  reject otherwise (a person would rewrite it);
-* ``open-refund`` (a refund request the agent opened) — approve when the order exists in the
-  tenant's book and is refundable; reject otherwise.
+* ``draft-answer`` (a weakly grounded draft) and ``route-ticket`` (an answer a human must
+  see first) — approve when the ticket's category was right and, for a drafted answer, it
+  cites the article that really answers the ticket; reject otherwise (a person would
+  rewrite it);
+* ``exception-agent`` (a run parked before ``open-refund``) — approve when the order exists
+  in the tenant's book and is refundable; reject otherwise.
 
 The items are taken in ticket order (fixed seed: the same on every profile), at most
 ``sample`` and at most :data:`MAX_SHARE` of the queue, so some work stays for people.
@@ -35,17 +36,17 @@ DEFAULT_SAMPLE = 20
 MAX_SHARE = 0.5
 
 
-def decide(capability: str, payload: Mapping[str, Any], item: Mapping[str, Any],
+def decide(capability: str, proposed: Mapping[str, Any] | None, item: Mapping[str, Any],
            truth: Truth) -> bool:
     """Approve (True) or reject one review item (see the module docstring)."""
     name = capability.partition("@")[0]
-    if name == "open-refund":
-        wanted = str(payload.get("order_id", "")).upper()
-        return any(o.id == wanted and o.refundable for o in order_book(item["tenant"]))
+    if name == "exception-agent":
+        return any(o.id == truth.order_id and o.refundable for o in order_book(item["tenant"]))
     if item.get("category") != truth.category:
         return False
     if item.get("handled_by") == "draft":
-        return truth.article in (item.get("citations") or [])
+        cited = (proposed or {}).get("citations") or item.get("citations") or []
+        return truth.article in cited
     return True
 
 
@@ -75,7 +76,7 @@ def simulate_reviews(mesh: Any, items: list[dict[str, Any]], truth: Mapping[str,
         ordered: list[str] = []
     else:  # refund approvals first (money waits on them), then answers, in ticket order
         ordered = sorted(by_review, key=lambda rid: (
-            pending[rid].capability.partition("@")[0] != "open-refund",
+            pending[rid].capability.partition("@")[0] != "exception-agent",
             by_review[rid]["ticket"]))
     limit = min(sample, int(len(by_review) * MAX_SHARE))
     verdicts: Counter[tuple[str, str]] = Counter()
@@ -83,7 +84,7 @@ def simulate_reviews(mesh: Any, items: list[dict[str, Any]], truth: Mapping[str,
     async def run() -> None:
         for review_id in ordered[:limit]:
             review, item = pending[review_id], by_review[review_id]
-            approve = decide(review.capability, review.payload, item, truth[item["ticket"]])
+            approve = decide(review.capability, review.proposed, item, truth[item["ticket"]])
             await mesh.aresolve_review(review_id, approve=approve, reviewer=REVIEWER,
                                        note=NOTE)
             verdicts[(review.capability.partition("@")[0],

@@ -173,14 +173,18 @@ def _index(mesh: Any, trained: Any) -> int:
 def _run_job(out: Console, config: Path, state: Path, n: int, timings: dict[str, float],
              reviewer_sample: int, info: dict[str, Any]) -> RunResult:
     from aios_mesh import Mesh
+    from aios_mesh.rag import GroundednessGate, install_groundedness_gate
     from examples.support_triage import models
     from examples.support_triage.capabilities import ALL, ROUTES
     from examples.support_triage.corpus import make_tickets
     from examples.support_triage.reviewer import simulate_reviews
-    from examples.support_triage.triage import publish, triage
+    from examples.support_triage.triage import publish, resume_approved, triage
 
     records: list[DecisionRecord] = []
     with Mesh.from_config(config, capabilities=ALL) as mesh:
+        # the RAG answer's policy is asked again with its groundedness (deny / human / send)
+        install_groundedness_gate(mesh.pipeline, GroundednessGate(lambda: mesh.ports.policy,
+                                                                   mesh.review_queue))
         mesh.sinks.append(lambda record, _doc: records.append(record))
         t0 = time.perf_counter()
         with out.status("training the ticket classifier and the knowledge-base embedder..."):
@@ -219,6 +223,10 @@ def _run_job(out: Console, config: Path, state: Path, n: int, timings: dict[str,
         t0 = time.perf_counter()
         reviewer = simulate_reviews(mesh, items, truth, reviewer_sample)
         timings["reviewer"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with out.status("resuming the agent runs a reviewer decided..."):
+            reviewer["resumed"] = resume_approved(mesh, items)
+        timings["resume"] = time.perf_counter() - t0
         mesh.flush()
         audit = mesh.run_sync(mesh.port("audit").verify())
         review_reasons = {r.id: r.reason for r in mesh.review_queue().list(None)}
@@ -227,8 +235,10 @@ def _run_job(out: Console, config: Path, state: Path, n: int, timings: dict[str,
         versions = {name: {"version": ref.version, "alias": "champion"}
                     for name, ref in refs.items()}
 
-    trees = [record_tree(records, i["agent_run"]) for i in items if i.get("agent_run")
-             and any(r.record_id == i["agent_run"] for r in records)]
+    known = {r.record_id for r in records}
+    trees = [record_tree(records, run_id) for i in items
+             for run_id in (i.get("agent_run"), (i.get("resumed") or {}).get("record_id"))
+             if run_id in known]
     summary = _summarise(items, records, truth, reviewer, timings, trained.holdout_accuracy)
     summary["reasons"] = _reasons(records, review_reasons)
     summary["run"] = info
@@ -293,10 +303,13 @@ def _summarise(items: list[dict[str, Any]], records: list[DecisionRecord],
     n = max(1, len(items))
     routes = Counter(i["route"] for i in items)
     correct = sum(i["category"] == truth[i["ticket"]].category for i in items)
-    drafted = [i for i in items if i.get("handled_by") == "draft" and i.get("answer") is not None]
+    # every draft the writer produced: sent on, or parked by the answer's policy
+    drafted = [i for i in items if i.get("handled_by") == "draft"
+               and (i.get("answer") is not None or i.get("draft_review"))]
     grounded = [float(i["groundedness"]) for i in drafted]
     cites_truth = sum(truth[i["ticket"]].article in (i.get("citations") or [])
-                      for i in drafted)
+                      for i in drafted if i.get("answer") is not None)
+    passed = sum(1 for i in drafted if i.get("answer") is not None)
     agents = [i for i in items if i.get("handled_by") == "agent"]
     agent_status = Counter(i["agent_status"] for i in agents)
     tool_calls = Counter(r.capability for r in records
@@ -324,11 +337,13 @@ def _summarise(items: list[dict[str, Any]], records: list[DecisionRecord],
                                            "without a human)"),
         ("groundedness of drafted answers",
          (f"mean {statistics.mean(grounded):.2f} · {above}"
-          f" of {len(grounded)} at or above {GROUNDEDNESS_THRESHOLD} · cite the right article "
-          f"{cites_truth / len(drafted):.0%}") if drafted else "no drafts"),
+          f" of {len(grounded)} at or above {GROUNDEDNESS_THRESHOLD} (the weakest sentence's "
+          f"overlap) · the drafts that passed cite the right article "
+          f"{cites_truth / max(1, passed):.0%}") if drafted else "no drafts"),
         ("escalations to humans", f"{escalations} ({escalations / n:.1%})"),
         ("policy denials (spam)", str(routes["denied"])),
-        ("exception agent runs", f"{len(agents)}: " + ", ".join(
+        ("exception agent runs", f"{len(agents)} (+{reviewer.get('resumed', 0)} resumed "
+                                 "after a review): " + ", ".join(
             f"{k} {v}" for k, v in sorted(agent_status.items())) + " · tool calls "
          + (", ".join(f"{k} {v}" for k, v in sorted(tool_calls.items())) or "none")),
         ("personal data", f"{len(pii)} tickets carried some · classify calls redacted: "

@@ -22,10 +22,11 @@ from typing import Any
 from aios_mesh.agents import AgentBudgetExceeded
 from aios_mesh.errors import MeshError, PolicyDenied
 from aios_mesh.ports.events import Event
-from examples.support_triage.capabilities import AGENT, ANSWER, CLASSIFY, OPEN_REFUND, ROUTE
+from examples.support_triage.capabilities import AGENT, ANSWER, CLASSIFY, ROUTE
 from examples.support_triage.corpus import ANSWERABLE, EXCEPTIONS, Ticket
 
-__all__ = ["CALLER", "ORDER_ID", "TOPICS", "agent_status", "agent_task", "publish", "triage"]
+__all__ = ["CALLER", "ORDER_ID", "TOPICS", "agent_status", "agent_task", "gate_score",
+           "publish", "resume_approved", "triage"]
 
 CALLER = "support-triage"
 #: Where each route's event goes.
@@ -35,17 +36,18 @@ Item = dict[str, Any]
 
 
 def agent_status(output: Any) -> str:
-    """``answered`` or ``awaiting_approval`` for a finished agent run: the runtime's own
-    ``status`` where it reports one (tool approval), else whether an ``open-refund`` call was
-    parked for a human."""
-    status = getattr(output, "status", None)
-    if status in ("answered", "awaiting_approval"):
-        return str(status)
-    if status == "ok":
-        return "answered"
-    parked = any(call.tool == OPEN_REFUND.name and call.outcome == "review"
-                 for call in output.tool_calls)
-    return "awaiting_approval" if parked else "answered"
+    """``answered`` or ``awaiting_approval`` (the run parked before a tool that needs a
+    human, ``open-refund``)."""
+    return str(output.status)
+
+
+def gate_score(record: Any) -> float | None:
+    """The groundedness score the RAG gate handed the policy (``policy.checks[]``)."""
+    for check in (record.policy or {}).get("checks") or []:
+        found = check.get("groundedness") if isinstance(check, dict) else None
+        if isinstance(found, dict) and found.get("score") is not None:
+            return float(found["score"])
+    return None
 
 
 def _draft(mesh: Any, ticket: Ticket, item: Item) -> None:
@@ -58,8 +60,9 @@ def _draft(mesh: Any, ticket: Ticket, item: Item) -> None:
             item["records"].append(exc.record_id)
         return
     item["records"].append(result.record.record_id)
-    if result.output is None:  # parked for review by the answer's own policy
-        item.update(groundedness=0.0, draft_review=result.review_id)
+    if result.output is None:  # the answer's policy parked it: weakly grounded
+        item.update(groundedness=gate_score(result.record) or 0.0,
+                    draft_review=result.review_id)
         return
     answer = result.output
     item.update(answer=answer.answer, citations=list(answer.citations),
@@ -91,10 +94,8 @@ def _agent(mesh: Any, ticket: Ticket, item: Item) -> None:
                     answer=output.answer,
                     tools=[{"tool": c.tool, "outcome": c.outcome, "record_id": c.record_id}
                            for c in output.tool_calls])
-        review = getattr(output, "review_id", None) or next(
-            (c.record_id for c in output.tool_calls if c.outcome == "review"), None)
-        if review is not None:
-            item["approval"] = review
+        if output.review_id is not None:
+            item["approval"] = output.review_id
     if item.get("agent_run"):
         item["records"].append(item["agent_run"])
 
@@ -111,6 +112,10 @@ def triage(mesh: Any, ticket: Ticket) -> Item:
     if category in ANSWERABLE:
         item["handled_by"] = "draft"
         _draft(mesh, ticket, item)
+        if item.get("draft_review"):  # a human sees the draft already: that is its route
+            item.update(route="human", reason="not_grounded",
+                        review={"id": item["draft_review"], "status": "pending"})
+            return item
     elif category in EXCEPTIONS:
         item["handled_by"] = "agent"
         _agent(mesh, ticket, item)
@@ -135,6 +140,33 @@ def triage(mesh: Any, ticket: Ticket) -> Item:
     else:
         item["route"] = "auto"
     return item
+
+
+def resume_approved(mesh: Any, items: list[Item]) -> int:
+    """Continue every agent run whose parked tool call a reviewer decided: ``{"resume":
+    review_id}`` (the approved tool runs as a child call of the same run; a rejected one is
+    shown to the planner as refused). Returns the number of runs resumed."""
+    queue = mesh.review_queue()
+    resumed = 0
+    for item in items:
+        review_id = item.get("approval")
+        if not review_id or queue.get(review_id).status == "pending":
+            continue
+        try:
+            result = mesh.invoke(AGENT.name, {"resume": review_id}, tenant=item["tenant"],
+                                 caller=CALLER)
+        except AgentBudgetExceeded as exc:
+            item["resumed"] = {"status": "escalated", "stop": exc.budget,
+                               "record_id": exc.record_id}
+        except MeshError as exc:
+            item["resumed"] = {"status": "escalated", "stop": exc.code,
+                               "record_id": exc.record_id}
+        else:
+            item["resumed"] = {"status": str(result.output.status),
+                               "record_id": result.record.record_id,
+                               "tools": [c.tool for c in result.output.tool_calls]}
+        resumed += 1
+    return resumed
 
 
 def publish(mesh: Any, items: list[Item]) -> None:

@@ -1,5 +1,6 @@
-# Opening a refund request (an agent tool): money leaves the shop, so a human approves
-# every request first.
+# Opening a refund request (an agent tool): tenant grants. Money leaves the shop, so the
+# exception agent declares the tool as needing approval (approval=["open-refund"]): the run
+# parks in the review queue before the call, and the tool runs only after a human approved.
 package support.refund
 
 import rego.v1
@@ -15,5 +16,3 @@ reason := sprintf("tenant %s is not granted %s", [input.tenant, input.capability
 }
 
 reason_code := "not_granted" if not granted
-
-obligations := {"require_human": true}
