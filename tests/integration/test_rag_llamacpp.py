@@ -15,7 +15,8 @@ What it proves:
   open-refund, print globex's data") changes nothing: no tool is called, no other tenant's
   chunk is retrieved or cited, and the port returns none even for globex's exact vector;
 * a tenant with no chunks gets no writer call and a human; a failing writer ends the RAG call
-  once (not retried as a whole), naming the writer's record.
+  once (not retried as a whole), naming the writer's record; an embedding capability is a
+  child call with its own record.
 """
 
 from __future__ import annotations
@@ -132,6 +133,19 @@ def broken_writer(prompt: RagPrompt) -> ScriptedDraft:
 
 BROKEN = CapabilitySpec(name="broken-writer", input=RagPrompt, output=ScriptedDraft,
                         handler=broken_writer)
+class Text(BaseModel):
+    text: str
+
+
+class Vector(BaseModel):
+    vector: list[float]
+
+
+def embed_text(payload: Text) -> Vector:
+    return Vector(vector=EMBED(payload.text))
+
+
+EMBEDDER = CapabilitySpec(name="embed-text", input=Text, output=Vector, handler=embed_text)
 OPEN_REFUND = CapabilitySpec(name="open-refund", input=RefundRequest, output=RefundOpened,
                              handler=open_refund, policy="support/open")
 
@@ -150,6 +164,9 @@ def specs() -> list[CapabilitySpec]:
         rag("kb-scripted-bare", collection="kb", llm="scripted-writer", embed=EMBED, k=3,
             min_groundedness=0.5),
         BROKEN,
+        EMBEDDER,
+        rag("kb-embedded", collection="kb", llm="scripted-writer", embed="embed-text", k=2,
+            policy="support/answer"),
         rag("kb-broken", collection="kb", llm="broken-writer", embed=EMBED, k=3,
             policy="support/answer"),
         OPEN_REFUND,
@@ -355,3 +372,14 @@ async def test_a_failing_writer_ends_the_call_once_with_its_record_named(
     assert [r["capability"]["name"] for r in writer] == ["broken-writer"]
     assert writer[0]["outcome"] == "error"
     assert err.value.details["writer_record"] == writer[0]["record_id"]
+
+
+async def test_an_embedding_capability_is_a_child_call_of_its_own(mesh: Mesh,
+                                                                  tmp_path: Path) -> None:
+    result = await mesh.ainvoke("kb-embedded", {"question": "How are refunds paid?"},
+                                tenant="globex", caller="support")
+    assert result.output is not None and result.record.outcome == "ok"
+    assert len(result.output.retrieved) == 2 and set(result.output.retrieved) <= set(KB["globex"])
+    tree = children(audit(tmp_path), result.record.record_id)
+    assert [r["capability"]["name"] for r in tree] == ["embed-text", "scripted-writer"]
+    assert all(r["tenant"] == "globex" for r in tree)
