@@ -8,9 +8,9 @@
 See ``docs/guides/scale-out.md``.
 """
 
-from aios_mesh.scale.ledger import RowLedger, row_record_id
+from aios_mesh.scale.ledger import JobVersionChanged, RowLedger, row_record_id
 from aios_mesh.scale.ray_data import MeshFactory, MeshRows, map_dataset, write_results
 from aios_mesh.scale.rows import RESULT_FIELDS, map_rows
 
-__all__ = ["RESULT_FIELDS", "MeshFactory", "MeshRows", "RowLedger", "map_dataset", "map_rows",
-           "row_record_id", "write_results"]
+__all__ = ["RESULT_FIELDS", "JobVersionChanged", "MeshFactory", "MeshRows", "RowLedger",
+           "map_dataset", "map_rows", "row_record_id", "write_results"]

@@ -24,9 +24,11 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from aios_mesh.errors import ConfigError
+from aios_mesh.record import utc_now_iso
 from aios_mesh.state import Database, Migration, SharedState
 
-__all__ = ["SCALE_MIGRATIONS", "LedgerRow", "RowLedger", "row_record_id"]
+__all__ = ["SCALE_MIGRATIONS", "JobVersionChanged", "LedgerRow", "RowLedger", "row_record_id"]
 
 LedgerState = Literal["running", "answered", "done"]
 
@@ -40,6 +42,13 @@ SCALE_MIGRATIONS: Final = (
             result TEXT,
             PRIMARY KEY (job_id, row_id))""",
     )),
+    Migration(2, (
+        """CREATE TABLE scale_jobs (
+            job_id TEXT PRIMARY KEY,
+            capability TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            changes TEXT NOT NULL)""",
+    )),
 )
 
 _RECORD_NS: Final = uuid.UUID("2b4d5c1e-8f53-5a0e-9c61-0d7e4a3b9f21")
@@ -48,6 +57,12 @@ _RECORD_NS: Final = uuid.UUID("2b4d5c1e-8f53-5a0e-9c61-0d7e4a3b9f21")
 def row_record_id(job_id: str, row_id: str) -> str:
     """The decision record id of a row: uuid5 of the job and the row's own id."""
     return str(uuid.uuid5(_RECORD_NS, f"{job_id}\x00{row_id}"))
+
+
+class JobVersionChanged(ConfigError):
+    """A job resumed with another capability version than it started with."""
+
+    code = "scale_job_version_changed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +85,30 @@ class RowLedger:
     def close(self) -> None:
         """Release the connection."""
         self._db.close()
+
+    def begin(self, job_id: str, capability: str, *, force: bool = False) -> list[str]:
+        """Start or resume ``job_id`` with ``capability`` (``name@version``). A resumed job
+        whose capability version changed is refused with :class:`JobVersionChanged` unless
+        ``force``, which records the change on the job; returns the job's changes
+        (``"<when> <old> -> <new>"``)."""
+        self._db.execute("INSERT INTO scale_jobs (job_id, capability, created_at, changes) "
+                         "VALUES (?, ?, ?, '[]') ON CONFLICT (job_id) DO NOTHING",
+                         (job_id, capability, utc_now_iso()))
+        (old, changes), = self._db.execute(
+            "SELECT capability, changes FROM scale_jobs WHERE job_id = ?", (job_id,)).fetchall()
+        done: list[str] = orjson.loads(changes)
+        if old == capability:
+            return done
+        if not force:
+            raise JobVersionChanged(
+                f"job {job_id} started with {old} and is resumed with {capability}: its rows "
+                "would be answered by two versions", hint="resume it with the version it "
+                "started with, start a new job id, or force the change (it is recorded on "
+                "the job)", job_id=job_id, started=old, resumed=capability)
+        done.append(f"{utc_now_iso()} {old} -> {capability}")
+        self._db.execute("UPDATE scale_jobs SET capability = ?, changes = ? WHERE job_id = ?",
+                         (capability, orjson.dumps(done).decode(), job_id))
+        return done
 
     def rows(self, job_id: str, row_ids: Sequence[str]) -> dict[str, LedgerRow]:
         """The ledger entries among ``row_ids``, by row id."""

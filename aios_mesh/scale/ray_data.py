@@ -75,10 +75,13 @@ class MeshRows:
     worker; a batch (a ``pyarrow.Table``) in, a table of results out."""
 
     def __init__(self, factory: Callable[[], Mesh], capability: str, job_id: str,
-                 tenant: str, id_field: str, concurrency: int) -> None:
+                 tenant: str, id_field: str, concurrency: int, force: bool = False) -> None:
         self.loop = asyncio.new_event_loop()
         self.mesh = factory()
         self.ledger = RowLedger(self.mesh.state)
+        # the job is answered by one capability version (a changed one: refused unless
+        # forced, and then recorded on the job)
+        self.ledger.begin(job_id, self.mesh.catalog.get(capability).key, force=force)
         self.args = (capability, job_id, tenant, id_field, concurrency)
 
     def __call__(self, batch: Any) -> Any:
@@ -103,14 +106,17 @@ class MeshRows:
 
 def map_dataset(dataset: Any, factory: Callable[[], Mesh], capability: str, *, job_id: str,
                 tenant: str, id_field: str = "id", batch_size: int = 256, workers: int = 1,
-                concurrency: int = 8, num_cpus: float = 1.0) -> Any:
+                concurrency: int = 8, num_cpus: float = 1.0, force: bool = False) -> Any:
     """A Dataset of results, one per input row (lazy, as Ray Data is: it runs when read
     or written). ``workers`` Ray actors each build a mesh with ``factory``; each runs
-    ``concurrency`` calls at once."""
+    ``concurrency`` calls at once. Resuming ``job_id`` with another version of the
+    capability raises :class:`~aios_mesh.scale.ledger.JobVersionChanged` unless ``force``
+    (the change is then recorded on the job)."""
     return dataset.map_batches(
         MeshRows, batch_format="pyarrow", batch_size=batch_size, concurrency=workers,
         num_cpus=num_cpus,
-        fn_constructor_args=(factory, capability, job_id, tenant, id_field, concurrency))
+        fn_constructor_args=(factory, capability, job_id, tenant, id_field, concurrency,
+                             force))
 
 
 def write_results(results: Any, path: str | Path,

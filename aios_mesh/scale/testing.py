@@ -49,11 +49,12 @@ def upper(item: Text) -> Upper:
     return Upper(text=item.text.upper(), n=item.n * 2)
 
 
-def demo_mesh(state_dir: str) -> Mesh:
-    """A mesh with ``upper`` and tenant ``acme`` on ``state_dir``."""
+def demo_mesh(state_dir: str, version: str = "1") -> Mesh:
+    """A mesh with ``upper`` (as capability version ``version``) and tenant ``acme`` on
+    ``state_dir``."""
     _STATE["state"] = Path(state_dir)
     config = config_from_mapping({
         "state_dir": state_dir, "tenants": {"acme": {}},
         "telemetry": {"lineage": False, "decision_events": False, "otel": False},
     })
-    return Mesh(config, capabilities=[upper])
+    return Mesh(config, capabilities=[upper.model_copy(update={"version": version})])

@@ -130,3 +130,23 @@ def test_worker_killed_mid_batch_and_rows_left_in_flight(tmp_path: Path) -> None
     ledger = RowLedger(demo_mesh(str(state)).state)
     assert ledger.count("job-2") == {"done": 200}
     ledger.close()
+
+
+def test_a_job_resumed_with_another_capability_version_is_refused_unless_forced(
+        tmp_path: Path) -> None:
+    from aios_mesh.scale import JobVersionChanged, MeshRows
+
+    state = str(tmp_path / "state")
+    v1 = MeshFactory(build="aios_mesh.scale.testing:demo_mesh", args=(state, "1"))
+    v2 = MeshFactory(build="aios_mesh.scale.testing:demo_mesh", args=(state, "2"))
+    results = map_dataset(ray.data.from_items(_rows(20)), v1, "upper", job_id="job-3",
+                          tenant="acme")
+    assert len(_read_jsonl(write_results(results, tmp_path / "v1"))) == 20
+    with pytest.raises(JobVersionChanged) as info:  # what each Ray worker does first
+        MeshRows(v2, "upper", "job-3", "acme", "id", 4)
+    assert "upper@1" in info.value.message and "upper@2" in info.value.message
+    assert info.value.hint
+    forced = MeshRows(v2, "upper", "job-3", "acme", "id", 4, force=True)
+    (change,) = forced.ledger.begin("job-3", "upper@2")
+    assert change.endswith("upper@1 -> upper@2")  # recorded on the job
+    del forced
