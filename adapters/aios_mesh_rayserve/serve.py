@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -51,6 +52,14 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
     :class:`BackendUnavailable` naming the address."""
     import ray
 
+    host, sep, port = (address or "").rpartition(":")
+    if address and sep and host and port.isdigit() and "://" not in address:  # GCS host:port
+        try:  # Ray itself waits a minute and more on an address nobody listens on
+            socket.create_connection((host, int(port)), timeout=3.0).close()
+        except OSError as exc:
+            raise BackendUnavailable(f"no Ray cluster answers at {address}: {exc}",
+                                     hint="start it (ray start --head --port PORT) or leave "
+                                          "--address out to start a local one") from exc
     if ray.is_initialized():
         return False
     try:

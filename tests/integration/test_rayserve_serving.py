@@ -372,3 +372,17 @@ async def test_proxy_down_opens_the_breaker_and_serve_back_closes_it(
         assert ("half_open", "closed") in breaker.transitions
     with contextlib.suppress(Exception):
         await serving.aclose()
+
+
+def test_a_ray_address_that_does_not_answer_is_named(tmp_path: Path) -> None:
+    from aios_mesh_rayserve.serve import connect, main
+
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable) as info:
+        connect(address)
+    assert address in info.value.message and "ray start" in (info.value.hint or "")
+    assert time.monotonic() - started < 10
+    # the CLI says it, with the fix, and exits 2 (the registry resolves first: no model)
+    assert main(["nothing@champion", "--address", address, "--registry", "memory://",
+                 "--state-dir", str(tmp_path)]) == 2
