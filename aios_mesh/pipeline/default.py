@@ -3,7 +3,7 @@
 :meth:`Pipeline.add <aios_mesh.pipeline.runner.Pipeline.add>` and ``remove``.
 
     validate_input → policy → redact → resolve_model → prompt → quota → cache → admission
-    → guard_output_hold → invoke → guard_output → confidence_gate
+    → guard_output_hold → invoke → guard_output → groundedness_gate → confidence_gate
 
 The admission stage always holds the pause controller first
 (:class:`~aios_mesh.lifecycle.pause.PauseControl`: ``aios-mesh pause``), then the
@@ -12,7 +12,9 @@ controllers given to the mesh, then the fair scheduler when ``[scheduler]`` enab
 (``prompt`` renders and counts a generation's prompt, so the quota step can reserve its
 tokens; it is in the plan of generation capabilities only. ``guard_output`` applies the
 policy's output obligations to the answer; ``guard_output_hold`` holds a stream's chunks
-until it has: both only for capabilities a policy covers.)
+until it has: both only for capabilities a policy covers. ``groundedness_gate`` asks a RAG
+capability's policy again with the answer's groundedness: only RAG capabilities,
+:mod:`aios_mesh.rag`.)
 
 Steps get the ports and parts they use, never the mesh.
 """
@@ -40,6 +42,7 @@ from aios_mesh.pipeline.runner import Step
 from aios_mesh.pipeline.validate import ValidateInput
 from aios_mesh.ports.container import Ports
 from aios_mesh.ports.events import Event
+from aios_mesh.rag.gate import GroundednessGate
 from aios_mesh.redaction import Redactor
 from aios_mesh.resilience import RetryBudget
 from aios_mesh.resolver import AliasResolver
@@ -50,7 +53,7 @@ __all__ = ["DEFAULT_STEP_NAMES", "StepParts", "default_steps"]
 
 DEFAULT_STEP_NAMES = ("validate_input", "policy", "redact", "resolve_model", "prompt", "quota",
                       "cache", "admission", "guard_output_hold", "invoke", "guard_output",
-                      "confidence_gate")
+                      "groundedness_gate", "confidence_gate")
 
 
 @dataclass(slots=True)
@@ -98,6 +101,7 @@ def default_steps(parts: StepParts) -> list[Step]:
         InvokeStep(target=parts.targets, resolver=parts.resolver, breakers=parts.breakers,
                    budget=parts.budget, retry=parts.config.retry, review=parts.review),
         guard,
+        GroundednessGate(lambda: ports.policy, parts.review),
         ConfidenceGate(parts.review, default_policy=everywhere),
     ]
 
