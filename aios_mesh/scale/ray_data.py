@@ -21,7 +21,7 @@ nodes a PostgreSQL every node reaches. Ray is imported only when these functions
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -106,15 +106,17 @@ class MeshRows:
 
 def map_dataset(dataset: Any, factory: Callable[[], Mesh], capability: str, *, job_id: str,
                 tenant: str, id_field: str = "id", batch_size: int = 256, workers: int = 1,
-                concurrency: int = 8, num_cpus: float = 1.0, force: bool = False) -> Any:
+                concurrency: int = 8, num_cpus: float = 1.0, force: bool = False,
+                ray_remote_args: Mapping[str, Any] | None = None) -> Any:
     """A Dataset of results, one per input row (lazy, as Ray Data is: it runs when read
     or written). ``workers`` Ray actors each build a mesh with ``factory``; each runs
     ``concurrency`` calls at once. Resuming ``job_id`` with another version of the
     capability raises :class:`~aios_mesh.scale.ledger.JobVersionChanged` unless ``force``
-    (the change is then recorded on the job)."""
+    (the change is then recorded on the job). ``ray_remote_args`` go to the workers'
+    actors (e.g. ``{"scheduling_strategy": "SPREAD"}`` to place them on every node)."""
     return dataset.map_batches(
         MeshRows, batch_format="pyarrow", batch_size=batch_size, concurrency=workers,
-        num_cpus=num_cpus,
+        num_cpus=num_cpus, **dict(ray_remote_args or {}),
         fn_constructor_args=(factory, capability, job_id, tenant, id_field, concurrency,
                              force))
 

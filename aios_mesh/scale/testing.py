@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -25,17 +26,19 @@ _STATE: dict[str, Path] = {}
 
 
 class Text(BaseModel):
-    """The input of ``upper``."""
+    """The input of ``upper`` (``delay``: seconds the handler sleeps, to make jobs last)."""
 
     text: str
     n: int
+    delay: float = 0.0
 
 
 class Upper(BaseModel):
-    """The output of ``upper``."""
+    """The output of ``upper``; ``node``: the Ray node that answered ("" outside Ray)."""
 
     text: str
     n: int
+    node: str = ""
 
 
 @capability("upper")
@@ -46,7 +49,18 @@ def upper(item: Text) -> Upper:
         if not marker.exists():
             marker.write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
-    return Upper(text=item.text.upper(), n=item.n * 2)
+    if item.delay > 0:
+        time.sleep(item.delay)
+    return Upper(text=item.text.upper(), n=item.n * 2, node=_node())
+
+
+def _node() -> str:
+    import sys
+
+    ray = sys.modules.get("ray")  # only where Ray runs this: never imported here
+    if ray is None or not ray.is_initialized():
+        return ""
+    return str(ray.get_runtime_context().get_node_id())
 
 
 def demo_mesh(state_dir: str, version: str = "1") -> Mesh:
