@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -37,7 +36,7 @@ from aios_mesh_rayserve.testing import (
 from pydantic import BaseModel
 
 from aios_mesh import CapabilitySpec, Mesh
-from aios_mesh.backends import load_adapter, parse_url
+from aios_mesh.backends import load_adapter
 from aios_mesh.config import config_from_mapping
 from aios_mesh.errors import (
     BackendUnavailable,
@@ -54,8 +53,10 @@ pytestmark = pytest.mark.integration
 
 
 def _serving(url: str, tmp_path: Path) -> RayServeServing:
-    """The adapter from its URL (``from_url``, as a mesh builds it)."""
-    return RayServeServing.from_url(parse_url(url), base_dir=tmp_path)
+    """The adapter from its URL, as a mesh builds it (the scheme table names it)."""
+    serving = load_adapter("serving", url, base_dir=tmp_path)
+    assert isinstance(serving, RayServeServing)
+    return serving
 
 
 @pytest.fixture(scope="module")
@@ -241,8 +242,7 @@ def _mesh(state: Path, serving: object, registry: object, model: str,
 async def test_serve_rayserve_answers_with_the_registered_version(
         registered: tuple[str, str, str], tmp_path: Path) -> None:
     name, registry_url, url = registered
-    serving = _serving(f"{url}?timeout=20", tmp_path)
-    async with _mesh(tmp_path, serving, registry_url, f"{name}@champion") as mesh:
+    async with _mesh(tmp_path, f"{url}?timeout=20", registry_url, f"{name}@champion") as mesh:
         refs = await mesh.aprepare()  # resolves the alias, checks the deployment serves it
         assert refs["classify-invoice"].version == "1"
         result = await mesh.ainvoke("classify-invoice", INVOICE, tenant="acme")
@@ -253,7 +253,8 @@ async def test_serve_rayserve_answers_with_the_registered_version(
         assert record.model is not None
         assert (record.model["name"], record.model["version"]) == (name, "1")
         assert record.confidence is not None and 1 / 3 <= record.confidence <= 1
-    async with _mesh(tmp_path / "v2", _serving(url, tmp_path), registry_url,
+        assert record.serving == "rayserve+http"
+    async with _mesh(tmp_path / "v2", url, registry_url,
                      f"{name}/2") as mesh:
         with pytest.raises(NotFound):  # v2 is registered, the deployment serves v1
             await mesh.ainvoke("classify-invoice", INVOICE, tenant="acme")
@@ -299,7 +300,7 @@ async def test_killed_replica_is_absorbed_by_retries(cluster: RayServeCluster,
     victim = min(pids)
     calls = 60
     async with Mesh(config, capabilities=[capability],
-                    adapters={"serving": serving, "registry": registry}) as mesh:
+                    adapters={"serving": f"{url}?timeout=30", "registry": registry}) as mesh:
         async def one(i: int) -> Answer:
             await asyncio.sleep(i * 0.02)
             result = await mesh.ainvoke("probe", {"i": i, "delay": 0.3}, tenant="acme")
@@ -318,8 +319,8 @@ async def test_killed_replica_is_absorbed_by_retries(cluster: RayServeCluster,
         assert all(r["outcome"] == "ok" for r in records)
         retried = sum(1 for r in records if r["attempts"] > 1)
         assert retried >= 1  # the kill hit calls in flight, and their retries answered
-        assert all(state == "closed" for key, state in mesh.breakers.states().items()
-                   if "/slow-pid/1" in key)
+        assert mesh.breakers.states().get("rayserve+http/slow-pid/1#acme",
+                                          "closed") == "closed"
     # Serve replaced the replica: a new process answers next to the survivor
     deadline = time.monotonic() + 60
     seen: set[int] = set()
@@ -339,8 +340,7 @@ async def test_proxy_down_opens_the_breaker_and_serve_back_closes_it(
     from ray import serve
 
     name, registry_url, url = registered
-    serving = _serving(f"{url}?timeout=10", tmp_path)
-    async with _mesh(tmp_path, serving, registry_url, f"{name}@champion") as mesh:
+    async with _mesh(tmp_path, f"{url}?timeout=10", registry_url, f"{name}@champion") as mesh:
         assert (await mesh.ainvoke("classify-invoice", INVOICE, tenant="acme")).record.ok
         await asyncio.to_thread(serve.shutdown)  # proxy, controller and replicas gone
         for _ in range(2):
@@ -348,11 +348,8 @@ async def test_proxy_down_opens_the_breaker_and_serve_back_closes_it(
                 await mesh.ainvoke("classify-invoice", INVOICE, tenant="acme")
         with pytest.raises(CircuitOpen):  # fails fast, Serve is not even asked
             await mesh.ainvoke("classify-invoice", INVOICE, tenant="acme")
-        # acme's compartment of the deployment's breaker; the label is the scheme when the
-        # mesh is given a URL, the class name when given the adapter (as here)
-        (key,) = [k for k in mesh.breakers.states() if k.endswith(f"/{name}/1#acme")]
-        label = key.split("/", 1)[0]
-        assert label in ("rayserve+http", "RayServeServing")
+        # acme's compartment of the deployment's breaker
+        key = f"rayserve+http/{name}/1#acme"
         assert mesh.breakers.states()[key] == "open"
 
         started = time.monotonic()
@@ -367,11 +364,9 @@ async def test_proxy_down_opens_the_breaker_and_serve_back_closes_it(
         result = await mesh.ainvoke("classify-invoice", INVOICE, tenant="acme")
         assert result.record.model is not None and result.record.model["version"] == "1"
         assert mesh.breakers.states()[key] == "closed"
-        breaker = mesh.breakers.get(label, f"{name}/1", "acme")
+        breaker = mesh.breakers.get("rayserve+http", f"{name}/1", "acme")
         assert ("open", "half_open") in breaker.transitions
         assert ("half_open", "closed") in breaker.transitions
-    with contextlib.suppress(Exception):
-        await serving.aclose()
 
 
 def test_a_ray_address_that_does_not_answer_is_named(tmp_path: Path) -> None:
