@@ -150,3 +150,26 @@ def test_a_job_resumed_with_another_capability_version_is_refused_unless_forced(
     (change,) = forced.ledger.begin("job-3", "upper@2")
     assert change.endswith("upper@1 -> upper@2")  # recorded on the job
     del forced
+
+
+def test_a_redis_quota_is_exact_across_workers_and_a_rerun_spends_nothing(
+        tmp_path: Path) -> None:
+    from aios_mesh_redis.testing import redis_server
+
+    state = str(tmp_path / "state")
+    with redis_server(tmp_path / "redis") as server:
+        factory = MeshFactory(build="aios_mesh.scale.testing:demo_mesh",
+                              args=(state, "1", f"redis://{server.address}/0", 50))
+        results = map_dataset(ray.data.from_items(_rows(120), override_num_blocks=6),
+                              factory, "upper", job_id="job-4", tenant="acme", batch_size=20,
+                              workers=2, num_cpus=0.5)
+        first = _read_jsonl(write_results(results, tmp_path / "first"))
+        again = _read_jsonl(write_results(results, tmp_path / "again"))  # ledger: no calls
+    outcomes = Counter(r["outcome"] for r in first)
+    assert outcomes == {"ok": 50, "rejected": 70}  # two workers, one budget: not one over
+    refused = [json.loads(r["error"]) for r in first if r["outcome"] == "rejected"]
+    assert {e["type"] for e in refused} == {"QuotaExceeded"}
+    assert sorted(map(str, again)) == sorted(map(str, first))
+    records = _records(Path(state))
+    assert len(records) == 120  # every row its own record, the refused ones too
+    assert Counter(r["outcome"] for r in records) == {"ok": 50, "rejected": 70}
