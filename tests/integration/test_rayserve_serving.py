@@ -144,6 +144,28 @@ class TestRayServeHandle(ServingBasic, ServingErrors):
         assert info.value.hint
 
 
+def test_handle_mode_from_inside_a_ray_task(cluster: RayServeCluster) -> None:
+    """A Ray task (a worker of the cluster, not this driver) calls the application through
+    ``rayserve+handle://echo``."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def call() -> dict[str, object]:
+        from aios_mesh_rayserve import RayServeServing as Serving
+
+        from aios_mesh.ports.registry import ModelRef as Ref
+
+        async def infer() -> dict[str, object]:
+            serving = Serving(app="echo")
+            return dict((await serving.infer(Ref("echo-upper", "1"),
+                                             {"text": "in ray", "n": 2})).output)
+
+        return asyncio.run(infer())
+
+    output = ray.get(call.remote(), timeout=120)
+    assert (output["text"], output["n"]) == ("IN RAY", 4)
+
+
 async def test_nothing_listening_is_backend_unavailable(tmp_path: Path) -> None:
     serving = _serving(f"rayserve+http://127.0.0.1:{free_port()}/echo", tmp_path)
     with pytest.raises(BackendUnavailable) as info:
