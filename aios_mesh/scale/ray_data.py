@@ -75,7 +75,8 @@ class MeshRows:
     worker; a batch (a ``pyarrow.Table``) in, a table of results out."""
 
     def __init__(self, factory: Callable[[], Mesh], capability: str, job_id: str,
-                 tenant: str, id_field: str, concurrency: int, force: bool = False) -> None:
+                 tenant: str, id_field: str, concurrency: int, force: bool = False,
+                 tenant_field: str | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.mesh = factory()
         self.ledger = RowLedger(self.mesh.state)
@@ -83,6 +84,7 @@ class MeshRows:
         # forced, and then recorded on the job)
         self.ledger.begin(job_id, self.mesh.catalog.get(capability).key, force=force)
         self.args = (capability, job_id, tenant, id_field, concurrency)
+        self.tenant_field = tenant_field
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa  # type: ignore[import-untyped, unused-ignore]  # no py.typed
@@ -90,7 +92,8 @@ class MeshRows:
         capability, job_id, tenant, id_field, concurrency = self.args
         results = self.loop.run_until_complete(map_rows(
             self.mesh, capability, batch.to_pylist(), job_id=job_id, ledger=self.ledger,
-            tenant=tenant, id_field=id_field, concurrency=concurrency))
+            tenant=tenant, id_field=id_field, concurrency=concurrency,
+            tenant_field=self.tenant_field))
         columns = {name: [r[name] for r in results] for name in RESULT_FIELDS}
         columns["id"] = [None if v is None else str(v) for v in columns["id"]]
         return pa.table(columns, schema=pa.schema([(n, pa.string()) for n in RESULT_FIELDS]))
@@ -107,18 +110,22 @@ class MeshRows:
 def map_dataset(dataset: Any, factory: Callable[[], Mesh], capability: str, *, job_id: str,
                 tenant: str, id_field: str = "id", batch_size: int = 256, workers: int = 1,
                 concurrency: int = 8, num_cpus: float = 1.0, force: bool = False,
-                ray_remote_args: Mapping[str, Any] | None = None) -> Any:
+                ray_remote_args: Mapping[str, Any] | None = None,
+                tenant_field: str | None = None) -> Any:
     """A Dataset of results, one per input row (lazy, as Ray Data is: it runs when read
     or written). ``workers`` Ray actors each build a mesh with ``factory``; each runs
     ``concurrency`` calls at once. Resuming ``job_id`` with another version of the
     capability raises :class:`~aios_mesh.scale.ledger.JobVersionChanged` unless ``force``
     (the change is then recorded on the job). ``ray_remote_args`` go to the workers'
-    actors (e.g. ``{"scheduling_strategy": "SPREAD"}`` to place them on every node)."""
+    actors (e.g. ``{"scheduling_strategy": "SPREAD"}`` to place them on every node). With
+    ``tenant_field``, one job carries rows of many tenants, each row called as its own
+    tenant (``tenant`` for rows that name none): a tenant that spends its quota is refused
+    alone, the others' rows go on."""
     return dataset.map_batches(
         MeshRows, batch_format="pyarrow", batch_size=batch_size, concurrency=workers,
         num_cpus=num_cpus, **dict(ray_remote_args or {}),
         fn_constructor_args=(factory, capability, job_id, tenant, id_field, concurrency,
-                             force))
+                             force, tenant_field))
 
 
 def write_results(results: Any, path: str | Path,

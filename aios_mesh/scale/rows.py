@@ -76,10 +76,12 @@ async def _reconcile(mesh: Mesh, ledger: RowLedger, job_id: str,
 
 async def map_rows(mesh: Mesh, capability: str, rows: Sequence[Any], *, job_id: str,
                    ledger: RowLedger, tenant: str, caller: str = "scale",
-                   id_field: str = "id", concurrency: int = 8) -> list[dict[str, Any]]:
+                   id_field: str = "id", concurrency: int = 8,
+                   tenant_field: str | None = None) -> list[dict[str, Any]]:
     """One result per row, in order (see the module docstring). Rows the ledger already
     holds as ``done`` are answered from it without a call; at most ``concurrency`` calls
-    run at once."""
+    run at once. With ``tenant_field``, a row that names a tenant there is called as that
+    tenant (its policy, quota and records), the others as ``tenant``."""
     ids: list[str | None] = []
     for row in rows:
         value = row.get(id_field) if isinstance(row, Mapping) else None
@@ -108,7 +110,9 @@ async def map_rows(mesh: Mesh, capability: str, rows: Sequence[Any], *, job_id: 
             if record_id is None:  # claimed meanwhile by a concurrent execution
                 entry = (await asyncio.to_thread(ledger.rows, job_id, [row_id]))[row_id]
                 return entry.result or _result(row_id, entry.record_id, "running", None, None)
-            payload = {k: v for k, v in row.items() if k != id_field}
+            payload = {k: v for k, v in row.items() if k not in (id_field, tenant_field)}
+            named = row.get(tenant_field) if tenant_field else None
+            who = named if isinstance(named, str) and named else tenant
             written: list[dict[str, Any]] = []
 
             async def before_record(record: DecisionRecord, output: Any,
@@ -120,7 +124,7 @@ async def map_rows(mesh: Mesh, capability: str, rows: Sequence[Any], *, job_id: 
                 written.append(result)
 
             try:
-                await mesh.ainvoke_row(capability, payload, tenant=tenant, caller=caller,
+                await mesh.ainvoke_row(capability, payload, tenant=who, caller=caller,
                                        record_id=record_id,
                                        parent={"name": "scale-job", "run_id": job_id},
                                        before_record=before_record)

@@ -65,14 +65,14 @@ def _node() -> str:
 
 def demo_mesh(state_dir: str, version: str = "1", quota: str | None = None,
               calls_per_day: int | None = None) -> Mesh:
-    """A mesh with ``upper`` (as capability version ``version``) and tenant ``acme`` on
-    ``state_dir``; ``quota`` (e.g. ``redis://...``) and ``calls_per_day`` give acme a
-    budget that every worker shares."""
+    """A mesh with ``upper`` (as capability version ``version``) and tenants ``acme`` and
+    ``beta`` on ``state_dir``; ``quota`` (e.g. ``redis://...``) and ``calls_per_day`` give
+    acme a budget that every worker shares (beta has none)."""
     _STATE["state"] = Path(state_dir)
     tenant: dict[str, object] = ({} if calls_per_day is None else
                                  {"quota": {"calls_per_day": calls_per_day}})
     config = config_from_mapping({
-        "state_dir": state_dir, "tenants": {"acme": tenant},
+        "state_dir": state_dir, "tenants": {"acme": tenant, "beta": {}},
         "backends": {"quota": quota} if quota else {},
         "telemetry": {"lineage": False, "decision_events": False, "otel": False},
     })

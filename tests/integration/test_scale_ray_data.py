@@ -154,22 +154,29 @@ def test_a_job_resumed_with_another_capability_version_is_refused_unless_forced(
 
 def test_a_redis_quota_is_exact_across_workers_and_a_rerun_spends_nothing(
         tmp_path: Path) -> None:
+    """One job, two tenants (the rows name theirs): acme's budget is exact across the
+    workers, and acme running out does not stop beta's rows."""
     from aios_mesh_redis.testing import redis_server
 
     state = str(tmp_path / "state")
     with redis_server(tmp_path / "redis") as server:
         factory = MeshFactory(build="aios_mesh.scale.testing:demo_mesh",
                               args=(state, "1", f"redis://{server.address}/0", 50))
-        results = map_dataset(ray.data.from_items(_rows(120), override_num_blocks=6),
-                              factory, "upper", job_id="job-4", tenant="acme", batch_size=20,
-                              workers=2, num_cpus=0.5)
+        rows = [*_rows(120), *({"id": f"b{i}", "text": f"beta {i}", "n": i,
+                                "tenant": "beta"} for i in range(30))]
+        results = map_dataset(ray.data.from_items(rows, override_num_blocks=6),
+                              factory, "upper", job_id="job-4", tenant="acme", batch_size=25,
+                              workers=2, num_cpus=0.5, tenant_field="tenant")
         first = _read_jsonl(write_results(results, tmp_path / "first"))
         again = _read_jsonl(write_results(results, tmp_path / "again"))  # ledger: no calls
-    outcomes = Counter(r["outcome"] for r in first)
-    assert outcomes == {"ok": 50, "rejected": 70}  # two workers, one budget: not one over
+    acme = Counter(r["outcome"] for r in first if r["id"].startswith("r"))
+    assert acme == {"ok": 50, "rejected": 70}  # two workers, one budget: not one over
+    beta = [r for r in first if r["id"].startswith("b")]
+    assert len(beta) == 30 and all(r["outcome"] == "ok" for r in beta)
     refused = [json.loads(r["error"]) for r in first if r["outcome"] == "rejected"]
     assert {e["type"] for e in refused} == {"QuotaExceeded"}
     assert sorted(map(str, again)) == sorted(map(str, first))
     records = _records(Path(state))
-    assert len(records) == 120  # every row its own record, the refused ones too
-    assert Counter(r["outcome"] for r in records) == {"ok": 50, "rejected": 70}
+    assert len(records) == 150  # every row its own record, the refused ones too
+    assert Counter((r["tenant"], r["outcome"]) for r in records) == {
+        ("acme", "ok"): 50, ("acme", "rejected"): 70, ("beta", "ok"): 30}
