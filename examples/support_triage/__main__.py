@@ -11,7 +11,7 @@ from examples.support_triage.run import PROFILES, run
 
 EPILOG = """\
 examples:
-  python -m examples.support_triage                      embedded defaults, 60 tickets
+  python -m examples.support_triage                      embedded defaults, 30 tickets
   python -m examples.support_triage --tickets 15         a quick run
   python -m examples.support_triage --profile servers    the same job on real servers
   python -m examples.support_triage --config my.toml     your own profile
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                        default="embedded", help="config profile in the job's profiles/ "
                                                 "folder (default: %(default)s)")
     which.add_argument("--config", type=Path, help="a profile file of your own")
-    parser.add_argument("--tickets", type=int, default=60,
+    parser.add_argument("--tickets", type=int, default=30,
                         help="tickets to generate and triage (default: %(default)s)")
     parser.add_argument("--state", type=Path, default=Path(".aios-mesh/support-triage"),
                         help="state folder, recreated on every run (default: %(default)s)")

@@ -179,18 +179,18 @@ OPEN_REFUND: CapabilitySpec = open_refund
 TOOLS = [LOOKUP_ORDER, OPEN_REFUND]
 
 PLANNER = planner("exception-planner", TOOLS, model="support-writer@champion",
-                  serving="llm", max_tokens=64, policy="support/agent", timeout_s=90,
+                  serving="llm", max_tokens=96, policy="support/agent", timeout_s=90,
                   price=Price(per_1k_input_tokens=0.0002, per_1k_output_tokens=0.0008))
 
 AGENT_INSTRUCTIONS = (
-    "You handle customer tickets about orders. You do not know any order: first call "
-    "lookup-order with the order id written in the ticket. If the customer asks for a "
-    "refund and the order is refundable, call open-refund with that order id. Then answer "
-    "with action final and a short reply.")
-
+    "You handle customer tickets about orders. You do not know any order. "
+    "Step 1: call lookup-order with the order id from the ticket. "
+    "Step 2: if the customer wants a refund and the order is refundable, call open-refund "
+    "with that order id. Otherwise, or after that, use action final with a one-sentence "
+    "answer. Keep answer empty when you call a tool.")
 
 AGENT = agent("exception-agent", instructions=AGENT_INSTRUCTIONS, llm=PLANNER.name,
-              tools=TOOLS, policy="support/agent", max_step_tokens=64,
+              tools=TOOLS, policy="support/agent", max_step_tokens=96,
               budgets=Budgets(max_steps=3, max_tokens=4000, max_cost=0.05, max_wall_s=120),
               description="Handle a ticket about an order with the order tools.",
               approval=[OPEN_REFUND.name])

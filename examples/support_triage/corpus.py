@@ -210,7 +210,7 @@ def _tickets(n: int, seed: int, prefix: str) -> list[Ticket]:
     return out
 
 
-def make_tickets(n: int = 60, *, seed: int = 13) -> list[Ticket]:
+def make_tickets(n: int = 30, *, seed: int = 13) -> list[Ticket]:
     """``n`` tickets, tenants in turn, from a fixed seed (the same on every run and profile)."""
     return _tickets(n, seed, "T")
 

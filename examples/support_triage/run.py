@@ -1,6 +1,6 @@
 """The second main job: support triage end to end, on one config profile.
 
-    python -m examples.support_triage [--profile embedded|servers] [--tickets 60]
+    python -m examples.support_triage [--profile embedded|servers] [--tickets 30]
 
 1. start the profile's servers (``servers``: an MLflow server, a llama.cpp server, NATS,
    Redis, PostgreSQL — the invoice job's :func:`examples.invoice_intake.servers.local_stack`);
@@ -84,19 +84,23 @@ def record_tree(records: Sequence[DecisionRecord], root: str) -> dict[str, Any]:
     return node(root)
 
 
-def tree_shape(tree: Mapping[str, Any]) -> tuple[Any, ...]:
-    """A record tree without ids, costs, outcomes and repeats: the capability at each node,
-    its kinds of children in order of first appearance (what the e2e test compares when the
-    two engines' LLM outputs differ).
+def tree_shape(tree: Mapping[str, Any]) -> tuple[str, int]:
+    """What stays the same in an agent run's record tree when the two engines' LLM outputs
+    differ (which tool a step picks, how many steps): the root's capability and the depth
+    (the run, then its LLM steps and tool calls as leaves: 2).
 
     >>> tree_shape({"capability": "a", "children": [{"capability": "p", "children": []},
-    ...     {"capability": "t", "children": []}, {"capability": "p", "children": []}]})
-    ('a', (('p', ()), ('t', ())))
+    ...     {"capability": "t", "children": []}]})
+    ('a', 2)
     """
-    seen: dict[Any, None] = {}
-    for child in tree.get("children") or []:
-        seen.setdefault(tree_shape(child), None)
-    return (tree["capability"], tuple(seen))
+    def depth(node: Mapping[str, Any]) -> int:
+        return 1 + max((depth(c) for c in node.get("children") or []), default=0)
+
+    return (str(tree["capability"]), depth(tree))
+
+
+def _size(tree: Mapping[str, Any]) -> int:
+    return 1 + sum(_size(child) for child in tree.get("children") or [])
 
 
 def _p(values: Sequence[float], q: float) -> float:
@@ -104,7 +108,7 @@ def _p(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-def run(*, profile: Path, state: Path, tickets: int = 60, private_servers: bool = False,
+def run(*, profile: Path, state: Path, tickets: int = 30, private_servers: bool = False,
         reviewer_sample: int | None = None, console: Console | None = None) -> RunResult:
     """Run the whole job on ``profile`` with all state under ``state`` (recreated)."""
     from examples.invoice_intake.run import effective_config
@@ -252,7 +256,7 @@ def _run_job(out: Console, config: Path, state: Path, n: int, timings: dict[str,
     summary["table"].append(("events delivered", f"{len(items) - pending} ticket events"
                              + (f", {pending} still in the outbox" if pending else "")))
     summary["table"].append(("time", " · ".join(f"{k} {v:.1f}s" for k, v in timings.items())))
-    tree = next((t for t in trees if t["children"]), trees[0] if trees else None)
+    tree = max(trees, key=_size) if trees else None  # the run with the most records
     summary["agent_tree"] = tree
     from examples.support_triage.report import tree_lines, write_report
 
@@ -287,7 +291,10 @@ def _reasons(records: Sequence[DecisionRecord], review_reasons: Mapping[str, str
                                                  "denied": defaultdict(Counter)}
     for record in records:
         policy = record.policy or {}
-        code = policy.get("reason_code")
+        # the output check's code first (the RAG gate's: not_grounded), then the call's own
+        checks = [c for c in reversed(policy.get("checks") or [])
+                  if isinstance(c, Mapping) and c.get("reason_code")]
+        code = checks[0]["reason_code"] if checks else policy.get("reason_code")
         if record.outcome == "review":
             out["review"][record.tenant][str(code or review_reason_code(
                 review_reasons.get(record.review_id or "", "")))] += 1

@@ -23,7 +23,8 @@ import pytest
 
 from examples.support_triage.run import PROFILES, RunResult, run, tree_shape
 
-pytestmark = pytest.mark.e2e
+# an LLM call takes seconds on 2 CPU cores, much longer when the machine is busy
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 N = 12  # four per tenant: spam, an order ticket, drafts (the LLM sets the pace)
 
@@ -100,7 +101,6 @@ def test_help_teaches_the_profiles() -> None:
     assert "--profile" in out and "servers" in out and "--tickets" in out
 
 
-@pytest.mark.timeout(900)
 def test_server_profile_reaches_the_same_routes(embedded: RunResult, tmp_path: Path) -> None:
     servers = run(profile=PROFILES / "servers.toml", state=tmp_path / "servers", tickets=N,
                   private_servers=True)
@@ -126,7 +126,13 @@ def test_server_profile_reaches_the_same_routes(embedded: RunResult, tmp_path: P
             assert (mine["groundedness"], mine["agent_status"]) != (
                 theirs["groundedness"], theirs["agent_status"]), (ticket, mine, theirs)
             differ.append(ticket)
-    # every agent run has the same shape of record tree on both profiles
-    shapes = sorted(map(str, map(tree_shape, embedded.trees)))
-    assert sorted(map(str, map(tree_shape, servers.trees))) == shapes
+    # every ticket's agent run has the same shape of record tree on both profiles (a run
+    # that parked for approval is resumed as a further run: only where an LLM chose the tool)
+    def shapes(result: RunResult) -> dict[str, tuple[str, int]]:
+        trees = {t["record_id"]: t for t in result.trees}
+        return {i["ticket"]: tree_shape(trees[i["agent_run"]]) for i in result.items
+                if i.get("agent_run") in trees}
+
+    assert shapes(servers) == shapes(embedded)
+    assert shapes(embedded) and all(d <= 2 for _, d in shapes(embedded).values())
     print(f"routes differ on {len(differ)} of {N} tickets (LLM outputs): {differ}")
