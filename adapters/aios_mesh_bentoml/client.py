@@ -28,12 +28,9 @@ no such API (404 without a JSON body)  :class:`ConfigError` (check ``?endpoint=`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import re
-import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -53,9 +50,11 @@ from aios_mesh.errors import (
     PayloadTooLarge,
 )
 from aios_mesh.ports.base import Feature
+from aios_mesh.ports.http_pool import PerLoop, send
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Prediction, ServingBase
-from aios_mesh_bentoml._protocol import DEFAULT_ENDPOINT, MODELS_ENDPOINT, prediction_from_answer
+from aios_mesh.ports.serving_protocol import prediction_from_answer
+from aios_mesh_bentoml._protocol import DEFAULT_ENDPOINT, HINTS, MODELS_ENDPOINT
 
 __all__ = ["BentoMLServing"]
 
@@ -136,10 +135,8 @@ class BentoMLServing(ServingBase):
         self._plain_headers = dict(headers or {})
         self._json_headers = {**self._plain_headers, "Content-Type": "application/json"}
         self._urls: dict[str, httpx.URL] = {}
-        self._transports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                                    httpx.AsyncBaseTransport] = \
-            weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
+        self._transports: PerLoop[httpx.AsyncBaseTransport] = PerLoop(
+            lambda: transport or httpx.AsyncHTTPTransport())
 
     # -- construction ------------------------------------------------------------------------
 
@@ -169,15 +166,6 @@ class BentoMLServing(ServingBase):
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _transport_for_loop(self) -> httpx.AsyncBaseTransport:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            transport = self._transports.get(loop)
-            if transport is None:
-                transport = self._transport or httpx.AsyncHTTPTransport()
-                self._transports[loop] = transport
-            return transport
-
     def _url(self, path: str) -> httpx.URL:
         url = self._urls.get(path)
         if url is None:
@@ -197,24 +185,10 @@ class BentoMLServing(ServingBase):
         """
         wait = timeout or self.timeout
         headers = self._json_headers if content is not None else self._plain_headers
-        request = httpx.Request(method, self._url(path), content=content, headers=headers,
-                                extensions={"timeout": {"connect": wait, "read": wait,
-                                                        "write": wait, "pool": wait}})
-        try:
-            response = await self._transport_for_loop().handle_async_request(request)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-            return response
-        except httpx.TimeoutException as exc:
-            raise BackendTimeout(f"BentoML service {request.url} did not answer within "
-                                 f"{wait}s ({type(exc).__name__})",
-                                 hint="raise the capability's slo.timeout_s or ?timeout=, or "
-                                      "check the service's load") from exc
-        except httpx.TransportError as exc:
-            raise BackendUnavailable(f"BentoML service {request.url} is unreachable: "
-                                     f"{type(exc).__name__}: {exc}", hint=_START_HINT) from exc
+        return await send(self._transports.get(), method, self._url(path), content=content,
+                          headers=headers, wait=wait, what="BentoML service",
+                          timeout_hint="raise the capability's slo.timeout_s or ?timeout=, or "
+                                       "check the service's load", start_hint=_START_HINT)
 
     # -- the port ----------------------------------------------------------------------------
 
@@ -257,7 +231,8 @@ class BentoMLServing(ServingBase):
             raise InvalidOutput(f"{label}: expected {len(items)} answers, got {got}",
                                 hint="point ?endpoint= at the aios-mesh BentoML service's "
                                      "predict API")
-        return [prediction_from_answer(a, model.name, model.version, label) for a in answers]
+        return [prediction_from_answer(a, model.name, model.version, label, HINTS)
+                for a in answers]
 
     def _status_error(self, resp: httpx.Response, label: str) -> MeshError:
         status = resp.status_code
@@ -323,19 +298,7 @@ class BentoMLServing(ServingBase):
     async def aclose(self) -> None:
         """Close this loop's connections (others are closed on their own loops);
         idempotent. The adapter stays usable: a later call opens new connections."""
-        try:
-            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
-        with self._lock:
-            transports = list(self._transports.items())
-            self._transports.clear()
-        for loop, transport in transports:
-            if loop is current:
-                await transport.aclose()
-            elif not loop.is_closed() and loop.is_running():
-                with contextlib.suppress(RuntimeError):
-                    asyncio.run_coroutine_threadsafe(transport.aclose(), loop)
+        await self._transports.aclose()
 
 
 def _server_message(resp: httpx.Response) -> tuple[str, bool]:

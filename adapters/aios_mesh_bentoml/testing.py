@@ -22,10 +22,9 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from aios_mesh.errors import InvalidInput
 from aios_mesh.testing.processes import LocalProcess, free_port, start_process, wait_until
+from aios_mesh.testing.serving_models import batch_probe, echo_upper, garbage
 from aios_mesh_bentoml.launch import SERVICE, bentoml_command, bentoml_python, server_env
 
 __all__ = [
@@ -51,34 +50,6 @@ __all__ = [
 ECHO_UPPER = "aios_mesh_bentoml.testing:echo_upper"
 GARBAGE = "aios_mesh_bentoml.testing:garbage"
 BATCH_PROBE = "aios_mesh_bentoml.testing:batch_probe"
-
-
-def echo_upper(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The **echo-upper** contract of :mod:`aios_mesh.testing.conformance.serving` (whose
-    reference implementation needs pytest, which the server environment does not have):
-    ``{"text": t, "n": n}`` → ``{"text": t.upper(), "n": n * 2, "confidence": 1.0}``."""
-    out = []
-    for item in batch:
-        text, n = item.get("text"), item.get("n")
-        if not isinstance(text, str):
-            raise InvalidInput("echo-upper needs 'text', a string",
-                               hint='send {"text": "...", "n": 1}')
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise InvalidInput("echo-upper needs 'n', an integer",
-                               hint='send {"text": "...", "n": 1}')
-        out.append({"text": text.upper(), "n": n * 2, "confidence": 1.0})
-    return out
-
-
-def garbage(batch: list[dict[str, Any]]) -> list[Any]:
-    """A broken model: answers strings instead of documents (→ ``InvalidOutput``)."""
-    return [f"garbage {i}" for i in range(len(batch))]
-
-
-def batch_probe(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Answers each item with the size of the batch it was predicted in (adaptive batching
-    merges concurrent requests into one call)."""
-    return [{"batch": len(batch), "i": item.get("i")} for item in batch]
 
 
 def process_tree(pid: int) -> list[int]:

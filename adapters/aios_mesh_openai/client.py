@@ -36,12 +36,8 @@ other 400 / 422                             :class:`InvalidInput`
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
-import threading
-import weakref
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -68,6 +64,7 @@ from aios_mesh.generation.wire import (
     usage_of,
 )
 from aios_mesh.ports.base import Feature
+from aios_mesh.ports.http_pool import PerLoop
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import PerItemServing, Prediction, Usage
 from aios_mesh_openai.sse import DONE, sse_data
@@ -140,10 +137,7 @@ class OpenAIServing(PerItemServing):
         self.read_timeout = read_timeout
         self._api_key = api_key
         self._transport = transport
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                                 httpx.AsyncClient] = \
-            weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
+        self._clients: PerLoop[httpx.AsyncClient] = PerLoop(self._new_client)
 
     @classmethod
     def from_url(cls, url: BackendURL, *, base_dir: Path, **options: Any) -> OpenAIServing:
@@ -188,17 +182,13 @@ class OpenAIServing(PerItemServing):
     def client(self) -> httpx.AsyncClient:
         """This event loop's client (the mesh's sync facade and ``asyncio.run`` callers run
         on different loops; a client's connections belong to one)."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            found = self._clients.get(loop)
-            if found is None:
-                headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key \
-                    else {}
-                found = httpx.AsyncClient(
-                    transport=self._transport, headers=headers,
-                    timeout=httpx.Timeout(self.read_timeout, connect=self.connect_timeout))
-                self._clients[loop] = found
-            return found
+        return self._clients.get()
+
+    def _new_client(self) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        return httpx.AsyncClient(
+            transport=self._transport, headers=headers,
+            timeout=httpx.Timeout(self.read_timeout, connect=self.connect_timeout))
 
     def _timeout(self, timeout: float | None) -> httpx.Timeout:
         read = timeout if timeout is not None else self.read_timeout
@@ -354,19 +344,7 @@ class OpenAIServing(PerItemServing):
 
     async def aclose(self) -> None:
         """Close this loop's client (others on their own loops); idempotent."""
-        try:
-            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
-        with self._lock:
-            clients = list(self._clients.items())
-            self._clients.clear()
-        for loop, client in clients:
-            if loop is current:
-                await client.aclose()
-            elif not loop.is_closed() and loop.is_running():
-                with contextlib.suppress(RuntimeError):
-                    asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+        await self._clients.aclose()
 
 
 def _error_code(content: bytes) -> str | None:

@@ -30,11 +30,8 @@ no answer within the timeout, 504          :class:`BackendTimeout` (retryable)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
-import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -52,9 +49,11 @@ from aios_mesh.errors import (
     NotFound,
 )
 from aios_mesh.ports.base import Feature
+from aios_mesh.ports.http_pool import PerLoop, send
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Prediction, ServingBase
-from aios_mesh_rayserve._protocol import prediction_from_answer
+from aios_mesh.ports.serving_protocol import prediction_from_answer
+from aios_mesh_rayserve._protocol import HINTS
 
 __all__ = ["RayServeServing"]
 
@@ -96,10 +95,8 @@ class RayServeServing(ServingBase):
         self.timeout = float(timeout)
         self.max_batch = int(max_batch)
         self._transport = transport
-        self._transports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                                    httpx.AsyncBaseTransport] = \
-            weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
+        self._transports: PerLoop[httpx.AsyncBaseTransport] = PerLoop(
+            lambda: transport or httpx.AsyncHTTPTransport())
         self._handle: Any = None
 
     @classmethod
@@ -153,7 +150,8 @@ class RayServeServing(ServingBase):
         if len(answers) != len(items):
             raise InvalidOutput(f"{label}: expected {len(items)} answers, got {len(answers)}",
                                 hint="point the URL at an aios-mesh Ray Serve application")
-        return [prediction_from_answer(a, model.name, model.version, label) for a in answers]
+        return [prediction_from_answer(a, model.name, model.version, label, HINTS)
+                for a in answers]
 
     async def _predict(self, items: list[dict[str, Any]], label: str,
                        wait: float) -> list[Any]:
@@ -235,37 +233,13 @@ class RayServeServing(ServingBase):
 
     # -- HTTP plumbing ------------------------------------------------------------------------
 
-    def _transport_for_loop(self) -> httpx.AsyncBaseTransport:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            transport = self._transports.get(loop)
-            if transport is None:
-                transport = self._transport or httpx.AsyncHTTPTransport()
-                self._transports[loop] = transport
-            return transport
-
     async def _send(self, method: str, path: str, content: bytes | None,
                     wait: float) -> httpx.Response:
         headers = {"Content-Type": "application/json"} if content is not None else {}
-        request = httpx.Request(method, f"{self.base_url}{path}", content=content,
-                                headers=headers,
-                                extensions={"timeout": {"connect": wait, "read": wait,
-                                                        "write": wait, "pool": wait}})
-        try:
-            response = await self._transport_for_loop().handle_async_request(request)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-            return response
-        except httpx.TimeoutException as exc:
-            raise BackendTimeout(f"Ray Serve {request.url} did not answer within {wait}s "
-                                 f"({type(exc).__name__})",
-                                 hint="raise the capability's slo.timeout_s or ?timeout=, or "
-                                      "add replicas (--max-replicas)") from exc
-        except httpx.TransportError as exc:
-            raise BackendUnavailable(f"Ray Serve {request.url} is unreachable: "
-                                     f"{type(exc).__name__}: {exc}", hint=_START_HINT) from exc
+        return await send(self._transports.get(), method, f"{self.base_url}{path}",
+                          content=content, headers=headers, wait=wait, what="Ray Serve",
+                          timeout_hint="raise the capability's slo.timeout_s or ?timeout=, or "
+                                       "add replicas (--max-replicas)", start_hint=_START_HINT)
 
     def _status_error(self, resp: httpx.Response, label: str) -> MeshError:
         status = resp.status_code
@@ -344,16 +318,4 @@ class RayServeServing(ServingBase):
 
     async def aclose(self) -> None:
         """Close this loop's connections; idempotent; the adapter stays usable."""
-        try:
-            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
-        with self._lock:
-            transports = list(self._transports.items())
-            self._transports.clear()
-        for loop, transport in transports:
-            if loop is current:
-                await transport.aclose()
-            elif not loop.is_closed() and loop.is_running():
-                with contextlib.suppress(RuntimeError):
-                    asyncio.run_coroutine_threadsafe(transport.aclose(), loop)
+        await self._transports.aclose()

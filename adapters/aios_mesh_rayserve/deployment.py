@@ -37,7 +37,8 @@ from starlette.responses import JSONResponse, Response
 
 from aios_mesh.errors import InvalidInput, NotFound
 from aios_mesh.ports.registry import ModelRef
-from aios_mesh_rayserve._protocol import ServedModels, answer_error, parse_items
+from aios_mesh.ports.serving_protocol import answer_error, parse_items
+from aios_mesh_rayserve._protocol import ServedModels
 
 __all__ = ["DeploymentOptions", "MeshModelDeployment", "build_app"]
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import aios_mesh
-from aios_mesh.errors import InvalidInput
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.testing.processes import free_port
+from aios_mesh.testing.serving_models import batch_probe, echo_upper, garbage
 
 __all__ = [
     "BATCH_PROBE",
@@ -44,31 +44,6 @@ ECHO_UPPER = "aios_mesh_rayserve.testing:echo_upper"
 GARBAGE = "aios_mesh_rayserve.testing:garbage"
 BATCH_PROBE = "aios_mesh_rayserve.testing:batch_probe"
 SLOW_PID = "aios_mesh_rayserve.testing:slow_pid"
-
-
-def echo_upper(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The **echo-upper** contract of :mod:`aios_mesh.testing.conformance.serving`."""
-    out = []
-    for item in batch:
-        text, n = item.get("text"), item.get("n")
-        if not isinstance(text, str):
-            raise InvalidInput("echo-upper needs 'text', a string",
-                               hint='send {"text": "...", "n": 1}')
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise InvalidInput("echo-upper needs 'n', an integer",
-                               hint='send {"text": "...", "n": 1}')
-        out.append({"text": text.upper(), "n": n * 2, "confidence": 1.0})
-    return out
-
-
-def garbage(batch: list[dict[str, Any]]) -> list[Any]:
-    """A broken model: answers strings instead of documents (→ ``InvalidOutput``)."""
-    return [f"garbage {i}" for i in range(len(batch))]
-
-
-def batch_probe(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Answers each item with the size of the batch ``@serve.batch`` gave it."""
-    return [{"batch": len(batch), "i": item.get("i")} for item in batch]
 
 
 def slow_pid(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
