@@ -18,7 +18,6 @@ import contextlib
 import os
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ from aios_mesh_bentoml.testing import (
     is_ready,
     reaping,
 )
-from pydantic import BaseModel
 
 from aios_mesh import CapabilitySpec, Mesh
 from aios_mesh.backends import load_adapter
@@ -52,6 +50,13 @@ from aios_mesh.errors import (
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.testing.conformance.serving import ServingBasic, ServingErrors
 from aios_mesh.testing.processes import LocalProcess, free_port, start_process, wait_until
+from tests.integration.served_model_checks import (
+    INVOICE,
+    Invoice,
+    ServedModelChecks,
+    Verdict,
+    train_and_register,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +75,7 @@ def echo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BentoMLSer
         yield server
 
 
-class TestBentoMLServing(ServingBasic, ServingErrors):
+class TestBentoMLServing(ServingBasic, ServedModelChecks, ServingErrors):
     @pytest.fixture
     async def adapter(self, echo_server: BentoMLServer,
                       tmp_path: Path) -> AsyncIterator[BentoMLServing]:
@@ -91,23 +96,12 @@ class TestBentoMLServing(ServingBasic, ServingErrors):
         assert [a.output["i"] for a in answers] == list(range(48))  # each got its own
         assert max(a.output["batch"] for a in answers) > 1  # ... from merged batches
 
-    async def test_large_batches_are_split_by_the_client(self, echo_server: BentoMLServer,
-                                                         model_ref: ModelRef) -> None:
+    @pytest.fixture
+    async def small_batch_adapter(self, echo_server: BentoMLServer
+                                  ) -> AsyncIterator[BentoMLServing]:
         small = BentoMLServing(echo_server.url, max_batch=5)
-        payloads = [self.payload(i) for i in range(23)]
-        for prediction, payload in zip(await small.infer_batch(model_ref, payloads),
-                                       payloads, strict=True):
-            self.check(prediction, payload)
+        yield small
         await small.aclose()
-
-    async def test_health_models_and_preload(self, adapter: BentoMLServing,
-                                             model_ref: ModelRef) -> None:
-        await adapter.health()
-        served = {(m["name"], m["version"]) for m in await adapter.models()}
-        assert ("echo-upper", "1") in served
-        await adapter.preload(model_ref)
-        with pytest.raises(NotFound):
-            await adapter.preload(ModelRef("echo-upper", "2"))
 
     async def test_garbage_answers_are_invalid_output(self, adapter: BentoMLServing,
                                                       echo_server: BentoMLServer) -> None:
@@ -135,16 +129,6 @@ async def test_nothing_listening_is_backend_unavailable(tmp_path: Path) -> None:
 
 
 # -- a registered model served by `aios-mesh serve bentoml`, through a full Mesh ---------------
-
-class Invoice(BaseModel):
-    amount: float
-    lines: float
-    vendor_age: float
-
-
-class Verdict(BaseModel):
-    label: str
-
 
 @dataclass
 class Served:
@@ -186,41 +170,6 @@ class Served:
         self.process = self.stack.enter_context(reaping(process))
 
 
-def _train_and_register(base: Path) -> tuple[str, str]:
-    """A tiny classifier on generated data, logged and registered twice (v1 = champion)."""
-    import mlflow.sklearn
-    import numpy as np
-    import pandas as pd
-    from mlflow.models import infer_signature
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(11)
-    x = pd.DataFrame({"amount": rng.gamma(2.0, 300.0, 200),
-                      "lines": rng.integers(1, 30, 200).astype(float),
-                      "vendor_age": rng.uniform(0, 10, 200)})
-    score = x["amount"] / 600 - x["vendor_age"] / 5
-    y = np.where(score > 0.8, "reject", np.where(score > -0.5, "review", "approve"))
-    clf = LogisticRegression(max_iter=2000).fit(x, y)
-    url = "mlflow+sqlite:///registry/mlflow.db"
-    registry = load_adapter("registry", url, base_dir=base)
-    name = f"invoice-clf-{uuid.uuid4().hex[:8]}"
-
-    async def register(run_id: str) -> None:
-        await registry.register(name, f"runs:/{run_id}/clf", run_id=run_id)
-        await registry.register(name, f"runs:/{run_id}/clf", run_id=run_id)
-        await registry.set_alias(name, "champion", "1")
-        await registry.aclose()
-
-    exp = asyncio.run(registry.ensure_experiment("bentoml-serving"))
-    with _use_tracking_uri(registry.tracking_uri), mlflow.start_run(experiment_id=exp) as run:
-        mlflow.sklearn.log_model(clf, name="clf", signature=infer_signature(x, clf.predict(x)),
-                                 pip_requirements=["scikit-learn"])
-    asyncio.run(register(run.info.run_id))
-    db = (base / "registry" / "mlflow.db").absolute()
-    return name, f"mlflow+sqlite:///{db}"  # absolute: '////abs/path'
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _registered_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[Served]]:
     """Train, register and start serving in the background while the echo tests run (both
@@ -229,7 +178,7 @@ def _registered_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fut
     stack = contextlib.ExitStack()
 
     def build() -> Served:
-        name, registry_url = _train_and_register(workdir)
+        name, registry_url = train_and_register(workdir, "bentoml-serving")
         server = Served(name, registry_url, free_port(), workdir, stack)
         server.start()
         return server
@@ -260,9 +209,6 @@ def _mesh(served: Served, state: Path, model_spec: str | None = None) -> Mesh:
     return Mesh(config, capabilities=[capability],
                 adapters={"serving": f"bentoml+http://127.0.0.1:{served.port}?timeout=10",
                           "registry": served.registry_url})
-
-
-INVOICE = {"amount": 1800.0, "lines": 3.0, "vendor_age": 0.5}
 
 
 async def test_serve_bentoml_answers_with_the_registered_version(served: Served,

@@ -17,7 +17,6 @@ import asyncio
 import os
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -48,6 +47,13 @@ from aios_mesh.errors import (
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.testing.conformance.serving import ServingBasic, ServingErrors
 from aios_mesh.testing.processes import free_port
+from tests.integration.served_model_checks import (
+    INVOICE,
+    Invoice,
+    ServedModelChecks,
+    Verdict,
+    train_and_register,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +76,7 @@ def cluster() -> Iterator[RayServeCluster]:
 
 # -- conformance: HTTP and handle ------------------------------------------------------------
 
-class TestRayServeHTTP(ServingBasic, ServingErrors):
+class TestRayServeHTTP(ServingBasic, ServedModelChecks, ServingErrors):
     @pytest.fixture
     async def adapter(self, cluster: RayServeCluster,
                       tmp_path: Path) -> AsyncIterator[RayServeServing]:
@@ -90,24 +96,12 @@ class TestRayServeHTTP(ServingBasic, ServingErrors):
         assert max(a.output["batch"] for a in answers) > 1  # ... from merged batches
         assert max(a.output["batch"] for a in answers) <= 16  # max_batch_size holds
 
-    async def test_large_batches_are_split_by_the_client(self, cluster: RayServeCluster,
-                                                         model_ref: ModelRef,
-                                                         tmp_path: Path) -> None:
+    @pytest.fixture
+    async def small_batch_adapter(self, cluster: RayServeCluster,
+                                  tmp_path: Path) -> AsyncIterator[RayServeServing]:
         small = _serving(f"{cluster.url('echo')}?max_batch=5", tmp_path)
-        payloads = [self.payload(i) for i in range(23)]
-        for prediction, payload in zip(await small.infer_batch(model_ref, payloads),
-                                       payloads, strict=True):
-            self.check(prediction, payload)
+        yield small
         await small.aclose()
-
-    async def test_health_models_and_preload(self, adapter: RayServeServing,
-                                             model_ref: ModelRef) -> None:
-        await adapter.health()
-        served = {(m["name"], m["version"]) for m in await adapter.models()}
-        assert ("echo-upper", "1") in served
-        await adapter.preload(model_ref)
-        with pytest.raises(NotFound):
-            await adapter.preload(ModelRef("echo-upper", "2"))
 
     async def test_garbage_and_wrong_routes(self, adapter: RayServeServing,
                                             cluster: RayServeCluster, tmp_path: Path) -> None:
@@ -187,58 +181,12 @@ def test_bad_urls_are_config_errors(url: str, tmp_path: Path) -> None:
 
 # -- a registered model, deployed by `aios-mesh serve rayserve`'s function, in a Mesh ---------
 
-class Invoice(BaseModel):
-    amount: float
-    lines: float
-    vendor_age: float
-
-
-class Verdict(BaseModel):
-    label: str
-
-
-INVOICE = {"amount": 1800.0, "lines": 3.0, "vendor_age": 0.5}
-
-
-def _train_and_register(base: Path) -> tuple[str, str]:
-    """A tiny classifier on generated data, registered twice (v1 = champion)."""
-    import mlflow.sklearn
-    import numpy as np
-    import pandas as pd
-    from mlflow.models import infer_signature
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(11)
-    x = pd.DataFrame({"amount": rng.gamma(2.0, 300.0, 200),
-                      "lines": rng.integers(1, 30, 200).astype(float),
-                      "vendor_age": rng.uniform(0, 10, 200)})
-    score = x["amount"] / 600 - x["vendor_age"] / 5
-    y = np.where(score > 0.8, "reject", np.where(score > -0.5, "review", "approve"))
-    clf = LogisticRegression(max_iter=2000).fit(x, y)
-    registry = load_adapter("registry", "mlflow+sqlite:///registry/mlflow.db", base_dir=base)
-    name = f"invoice-clf-{uuid.uuid4().hex[:8]}"
-
-    async def register(run_id: str) -> None:
-        await registry.register(name, f"runs:/{run_id}/clf", run_id=run_id)
-        await registry.register(name, f"runs:/{run_id}/clf", run_id=run_id)
-        await registry.set_alias(name, "champion", "1")
-        await registry.aclose()
-
-    exp = asyncio.run(registry.ensure_experiment("rayserve-serving"))
-    with _use_tracking_uri(registry.tracking_uri), mlflow.start_run(experiment_id=exp) as run:
-        mlflow.sklearn.log_model(clf, name="clf", signature=infer_signature(x, clf.predict(x)),
-                                 pip_requirements=["scikit-learn"])
-    asyncio.run(register(run.info.run_id))
-    return name, f"mlflow+sqlite:///{(base / 'registry' / 'mlflow.db').absolute()}"
-
-
 @pytest.fixture(scope="module")
 def registered(cluster: RayServeCluster,
                tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
     """(model name, registry URL, serving URL) of the champion deployed with 2 replicas."""
     workdir = tmp_path_factory.mktemp("rayserve-registered")
-    name, registry_url = _train_and_register(workdir)
+    name, registry_url = train_and_register(workdir, "rayserve-serving")
     done = deploy_registered(f"{name}@champion", port=cluster.http_port,
                              registry=registry_url, base_dir=workdir,
                              options=DeploymentOptions(num_replicas=2))
