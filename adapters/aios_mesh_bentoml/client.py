@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,7 +52,12 @@ from aios_mesh.ports.base import Feature
 from aios_mesh.ports.http_pool import PerLoop, send
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Prediction, ServingBase
-from aios_mesh.ports.serving_protocol import prediction_from_answer
+from aios_mesh.ports.serving_protocol import (
+    check_client_limits,
+    check_serves,
+    prediction_from_answer,
+    request_chunks,
+)
 from aios_mesh_bentoml._protocol import DEFAULT_ENDPOINT, HINTS, MODELS_ENDPOINT
 
 __all__ = ["BentoMLServing"]
@@ -121,12 +125,7 @@ class BentoMLServing(ServingBase):
         if not endpoint.startswith("/"):
             raise ConfigError(f"endpoint {endpoint!r} must start with '/'",
                               hint="write ?endpoint=/predict")
-        if not math.isfinite(timeout) or timeout <= 0:
-            raise ConfigError(f"timeout={timeout!r} must be a positive number of seconds",
-                              hint="write ?timeout=30")
-        if max_batch < 1:
-            raise ConfigError(f"max_batch={max_batch!r} must be at least 1",
-                              hint="write ?max_batch=64")
+        check_client_limits(timeout, max_batch)
         self.base_url = base_url.rstrip("/")
         self.endpoint = endpoint
         self.timeout = float(timeout)
@@ -197,9 +196,7 @@ class BentoMLServing(ServingBase):
         """One prediction per payload, in order; the request names ``model.version``."""
         if not payloads:
             return []
-        key = {"name": model.name, "version": model.version}
-        items = [{"model": key, "input": dict(p)} for p in payloads]
-        chunks = [items[i:i + self.max_batch] for i in range(0, len(items), self.max_batch)]
+        chunks = request_chunks(model, payloads, self.max_batch)
         label = f"{model.name}/{model.version} on {self.base_url}"
         if len(chunks) == 1:
             return await self._predict(chunks[0], model, label, timeout)
@@ -287,13 +284,8 @@ class BentoMLServing(ServingBase):
     async def preload(self, model: ModelRef) -> None:
         """Check now that the service serves ``model``'s version (``Mesh.prepare`` calls it),
         so a stale server fails at start-up instead of on the first call."""
-        served = await self.models()
-        if not any(str(m.get("name")) == model.name and str(m.get("version")) == model.version
-                   for m in served):
-            have = ", ".join(f"{m.get('name')}/{m.get('version')}" for m in served) or "nothing"
-            raise NotFound(f"{self.base_url} does not serve {model.name}/{model.version}",
-                           hint=f"it serves {have}; restart it: aios-mesh serve bentoml "
-                                f"{model.name}@ALIAS")
+        check_serves(await self.models(), model, self.base_url,
+                     "restart it: aios-mesh serve bentoml {name}@ALIAS")
 
     async def aclose(self) -> None:
         """Close this loop's connections (others are closed on their own loops);

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -52,7 +51,12 @@ from aios_mesh.ports.base import Feature
 from aios_mesh.ports.http_pool import PerLoop, send
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.ports.serving import Prediction, ServingBase
-from aios_mesh.ports.serving_protocol import prediction_from_answer
+from aios_mesh.ports.serving_protocol import (
+    check_client_limits,
+    check_serves,
+    prediction_from_answer,
+    request_chunks,
+)
 from aios_mesh_rayserve._protocol import HINTS
 
 __all__ = ["RayServeServing"]
@@ -84,12 +88,7 @@ class RayServeServing(ServingBase):
             raise ConfigError("RayServeServing needs a base URL or an application name",
                               hint="write rayserve+http://HOST:PORT/ROUTE or "
                                    "rayserve+handle://APP")
-        if not math.isfinite(timeout) or timeout <= 0:
-            raise ConfigError(f"timeout={timeout!r} must be a positive number of seconds",
-                              hint="write ?timeout=30")
-        if max_batch < 1:
-            raise ConfigError(f"max_batch={max_batch!r} must be at least 1",
-                              hint="write ?max_batch=64")
+        check_client_limits(timeout, max_batch)
         self.base_url = base_url.rstrip("/") if base_url is not None else None
         self.app = app
         self.timeout = float(timeout)
@@ -140,15 +139,13 @@ class RayServeServing(ServingBase):
         """One prediction per payload, in order; every item names ``model.version``."""
         if not payloads:
             return []
-        key = {"name": model.name, "version": model.version}
-        items = [{"model": key, "input": dict(p)} for p in payloads]
-        chunks = [items[i:i + self.max_batch] for i in range(0, len(items), self.max_batch)]
+        chunks = request_chunks(model, payloads, self.max_batch)
         label = f"{model.name}/{model.version} on {self._where}"
         wait = timeout or self.timeout
         parts = await asyncio.gather(*(self._predict(c, label, wait) for c in chunks))
         answers = [a for part in parts for a in part]
-        if len(answers) != len(items):
-            raise InvalidOutput(f"{label}: expected {len(items)} answers, got {len(answers)}",
+        if len(answers) != len(payloads):
+            raise InvalidOutput(f"{label}: expected {len(payloads)} answers, got {len(answers)}",
                                 hint="point the URL at an aios-mesh Ray Serve application")
         return [prediction_from_answer(a, model.name, model.version, label, HINTS)
                 for a in answers]
@@ -308,13 +305,8 @@ class RayServeServing(ServingBase):
 
     async def preload(self, model: ModelRef) -> None:
         """Check that the application serves ``model``'s version (``Mesh.prepare``)."""
-        served = await self.models()
-        if not any(str(m.get("name")) == model.name and str(m.get("version")) == model.version
-                   for m in served):
-            have = ", ".join(f"{m.get('name')}/{m.get('version')}" for m in served) or "nothing"
-            raise NotFound(f"{self._where} does not serve {model.name}/{model.version}",
-                           hint=f"it serves {have}; redeploy: aios-mesh serve rayserve "
-                                f"{model.name}@ALIAS")
+        check_serves(await self.models(), model, self._where,
+                     "redeploy: aios-mesh serve rayserve {name}@ALIAS")
 
     async def aclose(self) -> None:
         """Close this loop's connections; idempotent; the adapter stays usable."""

@@ -26,6 +26,7 @@ does not serve (checked before batching), 400 for a body that does not parse.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
@@ -49,10 +50,13 @@ __all__ = [
     "ServedModels",
     "answer_error",
     "answer_ok",
+    "check_client_limits",
+    "check_serves",
     "error_from_answer",
     "parse_items",
     "parse_python_models",
     "prediction_from_answer",
+    "request_chunks",
 ]
 
 #: Error types a per-item answer may carry, by name; anything else reads as BackendUnavailable.
@@ -147,6 +151,37 @@ def prediction_from_answer(answer: Any, name: str, version: str, label: str,
                       gpu_seconds=_number(raw_usage.get("gpu_seconds"), 0.0))
     return Prediction(dict(output), confidence=None if conf is None else float(conf),
                       usage=usage)
+
+
+def check_client_limits(timeout: float, max_batch: int) -> None:
+    """A client's ``timeout`` (positive seconds) and ``max_batch`` (at least 1), or
+    :class:`ConfigError` naming the URL option to fix."""
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ConfigError(f"timeout={timeout!r} must be a positive number of seconds",
+                          hint="write ?timeout=30")
+    if max_batch < 1:
+        raise ConfigError(f"max_batch={max_batch!r} must be at least 1",
+                          hint="write ?max_batch=64")
+
+
+def request_chunks(model: ModelRef, payloads: Sequence[Mapping[str, Any]],
+                   max_batch: int) -> list[list[dict[str, Any]]]:
+    """The request items for ``payloads`` (each naming ``model``'s version), in order, cut
+    into requests of at most ``max_batch`` items."""
+    key = {"name": model.name, "version": model.version}
+    items = [{"model": key, "input": dict(p)} for p in payloads]
+    return [items[i:i + max_batch] for i in range(0, len(items), max_batch)]
+
+
+def check_serves(served: Sequence[Mapping[str, Any]], model: ModelRef, where: str,
+                 fix: str) -> None:
+    """:class:`NotFound` unless ``served`` (a ``models`` answer) lists ``model``'s version;
+    the hint names what is served, then ``fix`` (formatted with ``name``)."""
+    if not any(str(m.get("name")) == model.name and str(m.get("version")) == model.version
+               for m in served):
+        have = ", ".join(f"{m.get('name')}/{m.get('version')}" for m in served) or "nothing"
+        raise NotFound(f"{where} does not serve {model.name}/{model.version}",
+                       hint=f"it serves {have}; {fix.format(name=model.name)}")
 
 
 def parse_items(doc: Any) -> list[tuple[str, str, dict[str, Any]]]:
