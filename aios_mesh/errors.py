@@ -62,6 +62,7 @@ __all__ = [
     "Unauthenticated",
     "UnknownCapability",
     "UnknownTenant",
+    "cli_text",
 ]
 
 
@@ -281,6 +282,14 @@ class Forbidden(MeshError):
 _DEPRECATED: dict[str, tuple[type[MeshError], str]] = {
     "CapabilityNotSupported": (FeatureNotSupported, "0.2"),
 }
+
+
+def cli_text(exc: MeshError) -> str:
+    """How a command line shows a :class:`MeshError`: ``error TYPE: message`` and, when it
+    has one, its hint on a line ``  fix: ...`` (``aios-mesh serve NAME`` commands print it to
+    stderr and exit 2)."""
+    return f"error {type(exc).__name__}: {exc.message}" + (f"\n  fix: {exc.hint}"
+                                                           if exc.hint else "")
 
 
 def _deprecated(name: str, module: str) -> type[MeshError]:

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from aios_mesh.backends import DEFAULT_URLS
-from aios_mesh.errors import BackendUnavailable, MeshError
+from aios_mesh.errors import BackendUnavailable, MeshError, cli_text
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.resolver import resolve_on
 
@@ -190,8 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               app=a.app, route=a.route, options=opts, host=a.host,
                               base_dir=a.state_dir)
     except MeshError as exc:
-        print(f"error {type(exc).__name__}: {exc.message}"
-              + (f"\n  fix: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        print(cli_text(exc), file=sys.stderr)
         return 2
 
 
