@@ -24,16 +24,17 @@ works without any of them; importing a submodule without its framework raises
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
+from aios_mesh.mesh import Mesh
 from aios_mesh.result import Result
 
-__all__ = ["INTEROP_EXTRA", "RetrievedPassage", "missing_framework", "passages_from",
-           "plain_output", "plain_payload"]
+__all__ = ["INTEROP_EXTRA", "GovernedCall", "RetrievedPassage", "governed_call",
+           "missing_framework", "passages_from", "plain_output", "plain_payload"]
 
 #: The extra that installs every framework this package faces.
 INTEROP_EXTRA = "interop"
@@ -89,6 +90,33 @@ class RetrievedPassage:
     id: str | None = None
     score: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GovernedCall:
+    """A capability as the two plain functions a framework's tool wraps: ``call`` runs
+    :meth:`Mesh.invoke`, ``acall`` :meth:`Mesh.ainvoke`, both for one tenant and caller,
+    taking the framework's keyword arguments and returning :func:`plain_output`."""
+
+    call: Callable[..., dict[str, Any]]
+    acall: Callable[..., Awaitable[dict[str, Any]]]
+
+
+def governed_call(mesh: Mesh, name: str, *, tenant: str, caller: str,
+                  attributes: Mapping[str, Any] | None = None) -> GovernedCall:
+    """The sync and async functions of a framework tool for capability ``name`` (one pair
+    for every framework, so each tool is a thin wrapper)."""
+    attrs = dict(attributes) if attributes else None
+
+    def call(**arguments: Any) -> dict[str, Any]:
+        return plain_output(mesh.invoke(name, plain_payload(arguments), tenant=tenant,
+                                        caller=caller, attributes=attrs))
+
+    async def acall(**arguments: Any) -> dict[str, Any]:
+        return plain_output(await mesh.ainvoke(name, plain_payload(arguments),
+                                               tenant=tenant, caller=caller, attributes=attrs))
+
+    return GovernedCall(call, acall)
 
 
 def passages_from(result: Result[Any], *, capability: str, results_field: str = "passages",

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aios_mesh.interop import missing_framework, passages_from, plain_output, plain_payload
+from aios_mesh.interop import governed_call, missing_framework, passages_from
 from aios_mesh.mesh import Mesh
 from aios_mesh.result import Result
 
@@ -80,19 +80,11 @@ def capability_tool(mesh: Mesh, name: str, *, tenant: str, caller: str | None = 
         # {'order_id': 'A-17', 'status': 'shipped'}
     """
     spec = mesh.capability(name)
-    who = caller or "langchain"
-    attrs = dict(attributes) if attributes else None
-
-    def call(**arguments: Any) -> dict[str, Any]:
-        return plain_output(mesh.invoke(name, plain_payload(arguments), tenant=tenant,
-                                        caller=who, attributes=attrs))
-
-    async def acall(**arguments: Any) -> dict[str, Any]:
-        return plain_output(await mesh.ainvoke(name, plain_payload(arguments),
-                                               tenant=tenant, caller=who, attributes=attrs))
+    governed = governed_call(mesh, name, tenant=tenant, caller=caller or "langchain",
+                             attributes=attributes)
 
     return StructuredTool(name=name, description=_description(mesh, name),
-                          args_schema=spec.input, func=call, coroutine=acall,
+                          args_schema=spec.input, func=governed.call, coroutine=governed.acall,
                           metadata={"aios_mesh_capability": name, "tenant": tenant})
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aios_mesh.interop import missing_framework, passages_from, plain_output, plain_payload
+from aios_mesh.interop import governed_call, missing_framework, passages_from
 from aios_mesh.mesh import Mesh
 
 try:
@@ -54,19 +54,11 @@ def capability_function_tool(mesh: Mesh, name: str, *, tenant: str,
         tool.call(order_id="A-17").raw_output
     """
     spec = mesh.capability(name)
-    who = caller or "llamaindex"
-    attrs = dict(attributes) if attributes else None
-
-    def call(**arguments: Any) -> dict[str, Any]:
-        return plain_output(mesh.invoke(name, plain_payload(arguments), tenant=tenant,
-                                        caller=who, attributes=attrs))
-
-    async def acall(**arguments: Any) -> dict[str, Any]:
-        return plain_output(await mesh.ainvoke(name, plain_payload(arguments),
-                                               tenant=tenant, caller=who, attributes=attrs))
+    governed = governed_call(mesh, name, tenant=tenant, caller=caller or "llamaindex",
+                             attributes=attributes)
 
     description = spec.description.strip() or f"The governed capability {name!r}."
-    return FunctionTool(fn=call, async_fn=acall,
+    return FunctionTool(fn=governed.call, async_fn=governed.acall,
                         metadata=ToolMetadata(name=name, description=description,
                                               fn_schema=spec.input))
 
