@@ -6,7 +6,8 @@ that it is grounded — and let the policy decide what an ungrounded answer gets
 * :func:`groundedness` is the deterministic check (citations must name retrieved chunks; each
   sentence must overlap the cited text);
 * :class:`GroundednessGate` (the ``groundedness_gate`` step) hands the score to the policy
-  and applies its answer (deny, human review); :func:`install_groundedness_gate` adds it;
+  and applies its answer (deny, human review); it is a default pipeline step, and
+  :func:`install_groundedness_gate` adds it to a pipeline built with its own steps;
 * :func:`hashing_embedder` embeds text with no model file (tests, examples, small corpora).
 
 See docs/guides/rag.md.

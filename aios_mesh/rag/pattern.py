@@ -4,9 +4,7 @@ and cites them.
     kb_writer = rag_writer("kb-writer", model="gemma@champion", serving="llm", k=4)
     kb_answer = rag("kb-answer", collection="kb", llm="kb-writer", embed=hashing_embedder(),
                     k=4, min_groundedness=0.5, policy="support/answer")
-    mesh = Mesh(config, capabilities=[kb_writer, kb_answer])
-    install_groundedness_gate(mesh.pipeline, GroundednessGate(lambda: mesh.ports.policy,
-                                                              mesh.review_queue))
+    mesh = Mesh(config, capabilities=[kb_writer, kb_answer])   # groundedness_gate: a default step
     mesh.invoke("kb-answer", {"question": "How long do refunds take?"}, tenant="acme")
 
 One call of ``kb-answer`` is:
