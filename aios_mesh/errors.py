@@ -62,7 +62,6 @@ __all__ = [
     "Unauthenticated",
     "UnknownCapability",
     "UnknownTenant",
-    "cli_text",
 ]
 
 
@@ -89,6 +88,13 @@ class MeshError(Exception):
         self.hint = hint
         self.details = details
         super().__init__(message if hint is None else f"{message} — {hint}")
+
+    def cli_text(self) -> str:
+        """How a command line shows this error: ``error TYPE: message`` and, when it has
+        one, the hint on a line ``  fix: ...`` (``aios-mesh serve NAME`` commands print it
+        to stderr and exit 2)."""
+        return f"error {type(self).__name__}: {self.message}" + (
+            f"\n  fix: {self.hint}" if self.hint else "")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe summary, as written into decision records."""
@@ -282,14 +288,6 @@ class Forbidden(MeshError):
 _DEPRECATED: dict[str, tuple[type[MeshError], str]] = {
     "CapabilityNotSupported": (FeatureNotSupported, "0.2"),
 }
-
-
-def cli_text(exc: MeshError) -> str:
-    """How a command line shows a :class:`MeshError`: ``error TYPE: message`` and, when it
-    has one, its hint on a line ``  fix: ...`` (``aios-mesh serve NAME`` commands print it to
-    stderr and exit 2)."""
-    return f"error {type(exc).__name__}: {exc.message}" + (f"\n  fix: {exc.hint}"
-                                                           if exc.hint else "")
 
 
 def _deprecated(name: str, module: str) -> type[MeshError]:

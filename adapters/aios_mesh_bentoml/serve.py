@@ -30,7 +30,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from aios_mesh.backends import DEFAULT_URLS
-from aios_mesh.errors import MeshError, cli_text
+from aios_mesh.errors import MeshError
 from aios_mesh.resolver import resolve_on
 from aios_mesh_bentoml.launch import bentoml_command, bentoml_python, server_env
 
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_bentoml(args.spec, port=args.port, registry=args.registry,
                              python=args.python, host=args.host, base_dir=args.state_dir)
     except MeshError as exc:
-        print(cli_text(exc), file=sys.stderr)
+        print(exc.cli_text(), file=sys.stderr)
         return 2
 
 

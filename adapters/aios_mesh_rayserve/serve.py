@@ -29,7 +29,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from aios_mesh.backends import DEFAULT_URLS
-from aios_mesh.errors import BackendUnavailable, MeshError, cli_text
+from aios_mesh.errors import BackendUnavailable, MeshError
 from aios_mesh.ports.registry import ModelRef
 from aios_mesh.resolver import resolve_on
 
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               app=a.app, route=a.route, options=opts, host=a.host,
                               base_dir=a.state_dir)
     except MeshError as exc:
-        print(cli_text(exc), file=sys.stderr)
+        print(exc.cli_text(), file=sys.stderr)
         return 2
 
 

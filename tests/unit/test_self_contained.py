@@ -118,8 +118,13 @@ def _run_in(copy: Path, *args: str) -> subprocess.CompletedProcess[str]:
                                               REPO_ROOT / ".nox")}
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AIOS_MESH_", "PYTEST_", "COV_"))}
+    # temporary files (pytest's own, capture files) go inside the copy: a checkout whose
+    # parent is the system temp folder (a clone in /tmp) must not count them as siblings
+    scratch = copy / ".tmp"
+    scratch.mkdir(exist_ok=True)
     env.update(PYTHONPATH=os.pathsep.join([str(copy), str(copy / "adapters")]),
-               PYTHONDONTWRITEBYTECODE="1", RUNNER_ARGS="\x1f".join(args))
+               PYTHONDONTWRITEBYTECODE="1", RUNNER_ARGS="\x1f".join(args),
+               TMPDIR=str(scratch))
     return subprocess.run(
         [sys.executable, "-c", _RUNNER, str(copy), str(REPO_ROOT.parent), *sorted(prefixes)],
         cwd=copy, env=env, capture_output=True, text=True, timeout=240, check=False)
