@@ -104,12 +104,11 @@ class ParkedRuns:
                                                        "answer; each parked run resumes once")
         return run.model_copy(update={"status": "resumed"})
 
-    def release(self, review_id: str, *, tenant: str) -> None:
-        """Put a claimed run back (its resume failed before it acted): it can be resumed
-        again."""
-        self._db.execute("UPDATE agent_parked SET status = 'parked', resumed_by = NULL, "
-                         "resumed_at = NULL WHERE review_id = ? AND tenant = ?",
-                         (review_id, tenant))
-
     def close(self) -> None:
         self._db.close()
+
+    def __enter__(self) -> ParkedRuns:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -144,9 +144,13 @@ class AgentRuntime:
                 {"role": "system", "content": self.system_prompt()},
                 {"role": "user", "content": task.task or ""}])
         ended: MeshError | None = None
+        # one store for the run's reads and appends (the handler's input is what the
+        # pipeline saw; the store redacts again before writing)
+        store = (await asyncio.to_thread(ConversationStore, ctx.state, redactor=RuleRedactor())
+                 if task.session is not None else None)
         try:
-            if task.session is not None and task.resume is None:
-                await self._load_session(ctx, run, task.session, task.task or "")
+            if store is not None and task.session is not None and task.resume is None:
+                await self._load_session(ctx, run, store, task.session, task.task or "")
             if run.pending is not None:  # a resumed run: the reviewed call comes first
                 await self._observe(ctx, run, run.pending)
             while True:
@@ -155,9 +159,9 @@ class AgentRuntime:
                                                 spec.max_step_tokens)
                 decided = await self._llm_step(ctx, run, limit)
                 if decided.action == FINAL:
-                    if task.session is not None:
-                        await asyncio.to_thread(self._say, ctx, task.session, "assistant",
-                                                decided.answer)
+                    if store is not None and task.session is not None:
+                        await asyncio.to_thread(self._say, ctx, store, task.session,
+                                                "assistant", decided.answer)
                     return run.result(answer=decided.answer)
                 run.messages.append({"role": "assistant", "content": json.dumps(
                     {"action": decided.action, "arguments": decided.arguments}, default=str)})
@@ -175,22 +179,19 @@ class AgentRuntime:
                                     hint="see the run's audit entry and its child records")
             raise ended from exc
         finally:
+            if store is not None:
+                store.close()
             await self._audit(ctx, run, ended)
 
     @staticmethod
-    def _store(ctx: CallContext) -> ConversationStore:
-        # the handler's input is what the pipeline saw (redacted when redaction ran); the
-        # store redacts again before writing, so a session never holds more than was shown
-        return ConversationStore(ctx.state, redactor=RuleRedactor())
-
-    def _say(self, ctx: CallContext, session: str, role: str, content: str) -> None:
+    def _say(ctx: CallContext, store: ConversationStore, session: str, role: str,
+             content: str) -> None:
         """Append a turn of this run (its record id) to the session."""
-        with self._store(ctx) as store:
-            store.append(session, tenant=ctx.tenant, role=role, content=content,
-                         record_id=ctx.record_id)
+        store.append(session, tenant=ctx.tenant, role=role, content=content,
+                     record_id=ctx.record_id)
 
-    async def _load_session(self, ctx: CallContext, run: _Run, session: str,
-                            task: str) -> None:
+    async def _load_session(self, ctx: CallContext, run: _Run, store: ConversationStore,
+                            session: str, task: str) -> None:
         """Put the session's earlier turns (windowed to ``history_tokens``; a summary is a
         child call counted against the run's budgets) between the instructions and the
         task, and append the task to the session."""
@@ -201,17 +202,12 @@ class AgentRuntime:
                 return await self._child(ctx, run.tracker, capability, payload, attributes)
 
             summariser = capability_summariser(invoke, self.spec.history_summariser)
-        store = await asyncio.to_thread(self._store, ctx)
-        try:
-            made = await session_window(
-                store, session, tenant=ctx.tenant, max_tokens=self.spec.history_tokens,
-                strategy="trim" if summariser is None else "summarise",
-                summariser=summariser)
-        finally:
-            store.close()
+        made = await session_window(
+            store, session, tenant=ctx.tenant, max_tokens=self.spec.history_tokens,
+            strategy="trim" if summariser is None else "summarise", summariser=summariser)
         run.messages[1:1] = made.payload()
         run.conversation = {"conversation_window": made.report.to_dict()}
-        await asyncio.to_thread(self._say, ctx, session, "user", task)
+        await asyncio.to_thread(self._say, ctx, store, session, "user", task)
 
     async def _observe(self, ctx: CallContext, run: _Run, decided: NextAction) -> None:
         observation = await self._act(ctx, run, decided)
@@ -237,24 +233,30 @@ class AgentRuntime:
             run_record_id=ctx.record_id, tool=decided.action, arguments=decided.arguments,
             messages=run.messages, llm_steps=run.steps, tool_calls=run.calls,
             refusals=run.refusals, answered=run.answered, used=run.tracker.snapshot())
-        await asyncio.to_thread(ParkedRuns(ctx.state).park, parked)
+        await asyncio.to_thread(self._keep, ctx, parked)
         return review_id
+
+    @staticmethod
+    def _keep(ctx: CallContext, parked: ParkedRun) -> None:
+        with ParkedRuns(ctx.state) as runs:
+            runs.park(parked)
 
     async def _resume(self, review_id: str, ctx: CallContext) -> _Run:
         """The parked run, claimed (exactly once), with the reviewer's decision as the
         pending action: the approved (or corrected) call, or a refusal the LLM is shown."""
-        runs = ParkedRuns(ctx.state)
-        parked = await asyncio.to_thread(runs.get, review_id, tenant=ctx.tenant)
-        if parked.agent != self.spec.name:
-            raise InvalidInput(f"review item {review_id!r} belongs to agent {parked.agent!r}",
-                               hint=f"resume it with mesh.invoke({parked.agent!r}, ...)")
-        item = await asyncio.to_thread(ctx.review.get, review_id)
-        if item.status == "pending":
-            # still waiting: the same answer again, nothing taken, nothing called
-            return _Run.waiting_on(parked, BudgetTracker.restore(
-                self.spec.budgets, parked.used, clock=self._clock))
-        parked = await asyncio.to_thread(runs.claim, review_id, tenant=ctx.tenant,
-                                         by=ctx.record_id)
+        with ParkedRuns(ctx.state) as runs:
+            parked = await asyncio.to_thread(runs.get, review_id, tenant=ctx.tenant)
+            if parked.agent != self.spec.name:
+                raise InvalidInput(f"review item {review_id!r} belongs to agent "
+                                   f"{parked.agent!r}",
+                                   hint=f"resume it with mesh.invoke({parked.agent!r}, ...)")
+            item = await asyncio.to_thread(ctx.review.get, review_id)
+            if item.status == "pending":
+                # still waiting: the same answer again, nothing taken, nothing called
+                return _Run.waiting_on(parked, BudgetTracker.restore(
+                    self.spec.budgets, parked.used, clock=self._clock))
+            parked = await asyncio.to_thread(runs.claim, review_id, tenant=ctx.tenant,
+                                             by=ctx.record_id)
         run = _Run(tracker=BudgetTracker.restore(self.spec.budgets, parked.used,
                                                  clock=self._clock),
                    messages=parked.messages, steps=parked.llm_steps, calls=parked.tool_calls,
