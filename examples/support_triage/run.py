@@ -39,6 +39,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from aios_mesh.lifecycle.stats import p95
 from aios_mesh.record import DecisionRecord
 
 __all__ = ["LLM_MODEL", "PROFILES", "RunResult", "record_tree", "run", "tree_shape"]
@@ -101,11 +102,6 @@ def tree_shape(tree: Mapping[str, Any]) -> tuple[str, int]:
 
 def _size(tree: Mapping[str, Any]) -> int:
     return 1 + sum(_size(child) for child in tree.get("children") or [])
-
-
-def _p(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 def run(*, profile: Path, state: Path, tickets: int = 30, private_servers: bool = False,
@@ -362,7 +358,7 @@ def _summarise(items: list[dict[str, Any]], records: list[DecisionRecord],
     ]
     for capability, values in sorted(latency.items()):
         table.append((f"latency {capability}", f"p50 {statistics.median(values):.1f} ms · "
-                                               f"p95 {_p(values, 0.95):.1f} ms · "
+                                               f"p95 {p95(values) or 0.0:.1f} ms · "
                                                f"{len(values)} calls"))
     table.append(("LLM tokens", f"{tokens[0]} in / {tokens[1]} out"))
     table.append(("cost per ticket", f"${total / n:.5f}"))
